@@ -1,0 +1,1 @@
+//! The runner: lifecycle, scheduler, abort, outcomes, signals.

@@ -1,0 +1,67 @@
+//! Stage one: the experiment file. Parsing (strict YAML with positions), semantic checks,
+//! and diagnostics that point into the file. Compiling a checked experiment yields a
+//! [`Plan`](crate::plan::Plan). Nothing here needs root or touches the host.
+
+use std::path::{Path, PathBuf};
+
+pub mod diagnostic;
+pub mod duration;
+pub mod model;
+pub mod spanned;
+pub mod validate;
+
+pub use diagnostic::{Diagnostic, Diagnostics};
+pub use duration::Dur;
+pub use model::Experiment;
+pub use spanned::{Pos, Sp};
+
+use crate::plan::Plan;
+
+/// The built-in default experiment (`faultline run` with no file).
+pub const QUICKSTART_NAME: &str = "experiments/quickstart.yaml (built in)";
+pub const QUICKSTART_YAML: &str = include_str!("../../experiments/quickstart.yaml");
+
+/// An experiment file's text, kept so diagnostics can show the offending line.
+#[derive(Clone, Debug)]
+pub struct Source {
+    /// As given on the command line (or the built-in name).
+    pub path: PathBuf,
+    pub text: String,
+}
+
+impl Source {
+    pub fn read(path: &Path) -> Result<Source, Diagnostics> {
+        match std::fs::read_to_string(path) {
+            Ok(text) => Ok(Source {
+                path: path.to_path_buf(),
+                text,
+            }),
+            Err(e) => Err(Diagnostics::io(path, &e)),
+        }
+    }
+
+    pub fn quickstart() -> Source {
+        Source {
+            path: PathBuf::from(QUICKSTART_NAME),
+            text: QUICKSTART_YAML.to_string(),
+        }
+    }
+}
+
+/// Strict parse: unknown keys, wrong types and duplicate keys are errors with positions.
+pub fn parse(source: &Source) -> Result<Experiment, Diagnostics> {
+    validate::parse(source)
+}
+
+/// Semantic checks (references, cycles, offsets, per-kind parameters) and compilation
+/// into a [`Plan`]. All problems are reported at once, not just the first.
+pub fn compile(source: &Source, experiment: Experiment) -> Result<Plan, Diagnostics> {
+    validate::compile(source, experiment)
+}
+
+/// Read, parse and compile one file.
+pub fn load_plan(path: &Path) -> Result<Plan, Diagnostics> {
+    let source = Source::read(path)?;
+    let experiment = parse(&source)?;
+    compile(&source, experiment)
+}

@@ -1,0 +1,475 @@
+//! The experiment file format (`apiVersion: faultline/v1`), exactly as written by the user.
+//!
+//! Every struct denies unknown keys. Values that semantic checks must point at are wrapped
+//! in [`Sp`] so errors can name their line and column. Nothing here touches the host.
+
+use std::collections::BTreeMap;
+
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+use super::duration::Dur;
+use super::spanned::Sp;
+
+pub const API_VERSION: &str = "faultline/v1";
+
+/// One chaos experiment: what to check, what to break, and how to decide whether it went well.
+#[derive(Clone, Debug, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Experiment {
+    /// Must be `faultline/v1`.
+    #[serde(rename = "apiVersion")]
+    pub api_version: Sp<String>,
+    pub metadata: Metadata,
+    /// Named things faults act on.
+    #[serde(default)]
+    pub targets: BTreeMap<String, Sp<Target>>,
+    /// Named, reusable SLO checks.
+    #[serde(default)]
+    pub probes: BTreeMap<String, Sp<ProbeDef>>,
+    #[serde(default)]
+    pub steady_state: SteadyState,
+    /// The faults and when they start.
+    #[serde(default)]
+    pub faults: Vec<Sp<FaultDef>>,
+    #[serde(default)]
+    pub abort: AbortPolicy,
+    /// Hard cap from T0: when reached, every fault is reverted and the run ends as aborted.
+    pub max_duration: Sp<Dur>,
+    /// Commands that bring up the system under test, run before the `before` gate.
+    #[serde(default)]
+    pub setup: Vec<Sp<Command>>,
+    /// Commands run at the very end, after the `after` checks, whatever the outcome.
+    #[serde(default)]
+    pub cleanup: Vec<Sp<Command>>,
+}
+
+#[derive(Clone, Debug, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Metadata {
+    pub name: Sp<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub description: Option<String>,
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub labels: BTreeMap<String, String>,
+}
+
+// ---------------------------------------------------------------------------------------------
+// Targets
+
+/// A named target. Exactly one kind key (today: `process`).
+#[derive(Clone, Debug, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Target {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub process: Option<ProcessSelector>,
+}
+
+/// Which processes a target means. The filters that are given must all match; then
+/// `exclude` removes matches, and `count`/`percent` (optionally `random`) pick among the rest.
+#[derive(Clone, Debug, Default, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ProcessSelector {
+    /// An exact PID.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pid: Option<u32>,
+    /// A file holding a PID (read each time the target is resolved).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pidfile: Option<String>,
+    /// Exact process name (`/proc/PID/comm`, at most 15 characters).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    /// Regular expression searched in the full command line (arguments joined by spaces).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cmdline: Option<Sp<String>>,
+    /// Cgroup path as shown in `/proc/PID/cgroup` (for example `/system.slice/nginx.service`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cgroup: Option<String>,
+    /// Owner's real user id.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub uid: Option<u32>,
+    /// Matches to leave alone.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub exclude: Option<ProcessExclude>,
+    /// Pick at most this many of the matches.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub count: Option<Sp<u32>>,
+    /// Pick this share of the matches (rounded up, at least one when any match), 1 to 100.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub percent: Option<Sp<u32>>,
+    /// Pick at random instead of oldest first.
+    #[serde(default)]
+    pub random: bool,
+    /// Seed for `random`, for repeatable picks.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub seed: Option<u64>,
+    /// Allow PID 1, faultline itself and its ancestors. They are refused otherwise.
+    #[serde(default)]
+    pub force: bool,
+}
+
+#[derive(Clone, Debug, Default, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ProcessExclude {
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub pids: Vec<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cmdline: Option<Sp<String>>,
+}
+
+// ---------------------------------------------------------------------------------------------
+// Probes
+
+/// A named SLO check: one kind key (`http`, `tcp`, `command`, `process`) plus how to judge it.
+#[derive(Clone, Debug, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ProbeDef {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub http: Option<HttpProbe>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tcp: Option<TcpProbe>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub command: Option<CommandProbe>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub process: Option<ProcessProbe>,
+    /// What a passing sample looks like. Defaults per kind: HTTP 2xx, TCP connects,
+    /// command exits 0, process count at least 1.
+    #[serde(default)]
+    pub expect: Expect,
+    /// Time between samples (default 1s).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub interval: Option<Sp<Dur>>,
+    /// A sample that takes longer fails (default 2s, and never longer than the interval allows).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timeout: Option<Sp<Dur>>,
+    /// Consecutive failed samples before the probe counts as failing (default 1).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub failure_threshold: Option<Sp<u32>>,
+    /// An SLO over a sliding window of samples, checked in addition to the threshold.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub slo: Option<Sp<WindowSlo>>,
+}
+
+#[derive(Clone, Debug, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct HttpProbe {
+    pub url: Sp<String>,
+    /// GET unless given.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub method: Option<Sp<String>>,
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub headers: BTreeMap<String, String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub body: Option<String>,
+}
+
+#[derive(Clone, Debug, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct TcpProbe {
+    /// `host:port`, `[v6]:port`.
+    pub address: Sp<String>,
+}
+
+#[derive(Clone, Debug, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CommandProbe {
+    /// Program and arguments, run directly (never through a shell).
+    pub argv: Sp<Vec<String>>,
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub env: BTreeMap<String, String>,
+}
+
+#[derive(Clone, Debug, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ProcessProbe {
+    /// Count the processes of this named target...
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub target: Option<Sp<String>>,
+    /// ...or of this inline selection.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub select: Option<ProcessSelector>,
+}
+
+/// Expectations for one sample. Only the keys that fit the probe's kind may be given.
+#[derive(Clone, Debug, Default, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Expect {
+    /// HTTP status: a code (`200`), a range (`"200-299"`), or a list of either.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub status: Option<Sp<StatusSet>>,
+    /// HTTP/TCP: the sample fails when it takes longer than this.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_latency: Option<Sp<Dur>>,
+    /// HTTP: the body must contain this text.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub body_contains: Option<String>,
+    /// HTTP: the body is JSON and the value at `path` (`$.a.b[0]`) equals `equals`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub json_path: Option<Sp<JsonPathExpect>>,
+    /// Command: expected exit code (default 0).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub exit_code: Option<Sp<i32>>,
+    /// Command: stdout must contain this text.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stdout_contains: Option<String>,
+    /// Command: stdout must match this regular expression.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stdout_matches: Option<Sp<String>>,
+    /// Process: at least this many live matches (default 1).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub min_count: Option<Sp<u32>>,
+    /// Process: at most this many live matches.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_count: Option<Sp<u32>>,
+}
+
+/// `200`, `"200-299"`, or a list such as `[200, "300-399"]`.
+#[derive(Clone, Debug, PartialEq, Deserialize, Serialize, JsonSchema)]
+#[serde(untagged)]
+pub enum StatusSet {
+    One(u16),
+    Range(String),
+    List(Vec<StatusItem>),
+}
+
+#[derive(Clone, Debug, PartialEq, Deserialize, Serialize, JsonSchema)]
+#[serde(untagged)]
+pub enum StatusItem {
+    Code(u16),
+    Range(String),
+}
+
+#[derive(Clone, Debug, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct JsonPathExpect {
+    pub path: String,
+    /// Any YAML/JSON value; compared for equality with the value found.
+    pub equals: serde_json::Value,
+}
+
+/// A sliding-window SLO over the probe's samples.
+#[derive(Clone, Debug, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct WindowSlo {
+    /// How far back the window reaches.
+    pub window: Sp<Dur>,
+    /// The share of samples that must pass, 0.0 to 1.0 (for example 0.99).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub success_ratio: Option<Sp<f64>>,
+    /// Latency bound on a percentile of the window's samples.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub latency: Option<Sp<LatencySlo>>,
+    /// The window is not judged until it holds this many samples (default 1).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub min_samples: Option<Sp<u32>>,
+}
+
+#[derive(Clone, Debug, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct LatencySlo {
+    /// Percentile, for example 99 or 99.9.
+    pub percentile: Sp<f64>,
+    /// That percentile must stay below this.
+    pub below: Sp<Dur>,
+}
+
+// ---------------------------------------------------------------------------------------------
+// Steady state
+
+#[derive(Clone, Debug, Default, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct SteadyState {
+    /// The gate: must pass before any fault is injected.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub before: Option<BeforeGate>,
+    /// Checked continuously from T0 until the last fault ends; a failing probe aborts the run.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub during: Option<DuringChecks>,
+    /// Recovery: must pass after every fault is reverted, within `within`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub after: Option<AfterChecks>,
+}
+
+#[derive(Clone, Debug, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct BeforeGate {
+    pub probes: Vec<Sp<String>>,
+    /// Keep retrying (at each probe's interval) until every probe passes, for at most this long.
+    /// Without it the gate gets a single try.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub wait_until: Option<Sp<Dur>>,
+}
+
+#[derive(Clone, Debug, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct DuringChecks {
+    pub probes: Vec<Sp<String>>,
+}
+
+#[derive(Clone, Debug, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct AfterChecks {
+    pub probes: Vec<Sp<String>>,
+    /// How long recovery may take (default 30s). Probes are retried at their interval until all pass.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub within: Option<Sp<Dur>>,
+}
+
+// ---------------------------------------------------------------------------------------------
+// Faults
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Deserialize, Serialize, JsonSchema)]
+#[serde(rename_all = "kebab-case")]
+pub enum FaultKind {
+    /// Send a signal (default SIGKILL) to the target's processes.
+    ProcessKill,
+    /// SIGSTOP the target's processes for the duration; SIGCONT on revert.
+    ProcessStop,
+}
+
+impl FaultKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            FaultKind::ProcessKill => "process-kill",
+            FaultKind::ProcessStop => "process-stop",
+        }
+    }
+}
+
+#[derive(Clone, Debug, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct FaultDef {
+    /// Unique within the experiment; used by `after` and in reports.
+    pub id: Sp<String>,
+    pub kind: Sp<FaultKind>,
+    /// Name of an entry in `targets`.
+    pub target: Sp<String>,
+    #[serde(default)]
+    pub params: Sp<FaultParams>,
+    /// Start offset from T0. With `after`, the fault starts at the later of the two.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub at: Option<Sp<Dur>>,
+    /// Start only once these faults have started (their injection succeeded)...
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub after: Vec<Sp<String>>,
+    /// ...plus this much.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub delay: Option<Sp<Dur>>,
+    /// How long the fault stays injected. Required for faults that are reverted
+    /// (`process-stop`) and for `repeat`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub duration: Option<Sp<Dur>>,
+    /// `every 10s`: inject again at this period until `duration` is over.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub repeat: Option<Sp<Repeat>>,
+}
+
+/// Parameters of all fault kinds; each kind accepts only its own (checked by `validate`).
+#[derive(Clone, Debug, Default, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct FaultParams {
+    /// `process-kill`: signal name or number (`SIGTERM`, `TERM`, `15`). Default SIGKILL.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub signal: Option<Sp<SignalSpec>>,
+}
+
+#[derive(Clone, Debug, PartialEq, Deserialize, Serialize, JsonSchema)]
+#[serde(untagged)]
+pub enum SignalSpec {
+    Number(i32),
+    Name(String),
+}
+
+/// `every 10s`.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Repeat {
+    pub every: Dur,
+}
+
+impl std::str::FromStr for Repeat {
+    type Err = String;
+    fn from_str(text: &str) -> Result<Self, String> {
+        let rest = text
+            .trim()
+            .strip_prefix("every")
+            .ok_or_else(|| format!("`{text}` is not a repeat; write it like `every 10s`"))?;
+        Ok(Repeat {
+            every: rest.trim().parse()?,
+        })
+    }
+}
+
+impl<'de> Deserialize<'de> for Repeat {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        String::deserialize(d)?.parse().map_err(serde::de::Error::custom)
+    }
+}
+
+impl Serialize for Repeat {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(&format_args!("every {}", self.every))
+    }
+}
+
+impl JsonSchema for Repeat {
+    fn schema_name() -> std::borrow::Cow<'static, str> {
+        "Repeat".into()
+    }
+    fn json_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+        schemars::json_schema!({
+            "type": "string",
+            "description": "`every <duration>`, for example `every 10s`.",
+            "pattern": "^\\s*every\\s+\\S.*$",
+        })
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Abort, setup, cleanup
+
+#[derive(Clone, Debug, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct AbortPolicy {
+    /// Abort (revert everything at once) when a `during` probe fails. Default true; when false
+    /// a failing `during` probe makes the outcome `deviated` but the faults run their course.
+    #[serde(default = "yes")]
+    pub on_probe_failure: bool,
+    /// Longest a single revert may take before the run counts as `revert_failed` (default 10s).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub revert_timeout: Option<Sp<Dur>>,
+}
+
+fn yes() -> bool {
+    true
+}
+
+impl Default for AbortPolicy {
+    fn default() -> Self {
+        AbortPolicy {
+            on_probe_failure: true,
+            revert_timeout: None,
+        }
+    }
+}
+
+/// A command run directly (argv, never a shell).
+#[derive(Clone, Debug, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Command {
+    /// Shown in output and reports; defaults to the program name.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    /// Program and arguments. A program named `faultline` means this faultline binary.
+    pub argv: Sp<Vec<String>>,
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub env: BTreeMap<String, String>,
+    /// Setup only: leave it running in the background (a server under test); it is
+    /// stopped (SIGTERM, then SIGKILL) after cleanup.
+    #[serde(default)]
+    pub background: bool,
+    /// Longest the command may run (default 60s). Not applied to background commands.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timeout: Option<Sp<Dur>>,
+}

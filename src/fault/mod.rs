@@ -1,0 +1,118 @@
+//! `trait Fault`: one implementation per fault kind, one file each.
+//!
+//! A fault is injected in two steps so that nothing is ever done to the host before the way
+//! to undo it is on disk:
+//! 1. [`Fault::prepare`] decides what will be touched (resolves targets) and returns a
+//!    [`Prepared`] holding a serialisable [`RevertRecipe`];
+//! 2. the engine writes that recipe to the state file (fsynced), and only then calls
+//!    [`Fault::apply`].
+//!
+//! Reverting is done from the recipe alone ([`RevertRecipe::revert`]), so a live run and
+//! `faultline recover` after a crash take exactly the same path.
+
+use serde::{Deserialize, Serialize};
+
+use crate::plan::{FaultSpec, Plan};
+
+pub mod process;
+pub mod sim;
+
+/// A fault that can be injected. `Send + Sync` so the engine can run it on blocking threads.
+pub trait Fault: Send + Sync {
+    /// Decide what will be touched; must not change anything on the host.
+    fn prepare(&self) -> Result<Prepared, FaultError>;
+
+    /// Touch the host. Called only after `prepared.revert` has been made durable. On error
+    /// the engine still runs the recipe, so a partial injection is undone as well.
+    fn apply(&self, prepared: &Prepared) -> Result<Applied, FaultError>;
+}
+
+/// The outcome of [`Fault::prepare`].
+#[derive(Clone, Debug)]
+pub struct Prepared {
+    /// One line for people: `SIGSTOP pid 4242 (demo-worker)`.
+    pub summary: String,
+    /// How to undo what `apply` is about to do.
+    pub revert: RevertRecipe,
+    /// Structured facts for the journal (resolved PIDs, their start times, ...).
+    pub details: serde_json::Value,
+}
+
+/// What [`Fault::apply`] achieved, for the journal.
+#[derive(Clone, Debug, Default)]
+pub struct Applied {
+    pub summary: String,
+    pub details: serde_json::Value,
+}
+
+/// A process identity that survives PID reuse: the PID plus its start time
+/// (`/proc/PID/stat` field 22, clock ticks since boot).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct ProcRef {
+    pub pid: u32,
+    pub start_time: u64,
+}
+
+/// Everything needed to undo one injection, written to the state file before the injection.
+/// Every variant's revert is idempotent.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "recipe", rename_all = "snake_case")]
+pub enum RevertRecipe {
+    /// Nothing to undo (a kill).
+    Nothing,
+    /// SIGCONT each process that is still the same process (PID and start time match).
+    ResumeProcesses { processes: Vec<ProcRef> },
+    /// Engine tests only: remove this marker file (stands in for "the host is dirty").
+    Simulated {
+        marker: std::path::PathBuf,
+        fail: bool,
+    },
+}
+
+/// What a revert did, for the journal and the terminal.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct Reverted {
+    pub summary: String,
+}
+
+impl RevertRecipe {
+    /// Undo the injection. Safe to call more than once, and after a crash.
+    pub fn revert(&self) -> Result<Reverted, FaultError> {
+        match self {
+            RevertRecipe::Nothing => Ok(Reverted {
+                summary: "nothing to revert".into(),
+            }),
+            RevertRecipe::ResumeProcesses { processes } => process::resume_all(processes),
+            RevertRecipe::Simulated { marker, fail } => sim::revert_marker(marker, *fail),
+        }
+    }
+
+    /// Privilege or other preconditions this recipe's revert will need; shown by `status`.
+    pub fn describe(&self) -> String {
+        match self {
+            RevertRecipe::Nothing => "nothing to revert".into(),
+            RevertRecipe::ResumeProcesses { processes } => {
+                let pids: Vec<String> = processes.iter().map(|p| p.pid.to_string()).collect();
+                format!("SIGCONT to pid {}", pids.join(", "))
+            }
+            RevertRecipe::Simulated { marker, .. } => format!("remove {}", marker.display()),
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum FaultError {
+    /// The target matched nothing (or only refused processes).
+    #[error("target matched no process: {0}")]
+    NoTarget(String),
+    /// The fault needs a privilege faultline does not have.
+    #[error("permission denied: {0}")]
+    Permission(String),
+    #[error("{0}")]
+    Failed(String),
+}
+
+/// Build the fault a plan entry describes.
+pub fn build(spec: &FaultSpec, plan: &Plan) -> Box<dyn Fault> {
+    process::build(spec, plan)
+}

@@ -1,0 +1,18 @@
+//! faultline: a Linux chaos-engineering fault injector.
+//!
+//! Data flows one way: experiment file → [`experiment::Experiment`] → [`plan::Plan`] →
+//! [`engine`] → faults and probes → events → state file and reports.
+
+pub mod cli;
+pub mod demo;
+pub mod engine;
+pub mod experiment;
+pub mod fault;
+pub mod outcome;
+pub mod plan;
+pub mod probe;
+pub mod report;
+pub mod state;
+pub mod sys;
+
+pub use outcome::Outcome;

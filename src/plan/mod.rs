@@ -1,0 +1,158 @@
+//! Stage two: an [`Experiment`](crate::experiment::Experiment) checked and turned into a
+//! [`Plan`] — references resolved, defaults applied, expectations compiled, durations absolute.
+//! `run` executes only a `Plan`; `plan` prints one. Building a plan touches nothing on the host.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use serde::Serialize;
+
+use crate::experiment::model::{Experiment, FaultKind, ProcessSelector};
+
+pub mod render;
+
+#[derive(Clone, Debug, Serialize)]
+pub struct Plan {
+    pub name: String,
+    /// Where the experiment came from (`<built-in quickstart>` for the embedded default).
+    pub source: PathBuf,
+    /// The experiment as written (defaults not filled in), for the journal.
+    pub experiment: Experiment,
+    pub targets: BTreeMap<String, TargetSpec>,
+    pub probes: BTreeMap<String, ProbeSpec>,
+    pub before: Option<GateSpec>,
+    /// Probes checked from T0 until the last fault ends.
+    pub during: Vec<String>,
+    pub after: Option<AfterSpec>,
+    /// In file order.
+    pub faults: Vec<FaultSpec>,
+    pub abort_on_probe_failure: bool,
+    pub revert_timeout: Duration,
+    pub max_duration: Duration,
+    pub setup: Vec<CommandSpec>,
+    pub cleanup: Vec<CommandSpec>,
+}
+
+#[derive(Clone, Debug, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum TargetSpec {
+    Process(ProcessSelector),
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct GateSpec {
+    pub probes: Vec<String>,
+    /// Zero means a single try.
+    pub wait_until: Duration,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct AfterSpec {
+    pub probes: Vec<String>,
+    pub within: Duration,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct FaultSpec {
+    pub id: String,
+    pub kind: FaultKind,
+    pub target: String,
+    pub action: FaultAction,
+    /// Offset from T0 (zero when not given).
+    pub at: Duration,
+    /// Start only after these faults have been injected, plus `delay`.
+    pub after: Vec<String>,
+    pub delay: Duration,
+    /// How long the fault stays injected; `None` for one-shot faults (a kill without repeat).
+    pub duration: Option<Duration>,
+    pub repeat_every: Option<Duration>,
+}
+
+#[derive(Clone, Debug, Serialize)]
+#[serde(rename_all = "snake_case", tag = "action")]
+pub enum FaultAction {
+    /// Send `signal` (a raw signal number, validated) to every selected process.
+    Signal { signal: i32, signal_name: String },
+    /// SIGSTOP now, SIGCONT on revert.
+    Stop,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct ProbeSpec {
+    pub name: String,
+    pub kind: ProbeKind,
+    pub check: Check,
+    pub interval: Duration,
+    pub timeout: Duration,
+    pub failure_threshold: u32,
+    pub slo: Option<WindowSloSpec>,
+}
+
+#[derive(Clone, Debug, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ProbeKind {
+    Http {
+        url: String,
+        method: String,
+        headers: BTreeMap<String, String>,
+        body: Option<String>,
+    },
+    Tcp {
+        address: String,
+    },
+    Command {
+        argv: Vec<String>,
+        env: BTreeMap<String, String>,
+    },
+    Process {
+        selector: ProcessSelector,
+    },
+}
+
+/// Compiled expectations for one sample, defaults applied for the probe's kind.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct Check {
+    /// Inclusive ranges of accepted HTTP status codes (HTTP only; default 200-299).
+    pub status: Vec<(u16, u16)>,
+    pub max_latency: Option<Duration>,
+    pub body_contains: Option<String>,
+    /// JSON path (as written, `$.a.b[0]`) and the value it must equal.
+    pub json_path: Option<(String, serde_json::Value)>,
+    /// Command only; default 0.
+    pub exit_code: Option<i32>,
+    pub stdout_contains: Option<String>,
+    /// Compiled at plan time; serialised as the pattern.
+    #[serde(serialize_with = "serialize_regex")]
+    pub stdout_matches: Option<regex::Regex>,
+    /// Process only; default min 1.
+    pub min_count: Option<u32>,
+    pub max_count: Option<u32>,
+}
+
+fn serialize_regex<S: serde::Serializer>(re: &Option<regex::Regex>, s: S) -> Result<S::Ok, S::Error> {
+    match re {
+        Some(re) => s.serialize_some(re.as_str()),
+        None => s.serialize_none(),
+    }
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct WindowSloSpec {
+    pub window: Duration,
+    /// 0.0..=1.0
+    pub success_ratio: Option<f64>,
+    /// (percentile 0..100, bound)
+    pub latency: Option<(f64, Duration)>,
+    pub min_samples: u32,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct CommandSpec {
+    pub name: String,
+    /// argv[0] already resolved (`faultline` → this binary).
+    pub argv: Vec<String>,
+    pub env: BTreeMap<String, String>,
+    pub background: bool,
+    pub timeout: Duration,
+}

@@ -1,0 +1,1 @@
+//! `faultline plan`: the timeline and what each target matches now.

@@ -1,0 +1,1 @@
+//! A simulated probe for deterministic engine tests.

@@ -1,0 +1,1 @@
+//! The journal: one JSON event per line, flushed as it is written.

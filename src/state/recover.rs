@@ -1,0 +1,1 @@
+//! `faultline recover` and `faultline status`.

@@ -1,0 +1,4 @@
+//! Thin Linux seams. Everything that reads /proc or makes a process-level syscall lives here.
+
+pub mod pidfd;
+pub mod proc;
