@@ -9,6 +9,7 @@ use crate::plan::ProbeSpec;
 
 pub mod command;
 pub mod http;
+pub mod jsonpath;
 pub mod process;
 pub mod sim;
 pub mod slo;
