@@ -4,6 +4,7 @@
 //! [`engine`] → faults and probes → events → state file and reports.
 
 pub mod cli;
+pub mod commands;
 pub mod demo;
 pub mod engine;
 pub mod experiment;

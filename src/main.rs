@@ -1,1 +1,40 @@
-fn main() {}
+use std::process::ExitCode;
+
+use clap::Parser;
+
+use faultline::cli::{Cli, Command};
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let level = match cli.verbose {
+        0 => "warn",
+        1 => "info",
+        _ => "debug",
+    };
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("FAULTLINE_LOG")
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(level)),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+
+    if let Command::DemoTarget(args) = &cli.command {
+        if args.worker {
+            // Name the process before the runtime starts threads, so /proc/PID/comm shows it.
+            faultline::demo::set_process_name(faultline::demo::WORKER_NAME);
+        }
+    }
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("faultline: cannot start the async runtime: {e}");
+            return ExitCode::from(faultline::outcome::EXIT_ERROR);
+        }
+    };
+    ExitCode::from(runtime.block_on(faultline::commands::dispatch(cli.command)))
+}

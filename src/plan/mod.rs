@@ -156,3 +156,54 @@ pub struct CommandSpec {
     pub background: bool,
     pub timeout: Duration,
 }
+
+impl Plan {
+    /// Earliest start of every fault (offset from T0, in plan order), taking `at`, `after`
+    /// and `delay` into account and assuming injections take no time. `None` for a fault
+    /// caught in an `after` cycle (validation rejects those).
+    pub fn earliest_starts(&self) -> Vec<Option<Duration>> {
+        earliest_starts(&self.faults)
+    }
+}
+
+/// See [`Plan::earliest_starts`]; shared with validation, which runs before a `Plan` exists.
+pub fn earliest_starts(faults: &[FaultSpec]) -> Vec<Option<Duration>> {
+    fn visit(
+        index: usize,
+        faults: &[FaultSpec],
+        memo: &mut Vec<Option<Option<Duration>>>,
+        visiting: &mut Vec<bool>,
+    ) -> Option<Duration> {
+        if let Some(known) = memo[index] {
+            return known;
+        }
+        if visiting[index] {
+            return None;
+        }
+        visiting[index] = true;
+        let fault = &faults[index];
+        let mut start = Some(fault.at);
+        if !fault.after.is_empty() {
+            let mut latest_dep = Duration::ZERO;
+            for dep in &fault.after {
+                let dep_start = faults
+                    .iter()
+                    .position(|f| &f.id == dep)
+                    .and_then(|d| visit(d, faults, memo, visiting));
+                match dep_start {
+                    Some(s) => latest_dep = latest_dep.max(s),
+                    None => start = None,
+                }
+            }
+            start = start.map(|at| at.max(latest_dep + fault.delay));
+        }
+        visiting[index] = false;
+        memo[index] = Some(start);
+        start
+    }
+    let mut memo = vec![None; faults.len()];
+    let mut visiting = vec![false; faults.len()];
+    (0..faults.len())
+        .map(|i| visit(i, faults, &mut memo, &mut visiting))
+        .collect()
+}

@@ -1,1 +1,263 @@
-//! `faultline plan`: the timeline and what each target matches now.
+//! `faultline plan`: what a run would do, and what each target matches right now.
+//! Reads /proc; injects nothing and needs no root.
+
+use std::fmt::Write;
+use std::time::Duration;
+
+use super::{Check, FaultAction, Plan, ProbeKind, ProbeSpec, TargetSpec};
+use crate::experiment::model::ProcessSelector;
+use crate::sys::proc;
+
+fn dur(d: Duration) -> String {
+    if d.is_zero() {
+        "0s".into()
+    } else {
+        humantime::format_duration(d).to_string()
+    }
+}
+
+pub fn describe_selector(s: &ProcessSelector) -> String {
+    let mut parts = Vec::new();
+    if let Some(pid) = s.pid {
+        parts.push(format!("pid={pid}"));
+    }
+    if let Some(p) = &s.pidfile {
+        parts.push(format!("pidfile={p}"));
+    }
+    if let Some(n) = &s.name {
+        parts.push(format!("name={n}"));
+    }
+    if let Some(c) = &s.cmdline {
+        parts.push(format!("cmdline=/{}/", c.value));
+    }
+    if let Some(c) = &s.cgroup {
+        parts.push(format!("cgroup={c}"));
+    }
+    if let Some(u) = s.uid {
+        parts.push(format!("uid={u}"));
+    }
+    if let Some(c) = &s.count {
+        parts.push(format!("count={}", c.value));
+    }
+    if let Some(p) = &s.percent {
+        parts.push(format!("percent={}", p.value));
+    }
+    if s.random {
+        parts.push(match s.seed {
+            Some(seed) => format!("random(seed={seed})"),
+            None => "random".into(),
+        });
+    }
+    if s.force {
+        parts.push("force".into());
+    }
+    parts.join(" ")
+}
+
+fn describe_probe(p: &ProbeSpec) -> String {
+    let what = match &p.kind {
+        ProbeKind::Http { url, method, .. } => format!("http {method} {url}"),
+        ProbeKind::Tcp { address } => format!("tcp connect {address}"),
+        ProbeKind::Command { argv, .. } => format!("command {argv:?}"),
+        ProbeKind::Process { selector } => format!("process count of [{}]", describe_selector(selector)),
+    };
+    let mut line = format!(
+        "{what}; every {}, timeout {}, fails after {} consecutive failure{}",
+        dur(p.interval),
+        dur(p.timeout),
+        p.failure_threshold,
+        if p.failure_threshold == 1 { "" } else { "s" }
+    );
+    let expect = describe_check(&p.check, &p.kind);
+    if !expect.is_empty() {
+        let _ = write!(line, "; expect {expect}");
+    }
+    if let Some(slo) = &p.slo {
+        let mut parts = Vec::new();
+        if let Some(r) = slo.success_ratio {
+            parts.push(format!("success ratio >= {r}"));
+        }
+        if let Some((pct, bound)) = slo.latency {
+            parts.push(format!("p{pct} < {}", dur(bound)));
+        }
+        let _ = write!(
+            line,
+            "; SLO over {} (min {} samples): {}",
+            dur(slo.window),
+            slo.min_samples,
+            parts.join(", ")
+        );
+    }
+    line
+}
+
+fn describe_check(c: &Check, kind: &ProbeKind) -> String {
+    let mut parts = Vec::new();
+    if matches!(kind, ProbeKind::Http { .. }) && !c.status.is_empty() {
+        let ranges: Vec<String> = c
+            .status
+            .iter()
+            .map(|(lo, hi)| if lo == hi { lo.to_string() } else { format!("{lo}-{hi}") })
+            .collect();
+        parts.push(format!("status {}", ranges.join(",")));
+    }
+    if let Some(l) = c.max_latency {
+        parts.push(format!("latency <= {}", dur(l)));
+    }
+    if let Some(b) = &c.body_contains {
+        parts.push(format!("body contains {b:?}"));
+    }
+    if let Some((path, value)) = &c.json_path {
+        parts.push(format!("{path} == {value}"));
+    }
+    if let Some(code) = c.exit_code {
+        parts.push(format!("exit code {code}"));
+    }
+    if let Some(s) = &c.stdout_contains {
+        parts.push(format!("stdout contains {s:?}"));
+    }
+    if let Some(re) = &c.stdout_matches {
+        parts.push(format!("stdout matches /{}/", re.as_str()));
+    }
+    if let Some(n) = c.min_count {
+        parts.push(format!("count >= {n}"));
+    }
+    if let Some(n) = c.max_count {
+        parts.push(format!("count <= {n}"));
+    }
+    parts.join(", ")
+}
+
+/// The human-readable plan.
+pub fn render(plan: &Plan) -> String {
+    let mut out = String::new();
+    let _ = writeln!(out, "experiment {} ({})", plan.name, plan.source.display());
+    let _ = writeln!(
+        out,
+        "  max_duration {}; {}; revert timeout {}",
+        dur(plan.max_duration),
+        if plan.abort_on_probe_failure {
+            "a failing during-probe aborts at once"
+        } else {
+            "a failing during-probe marks the run deviated (no abort)"
+        },
+        dur(plan.revert_timeout)
+    );
+
+    let _ = writeln!(out, "\ntargets (matched now)");
+    for (name, target) in &plan.targets {
+        let TargetSpec::Process(selector) = target;
+        let _ = writeln!(out, "  {name}: process [{}]", describe_selector(selector));
+        match proc::select(selector) {
+            Ok(selection) => {
+                if selection.picked.is_empty() {
+                    let _ = writeln!(out, "    matches nothing now (setup may start it)");
+                }
+                for p in &selection.picked {
+                    let _ = writeln!(out, "    would hit pid {} ({}) {}", p.pid, p.name, truncate(&p.cmdline, 60));
+                }
+                if selection.matched > selection.picked.len() {
+                    let _ = writeln!(
+                        out,
+                        "    ({} of {} matches picked)",
+                        selection.picked.len(),
+                        selection.matched
+                    );
+                }
+                for (pid, why) in &selection.refused {
+                    let _ = writeln!(out, "    refused pid {pid}: {why} (set force: true to allow)");
+                }
+            }
+            Err(e) => {
+                let _ = writeln!(out, "    cannot resolve now: {e}");
+            }
+        }
+    }
+
+    let _ = writeln!(out, "\nprobes");
+    for (name, probe) in &plan.probes {
+        let _ = writeln!(out, "  {name}: {}", describe_probe(probe));
+    }
+
+    let _ = writeln!(out, "\nsteady state");
+    match &plan.before {
+        Some(g) if g.wait_until.is_zero() => {
+            let _ = writeln!(out, "  before: {} (one try)", g.probes.join(", "));
+        }
+        Some(g) => {
+            let _ = writeln!(out, "  before: {} (retry for up to {})", g.probes.join(", "), dur(g.wait_until));
+        }
+        None => {
+            let _ = writeln!(out, "  before: no gate");
+        }
+    }
+    if plan.during.is_empty() {
+        let _ = writeln!(out, "  during: nothing watched");
+    } else {
+        let _ = writeln!(out, "  during: {} (from T0 until the last fault ends)", plan.during.join(", "));
+    }
+    match &plan.after {
+        Some(a) => {
+            let _ = writeln!(out, "  after:  {} within {}", a.probes.join(", "), dur(a.within));
+        }
+        None => {
+            let _ = writeln!(out, "  after:  no recovery check");
+        }
+    }
+
+    let _ = writeln!(out, "\ntimeline (offsets from T0, the moment the gate passes)");
+    let starts = plan.earliest_starts();
+    let mut order: Vec<usize> = (0..plan.faults.len()).collect();
+    order.sort_by_key(|&i| (starts[i], i));
+    for i in order {
+        let f = &plan.faults[i];
+        let start = starts[i].unwrap_or_default();
+        let window = match f.duration {
+            Some(d) => format!("+{} .. +{}", dur(start), dur(start + d)),
+            None => format!("+{}", dur(start)),
+        };
+        let action = match &f.action {
+            FaultAction::Signal { signal_name, .. } => format!("{} ({signal_name})", f.kind.as_str()),
+            FaultAction::Stop => format!("{} (SIGSTOP, SIGCONT on revert)", f.kind.as_str()),
+        };
+        let mut extra = Vec::new();
+        if !f.after.is_empty() {
+            extra.push(format!("after {} + {}", f.after.join(", "), dur(f.delay)));
+        }
+        if let Some(every) = f.repeat_every {
+            extra.push(format!("repeat every {}", dur(every)));
+        }
+        let extra = if extra.is_empty() { String::new() } else { format!("  [{}]", extra.join("; ")) };
+        let _ = writeln!(out, "  {window:<18} {}: {action} -> {}{extra}", f.id, f.target);
+    }
+    if plan.faults.is_empty() {
+        let _ = writeln!(out, "  no faults");
+    }
+
+    for (title, commands) in [("setup", &plan.setup), ("cleanup", &plan.cleanup)] {
+        if commands.is_empty() {
+            continue;
+        }
+        let _ = writeln!(out, "\n{title}");
+        for c in commands {
+            let _ = writeln!(
+                out,
+                "  {}: {:?}{}",
+                c.name,
+                c.argv,
+                if c.background { " (background)" } else { "" }
+            );
+        }
+    }
+    let _ = writeln!(out, "\nnothing was injected (plan only)");
+    out
+}
+
+fn truncate(s: &str, max: usize) -> String {
+    if s.chars().count() <= max {
+        s.to_string()
+    } else {
+        let cut: String = s.chars().take(max).collect();
+        format!("{cut}…")
+    }
+}

@@ -1,1 +1,74 @@
-//! `faultline recover` and `faultline status`.
+//! `faultline recover` and `faultline status`: undo what a crashed run left behind, and
+//! list what is live. Recovery reverts newest first, drops each record only after its
+//! revert succeeded, and is idempotent.
+
+use super::{owner_alive, FaultRecord, StateDir, StateError};
+
+/// What `recover` did.
+#[derive(Debug, Default)]
+pub struct RecoverReport {
+    pub reverted: Vec<(FaultRecord, String)>,
+    pub failed: Vec<(FaultRecord, String)>,
+    /// Records of a run that is still going; left alone unless asked.
+    pub active: Vec<FaultRecord>,
+    /// Records that cannot be read: they need a person.
+    pub unreadable: Vec<String>,
+}
+
+impl RecoverReport {
+    pub fn clean(&self) -> bool {
+        self.failed.is_empty() && self.unreadable.is_empty()
+    }
+}
+
+/// Revert every orphaned record (owner gone); with `include_active`, also those of runs
+/// that are still alive (for a run that hangs).
+pub fn recover(state: &StateDir, include_active: bool) -> Result<RecoverReport, StateError> {
+    let mut report = RecoverReport::default();
+    let mut records = Vec::new();
+    for entry in state.list()? {
+        match entry {
+            Ok(record) => records.push(record),
+            Err(e) => report.unreadable.push(e.to_string()),
+        }
+    }
+    // Newest first: undo in the reverse of the order things were done.
+    records.reverse();
+    for record in records {
+        if !include_active && owner_alive(&record.owner) {
+            report.active.push(record);
+            continue;
+        }
+        match record.revert.revert() {
+            Ok(reverted) => {
+                state.remove(&record.id)?;
+                report.reverted.push((record, reverted.summary));
+            }
+            Err(e) => report.failed.push((record, e.to_string())),
+        }
+    }
+    Ok(report)
+}
+
+/// A live record and whether the run that made it is still going.
+#[derive(Debug, serde::Serialize)]
+pub struct StatusEntry {
+    #[serde(flatten)]
+    pub record: FaultRecord,
+    pub owner_alive: bool,
+}
+
+pub fn status(state: &StateDir) -> Result<(Vec<StatusEntry>, Vec<String>), StateError> {
+    let mut live = Vec::new();
+    let mut unreadable = Vec::new();
+    for entry in state.list()? {
+        match entry {
+            Ok(record) => live.push(StatusEntry {
+                owner_alive: owner_alive(&record.owner),
+                record,
+            }),
+            Err(e) => unreadable.push(e.to_string()),
+        }
+    }
+    Ok((live, unreadable))
+}

@@ -1,0 +1,372 @@
+//! What each subcommand does. `main` parses the command line and calls [`dispatch`]; every
+//! path ends in an exit code from the table in `outcome`.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use crate::cli::{Command, DemoArgs, RunArgs, StateArgs};
+use crate::engine::{self, interrupt, RealBackend, RunContext, RunReport};
+use crate::experiment::{self, Diagnostics, Source};
+use crate::outcome::{Outcome, EXIT_ERROR, EXIT_INVALID_INPUT};
+use crate::plan::Plan;
+use crate::report::journal::Journal;
+use crate::state::{recover, StateDir};
+
+pub async fn dispatch(command: Command) -> u8 {
+    match command {
+        Command::Run(args) => run(args).await,
+        Command::Validate { files } => validate(&files),
+        Command::Plan { file, json } => plan(&file, json),
+        Command::Schema => {
+            println!(
+                "{}",
+                serde_json::to_string_pretty(&experiment::schema::json_schema()).expect("schema serialises")
+            );
+            0
+        }
+        Command::Recover {
+            state,
+            include_active,
+        } => recover_command(&state, include_active),
+        Command::Status { state, json } => status(&state, json),
+        Command::DemoTarget(args) => demo(args).await,
+    }
+}
+
+fn state_dir(args: &StateArgs) -> StateDir {
+    StateDir::new(args.state_dir.clone().unwrap_or_else(StateDir::default_location))
+}
+
+fn load(path: &Path) -> Result<Plan, Diagnostics> {
+    experiment::load_plan(path)
+}
+
+fn print_diagnostics(diagnostics: &Diagnostics) {
+    use std::io::IsTerminal;
+    eprint!("{}", diagnostics.render(std::io::stderr().is_terminal()));
+}
+
+fn validate(files: &[PathBuf]) -> u8 {
+    let mut code = 0;
+    for file in files {
+        match load(file) {
+            Ok(plan) => println!(
+                "ok: {} ({} fault{}, {} probe{})",
+                file.display(),
+                plan.faults.len(),
+                if plan.faults.len() == 1 { "" } else { "s" },
+                plan.probes.len(),
+                if plan.probes.len() == 1 { "" } else { "s" },
+            ),
+            Err(diagnostics) => {
+                print_diagnostics(&diagnostics);
+                code = EXIT_INVALID_INPUT;
+            }
+        }
+    }
+    code
+}
+
+fn plan(file: &Path, json: bool) -> u8 {
+    match load(file) {
+        Ok(plan) if json => {
+            println!("{}", serde_json::to_string_pretty(&plan).expect("plans serialise"));
+            0
+        }
+        Ok(plan) => {
+            print!("{}", crate::plan::render::render(&plan));
+            0
+        }
+        Err(diagnostics) => {
+            print_diagnostics(&diagnostics);
+            EXIT_INVALID_INPUT
+        }
+    }
+}
+
+fn recover_command(args: &StateArgs, include_active: bool) -> u8 {
+    let state = state_dir(args);
+    match recover::recover(&state, include_active) {
+        Ok(report) => {
+            print_recover_report(&state, &report);
+            if report.clean() { 0 } else { Outcome::RevertFailed.exit_code() }
+        }
+        Err(e) => {
+            eprintln!("faultline recover: {e}");
+            EXIT_ERROR
+        }
+    }
+}
+
+fn print_recover_report(state: &StateDir, report: &recover::RecoverReport) {
+    for (record, summary) in &report.reverted {
+        println!(
+            "recovered {} (fault {} of {}, run {}): {summary}",
+            record.id, record.fault_id, record.experiment, record.run_id
+        );
+    }
+    for record in &report.active {
+        println!(
+            "left alone {}: its run (pid {}) is still going; wait for it, or use --include-active",
+            record.id, record.owner.pid
+        );
+    }
+    for (record, error) in &report.failed {
+        eprintln!(
+            "REVERT FAILED {} (fault {} of {}): {error}\n  the host still carries: {}\n  fix the cause and run `faultline recover --state-dir {}` again",
+            record.id,
+            record.fault_id,
+            record.experiment,
+            record.revert.describe(),
+            state.root().display()
+        );
+    }
+    for problem in &report.unreadable {
+        eprintln!("UNREADABLE {problem}\n  inspect it by hand; delete it once the host is known to be clean");
+    }
+    if report.reverted.is_empty() && report.failed.is_empty() && report.unreadable.is_empty() && report.active.is_empty() {
+        println!("nothing to recover in {}", state.root().display());
+    }
+}
+
+fn status(args: &StateArgs, json: bool) -> u8 {
+    let state = state_dir(args);
+    match recover::status(&state) {
+        Ok((live, unreadable)) => {
+            if json {
+                println!("{}", serde_json::to_string_pretty(&live).expect("records serialise"));
+            } else if live.is_empty() && unreadable.is_empty() {
+                println!("no live faults in {}", state.root().display());
+            } else {
+                for entry in &live {
+                    let r = &entry.record;
+                    println!(
+                        "{}  {}/{}  {}  since {}  owner pid {} ({})  revert: {}",
+                        r.id,
+                        r.experiment,
+                        r.fault_id,
+                        r.summary,
+                        r.recorded_at,
+                        r.owner.pid,
+                        if entry.owner_alive { "running" } else { "gone: run `faultline recover`" },
+                        r.revert.describe()
+                    );
+                }
+                for problem in &unreadable {
+                    println!("unreadable: {problem}");
+                }
+            }
+            0
+        }
+        Err(e) => {
+            eprintln!("faultline status: {e}");
+            EXIT_ERROR
+        }
+    }
+}
+
+/// Before a run: faults left by a crashed run are reverted now (the host comes back before
+/// anything new is injected); if that fails, or another run is live, refuse to start.
+fn settle_leftovers(state: &StateDir) -> Result<(), (Outcome, String)> {
+    let (live, unreadable) = recover::status(state).map_err(|e| (Outcome::NotReady, e.to_string()))?;
+    if let Some(active) = live.iter().find(|e| e.owner_alive) {
+        return Err((
+            Outcome::NotReady,
+            format!(
+                "another faultline run (pid {}) holds live faults in {}; wait for it to finish, or use another --state-dir",
+                active.record.owner.pid,
+                state.root().display()
+            ),
+        ));
+    }
+    if live.is_empty() && unreadable.is_empty() {
+        return Ok(());
+    }
+    eprintln!(
+        "faultline: {} fault(s) left behind by an earlier run that did not finish; reverting them first",
+        live.len() + unreadable.len()
+    );
+    let report = recover::recover(state, false).map_err(|e| (Outcome::RevertFailed, e.to_string()))?;
+    print_recover_report(state, &report);
+    if report.clean() {
+        Ok(())
+    } else {
+        Err((
+            Outcome::RevertFailed,
+            format!(
+                "unrecovered faults remain in {}; fix them (see above) and run `faultline recover --state-dir {}` before starting a new run",
+                state.root().display(),
+                state.root().display()
+            ),
+        ))
+    }
+}
+
+async fn run(args: RunArgs) -> u8 {
+    // Every file is checked before anything runs: a typo in the third experiment of a game
+    // day must not surface after the first two have broken things.
+    let mut plans = Vec::new();
+    let mut invalid = false;
+    if args.files.is_empty() {
+        let source = Source::quickstart();
+        match experiment::parse(&source).and_then(|e| experiment::compile(&source, e)) {
+            Ok(plan) => plans.push(plan),
+            Err(d) => {
+                print_diagnostics(&d);
+                invalid = true;
+            }
+        }
+    }
+    for file in &args.files {
+        match load(file) {
+            Ok(plan) => plans.push(plan),
+            Err(d) => {
+                print_diagnostics(&d);
+                invalid = true;
+            }
+        }
+    }
+    if invalid {
+        eprintln!("faultline: invalid input; nothing was run");
+        return EXIT_INVALID_INPUT;
+    }
+
+    let state = state_dir(&args.state);
+    if let Err((outcome, message)) = settle_leftovers(&state) {
+        eprintln!("faultline: refusing to start: {message}");
+        return outcome.exit_code();
+    }
+
+    let (handle, interrupt) = interrupt::channel();
+    if let Err(e) = interrupt::install_signal_handlers(handle) {
+        eprintln!("faultline: cannot install signal handlers, so Ctrl-C could not revert faults: {e}");
+        return EXIT_ERROR;
+    }
+
+    let report_dir = args.report_dir.clone().unwrap_or_else(|| PathBuf::from("faultline-reports"));
+    let stamp = jiff::Timestamp::now().strftime("%Y%m%dT%H%M%SZ").to_string();
+    let game_day = format!("{stamp}-{}", std::process::id());
+    let mut reports: Vec<(RunReport, PathBuf)> = Vec::new();
+    let total = plans.len();
+    for (index, plan) in plans.into_iter().enumerate() {
+        if interrupt.level() >= interrupt::Level::Abort {
+            eprintln!("faultline: interrupted; {} experiment(s) not started", total - index);
+            break;
+        }
+        let run_id = if total == 1 { game_day.clone() } else { format!("{game_day}-{}", index + 1) };
+        let journal_path = report_dir.join(format!("{run_id}-{}.jsonl", file_safe(&plan.name)));
+        let journal = match Journal::create(&journal_path) {
+            Ok(j) => j,
+            Err(e) => {
+                eprintln!("faultline: cannot write the journal {}: {e}; nothing was run", journal_path.display());
+                return EXIT_ERROR;
+            }
+        };
+        let context = RunContext {
+            backend: Arc::new(RealBackend),
+            state: state.clone(),
+            journal: journal.clone(),
+            run_id,
+            interrupt: interrupt.clone(),
+            quiet: args.quiet,
+        };
+        let report = engine::run(Arc::new(plan), context).await;
+        if let Some(e) = journal.take_error() {
+            eprintln!("faultline: warning: the journal {} is incomplete: {e}", journal_path.display());
+        }
+        print_summary(&report, &journal_path);
+        reports.push((report, journal_path));
+    }
+
+    if reports.len() > 1 {
+        print_game_day(&reports);
+        let summary_path = report_dir.join(format!("{game_day}-summary.json"));
+        let summary: Vec<serde_json::Value> = reports
+            .iter()
+            .map(|(r, journal)| {
+                serde_json::json!({
+                    "experiment": r.name,
+                    "outcome": r.outcome,
+                    "exit_code": r.outcome.exit_code(),
+                    "reason": r.reason,
+                    "duration_ms": crate::report::ms(r.duration),
+                    "journal": journal,
+                })
+            })
+            .collect();
+        let _ = std::fs::write(&summary_path, serde_json::to_vec_pretty(&summary).expect("serialises"));
+    }
+    let worst = Outcome::worst(reports.iter().map(|(r, _)| r.outcome));
+    let interrupted_before_any = reports.is_empty() && interrupt.level() >= interrupt::Level::Abort;
+    if interrupted_before_any { Outcome::Interrupted.exit_code() } else { worst.exit_code() }
+}
+
+fn file_safe(name: &str) -> String {
+    name.chars()
+        .map(|c| if c.is_ascii_alphanumeric() || c == '-' || c == '_' { c } else { '_' })
+        .collect()
+}
+
+fn print_summary(report: &RunReport, journal: &Path) {
+    let outcome = report.outcome;
+    if outcome == Outcome::RevertFailed {
+        eprintln!("\n!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!");
+        eprintln!("!! REVERT FAILED — THE HOST MAY STILL CARRY FAULTS");
+        for failure in &report.revert_failures {
+            eprintln!("!!   {failure}");
+        }
+        eprintln!("!! `faultline status` lists them; `faultline recover` retries the reverts.");
+        eprintln!("!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!\n");
+    }
+    eprintln!(
+        "\n== {}: {} (exit {}) in {:.1}s",
+        report.name,
+        outcome.as_str().to_uppercase(),
+        outcome.exit_code(),
+        report.duration.as_secs_f64()
+    );
+    eprintln!("   {}", report.reason);
+    if let Some(abort) = &report.abort {
+        eprintln!(
+            "   abort: {} fault(s) reverted {:.1} ms after the breach",
+            abort.faults_reverted, abort.breach_to_all_reverted_ms
+        );
+    }
+    eprintln!("   journal: {}", journal.display());
+}
+
+fn print_game_day(reports: &[(RunReport, PathBuf)]) {
+    eprintln!("\ngame day: {} experiments", reports.len());
+    for (report, _) in reports {
+        eprintln!(
+            "  {:<17} {:<32} {:>7.1}s  {}",
+            report.outcome.as_str(),
+            report.name,
+            report.duration.as_secs_f64(),
+            report.reason
+        );
+    }
+    let worst = Outcome::worst(reports.iter().map(|(r, _)| r.outcome));
+    eprintln!("  overall: {} (exit {})", worst, worst.exit_code());
+}
+
+async fn demo(args: DemoArgs) -> u8 {
+    let result = if args.worker {
+        crate::demo::worker().await
+    } else {
+        crate::demo::serve(crate::demo::DemoOptions {
+            listen: args.listen,
+            pidfile: args.pidfile,
+            restart_delay: args.restart_delay,
+        })
+        .await
+    };
+    match result {
+        Ok(()) => 0,
+        Err(e) => {
+            eprintln!("faultline demo-target: {e}");
+            EXIT_ERROR
+        }
+    }
+}
+

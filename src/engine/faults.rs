@@ -1,0 +1,306 @@
+//! The fault scheduler: one task per fault, each waiting for its start (offset from T0,
+//! other faults, delay), injecting through the write-ahead state file, holding for its
+//! duration (repeating if asked) and reverting at its natural end.
+//!
+//! Cancellation (abort) never interrupts an `apply` that is under way — reverting a
+//! half-applied fault concurrently would race it — but every wait is cancelled at once.
+//! After cancelling, the engine joins the tasks and reverts whatever is still live, newest
+//! first, from the shared [`Registry`].
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+use tokio::sync::{mpsc, watch};
+use tokio::task::JoinSet;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+use super::events::Event;
+use super::Shared;
+use crate::fault::{Prepared, RevertRecipe};
+use crate::plan::FaultSpec;
+use crate::state::FaultRecord;
+
+/// One injection that may still need reverting.
+#[derive(Clone, Debug)]
+pub struct Live {
+    pub record_id: String,
+    pub fault_id: String,
+    pub recipe: RevertRecipe,
+}
+
+/// Live injections in start order.
+#[derive(Default)]
+pub struct Registry(Mutex<Vec<Live>>);
+
+impl Registry {
+    fn push(&self, live: Live) {
+        self.0.lock().unwrap_or_else(|p| p.into_inner()).push(live);
+    }
+
+    fn take_fault(&self, fault_id: &str) -> Vec<Live> {
+        let mut all = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        let (mine, rest): (Vec<Live>, Vec<Live>) =
+            all.drain(..).partition(|l| l.fault_id == fault_id);
+        *all = rest;
+        mine
+    }
+
+    fn take_record(&self, record_id: &str) -> Option<Live> {
+        let mut all = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        let index = all.iter().position(|l| l.record_id == record_id)?;
+        Some(all.remove(index))
+    }
+
+    /// Everything still live, newest first (the order to revert in).
+    pub fn drain_newest_first(&self) -> Vec<Live> {
+        let mut all: Vec<Live> = self.0.lock().unwrap_or_else(|p| p.into_inner()).drain(..).collect();
+        all.reverse();
+        all
+    }
+
+    /// Distinct faults with a live injection, in start order.
+    pub fn fault_ids(&self) -> Vec<String> {
+        let all = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        let mut ids: Vec<String> = Vec::new();
+        for live in all.iter() {
+            if !ids.contains(&live.fault_id) {
+                ids.push(live.fault_id.clone());
+            }
+        }
+        ids
+    }
+
+    pub fn len(&self) -> usize {
+        self.0.lock().unwrap_or_else(|p| p.into_inner()).len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+/// What fault tasks tell the engine.
+#[derive(Debug)]
+pub enum FaultEvent {
+    Injected { fault_id: String },
+    Failed { fault_id: String, error: String },
+}
+
+/// Start one task per fault. Returns the task set; the engine watches `events`.
+pub fn spawn_all(
+    shared: &Arc<Shared>,
+    t0: Instant,
+    cancel: &CancellationToken,
+    events: mpsc::UnboundedSender<FaultEvent>,
+) -> JoinSet<()> {
+    let mut started_tx: HashMap<String, watch::Sender<Option<Instant>>> = HashMap::new();
+    let mut started_rx: HashMap<String, watch::Receiver<Option<Instant>>> = HashMap::new();
+    for spec in &shared.plan.faults {
+        let (tx, rx) = watch::channel(None);
+        started_tx.insert(spec.id.clone(), tx);
+        started_rx.insert(spec.id.clone(), rx);
+    }
+    let mut tasks = JoinSet::new();
+    for (index, spec) in shared.plan.faults.iter().enumerate() {
+        let deps: Vec<watch::Receiver<Option<Instant>>> = spec
+            .after
+            .iter()
+            .filter_map(|id| started_rx.get(id).cloned())
+            .collect();
+        let started = started_tx.remove(&spec.id).expect("one sender per fault");
+        let task = FaultTask {
+            shared: shared.clone(),
+            index,
+            t0,
+            cancel: cancel.clone(),
+            events: events.clone(),
+            started,
+            deps,
+        };
+        tasks.spawn(task.run());
+    }
+    tasks
+}
+
+struct FaultTask {
+    shared: Arc<Shared>,
+    index: usize,
+    t0: Instant,
+    cancel: CancellationToken,
+    events: mpsc::UnboundedSender<FaultEvent>,
+    started: watch::Sender<Option<Instant>>,
+    deps: Vec<watch::Receiver<Option<Instant>>>,
+}
+
+impl FaultTask {
+    fn spec(&self) -> &FaultSpec {
+        &self.shared.plan.faults[self.index]
+    }
+
+    /// Sleep until `deadline`; false when cancelled first.
+    async fn wait_until(&self, deadline: Instant) -> bool {
+        tokio::select! {
+            biased;
+            _ = self.cancel.cancelled() => false,
+            _ = tokio::time::sleep_until(deadline) => true,
+        }
+    }
+
+    async fn run(mut self) {
+        let spec = self.spec().clone();
+        // Start at the later of `at` and (the last dependency's injection + `delay`).
+        let mut start = self.t0 + spec.at;
+        for dep in &mut self.deps {
+            let dep_started = tokio::select! {
+                biased;
+                _ = self.cancel.cancelled() => None,
+                r = dep.wait_for(|started| started.is_some()) => r.ok().and_then(|s| *s),
+            };
+            let Some(dep_started) = dep_started else {
+                return;
+            };
+            start = start.max(dep_started + spec.delay);
+        }
+        if !self.wait_until(start).await {
+            return;
+        }
+
+        let began = Instant::now();
+        let end = spec.duration.map(|d| began + d);
+        let mut injected_once = false;
+        loop {
+            match self.inject_once().await {
+                Ok(()) => {
+                    if !injected_once {
+                        injected_once = true;
+                        let _ = self.started.send(Some(Instant::now()));
+                        let _ = self.events.send(FaultEvent::Injected {
+                            fault_id: spec.id.clone(),
+                        });
+                    }
+                }
+                Err(error) => {
+                    let _ = self.events.send(FaultEvent::Failed {
+                        fault_id: spec.id.clone(),
+                        error,
+                    });
+                    return;
+                }
+            }
+            let (Some(every), Some(end)) = (spec.repeat_every, end) else {
+                break;
+            };
+            let next = Instant::now() + every;
+            if next >= end {
+                break;
+            }
+            if !self.wait_until(next).await {
+                return;
+            }
+        }
+
+        if let Some(end) = end {
+            if !self.wait_until(end).await {
+                return;
+            }
+            for live in self.shared.registry.take_fault(&spec.id).into_iter().rev() {
+                self.shared.revert(live, "duration_elapsed").await;
+            }
+        }
+    }
+
+    /// prepare → durable record → apply. On success the injection is live in the registry
+    /// (or already forgotten when there is nothing to revert).
+    async fn inject_once(&self) -> Result<(), String> {
+        let shared = &self.shared;
+        let spec = self.spec();
+        let fault = shared.backend.fault(spec, &shared.plan);
+        let fault = Arc::<dyn crate::fault::Fault>::from(fault);
+
+        let preparing = fault.clone();
+        let prepared: Prepared = match tokio::task::spawn_blocking(move || preparing.prepare()).await {
+            Ok(Ok(prepared)) => prepared,
+            Ok(Err(e)) => return Err(self.failed(None, e.to_string())),
+            Err(e) => return Err(self.failed(None, format!("prepare panicked: {e}"))),
+        };
+
+        let record_id = shared.next_record_id(&spec.id);
+        let record = FaultRecord {
+            id: record_id.clone(),
+            run_id: shared.run_id.clone(),
+            experiment: shared.plan.name.clone(),
+            fault_id: spec.id.clone(),
+            owner: shared.owner,
+            recorded_at: jiff::Timestamp::now().to_string(),
+            summary: prepared.summary.clone(),
+            revert: prepared.revert.clone(),
+        };
+        let state = shared.state.clone();
+        let writing = record.clone();
+        match tokio::task::spawn_blocking(move || state.write(&writing)).await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => {
+                return Err(self.failed(
+                    None,
+                    format!("cannot record the revert before injecting, so nothing was injected: {e}"),
+                ));
+            }
+            Err(e) => return Err(self.failed(None, format!("state write panicked: {e}"))),
+        }
+        shared.journal.write(&Event::FaultIntent {
+            t_ms: shared.t_ms(),
+            fault: &spec.id,
+            record: &record_id,
+            summary: &prepared.summary,
+            details: &prepared.details,
+            revert: &prepared.revert,
+        });
+        shared.registry.push(Live {
+            record_id: record_id.clone(),
+            fault_id: spec.id.clone(),
+            recipe: prepared.revert.clone(),
+        });
+
+        let applying = fault.clone();
+        let prepared_for_apply = prepared.clone();
+        let applied = tokio::task::spawn_blocking(move || applying.apply(&prepared_for_apply)).await;
+        match applied {
+            Ok(Ok(applied)) => {
+                shared.journal.write(&Event::FaultInjected {
+                    t_ms: shared.t_ms(),
+                    fault: &spec.id,
+                    record: &record_id,
+                    summary: &applied.summary,
+                    details: &applied.details,
+                });
+                shared.ui.line(format!("inject  {}: {}", spec.id, applied.summary));
+                if prepared.revert == RevertRecipe::Nothing {
+                    // Nothing to undo: forget it now rather than at the end.
+                    if let Some(live) = shared.registry.take_record(&record_id) {
+                        let _ = shared.state.remove(&live.record_id);
+                    }
+                }
+                Ok(())
+            }
+            // The record stays in the registry: the abort that follows reverts the
+            // partial injection.
+            Ok(Err(e)) => Err(self.failed(Some(&record_id), e.to_string())),
+            Err(e) => Err(self.failed(Some(&record_id), format!("apply panicked: {e}"))),
+        }
+    }
+
+    fn failed(&self, record: Option<&str>, error: String) -> String {
+        let spec = self.spec();
+        self.shared.journal.write(&Event::FaultInjectionFailed {
+            t_ms: self.shared.t_ms(),
+            fault: &spec.id,
+            record,
+            error: error.clone(),
+        });
+        self.shared
+            .ui
+            .line(format!("FAILED  {}: could not inject: {error}", spec.id));
+        error
+    }
+}

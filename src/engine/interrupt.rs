@@ -1,0 +1,87 @@
+//! Operator interrupts, injected into the runner (SIGINT/SIGTERM in production, a handle in
+//! tests). Level 1: abort and revert. Level 2: skip probes and cleanup, but still revert.
+
+use tokio::sync::watch;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Level {
+    None,
+    /// Abort: cancel faults, revert, then after-checks and cleanup as usual.
+    Abort,
+    /// Hurry: revert only.
+    Hurry,
+}
+
+/// Raises the interrupt level.
+#[derive(Clone)]
+pub struct InterruptHandle(watch::Sender<Level>);
+
+/// Observes the interrupt level.
+#[derive(Clone)]
+pub struct Interrupt(watch::Receiver<Level>);
+
+pub fn channel() -> (InterruptHandle, Interrupt) {
+    let (tx, rx) = watch::channel(Level::None);
+    (InterruptHandle(tx), Interrupt(rx))
+}
+
+impl InterruptHandle {
+    /// One more interrupt: None → Abort → Hurry. Returns the new level.
+    pub fn raise(&self) -> Level {
+        let mut new = Level::None;
+        self.0.send_modify(|level| {
+            *level = match *level {
+                Level::None => Level::Abort,
+                _ => Level::Hurry,
+            };
+            new = *level;
+        });
+        new
+    }
+}
+
+impl Interrupt {
+    /// An interrupt that never fires.
+    pub fn never() -> Interrupt {
+        let (tx, rx) = watch::channel(Level::None);
+        // Keep the sender alive for the life of the program so `changed` just waits.
+        std::mem::forget(tx);
+        Interrupt(rx)
+    }
+
+    pub fn level(&self) -> Level {
+        *self.0.borrow()
+    }
+
+    /// Wait until the level is at least `level`.
+    pub async fn reached(&mut self, level: Level) {
+        if self.0.wait_for(|l| *l >= level).await.is_err() {
+            // Sender gone: no more interrupts can come.
+            std::future::pending::<()>().await;
+        }
+    }
+}
+
+/// Install SIGINT/SIGTERM handlers that raise `handle` and tell the operator what happens.
+pub fn install_signal_handlers(handle: InterruptHandle) -> std::io::Result<()> {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut sigint = signal(SignalKind::interrupt())?;
+    let mut sigterm = signal(SignalKind::terminate())?;
+    tokio::spawn(async move {
+        loop {
+            let name = tokio::select! {
+                _ = sigint.recv() => "SIGINT",
+                _ = sigterm.recv() => "SIGTERM",
+            };
+            match handle.raise() {
+                Level::Abort => eprintln!(
+                    "\nfaultline: {name}: aborting — reverting every fault (again to skip checks and cleanup)"
+                ),
+                _ => eprintln!(
+                    "\nfaultline: {name}: skipping checks and cleanup; still reverting (kill -9 would leave the host for `faultline recover`)"
+                ),
+            }
+        }
+    });
+    Ok(())
+}
