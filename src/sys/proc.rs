@@ -521,6 +521,13 @@ pub(crate) mod testing {
             panic!("child {} did not exit within 5 s", self.pid());
         }
 
+        /// Block in wait(2) and return the signal that ended the child (for latency timing).
+        pub fn reap_blocking_signal(&mut self) -> Option<i32> {
+            let status = self.child.wait().expect("wait");
+            self.reaped = Some(status);
+            status.signal()
+        }
+
         /// Kill and reap now, so the PID is really gone.
         pub fn kill_and_reap(&mut self) {
             if self.reaped.is_none() {
