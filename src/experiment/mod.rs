@@ -7,6 +7,7 @@ use std::path::{Path, PathBuf};
 pub mod diagnostic;
 pub mod duration;
 pub mod model;
+pub mod schema;
 pub mod spanned;
 pub mod validate;
 
