@@ -1165,7 +1165,7 @@ impl<'a> Checker<'a> {
                     )
                     .with_hint(suggest(
                         dependency,
-                        index_of.keys().copied(),
+                        fault_ids(self.exp()),
                         "faults",
                     )),
                 );
@@ -1392,6 +1392,15 @@ fn earliest_start(
     let start = start.map(|s| s + fault.delay.as_ref().map_or(Duration::ZERO, |d| d.get()));
     starts[index] = Some(start);
     start
+}
+
+/// Fault ids in file order, so suggestions are deterministic.
+fn fault_ids(experiment: &Experiment) -> impl Iterator<Item = &str> + Clone {
+    experiment
+        .faults
+        .iter()
+        .map(|f| f.id.as_str())
+        .filter(|id| !id.trim().is_empty())
 }
 
 fn pos_of<T>(value: &Option<Sp<T>>) -> Option<Pos> {
