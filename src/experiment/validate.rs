@@ -1,12 +1,1581 @@
 //! Parsing with positions and the semantic checks that turn an `Experiment` into a `Plan`.
+//!
+//! `parse` stops at the first YAML or shape error (serde cannot go on after one); `compile`
+//! runs every semantic check and reports all problems together, each pointing at the value
+//! that is wrong and saying how to fix it.
 
-use super::{Diagnostics, Experiment, Source};
-use crate::plan::Plan;
+use std::collections::{BTreeMap, HashMap};
+use std::path::Path;
+use std::time::Duration;
 
-pub fn parse(_source: &Source) -> Result<Experiment, Diagnostics> {
-    unimplemented!("helper A")
+use nix::sys::signal::Signal;
+use serde_saphyr::{Error as YamlError, MessageFormatter, UserMessageFormatter};
+
+use super::model::{
+    Command, Expect, FaultDef, FaultKind, ProbeDef, ProcessSelector, SignalSpec, StatusItem,
+    StatusSet, WindowSlo,
+};
+use super::{Diagnostic, Diagnostics, Dur, Experiment, Pos, Source, Sp, model};
+use crate::plan::{
+    AfterSpec, Check, CommandSpec, FaultAction, FaultSpec, GateSpec, Plan, ProbeKind, ProbeSpec,
+    TargetSpec, WindowSloSpec,
+};
+use crate::probe::jsonpath::JsonPath;
+
+// ---------------------------------------------------------------------------------------------
+// Stage one: YAML → Experiment
+
+pub fn parse(source: &Source) -> Result<Experiment, Diagnostics> {
+    serde_saphyr::from_str::<Experiment>(&source.text)
+        .map_err(|error| Diagnostics::new(source, vec![yaml_diagnostic(&error)]))
 }
 
-pub fn compile(_source: &Source, _experiment: Experiment) -> Result<Plan, Diagnostics> {
-    unimplemented!("helper A")
+fn yaml_diagnostic(error: &YamlError) -> Diagnostic {
+    let error = innermost(error);
+    let pos = error
+        .location()
+        .map(|location| Pos {
+            line: u32::try_from(location.line()).unwrap_or(u32::MAX),
+            column: u32::try_from(location.column()).unwrap_or(u32::MAX),
+        })
+        .unwrap_or(Pos::UNKNOWN);
+    match error {
+        YamlError::SerdeUnknownField {
+            field, expected, ..
+        } => Diagnostic::at(pos, format!("unknown key `{field}`"), "not a key here")
+            .with_hint(suggest(field, expected.iter().copied(), "keys")),
+        YamlError::SerdeUnknownVariant {
+            variant, expected, ..
+        } => {
+            let what = if expected.contains(&FaultKind::ProcessKill.as_str()) {
+                "fault kind"
+            } else {
+                "value"
+            };
+            Diagnostic::at(
+                pos,
+                format!("unknown {what} `{variant}`"),
+                format!("not a {what}"),
+            )
+            .with_hint(suggest(variant, expected.iter().copied(), "values"))
+        }
+        // serde-saphyr places a missing key at the last key of the mapping that lacks it.
+        YamlError::SerdeMissingField { field, .. } => Diagnostic::at(
+            pos,
+            format!("missing key `{field}`"),
+            format!("the mapping with this key needs `{field}`"),
+        )
+        .with_hint(format!(
+            "add `{}` to this mapping",
+            missing_key_example(field)
+        )),
+        YamlError::DuplicateMappingKey { key, .. } => {
+            let key = key.as_deref().unwrap_or("?");
+            Diagnostic::at(pos, format!("duplicate key `{key}`"), "given again here").with_hint(
+                "a key may appear once per mapping (one would silently replace the other); keep the one you mean",
+            )
+        }
+        YamlError::SerdeInvalidType {
+            unexpected,
+            expected,
+            ..
+        } => Diagnostic::at(
+            pos,
+            format!("expected {expected}, found {unexpected}"),
+            "wrong type",
+        ),
+        YamlError::Message { msg, .. } => message_diagnostic(pos, strip_location(msg)),
+        other => {
+            let text = UserMessageFormatter.format_message(other);
+            Diagnostic::at(pos, strip_location(&text).to_string(), "")
+        }
+    }
+}
+
+fn innermost(mut error: &YamlError) -> &YamlError {
+    while let YamlError::WithSnippet { error: inner, .. }
+    | YamlError::AliasError { error: inner, .. } = error
+    {
+        error = inner;
+    }
+    error
+}
+
+/// Custom messages from our own `Deserialize` impls read "what is wrong; how to write it".
+fn message_diagnostic(pos: Pos, message: &str) -> Diagnostic {
+    if message.contains("untagged enum StatusSet") || message.contains("untagged enum StatusItem") {
+        return Diagnostic::at(pos, "not an HTTP status", "expected a status")
+            .with_hint("write a code (`200`), a range (`\"200-299\"`) or a list of them (`[200, \"300-399\"]`)");
+    }
+    if message.contains("untagged enum SignalSpec") {
+        return Diagnostic::at(pos, "not a signal", "expected a signal")
+            .with_hint("write a name (`SIGTERM`, `TERM`) or a number (`15`)");
+    }
+    match message.split_once("; ") {
+        Some((what, how)) => Diagnostic::at(pos, what, "invalid value").with_hint(how),
+        None => Diagnostic::at(pos, message, "invalid value"),
+    }
+}
+
+/// serde-saphyr appends " at line N, column M"; we print positions ourselves.
+fn strip_location(message: &str) -> &str {
+    match message.rfind(" at line ") {
+        Some(i) if message[i..].contains(", column ") => &message[..i],
+        _ => message,
+    }
+}
+
+fn missing_key_example(field: &str) -> String {
+    let example = match field {
+        "apiVersion" => "faultline/v1",
+        "metadata" => "{name: my-experiment}",
+        "name" => "my-experiment",
+        "max_duration" => "5m",
+        "id" => "kill-worker",
+        "kind" => "process-kill",
+        "target" => "worker",
+        "url" => "\"http://127.0.0.1:8080/health\"",
+        "address" => "\"127.0.0.1:8080\"",
+        "argv" => "[/bin/true]",
+        "probes" => "[health]",
+        "window" => "30s",
+        "percentile" => "99",
+        "below" => "300ms",
+        "path" => "$.status",
+        "equals" => "ok",
+        _ => "...",
+    };
+    format!("{field}: {example}")
+}
+
+// ---------------------------------------------------------------------------------------------
+// Names: "did you mean"
+
+fn edit_distance(a: &str, b: &str) -> usize {
+    let b: Vec<char> = b.chars().collect();
+    let mut row: Vec<usize> = (0..=b.len()).collect();
+    for (i, ca) in a.chars().enumerate() {
+        let mut diagonal = row[0];
+        row[0] = i + 1;
+        for (j, cb) in b.iter().enumerate() {
+            let substitution = diagonal + usize::from(ca != *cb);
+            diagonal = row[j + 1];
+            row[j + 1] = substitution.min(row[j] + 1).min(row[j + 1] + 1);
+        }
+    }
+    row[b.len()]
+}
+
+/// The closest candidate, if it is close enough to be a plausible typo.
+fn nearest<'a>(word: &str, candidates: impl IntoIterator<Item = &'a str>) -> Option<&'a str> {
+    candidates
+        .into_iter()
+        .map(|candidate| (edit_distance(word, candidate), candidate))
+        .filter(|(distance, candidate)| *distance <= (word.len().max(candidate.len()) / 3).max(1))
+        .min_by_key(|(distance, _)| *distance)
+        .map(|(_, candidate)| candidate)
+}
+
+/// "did you mean `x`?", or the full list when nothing is close.
+fn suggest<'a>(
+    word: &str,
+    candidates: impl IntoIterator<Item = &'a str> + Clone,
+    plural: &str,
+) -> String {
+    if let Some(best) = nearest(word, candidates.clone()) {
+        return format!("did you mean `{best}`?");
+    }
+    let all: Vec<String> = candidates.into_iter().map(|c| format!("`{c}`")).collect();
+    if all.is_empty() {
+        format!("no {plural} are defined here")
+    } else {
+        format!("expected one of {}", all.join(", "))
+    }
+}
+
+fn dur(d: Duration) -> Dur {
+    Dur(d)
+}
+
+// ---------------------------------------------------------------------------------------------
+// Stage two: Experiment → Plan
+
+pub fn compile(source: &Source, experiment: Experiment) -> Result<Plan, Diagnostics> {
+    let mut checker = Checker {
+        experiment: &experiment,
+        problems: Vec::new(),
+    };
+    let parts = checker.run();
+    let mut problems = checker.problems;
+    if !problems.is_empty() {
+        // File order reads best; problems without a position go last.
+        problems.sort_by_key(|d| d.pos.map_or((u32::MAX, u32::MAX), |p| (p.line, p.column)));
+        return Err(Diagnostics::new(source, problems));
+    }
+    Ok(Plan {
+        name: experiment.metadata.name.value.clone(),
+        source: source.path.clone(),
+        targets: parts.targets,
+        probes: parts.probes,
+        before: parts.before,
+        during: parts.during,
+        after: parts.after,
+        faults: parts.faults,
+        abort_on_probe_failure: experiment.abort.on_probe_failure,
+        revert_timeout: parts.revert_timeout,
+        max_duration: parts.max_duration,
+        setup: parts.setup,
+        cleanup: parts.cleanup,
+        experiment,
+    })
+}
+
+const DEFAULT_INTERVAL: Duration = Duration::from_secs(1);
+const DEFAULT_TIMEOUT: Duration = Duration::from_secs(2);
+const DEFAULT_AFTER_WITHIN: Duration = Duration::from_secs(30);
+const DEFAULT_REVERT_TIMEOUT: Duration = Duration::from_secs(10);
+const DEFAULT_COMMAND_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// Everything in a [`Plan`] except what is copied straight from the experiment.
+struct PlanParts {
+    targets: BTreeMap<String, TargetSpec>,
+    probes: BTreeMap<String, ProbeSpec>,
+    before: Option<GateSpec>,
+    during: Vec<String>,
+    after: Option<AfterSpec>,
+    faults: Vec<FaultSpec>,
+    revert_timeout: Duration,
+    max_duration: Duration,
+    setup: Vec<CommandSpec>,
+    cleanup: Vec<CommandSpec>,
+}
+
+struct Checker<'a> {
+    experiment: &'a Experiment,
+    problems: Vec<Diagnostic>,
+}
+
+impl<'a> Checker<'a> {
+    /// The experiment, borrowed for `'a` rather than for as long as `self` is.
+    fn exp(&self) -> &'a Experiment {
+        self.experiment
+    }
+
+    fn report(&mut self, diagnostic: Diagnostic) {
+        self.problems.push(diagnostic);
+    }
+
+    fn run(&mut self) -> PlanParts {
+        let experiment = self.exp();
+        self.header();
+        let targets = self.targets();
+        let probes = self.probes();
+        let (before, during, after) = self.steady_state();
+        let max_duration = self.positive(
+            &experiment.max_duration,
+            "max_duration",
+            "the run needs time to happen",
+        );
+        let faults = self.faults(max_duration);
+        let revert_timeout = match &experiment.abort.revert_timeout {
+            Some(timeout) => self.positive(
+                timeout,
+                "abort.revert_timeout",
+                "a revert needs time to finish",
+            ),
+            None => DEFAULT_REVERT_TIMEOUT,
+        };
+        let setup = self.commands(&experiment.setup, "setup");
+        let cleanup = self.commands(&experiment.cleanup, "cleanup");
+        PlanParts {
+            targets,
+            probes,
+            before,
+            during,
+            after,
+            faults,
+            revert_timeout,
+            max_duration,
+            setup,
+            cleanup,
+        }
+    }
+
+    /// A duration that must be longer than zero; returns it either way so checking goes on.
+    fn positive(&mut self, value: &Sp<Dur>, key: &str, why: &str) -> Duration {
+        if value.get().is_zero() {
+            self.report(
+                Diagnostic::at(value.pos, format!("`{key}` must be longer than 0s"), "zero")
+                    .with_hint(format!("{why}; give a duration such as `500ms` or `10s`")),
+            );
+        }
+        value.get()
+    }
+
+    fn header(&mut self) {
+        let experiment = self.exp();
+        let version = &experiment.api_version;
+        if version.value != model::API_VERSION {
+            let hint = if version.starts_with("faultline/") {
+                format!(
+                    "this faultline reads `{}` files; a file for another version needs a matching faultline",
+                    model::API_VERSION
+                )
+            } else {
+                format!("write `apiVersion: {}`", model::API_VERSION)
+            };
+            self.report(
+                Diagnostic::at(
+                    version.pos,
+                    format!("unsupported apiVersion `{}`", version.value),
+                    format!("expected `{}`", model::API_VERSION),
+                )
+                .with_hint(hint),
+            );
+        }
+        let name = &experiment.metadata.name;
+        if name.trim().is_empty() {
+            self.report(
+                Diagnostic::at(name.pos, "`metadata.name` is empty", "empty name")
+                    .with_hint("name the experiment; the name appears in reports and the journal"),
+            );
+        }
+    }
+
+    // -- targets ------------------------------------------------------------------------------
+
+    fn targets(&mut self) -> BTreeMap<String, TargetSpec> {
+        let mut specs = BTreeMap::new();
+        for (name, target) in &self.exp().targets {
+            match &target.process {
+                Some(selector) => {
+                    self.selector(selector, target.pos, &format!("target `{name}`"));
+                    specs.insert(name.clone(), TargetSpec::Process(selector.clone()));
+                }
+                None => self.report(
+                    Diagnostic::at(target.pos, format!("target `{name}` has no kind"), "no kind key").with_hint(
+                        "add a kind key such as `process: {name: my-server}` (today the only kind of target)",
+                    ),
+                ),
+            }
+        }
+        specs
+    }
+
+    /// `owner` names where the selector is written, for messages ("target `worker`").
+    fn selector(&mut self, selector: &ProcessSelector, pos: Pos, owner: &str) {
+        let has_filter = selector.pid.is_some()
+            || selector.pidfile.is_some()
+            || selector.name.is_some()
+            || selector.cmdline.is_some()
+            || selector.cgroup.is_some()
+            || selector.uid.is_some();
+        if !has_filter {
+            self.report(
+                Diagnostic::at(pos, format!("{owner} would select every process on the host"), "no filter")
+                    .with_hint("add at least one filter: `pid`, `pidfile`, `name`, `cmdline`, `cgroup` or `uid`"),
+            );
+        }
+        if selector.pid == Some(0) {
+            self.report(
+                Diagnostic::at(pos, format!("{owner} has `pid: 0`"), "not a process")
+                    .with_hint("PIDs start at 1; give the PID of the process to act on"),
+            );
+        }
+        if let Some(name) = &selector.name {
+            if name.chars().count() > 15 {
+                let short: String = name.chars().take(15).collect();
+                self.report(
+                    Diagnostic::at(pos, format!("{owner}: `name: {name}` can never match"), "name too long")
+                        .with_hint(format!(
+                            "the kernel keeps at most 15 characters of a process name (`/proc/PID/comm`); \
+                             write `name: {short}` or match the command line with `cmdline`"
+                        )),
+                );
+            }
+        }
+        if let Some(pattern) = &selector.cmdline {
+            self.regex(pattern, "cmdline");
+        }
+        if let Some(pattern) = selector.exclude.as_ref().and_then(|e| e.cmdline.as_ref()) {
+            self.regex(pattern, "exclude.cmdline");
+        }
+        if let (Some(_), Some(percent)) = (&selector.count, &selector.percent) {
+            self.report(
+                Diagnostic::at(percent.pos, format!("{owner} has both `count` and `percent`"), "second limit")
+                    .with_hint("`count` picks a fixed number of matches and `percent` a share of them; keep one"),
+            );
+        }
+        if let Some(percent) = &selector.percent {
+            if !(1..=100).contains(&percent.value) {
+                self.report(
+                    Diagnostic::at(
+                        percent.pos,
+                        format!("`percent: {}` is out of range", percent.value),
+                        "not 1-100",
+                    )
+                    .with_hint("give a share of the matches from 1 to 100"),
+                );
+            }
+        }
+        if let Some(count) = &selector.count {
+            if count.value == 0 {
+                self.report(
+                    Diagnostic::at(count.pos, "`count: 0` selects nothing", "zero")
+                        .with_hint("give at least 1, or leave `count` out to act on every match"),
+                );
+            }
+        }
+        if selector.seed.is_some() && !selector.random {
+            self.report(
+                Diagnostic::at(
+                    pos,
+                    format!("{owner} has a `seed` but not `random: true`"),
+                    "seed unused",
+                )
+                .with_hint(
+                    "`seed` makes random picks repeatable; add `random: true` or remove `seed`",
+                ),
+            );
+        }
+    }
+
+    fn regex(&mut self, pattern: &Sp<String>, key: &str) -> Option<regex::Regex> {
+        match regex::Regex::new(pattern) {
+            Ok(regex) => Some(regex),
+            Err(error) => {
+                // The regex crate's message is a multi-line drawing; its last line says what is wrong.
+                let text = error.to_string();
+                let reason = text
+                    .lines()
+                    .last()
+                    .unwrap_or_default()
+                    .trim()
+                    .trim_start_matches("error: ");
+                self.report(
+                    Diagnostic::at(pattern.pos, format!("`{key}` is not a valid regular expression"), reason)
+                        .with_hint("the syntax is that of Rust's `regex` crate; escape special characters with `\\`"),
+                );
+                None
+            }
+        }
+    }
+
+    // -- probes -------------------------------------------------------------------------------
+
+    fn probes(&mut self) -> BTreeMap<String, ProbeSpec> {
+        let mut specs = BTreeMap::new();
+        for (name, def) in &self.exp().probes {
+            if let Some(spec) = self.probe(name, def) {
+                specs.insert(name.clone(), spec);
+            }
+        }
+        specs
+    }
+
+    fn probe(&mut self, name: &str, def: &Sp<ProbeDef>) -> Option<ProbeSpec> {
+        let kinds: Vec<&str> = [
+            ("http", def.http.is_some()),
+            ("tcp", def.tcp.is_some()),
+            ("command", def.command.is_some()),
+            ("process", def.process.is_some()),
+        ]
+        .into_iter()
+        .filter_map(|(kind, given)| given.then_some(kind))
+        .collect();
+        let kind_name = match kinds.as_slice() {
+            [kind] => Some(*kind),
+            [] => {
+                self.report(
+                    Diagnostic::at(
+                        def.pos,
+                        format!("probe `{name}` has no kind"),
+                        "no kind key",
+                    )
+                    .with_hint("add one of `http`, `tcp`, `command` or `process`"),
+                );
+                None
+            }
+            many => {
+                self.report(
+                    Diagnostic::at(
+                        def.pos,
+                        format!("probe `{name}` has {} kinds", many.len()),
+                        "one kind per probe",
+                    )
+                    .with_hint(format!(
+                        "a probe checks one thing; split {} into separate probes",
+                        many.iter()
+                            .map(|k| format!("`{k}`"))
+                            .collect::<Vec<_>>()
+                            .join(" and ")
+                    )),
+                );
+                None
+            }
+        };
+        let kind = self.probe_kind(name, def);
+        let interval = match &def.interval {
+            Some(interval) => self.positive(interval, "interval", "samples are taken this often"),
+            None => DEFAULT_INTERVAL,
+        };
+        let timeout = match &def.timeout {
+            Some(timeout) => {
+                let value = self.positive(timeout, "timeout", "a sample needs time to run");
+                if value > interval {
+                    self.report(
+                        Diagnostic::at(
+                            timeout.pos,
+                            format!("probe `{name}`: `timeout` {} is longer than `interval` {}", timeout.value, dur(interval)),
+                            "longer than the interval",
+                        )
+                        .with_hint(format!(
+                            "a sample must finish before the next one is due; make `timeout` at most {} or raise `interval`",
+                            dur(interval)
+                        )),
+                    );
+                }
+                value
+            }
+            None => DEFAULT_TIMEOUT.min(interval),
+        };
+        let failure_threshold = match &def.failure_threshold {
+            Some(threshold) if threshold.value == 0 => {
+                self.report(
+                    Diagnostic::at(threshold.pos, "`failure_threshold: 0` would fail before any sample", "zero")
+                        .with_hint("give the number of consecutive failed samples that count as failing, at least 1"),
+                );
+                1
+            }
+            Some(threshold) => threshold.value,
+            None => 1,
+        };
+        let slo = def.slo.as_ref().map(|slo| self.slo(name, slo, interval));
+        let check = kind_name.map(|kind_name| self.check(name, kind_name, &def.expect, def.pos));
+        Some(ProbeSpec {
+            name: name.to_string(),
+            kind: kind?,
+            check: check?,
+            interval,
+            timeout,
+            failure_threshold,
+            slo,
+        })
+    }
+
+    /// The probe's one kind; `None` when there is not exactly one (already reported) or it is invalid.
+    fn probe_kind(&mut self, name: &str, def: &Sp<ProbeDef>) -> Option<ProbeKind> {
+        let mut kinds = Vec::new();
+        if let Some(http) = &def.http {
+            kinds.push(self.http(http));
+        }
+        if let Some(tcp) = &def.tcp {
+            kinds.push(self.tcp_address(&tcp.address).then(|| ProbeKind::Tcp {
+                address: tcp.address.value.clone(),
+            }));
+        }
+        if let Some(command) = &def.command {
+            kinds.push(self.argv(&command.argv).then(|| ProbeKind::Command {
+                argv: command.argv.value.clone(),
+                env: command.env.clone(),
+            }));
+        }
+        if let Some(process) = &def.process {
+            kinds.push(self.process_probe(name, process, def.pos));
+        }
+        match kinds.len() {
+            1 => kinds.pop().flatten(),
+            _ => None,
+        }
+    }
+
+    fn http(&mut self, http: &model::HttpProbe) -> Option<ProbeKind> {
+        let mut valid = true;
+        match reqwest::Url::parse(&http.url) {
+            Ok(url) if !matches!(url.scheme(), "http" | "https") => {
+                valid = false;
+                self.report(
+                    Diagnostic::at(
+                        http.url.pos,
+                        format!("`{}` is not an HTTP URL", http.url.value),
+                        "scheme",
+                    )
+                    .with_hint(format!(
+                        "use `http://` or `https://` (not `{}://`)",
+                        url.scheme()
+                    )),
+                );
+            }
+            Ok(_) => {}
+            Err(error) => {
+                valid = false;
+                self.report(
+                    Diagnostic::at(
+                        http.url.pos,
+                        format!("`{}` is not a valid URL", http.url.value),
+                        error.to_string(),
+                    )
+                    .with_hint("write a full URL such as `http://127.0.0.1:8080/health`"),
+                );
+            }
+        }
+        let method = match &http.method {
+            Some(method) => {
+                let token = !method.is_empty()
+                    && method
+                        .bytes()
+                        .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b));
+                if !token {
+                    valid = false;
+                    self.report(
+                        Diagnostic::at(
+                            method.pos,
+                            format!("`{}` is not an HTTP method", method.value),
+                            "invalid method",
+                        )
+                        .with_hint("use a method such as `GET`, `HEAD` or `POST`"),
+                    );
+                }
+                method.value.clone()
+            }
+            None => "GET".to_string(),
+        };
+        for (header, value) in &http.headers {
+            let name_ok = reqwest::header::HeaderName::from_bytes(header.as_bytes()).is_ok();
+            let value_ok = reqwest::header::HeaderValue::from_str(value).is_ok();
+            if !(name_ok && value_ok) {
+                valid = false;
+                self.report(
+                    Diagnostic::at(http.url.pos, format!("header `{header}` cannot be sent"), "in this probe")
+                        .with_hint("header names are letters, digits and `-`; values are visible text on one line"),
+                );
+            }
+        }
+        valid.then(|| ProbeKind::Http {
+            url: http.url.value.clone(),
+            method,
+            headers: http.headers.clone(),
+            body: http.body.clone(),
+        })
+    }
+
+    fn tcp_address(&mut self, address: &Sp<String>) -> bool {
+        match check_socket_address(address) {
+            Ok(()) => true,
+            Err(reason) => {
+                self.report(
+                    Diagnostic::at(
+                        address.pos,
+                        format!("`{}` is not a TCP address", address.value),
+                        reason,
+                    )
+                    .with_hint("write `host:port`, for example `127.0.0.1:8080` or `[::1]:8080`"),
+                );
+                false
+            }
+        }
+    }
+
+    fn argv(&mut self, argv: &Sp<Vec<String>>) -> bool {
+        if argv
+            .first()
+            .is_some_and(|program| !program.trim().is_empty())
+        {
+            return true;
+        }
+        self.report(
+            Diagnostic::at(argv.pos, "`argv` has no program", "empty").with_hint(
+                "give the program and its arguments, for example `argv: [curl, -sf, http://127.0.0.1:8080/]`",
+            ),
+        );
+        false
+    }
+
+    fn process_probe(
+        &mut self,
+        name: &str,
+        process: &model::ProcessProbe,
+        probe_pos: Pos,
+    ) -> Option<ProbeKind> {
+        match (&process.target, &process.select) {
+            (Some(target), None) => {
+                let selector = self.process_target_ref(target, &format!("probe `{name}`"))?;
+                Some(ProbeKind::Process { selector })
+            }
+            (None, Some(selector)) => {
+                self.selector(selector, probe_pos, &format!("probe `{name}`"));
+                Some(ProbeKind::Process {
+                    selector: selector.clone(),
+                })
+            }
+            (Some(target), Some(_)) => {
+                self.report(
+                    Diagnostic::at(
+                        target.pos,
+                        format!("probe `{name}` has both `target` and `select`"),
+                        "second selection",
+                    )
+                    .with_hint("count either a named target or an inline selection; keep one"),
+                );
+                None
+            }
+            (None, None) => {
+                self.report(
+                    Diagnostic::at(
+                        probe_pos,
+                        format!("process probe `{name}` selects nothing"),
+                        "no selection",
+                    )
+                    .with_hint("add `target: <name of a target>` or `select: {name: my-server}`"),
+                );
+                None
+            }
+        }
+    }
+
+    /// The selector of the process target named by `reference`, reporting unknown or
+    /// non-process targets on behalf of `owner`.
+    fn process_target_ref(
+        &mut self,
+        reference: &Sp<String>,
+        owner: &str,
+    ) -> Option<ProcessSelector> {
+        let targets = &self.exp().targets;
+        match targets.get(reference.as_str()) {
+            Some(target) => target.process.clone(),
+            None => {
+                self.report(
+                    Diagnostic::at(
+                        reference.pos,
+                        format!("{owner} names unknown target `{}`", reference.value),
+                        "no such target",
+                    )
+                    .with_hint(suggest(
+                        reference,
+                        targets.keys().map(String::as_str),
+                        "targets",
+                    )),
+                );
+                None
+            }
+        }
+    }
+
+    fn check(&mut self, name: &str, kind: &str, expect: &Expect, probe_pos: Pos) -> Check {
+        let mut fits = true;
+        let keys: [(&str, Option<Pos>, &[&str]); 9] = [
+            ("status", pos_of(&expect.status), &["http"]),
+            ("max_latency", pos_of(&expect.max_latency), &["http", "tcp"]),
+            (
+                "body_contains",
+                expect.body_contains.as_ref().map(|_| probe_pos),
+                &["http"],
+            ),
+            ("json_path", pos_of(&expect.json_path), &["http"]),
+            ("exit_code", pos_of(&expect.exit_code), &["command"]),
+            (
+                "stdout_contains",
+                expect.stdout_contains.as_ref().map(|_| probe_pos),
+                &["command"],
+            ),
+            (
+                "stdout_matches",
+                pos_of(&expect.stdout_matches),
+                &["command"],
+            ),
+            ("min_count", pos_of(&expect.min_count), &["process"]),
+            ("max_count", pos_of(&expect.max_count), &["process"]),
+        ];
+        let accepted: Vec<String> = keys
+            .iter()
+            .filter(|(_, _, kinds)| kinds.contains(&kind))
+            .map(|(key, _, _)| format!("`{key}`"))
+            .collect();
+        for (key, pos, kinds) in keys {
+            if let Some(pos) = pos {
+                if !kinds.contains(&kind) {
+                    fits = false;
+                    self.report(
+                        Diagnostic::at(
+                            pos,
+                            format!("`expect.{key}` does not apply to {kind} probe `{name}`"),
+                            format!("only for {} probes", kinds.join(" and ")),
+                        )
+                        .with_hint(format!(
+                            "remove it; the `expect` of a {kind} probe takes {}",
+                            accepted.join(", ")
+                        )),
+                    );
+                }
+            }
+        }
+        if !fits {
+            return Check::default();
+        }
+        let mut check = Check {
+            max_latency: expect
+                .max_latency
+                .as_ref()
+                .map(|d| self.positive(d, "max_latency", "no sample is that fast")),
+            body_contains: expect.body_contains.clone(),
+            stdout_contains: expect.stdout_contains.clone(),
+            ..Check::default()
+        };
+        match kind {
+            "http" => {
+                check.status = match &expect.status {
+                    Some(status) => self.status(status),
+                    None => vec![(200, 299)],
+                };
+                if let Some(json) = &expect.json_path {
+                    if let Err(reason) = JsonPath::parse(&json.path) {
+                        self.report(
+                            Diagnostic::at(
+                                json.pos,
+                                "`json_path.path` is not a JSON path",
+                                "invalid path",
+                            )
+                            .with_hint(reason),
+                        );
+                    }
+                    check.json_path = Some((json.path.clone(), json.equals.clone()));
+                }
+            }
+            "command" => {
+                check.exit_code = Some(expect.exit_code.as_ref().map_or(0, |code| code.value));
+                check.stdout_matches = expect
+                    .stdout_matches
+                    .as_ref()
+                    .and_then(|p| self.regex(p, "stdout_matches"));
+            }
+            "process" => {
+                let min = expect.min_count.as_ref().map_or(1, |m| m.value);
+                if let Some(max) = &expect.max_count {
+                    if max.value < min {
+                        self.report(
+                            Diagnostic::at(
+                                max.pos,
+                                format!("`max_count` {} is below `min_count` {min}", max.value),
+                                "no count passes",
+                            )
+                            .with_hint("no number of processes could pass; raise `max_count` or lower `min_count`"),
+                        );
+                    }
+                }
+                check.min_count = Some(min);
+                check.max_count = expect.max_count.as_ref().map(|m| m.value);
+            }
+            _ => {}
+        }
+        check
+    }
+
+    fn status(&mut self, status: &Sp<StatusSet>) -> Vec<(u16, u16)> {
+        let ranges = match &status.value {
+            StatusSet::One(code) => status_code(*code).map(|c| vec![(c, c)]),
+            StatusSet::Range(text) => status_range(text).map(|r| vec![r]),
+            StatusSet::List(items) if items.is_empty() => {
+                Err("an empty list accepts no status at all; list at least one code".to_string())
+            }
+            StatusSet::List(items) => items
+                .iter()
+                .map(|item| match item {
+                    StatusItem::Code(code) => status_code(*code).map(|c| (c, c)),
+                    StatusItem::Range(text) => status_range(text),
+                })
+                .collect(),
+        };
+        ranges.unwrap_or_else(|reason| {
+            self.report(
+                Diagnostic::at(status.pos, "invalid `expect.status`", "not a status")
+                    .with_hint(reason),
+            );
+            Vec::new()
+        })
+    }
+
+    fn slo(&mut self, name: &str, slo: &Sp<WindowSlo>, interval: Duration) -> WindowSloSpec {
+        let window = self.positive(
+            &slo.window,
+            "slo.window",
+            "the window holds the samples judged",
+        );
+        if let Some(ratio) = &slo.success_ratio {
+            if !(ratio.value > 0.0 && ratio.value <= 1.0) {
+                let hint = if ratio.value > 1.0 && ratio.value <= 100.0 {
+                    format!(
+                        "it is a fraction, not a percentage: did you mean `{}`?",
+                        ratio.value / 100.0
+                    )
+                } else {
+                    "give the share of samples that must pass, above 0 and at most 1 (0.99 means 99%)".to_string()
+                };
+                self.report(
+                    Diagnostic::at(
+                        ratio.pos,
+                        format!("`success_ratio: {}` is out of range", ratio.value),
+                        "not in (0, 1]",
+                    )
+                    .with_hint(hint),
+                );
+            }
+        }
+        if let Some(latency) = &slo.latency {
+            let percentile = &latency.percentile;
+            if !(percentile.value > 0.0 && percentile.value < 100.0) {
+                self.report(
+                    Diagnostic::at(
+                        percentile.pos,
+                        format!("`percentile: {}` is out of range", percentile.value),
+                        "not in (0, 100)",
+                    )
+                    .with_hint(
+                        "give a percentile above 0 and below 100, such as `50`, `99` or `99.9`",
+                    ),
+                );
+            }
+            self.positive(&latency.below, "latency.below", "no sample is that fast");
+        }
+        if slo.success_ratio.is_none() && slo.latency.is_none() {
+            self.report(
+                Diagnostic::at(
+                    slo.pos,
+                    format!("the SLO of probe `{name}` checks nothing"),
+                    "empty SLO",
+                )
+                .with_hint(
+                    "add `success_ratio: 0.99` and/or `latency: {percentile: 99, below: 300ms}`",
+                ),
+            );
+        }
+        let min_samples = match &slo.min_samples {
+            Some(min) if min.value == 0 => {
+                self.report(
+                    Diagnostic::at(
+                        min.pos,
+                        "`min_samples: 0` would judge an empty window",
+                        "zero",
+                    )
+                    .with_hint("give at least 1"),
+                );
+                1
+            }
+            Some(min) => {
+                // A window never holds more samples than fit in it; a higher minimum means the
+                // SLO is silently never judged.
+                if !interval.is_zero() && !window.is_zero() {
+                    let capacity = (window.as_nanos() / interval.as_nanos()) + 1;
+                    if u128::from(min.value) > capacity {
+                        self.report(
+                            Diagnostic::at(
+                                min.pos,
+                                format!("`min_samples: {}` can never be reached", min.value),
+                                format!("at most {capacity} fit"),
+                            )
+                            .with_hint(format!(
+                                "a {} window holds at most {capacity} samples taken every {}; lower `min_samples` or widen `window`",
+                                dur(window),
+                                dur(interval)
+                            )),
+                        );
+                    }
+                }
+                min.value
+            }
+            None => 1,
+        };
+        WindowSloSpec {
+            window,
+            success_ratio: slo.success_ratio.as_ref().map(|r| r.value),
+            latency: slo
+                .latency
+                .as_ref()
+                .map(|l| (l.percentile.value, l.below.get())),
+            min_samples,
+        }
+    }
+
+    // -- steady state -------------------------------------------------------------------------
+
+    fn probe_refs(&mut self, references: &[Sp<String>], section: &str) -> Vec<String> {
+        let probes = &self.exp().probes;
+        for reference in references {
+            if !probes.contains_key(reference.as_str()) {
+                self.report(
+                    Diagnostic::at(
+                        reference.pos,
+                        format!(
+                            "`steady_state.{section}` names unknown probe `{}`",
+                            reference.value
+                        ),
+                        "no such probe",
+                    )
+                    .with_hint(suggest(
+                        reference,
+                        probes.keys().map(String::as_str),
+                        "probes",
+                    )),
+                );
+            }
+        }
+        references.iter().map(|r| r.value.clone()).collect()
+    }
+
+    fn steady_state(&mut self) -> (Option<GateSpec>, Vec<String>, Option<AfterSpec>) {
+        let steady = &self.exp().steady_state;
+        let before = steady.before.as_ref().map(|gate| GateSpec {
+            probes: self.probe_refs(&gate.probes, "before"),
+            wait_until: gate.wait_until.as_ref().map_or(Duration::ZERO, |wait| {
+                self.positive(wait, "wait_until", "leave it out for a single try")
+            }),
+        });
+        let during = steady
+            .during
+            .as_ref()
+            .map(|during| self.probe_refs(&during.probes, "during"))
+            .unwrap_or_default();
+        let after = steady.after.as_ref().map(|after| AfterSpec {
+            probes: self.probe_refs(&after.probes, "after"),
+            within: after
+                .within
+                .as_ref()
+                .map_or(DEFAULT_AFTER_WITHIN, |within| {
+                    self.positive(within, "within", "recovery needs time")
+                }),
+        });
+        (before, during, after)
+    }
+
+    // -- faults -------------------------------------------------------------------------------
+
+    fn faults(&mut self, max_duration: Duration) -> Vec<FaultSpec> {
+        let faults = &self.exp().faults;
+        let mut index_of: HashMap<&str, usize> = HashMap::new();
+        for (index, fault) in faults.iter().enumerate() {
+            let id = fault.id.trim();
+            if id.is_empty() {
+                self.report(
+                    Diagnostic::at(fault.id.pos, "fault `id` is empty", "empty id")
+                        .with_hint("give each fault a short unique id such as `kill-worker`"),
+                );
+            } else if let Some(&first) = index_of.get(id) {
+                self.report(
+                    Diagnostic::at(fault.id.pos, format!("duplicate fault id `{id}`"), "used again here").with_hint(
+                        format!(
+                            "first used on line {}; ids must be unique because `after` and reports refer to them",
+                            faults[first].id.pos.line
+                        ),
+                    ),
+                );
+            } else {
+                index_of.insert(id, index);
+            }
+        }
+        let specs: Vec<FaultSpec> = faults
+            .iter()
+            .map(|fault| self.fault(fault, &index_of))
+            .collect();
+        let in_cycle = self.after_cycles(&index_of);
+        self.schedule(&index_of, &in_cycle, max_duration);
+        specs
+    }
+
+    fn fault(&mut self, fault: &Sp<FaultDef>, index_of: &HashMap<&str, usize>) -> FaultSpec {
+        let id = fault.id.value.as_str();
+        let kind = fault.kind.value;
+        // Both fault kinds act on processes, and a process target is the only kind there is;
+        // unknown targets are reported by the lookup.
+        self.process_target_ref(&fault.target, &format!("fault `{id}`"));
+        let signal = fault.params.signal.as_ref();
+        let action = match kind {
+            FaultKind::ProcessKill => {
+                let signal = signal.map_or(Some(Signal::SIGKILL), |spec| self.signal(spec));
+                let signal = signal.unwrap_or(Signal::SIGKILL);
+                FaultAction::Signal {
+                    signal: signal as i32,
+                    signal_name: signal.as_str().to_string(),
+                }
+            }
+            FaultKind::ProcessStop => {
+                if let Some(signal) = signal {
+                    self.report(
+                        Diagnostic::at(signal.pos, "`params.signal` does not apply to a process-stop fault", "not a parameter of process-stop")
+                            .with_hint("process-stop always sends SIGSTOP and resumes with SIGCONT; remove `signal`, or use `process-kill`"),
+                    );
+                }
+                if fault.duration.is_none() {
+                    self.report(
+                        Diagnostic::at(fault.kind.pos, format!("fault `{id}` (process-stop) has no `duration`"), "needs a duration")
+                            .with_hint("add `duration: 10s`: the processes are resumed (SIGCONT) when it is over"),
+                    );
+                }
+                FaultAction::Stop
+            }
+        };
+        let duration = fault
+            .duration
+            .as_ref()
+            .map(|d| self.positive(d, "duration", "the fault must stay injected for some time"));
+        let repeat_every = fault.repeat.as_ref().map(|repeat| {
+            let every = repeat.every.get();
+            match duration {
+                None => self.report(
+                    Diagnostic::at(repeat.pos, format!("fault `{id}` repeats but has no `duration`"), "repeat without duration")
+                        .with_hint("add `duration:`; the fault is injected again at each period until the duration is over"),
+                ),
+                Some(_) if every.is_zero() => self.report(
+                    Diagnostic::at(repeat.pos, "`repeat` period must be longer than 0s", "zero period")
+                        .with_hint("write it like `every 10s`"),
+                ),
+                Some(duration) if every > duration => self.report(
+                    Diagnostic::at(repeat.pos, format!("fault `{id}` repeats every {} but lasts {}", repeat.every, dur(duration)), "never repeats")
+                        .with_hint("make the period at most the duration, or drop `repeat` for a single injection"),
+                ),
+                Some(_) => {}
+            }
+            every
+        });
+        if let (Some(delay), true) = (&fault.delay, fault.after.is_empty()) {
+            self.report(
+                Diagnostic::at(delay.pos, format!("fault `{id}` has a `delay` but no `after`"), "delay after nothing")
+                    .with_hint("`delay` counts from the faults named in `after`; use `at` for an offset from the start"),
+            );
+        }
+        for dependency in &fault.after {
+            if dependency.value == id {
+                self.report(
+                    Diagnostic::at(
+                        dependency.pos,
+                        format!("fault `{id}` waits for itself"),
+                        "self-reference",
+                    )
+                    .with_hint(
+                        "`after` names other faults that must start first; remove this entry",
+                    ),
+                );
+            } else if !index_of.contains_key(dependency.as_str()) {
+                self.report(
+                    Diagnostic::at(
+                        dependency.pos,
+                        format!(
+                            "fault `{id}` waits for unknown fault `{}`",
+                            dependency.value
+                        ),
+                        "no such fault",
+                    )
+                    .with_hint(suggest(
+                        dependency,
+                        fault_ids(self.exp()),
+                        "faults",
+                    )),
+                );
+            }
+        }
+        FaultSpec {
+            id: id.to_string(),
+            kind,
+            target: fault.target.value.clone(),
+            action,
+            at: fault.at.as_ref().map_or(Duration::ZERO, |at| at.get()),
+            after: fault.after.iter().map(|a| a.value.clone()).collect(),
+            delay: fault.delay.as_ref().map_or(Duration::ZERO, |d| d.get()),
+            duration,
+            repeat_every,
+        }
+    }
+
+    fn signal(&mut self, spec: &Sp<SignalSpec>) -> Option<Signal> {
+        match parse_signal(spec) {
+            Ok(signal) => Some(signal),
+            Err((reason, hint)) => {
+                self.report(Diagnostic::at(spec.pos, reason, "invalid signal").with_hint(hint));
+                None
+            }
+        }
+    }
+
+    /// The `after` edges that close a cycle, reported as `a -> b -> a`. Returns the faults on a
+    /// cycle, whose start cannot be computed.
+    fn after_cycles(&mut self, index_of: &HashMap<&str, usize>) -> Vec<bool> {
+        #[derive(Clone, Copy, PartialEq)]
+        enum Mark {
+            New,
+            Active,
+            Done,
+        }
+        let faults = &self.exp().faults;
+        let mut marks = vec![Mark::New; faults.len()];
+        let mut in_cycle = vec![false; faults.len()];
+        // Iterative depth-first search (stack of (fault, next edge)) in file order, so the
+        // reported cycles are deterministic.
+        for root in 0..faults.len() {
+            if marks[root] != Mark::New || index_of.get(faults[root].id.as_str()) != Some(&root) {
+                continue;
+            }
+            let mut stack: Vec<(usize, usize)> = vec![(root, 0)];
+            marks[root] = Mark::Active;
+            while let Some(top) = stack.last_mut() {
+                let node = top.0;
+                let Some(dependency) = faults[node].after.get(top.1) else {
+                    marks[node] = Mark::Done;
+                    stack.pop();
+                    continue;
+                };
+                top.1 += 1;
+                let Some(&next) = index_of.get(dependency.as_str()) else {
+                    continue;
+                };
+                if next == node {
+                    continue; // self-reference, reported with the fault
+                }
+                match marks[next] {
+                    Mark::New => {
+                        marks[next] = Mark::Active;
+                        stack.push((next, 0));
+                    }
+                    Mark::Active => {
+                        let start = stack.iter().position(|&(n, _)| n == next).unwrap_or(0);
+                        let mut path: Vec<&str> = stack[start..]
+                            .iter()
+                            .map(|&(n, _)| faults[n].id.as_str())
+                            .collect();
+                        path.push(faults[next].id.as_str());
+                        for &(n, _) in &stack[start..] {
+                            in_cycle[n] = true;
+                        }
+                        self.report(
+                            Diagnostic::at(dependency.pos, format!("`after` forms a cycle: {}", path.join(" -> ")), "closes the cycle")
+                                .with_hint("faults in a cycle wait for each other forever; remove one of these `after` entries"),
+                        );
+                    }
+                    Mark::Done => {}
+                }
+            }
+        }
+        in_cycle
+    }
+
+    /// Earliest start of each fault (`max(at, starts of its dependencies) + delay`) must leave
+    /// it inside `max_duration`.
+    fn schedule(
+        &mut self,
+        index_of: &HashMap<&str, usize>,
+        in_cycle: &[bool],
+        max_duration: Duration,
+    ) {
+        let faults = &self.exp().faults;
+        let mut starts: Vec<Option<Option<Duration>>> = vec![None; faults.len()];
+        for index in 0..faults.len() {
+            earliest_start(faults, index_of, in_cycle, &mut starts, index, 0);
+        }
+        if max_duration.is_zero() {
+            return;
+        }
+        for (fault, start) in faults.iter().zip(&starts) {
+            let Some(Some(start)) = *start else { continue };
+            let id = fault.id.as_str();
+            let start_pos = fault
+                .delay
+                .as_ref()
+                .or(fault.at.as_ref())
+                .map(|d| d.pos)
+                .or(fault.after.first().map(|a| a.pos))
+                .unwrap_or(fault.id.pos);
+            if start >= max_duration {
+                self.report(
+                    Diagnostic::at(
+                        start_pos,
+                        format!("fault `{id}` would start at {}, not before max_duration {}", dur(start), dur(max_duration)),
+                        "starts too late",
+                    )
+                    .with_hint("the run ends at max_duration, so this fault would never run; start it earlier or raise `max_duration`"),
+                );
+            } else if let Some(duration) = &fault.duration {
+                let end = start + duration.get();
+                if end > max_duration {
+                    self.report(
+                        Diagnostic::at(
+                            duration.pos,
+                            format!(
+                                "fault `{id}` would run from {} to {}, past max_duration {}",
+                                dur(start),
+                                dur(end),
+                                dur(max_duration)
+                            ),
+                            "ends too late",
+                        )
+                        .with_hint(format!(
+                            "shorten `duration` to at most {}, start the fault earlier, or raise `max_duration`",
+                            dur(max_duration - start)
+                        )),
+                    );
+                }
+            }
+        }
+    }
+
+    // -- setup and cleanup --------------------------------------------------------------------
+
+    fn commands(&mut self, commands: &[Sp<Command>], section: &str) -> Vec<CommandSpec> {
+        commands
+            .iter()
+            .filter_map(|command| {
+                let has_program = self.argv(&command.argv);
+                if command.background && section != "setup" {
+                    self.report(
+                        Diagnostic::at(command.pos, format!("`background: true` in `{section}`"), "only for setup")
+                            .with_hint(format!("{section} commands must finish; only setup commands may run in the background")),
+                    );
+                }
+                let timeout = command.timeout.as_ref().map_or(DEFAULT_COMMAND_TIMEOUT, |timeout| {
+                    self.positive(timeout, "timeout", "the command needs time to run")
+                });
+                if !has_program {
+                    return None;
+                }
+                let program = &command.argv[0];
+                let name = command.name.clone().unwrap_or_else(|| {
+                    Path::new(program)
+                        .file_name()
+                        .map_or_else(|| program.clone(), |n| n.to_string_lossy().into_owned())
+                });
+                let mut argv = command.argv.value.clone();
+                if program == "faultline" {
+                    match std::env::current_exe() {
+                        Ok(exe) => argv[0] = exe.to_string_lossy().into_owned(),
+                        Err(error) => self.report(
+                            Diagnostic::at(command.argv.pos, format!("cannot find this faultline binary: {error}"), "")
+                                .with_hint("give the full path of the faultline binary instead"),
+                        ),
+                    }
+                }
+                Some(CommandSpec {
+                    name,
+                    argv,
+                    env: command.env.clone(),
+                    background: command.background,
+                    timeout,
+                })
+            })
+            .collect()
+    }
+}
+
+/// Memoised earliest start: `None` while unknown, `Some(None)` when it cannot be computed
+/// (a cycle or an unknown dependency, both reported elsewhere).
+fn earliest_start(
+    faults: &[Sp<FaultDef>],
+    index_of: &HashMap<&str, usize>,
+    in_cycle: &[bool],
+    starts: &mut [Option<Option<Duration>>],
+    index: usize,
+    depth: usize,
+) -> Option<Duration> {
+    if let Some(known) = starts[index] {
+        return known;
+    }
+    let fault = &faults[index];
+    let mut start = if in_cycle[index] || depth > faults.len() {
+        None
+    } else {
+        Some(fault.at.as_ref().map_or(Duration::ZERO, |at| at.get()))
+    };
+    for dependency in &fault.after {
+        let dependency_start = match index_of.get(dependency.as_str()) {
+            Some(&next) if next != index && start.is_some() => {
+                earliest_start(faults, index_of, in_cycle, starts, next, depth + 1)
+            }
+            _ => None,
+        };
+        start = start.zip(dependency_start).map(|(a, b)| a.max(b));
+    }
+    let start = start.map(|s| s + fault.delay.as_ref().map_or(Duration::ZERO, |d| d.get()));
+    starts[index] = Some(start);
+    start
+}
+
+/// Fault ids in file order, so suggestions are deterministic.
+fn fault_ids(experiment: &Experiment) -> impl Iterator<Item = &str> + Clone {
+    experiment
+        .faults
+        .iter()
+        .map(|f| f.id.as_str())
+        .filter(|id| !id.trim().is_empty())
+}
+
+fn pos_of<T>(value: &Option<Sp<T>>) -> Option<Pos> {
+    value.as_ref().map(|v| v.pos)
+}
+
+fn status_code(code: u16) -> Result<u16, String> {
+    if (100..=599).contains(&code) {
+        Ok(code)
+    } else {
+        Err(format!(
+            "`{code}` is not an HTTP status code; codes run from 100 to 599"
+        ))
+    }
+}
+
+fn status_range(text: &str) -> Result<(u16, u16), String> {
+    let parse = |part: &str| {
+        part.trim()
+            .parse::<u16>()
+            .map_err(|_| format!("`{text}` is not a status range; write it like `\"200-299\"`"))
+            .and_then(status_code)
+    };
+    match text.split_once('-') {
+        Some((lo, hi)) => {
+            let (lo, hi) = (parse(lo)?, parse(hi)?);
+            if lo > hi {
+                return Err(format!(
+                    "`{text}` is backwards; write the lower code first: `\"{hi}-{lo}\"`"
+                ));
+            }
+            Ok((lo, hi))
+        }
+        None => parse(text).map(|code| (code, code)),
+    }
+}
+
+/// `host:port` or `[v6]:port`, with a port that is not zero.
+fn check_socket_address(address: &str) -> Result<(), &'static str> {
+    let (host, port) = if let Some(rest) = address.strip_prefix('[') {
+        let (host, port) = rest
+            .split_once("]:")
+            .ok_or("no port after the bracketed address")?;
+        host.parse::<std::net::Ipv6Addr>()
+            .map_err(|_| "not an IPv6 address in brackets")?;
+        (host, port)
+    } else {
+        let (host, port) = address.rsplit_once(':').ok_or("no port")?;
+        if host.contains(':') {
+            return Err("an IPv6 address needs brackets");
+        }
+        (host, port)
+    };
+    if host.is_empty() {
+        return Err("no host");
+    }
+    match port.parse::<u16>() {
+        Ok(0) => Err("port 0"),
+        Ok(_) => Ok(()),
+        Err(_) => Err("the port is not a number from 1 to 65535"),
+    }
+}
+
+/// `SIGTERM`, `TERM`, `sigterm`, `15` → SIGTERM. Refuses 0 (sends nothing) and the stop
+/// signals (a stopped process would never be resumed: that is `process-stop`'s job).
+fn parse_signal(spec: &SignalSpec) -> Result<Signal, (String, String)> {
+    let usage = "use a name (`SIGTERM`, `TERM`) or a number (`15`); leave `signal` out for SIGKILL";
+    let from_number = |number: i32| match number {
+        0 => Err((
+            "signal 0 sends nothing".to_string(),
+            format!("it only checks that a process exists; {usage}"),
+        )),
+        n => Signal::try_from(n).map_err(|_| {
+            (
+                format!("`{n}` is not a signal number on Linux"),
+                usage.to_string(),
+            )
+        }),
+    };
+    let signal = match spec {
+        SignalSpec::Number(number) => from_number(*number)?,
+        SignalSpec::Name(text) => match text.trim().parse::<i32>() {
+            Ok(number) => from_number(number)?,
+            Err(_) => {
+                let upper = text.trim().to_ascii_uppercase();
+                let full = if upper.starts_with("SIG") {
+                    upper
+                } else {
+                    format!("SIG{upper}")
+                };
+                full.parse::<Signal>().map_err(|_| {
+                    let names: Vec<&str> = Signal::iterator().map(Signal::as_str).collect();
+                    let hint = match nearest(&full, names) {
+                        Some(best) => format!("did you mean `{best}`?"),
+                        None => usage.to_string(),
+                    };
+                    (format!("`{text}` is not a signal"), hint)
+                })?
+            }
+        },
+    };
+    if matches!(
+        signal,
+        Signal::SIGSTOP | Signal::SIGTSTP | Signal::SIGTTIN | Signal::SIGTTOU
+    ) {
+        return Err((
+            format!(
+                "{} would stop the processes and never resume them",
+                signal.as_str()
+            ),
+            "use the `process-stop` fault kind, which resumes them (SIGCONT) when it is reverted"
+                .to_string(),
+        ));
+    }
+    Ok(signal)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn nearest_accepts_typos_and_refuses_strangers() {
+        assert_eq!(
+            nearest("duraton", ["duration", "delay", "after"]),
+            Some("duration")
+        );
+        assert_eq!(
+            nearest("process-kil", ["process-kill", "process-stop"]),
+            Some("process-kill")
+        );
+        assert_eq!(nearest("zzz", ["duration", "delay"]), None);
+    }
+
+    #[test]
+    fn signals_accept_common_spellings() {
+        for spec in [
+            SignalSpec::Name("SIGTERM".into()),
+            SignalSpec::Name("TERM".into()),
+            SignalSpec::Name("sigterm".into()),
+            SignalSpec::Name("15".into()),
+            SignalSpec::Number(15),
+        ] {
+            assert_eq!(parse_signal(&spec).unwrap(), Signal::SIGTERM, "{spec:?}");
+        }
+        assert!(parse_signal(&SignalSpec::Number(0)).is_err());
+        assert!(parse_signal(&SignalSpec::Number(99)).is_err());
+        assert!(parse_signal(&SignalSpec::Name("SIGSTOP".into())).is_err());
+        let (_, hint) = parse_signal(&SignalSpec::Name("SIGKIL".into())).unwrap_err();
+        assert!(hint.contains("SIGKILL"), "{hint}");
+    }
+
+    #[test]
+    fn status_ranges_are_checked() {
+        assert_eq!(status_range("200-299").unwrap(), (200, 299));
+        assert_eq!(status_range("204").unwrap(), (204, 204));
+        assert!(status_range("299-200").is_err());
+        assert!(status_range("200-999").is_err());
+        assert!(status_range("2xx").is_err());
+    }
+
+    #[test]
+    fn socket_addresses_need_a_port() {
+        assert!(check_socket_address("127.0.0.1:8080").is_ok());
+        assert!(check_socket_address("localhost:80").is_ok());
+        assert!(check_socket_address("[::1]:8080").is_ok());
+        assert!(check_socket_address("127.0.0.1").is_err());
+        assert!(check_socket_address("::1:8080").is_err());
+        assert!(check_socket_address("127.0.0.1:0").is_err());
+        assert!(check_socket_address(":8080").is_err());
+    }
+
+    #[test]
+    fn location_suffixes_are_stripped() {
+        assert_eq!(strip_location("bad thing at line 3, column 7"), "bad thing");
+        assert_eq!(strip_location("look at line up"), "look at line up");
+    }
 }
