@@ -1076,7 +1076,7 @@ impl<'a> Checker<'a> {
             .map(|fault| self.fault(fault, &index_of))
             .collect();
         let in_cycle = self.after_cycles(&index_of);
-        self.schedule(&index_of, &in_cycle, max_duration);
+        self.schedule(&in_cycle, max_duration);
         specs
     }
 
@@ -1255,24 +1255,29 @@ impl<'a> Checker<'a> {
         in_cycle
     }
 
-    /// Earliest start of each fault (`max(at, starts of its dependencies) + delay`) must leave
+    /// Earliest start of each fault (`max(at, last dependency's start + delay)`) must leave
     /// it inside `max_duration`.
-    fn schedule(
-        &mut self,
-        index_of: &HashMap<&str, usize>,
-        in_cycle: &[bool],
-        max_duration: Duration,
-    ) {
+    fn schedule(&mut self, in_cycle: &[bool], max_duration: Duration) {
         let faults = &self.exp().faults;
-        let mut starts: Vec<Option<Option<Duration>>> = vec![None; faults.len()];
-        for index in 0..faults.len() {
-            earliest_start(faults, index_of, in_cycle, &mut starts, index, 0);
-        }
+        let inputs: Vec<crate::plan::ScheduleInput<'_>> = faults
+            .iter()
+            .map(|f| crate::plan::ScheduleInput {
+                id: f.id.as_str(),
+                at: f.at.as_ref().map_or(Duration::ZERO, |at| at.get()),
+                after: f.after.iter().map(|a| a.as_str()).collect(),
+                delay: f.delay.as_ref().map_or(Duration::ZERO, |d| d.get()),
+            })
+            .collect();
+        let starts: Vec<Option<Duration>> = crate::plan::earliest_starts(&inputs)
+            .into_iter()
+            .enumerate()
+            .map(|(i, s)| if in_cycle[i] { None } else { s })
+            .collect();
         if max_duration.is_zero() {
             return;
         }
         for (fault, start) in faults.iter().zip(&starts) {
-            let Some(Some(start)) = *start else { continue };
+            let Some(start) = *start else { continue };
             let id = fault.id.as_str();
             let start_pos = fault
                 .delay
@@ -1359,39 +1364,6 @@ impl<'a> Checker<'a> {
             })
             .collect()
     }
-}
-
-/// Memoised earliest start: `None` while unknown, `Some(None)` when it cannot be computed
-/// (a cycle or an unknown dependency, both reported elsewhere).
-fn earliest_start(
-    faults: &[Sp<FaultDef>],
-    index_of: &HashMap<&str, usize>,
-    in_cycle: &[bool],
-    starts: &mut [Option<Option<Duration>>],
-    index: usize,
-    depth: usize,
-) -> Option<Duration> {
-    if let Some(known) = starts[index] {
-        return known;
-    }
-    let fault = &faults[index];
-    let mut start = if in_cycle[index] || depth > faults.len() {
-        None
-    } else {
-        Some(fault.at.as_ref().map_or(Duration::ZERO, |at| at.get()))
-    };
-    for dependency in &fault.after {
-        let dependency_start = match index_of.get(dependency.as_str()) {
-            Some(&next) if next != index && start.is_some() => {
-                earliest_start(faults, index_of, in_cycle, starts, next, depth + 1)
-            }
-            _ => None,
-        };
-        start = start.zip(dependency_start).map(|(a, b)| a.max(b));
-    }
-    let start = start.map(|s| s + fault.delay.as_ref().map_or(Duration::ZERO, |d| d.get()));
-    starts[index] = Some(start);
-    start
 }
 
 /// Fault ids in file order, so suggestions are deterministic.

@@ -162,15 +162,35 @@ impl Plan {
     /// and `delay` into account and assuming injections take no time. `None` for a fault
     /// caught in an `after` cycle (validation rejects those).
     pub fn earliest_starts(&self) -> Vec<Option<Duration>> {
-        earliest_starts(&self.faults)
+        let inputs: Vec<ScheduleInput<'_>> = self
+            .faults
+            .iter()
+            .map(|f| ScheduleInput {
+                id: &f.id,
+                at: f.at,
+                after: f.after.iter().map(String::as_str).collect(),
+                delay: f.delay,
+            })
+            .collect();
+        earliest_starts(&inputs)
     }
 }
 
-/// See [`Plan::earliest_starts`]; shared with validation, which runs before a `Plan` exists.
-pub fn earliest_starts(faults: &[FaultSpec]) -> Vec<Option<Duration>> {
+/// What the schedule of one fault depends on.
+pub struct ScheduleInput<'a> {
+    pub id: &'a str,
+    pub at: Duration,
+    pub after: Vec<&'a str>,
+    pub delay: Duration,
+}
+
+/// A fault starts at the later of `at` and (its last dependency's start + `delay`) — the
+/// rule the engine's scheduler follows. `None` for faults in a cycle or depending on an
+/// unknown fault. Shared with validation, which runs before a `Plan` exists.
+pub fn earliest_starts(faults: &[ScheduleInput<'_>]) -> Vec<Option<Duration>> {
     fn visit(
         index: usize,
-        faults: &[FaultSpec],
+        faults: &[ScheduleInput<'_>],
         memo: &mut Vec<Option<Option<Duration>>>,
         visiting: &mut Vec<bool>,
     ) -> Option<Duration> {
@@ -183,19 +203,12 @@ pub fn earliest_starts(faults: &[FaultSpec]) -> Vec<Option<Duration>> {
         visiting[index] = true;
         let fault = &faults[index];
         let mut start = Some(fault.at);
-        if !fault.after.is_empty() {
-            let mut latest_dep = Duration::ZERO;
-            for dep in &fault.after {
-                let dep_start = faults
-                    .iter()
-                    .position(|f| &f.id == dep)
-                    .and_then(|d| visit(d, faults, memo, visiting));
-                match dep_start {
-                    Some(s) => latest_dep = latest_dep.max(s),
-                    None => start = None,
-                }
-            }
-            start = start.map(|at| at.max(latest_dep + fault.delay));
+        for dep in &fault.after {
+            let dep_start = faults
+                .iter()
+                .position(|f| f.id == *dep)
+                .and_then(|d| visit(d, faults, memo, visiting));
+            start = start.zip(dep_start).map(|(s, d)| s.max(d + fault.delay));
         }
         visiting[index] = false;
         memo[index] = Some(start);

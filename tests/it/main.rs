@@ -1,2 +1,4 @@
 mod engine;
+mod process_run;
+mod util;
 mod validate;

@@ -1,0 +1,287 @@
+//! End-to-end runs of the `faultline` binary against real processes: kills, stops and
+//! resumes, the abort path, gate failures, injection failures, SIGINT, and crash recovery.
+
+use std::time::Duration;
+
+use nix::sys::signal::Signal;
+
+use crate::util::{self, events_of, faultline, proc_state, wait_for, Proc, Runner, Workspace};
+
+fn experiment(name: &str, targets: &str, probes: &str, steady: &str, faults: &str, extra: &str) -> String {
+    format!(
+        "apiVersion: faultline/v1\nmetadata: {{name: {name}}}\nmax_duration: 1m\n{targets}{probes}{steady}{faults}{extra}"
+    )
+}
+
+fn run_to_end(ws: &Workspace, file: &std::path::Path) -> (i32, String) {
+    let output = faultline(ws)
+        .arg("run")
+        .arg(file)
+        .arg("--report-dir")
+        .arg(ws.report_dir())
+        .output()
+        .expect("run faultline");
+    (
+        output.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&output.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn kill_by_name_kills_exactly_that_process() {
+    let _serial = util::serial();
+    let ws = Workspace::new();
+    let mut victim = Proc::named("fl-it-victim");
+    let mut bystander = Proc::named("fl-it-bystand");
+    let file = ws.write(
+        "kill.yaml",
+        &experiment(
+            "kill-by-name",
+            "targets: {victim: {process: {name: fl-it-victim}}}\n",
+            "",
+            "",
+            "faults: [{id: kill, kind: process-kill, target: victim, params: {signal: SIGTERM}}]\n",
+            "",
+        ),
+    );
+    let (code, stderr) = run_to_end(&ws, &file);
+    assert_eq!(code, 0, "{stderr}");
+    assert_eq!(victim.wait_signal(), Some(libc::SIGTERM), "the victim died of SIGTERM");
+    assert_eq!(bystander.state(), Some('S'), "the bystander is untouched");
+    assert!(bystander.child.try_wait().unwrap().is_none());
+    let events = ws.journal();
+    let injected = events_of(&events, "fault_injected");
+    assert_eq!(injected.len(), 1);
+    assert_eq!(ws.state_records(), 0);
+}
+
+#[test]
+fn kill_by_cmdline_regex_and_by_pidfile() {
+    let _serial = util::serial();
+    let ws = Workspace::new();
+    let mut by_regex = Proc::sleep("424242");
+    let mut by_pidfile = Proc::sleep("515151");
+    let other = Proc::sleep("999999");
+    let pidfile = ws.write("victim.pid", &format!("{}\n", by_pidfile.pid()));
+    let file = ws.write(
+        "kill.yaml",
+        &experiment(
+            "kill-by-regex-and-pidfile",
+            &format!(
+                "targets:\n  regex: {{process: {{cmdline: '^sleep 300\\.424242$'}}}}\n  pidfile: {{process: {{pidfile: '{}'}}}}\n",
+                pidfile.display()
+            ),
+            "",
+            "",
+            "faults:\n  - {id: by-regex, kind: process-kill, target: regex}\n  - {id: by-pidfile, kind: process-kill, target: pidfile, at: 200ms}\n",
+            "",
+        ),
+    );
+    let (code, stderr) = run_to_end(&ws, &file);
+    assert_eq!(code, 0, "{stderr}");
+    assert_eq!(by_regex.wait_signal(), Some(libc::SIGKILL));
+    assert_eq!(by_pidfile.wait_signal(), Some(libc::SIGKILL));
+    assert_eq!(other.state(), Some('S'));
+}
+
+#[test]
+fn stop_freezes_the_process_for_the_duration_then_resumes_it() {
+    let _serial = util::serial();
+    let ws = Workspace::new();
+    let victim = Proc::sleep("717171");
+    let file = ws.write(
+        "stop.yaml",
+        &experiment(
+            "stop-and-resume",
+            "targets: {victim: {process: {cmdline: '^sleep 300\\.717171$'}}}\n",
+            "",
+            "",
+            "faults: [{id: freeze, kind: process-stop, target: victim, at: 100ms, duration: 1500ms}]\n",
+            "",
+        ),
+    );
+    let mut runner = Runner::spawn(&ws, &[&file]);
+    assert!(
+        wait_for(Duration::from_secs(5), || victim.state() == Some('T')),
+        "the victim should be stopped during the fault"
+    );
+    assert_eq!(ws.state_records(), 1, "a live stop is recorded in the state dir");
+    let code = runner.wait(Duration::from_secs(10));
+    assert_eq!(code, Some(0), "{}", runner.stderr());
+    assert_eq!(victim.state(), Some('S'), "SIGCONT on revert");
+    assert_eq!(ws.state_records(), 0);
+    let events = ws.journal();
+    let reverted = events_of(&events, "fault_reverted");
+    assert_eq!(reverted.len(), 1);
+    assert_eq!(reverted[0]["cause"], "duration_elapsed");
+}
+
+#[test]
+fn a_gate_failure_injects_nothing() {
+    let _serial = util::serial();
+    let ws = Workspace::new();
+    let victim = Proc::sleep("838383");
+    let closed = util::free_port();
+    let file = ws.write(
+        "gate.yaml",
+        &experiment(
+            "gate-fails",
+            "targets: {victim: {process: {cmdline: '^sleep 300\\.838383$'}}}\n",
+            &format!("probes: {{down: {{tcp: {{address: '127.0.0.1:{closed}'}}, interval: 100ms}}}}\n"),
+            "steady_state: {before: {probes: [down], wait_until: 300ms}}\n",
+            "faults: [{id: freeze, kind: process-stop, target: victim, duration: 5s}]\n",
+            "",
+        ),
+    );
+    let (code, stderr) = run_to_end(&ws, &file);
+    assert_eq!(code, 3, "not_ready: {stderr}");
+    assert!(stderr.contains("NOT_READY"), "{stderr}");
+    assert_eq!(victim.state(), Some('S'));
+    let events = ws.journal();
+    assert!(events_of(&events, "fault_intent").is_empty(), "nothing was even prepared for injection");
+    assert_eq!(events_of(&events, "outcome")[0]["outcome"], "not_ready");
+}
+
+#[test]
+fn a_fault_that_cannot_be_applied_is_injection_failed() {
+    let _serial = util::serial();
+    let ws = Workspace::new();
+    let file = ws.write(
+        "missing.yaml",
+        &experiment(
+            "no-such-target",
+            "targets: {ghost: {process: {name: fl-no-such-proc}}}\n",
+            "",
+            "",
+            "faults: [{id: kill-ghost, kind: process-kill, target: ghost}]\n",
+            "",
+        ),
+    );
+    let (code, stderr) = run_to_end(&ws, &file);
+    assert_eq!(code, 4, "{stderr}");
+    assert!(stderr.contains("INJECTION_FAILED"), "{stderr}");
+    let events = ws.journal();
+    let failed = events_of(&events, "fault_injection_failed");
+    assert_eq!(failed.len(), 1);
+    assert!(failed[0]["error"].as_str().unwrap().contains("matched no process"), "{:?}", failed[0]);
+}
+
+#[test]
+fn sigint_mid_run_reverts_and_exits_130() {
+    let _serial = util::serial();
+    let ws = Workspace::new();
+    let victim = Proc::sleep("929292");
+    let file = ws.write(
+        "stop.yaml",
+        &experiment(
+            "interrupted",
+            "targets: {victim: {process: {cmdline: '^sleep 300\\.929292$'}}}\n",
+            "",
+            "",
+            "faults: [{id: freeze, kind: process-stop, target: victim, duration: 50s}]\n",
+            "",
+        ),
+    );
+    let mut runner = Runner::spawn(&ws, &[&file]);
+    assert!(wait_for(Duration::from_secs(5), || victim.state() == Some('T')));
+    runner.signal(Signal::SIGINT);
+    let code = runner.wait(Duration::from_secs(5));
+    assert_eq!(code, Some(130), "{}", runner.stderr());
+    assert_eq!(victim.state(), Some('S'), "the stopped process runs again");
+    assert_eq!(ws.state_records(), 0);
+    let events = ws.journal();
+    assert_eq!(events_of(&events, "outcome")[0]["outcome"], "interrupted");
+    assert_eq!(events_of(&events, "abort")[0]["trigger"], "interrupted");
+}
+
+#[test]
+fn kill_9_of_the_runner_leaves_a_state_file_that_recover_turns_into_a_clean_host() {
+    let _serial = util::serial();
+    let ws = Workspace::new();
+    let victim = Proc::sleep("616161");
+    let file = ws.write(
+        "stop.yaml",
+        &experiment(
+            "crashed",
+            "targets: {victim: {process: {cmdline: '^sleep 300\\.616161$'}}}\n",
+            "",
+            "",
+            "faults: [{id: freeze, kind: process-stop, target: victim, duration: 50s}]\n",
+            "",
+        ),
+    );
+    let mut runner = Runner::spawn(&ws, &[&file]);
+    assert!(wait_for(Duration::from_secs(5), || victim.state() == Some('T')));
+    runner.signal(Signal::SIGKILL);
+    assert_eq!(runner.wait(Duration::from_secs(5)), Some(128 + 9));
+    // The crash left the fault in place, and the record of how to undo it.
+    assert_eq!(victim.state(), Some('T'));
+    assert_eq!(ws.state_records(), 1);
+
+    let status = faultline(&ws).arg("status").output().unwrap();
+    let listed = String::from_utf8_lossy(&status.stdout);
+    assert!(listed.contains("freeze") && listed.contains("gone"), "{listed}");
+
+    let recover = faultline(&ws).arg("recover").output().unwrap();
+    assert_eq!(recover.status.code(), Some(0), "{}", String::from_utf8_lossy(&recover.stderr));
+    assert!(String::from_utf8_lossy(&recover.stdout).contains("recovered"));
+    assert_eq!(victim.state(), Some('S'), "recover resumed the stopped process");
+    assert_eq!(ws.state_records(), 0);
+
+    // Idempotent: a second recover finds nothing and succeeds.
+    let again = faultline(&ws).arg("recover").output().unwrap();
+    assert_eq!(again.status.code(), Some(0));
+    assert!(String::from_utf8_lossy(&again.stdout).contains("nothing to recover"));
+}
+
+#[test]
+fn the_next_run_restores_what_a_crashed_run_left_behind() {
+    let _serial = util::serial();
+    let ws = Workspace::new();
+    let victim = Proc::sleep("626262");
+    let stop = ws.write(
+        "stop.yaml",
+        &experiment(
+            "crashed",
+            "targets: {victim: {process: {cmdline: '^sleep 300\\.626262$'}}}\n",
+            "",
+            "",
+            "faults: [{id: freeze, kind: process-stop, target: victim, duration: 50s}]\n",
+            "",
+        ),
+    );
+    let mut runner = Runner::spawn(&ws, &[&stop]);
+    assert!(wait_for(Duration::from_secs(5), || victim.state() == Some('T')));
+    runner.signal(Signal::SIGKILL);
+    runner.wait(Duration::from_secs(5));
+    assert_eq!(victim.state(), Some('T'));
+
+    let empty = ws.write("empty.yaml", &experiment("nothing", "", "", "", "", ""));
+    let (code, stderr) = run_to_end(&ws, &empty);
+    assert_eq!(code, 0, "{stderr}");
+    assert!(stderr.contains("left behind"), "{stderr}");
+    assert_eq!(victim.state(), Some('S'));
+    assert_eq!(ws.state_records(), 0);
+}
+
+#[test]
+fn recover_does_not_touch_a_process_that_reused_the_pid() {
+    // A record whose start time does not match the live process must not signal it.
+    let _serial = util::serial();
+    let ws = Workspace::new();
+    let victim = Proc::sleep("737373");
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(victim.pid() as i32), Signal::SIGSTOP).unwrap();
+    assert!(wait_for(Duration::from_secs(2), || victim.state() == Some('T')));
+    let record = serde_json::json!({
+        "id": "stale-1", "run_id": "r", "experiment": "e", "fault_id": "f",
+        "owner": {"pid": 999_999_999u32, "start_time": 1},
+        "recorded_at": "2026-01-01T00:00:00Z", "summary": "SIGSTOP",
+        "revert": {"recipe": "resume_processes", "processes": [{"pid": victim.pid(), "start_time": 1}]}
+    });
+    std::fs::create_dir_all(ws.state_dir().join("faults")).unwrap();
+    std::fs::write(ws.state_dir().join("faults/stale-1.json"), record.to_string()).unwrap();
+    let out = faultline(&ws).arg("recover").output().unwrap();
+    assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(proc_state(victim.pid()), Some('T'), "a different process (by start time) is left alone");
+    assert_eq!(ws.state_records(), 0);
+}

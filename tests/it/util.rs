@@ -1,0 +1,250 @@
+//! Shared helpers for integration tests: a hermetic workspace per test (state dir, report
+//! dir), real child processes that are always killed and reaped, and bounded waits.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+/// Real-process tests measure timings on a 2-core box: run them one at a time.
+static SERIAL: Mutex<()> = Mutex::new(());
+
+pub fn serial() -> MutexGuard<'static, ()> {
+    SERIAL.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+pub fn faultline_bin() -> &'static str {
+    env!("CARGO_BIN_EXE_faultline")
+}
+
+/// A `faultline` command with a clean environment: no inherited state dir or log settings.
+pub fn faultline(ws: &Workspace) -> Command {
+    let mut cmd = Command::new(faultline_bin());
+    cmd.env_remove("FAULTLINE_STATE_DIR")
+        .env_remove("FAULTLINE_LOG")
+        .env("FAULTLINE_STATE_DIR", ws.state_dir())
+        .current_dir(ws.path());
+    cmd
+}
+
+/// One test's private directory.
+pub struct Workspace {
+    dir: tempfile::TempDir,
+}
+
+impl Workspace {
+    pub fn new() -> Workspace {
+        Workspace {
+            dir: tempfile::tempdir().expect("tempdir"),
+        }
+    }
+
+    pub fn path(&self) -> &Path {
+        self.dir.path()
+    }
+
+    pub fn state_dir(&self) -> PathBuf {
+        self.path().join("state")
+    }
+
+    pub fn report_dir(&self) -> PathBuf {
+        self.path().join("reports")
+    }
+
+    pub fn write(&self, name: &str, text: &str) -> PathBuf {
+        let path = self.path().join(name);
+        std::fs::write(&path, text).expect("write file");
+        path
+    }
+
+    pub fn state_records(&self) -> usize {
+        match std::fs::read_dir(self.state_dir().join("faults")) {
+            Ok(entries) => entries
+                .filter_map(Result::ok)
+                .filter(|e| e.path().extension().is_some_and(|x| x == "json"))
+                .count(),
+            Err(_) => 0,
+        }
+    }
+
+    /// Events of the only (or last) journal in the report dir.
+    pub fn journal(&self) -> Vec<Value> {
+        let mut journals: Vec<PathBuf> = std::fs::read_dir(self.report_dir())
+            .map(|d| d.filter_map(Result::ok).map(|e| e.path()).collect())
+            .unwrap_or_default();
+        journals.retain(|p| p.extension().is_some_and(|x| x == "jsonl"));
+        journals.sort();
+        let Some(last) = journals.last() else {
+            return Vec::new();
+        };
+        std::fs::read_to_string(last)
+            .unwrap_or_default()
+            .lines()
+            .filter(|l| !l.trim().is_empty())
+            .map(|l| serde_json::from_str(l).expect("journal lines are JSON"))
+            .collect()
+    }
+}
+
+pub fn events_of<'a>(events: &'a [Value], kind: &str) -> Vec<&'a Value> {
+    events.iter().filter(|e| e["event"] == kind).collect()
+}
+
+/// A real process the test owns; killed by PID and reaped when dropped.
+pub struct Proc {
+    pub child: Child,
+    _dir: Option<tempfile::TempDir>,
+}
+
+impl Proc {
+    /// `sleep` with a distinctive argument (so a cmdline regex can find exactly it).
+    pub fn sleep(tag: &str) -> Proc {
+        let child = Command::new("sleep")
+            .arg(format!("300.{tag}"))
+            .stdin(Stdio::null())
+            .spawn()
+            .expect("spawn sleep");
+        Proc { child, _dir: None }
+    }
+
+    /// `sleep` under another name, so its /proc comm is `name`.
+    pub fn named(name: &str) -> Proc {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let link = dir.path().join(name);
+        std::os::unix::fs::symlink(which("sleep"), &link).expect("symlink sleep");
+        let child = Command::new(&link)
+            .arg("300")
+            .stdin(Stdio::null())
+            .spawn()
+            .expect("spawn named sleep");
+        Proc { child, _dir: Some(dir) }
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    pub fn state(&self) -> Option<char> {
+        proc_state(self.pid())
+    }
+
+    /// The signal that ended it, waiting at most 5 s; `None` if it is still running.
+    pub fn wait_signal(&mut self) -> Option<i32> {
+        use std::os::unix::process::ExitStatusExt;
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while Instant::now() < deadline {
+            if let Some(status) = self.child.try_wait().expect("try_wait") {
+                return status.signal();
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        None
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let pid = nix::unistd::Pid::from_raw(self.child.id() as i32);
+        let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGCONT);
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn which(program: &str) -> PathBuf {
+    for dir in ["/usr/bin", "/bin", "/usr/local/bin"] {
+        let p = Path::new(dir).join(program);
+        if p.exists() {
+            return p;
+        }
+    }
+    panic!("{program} not found")
+}
+
+/// One-letter state from /proc/PID/stat; `None` when the process is gone.
+pub fn proc_state(pid: u32) -> Option<char> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let after = stat.rfind(')')?;
+    stat[after + 1..].trim_start().chars().next()
+}
+
+/// Poll `cond` every 10 ms for at most `limit`.
+pub fn wait_for(limit: Duration, mut cond: impl FnMut() -> bool) -> bool {
+    let deadline = Instant::now() + limit;
+    loop {
+        if cond() {
+            return true;
+        }
+        if Instant::now() >= deadline {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+/// A loopback port that was free a moment ago.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("bind an ephemeral port")
+}
+
+/// A running `faultline run`, killed and reaped if the test ends early.
+pub struct Runner {
+    pub child: Child,
+    stderr_path: PathBuf,
+}
+
+impl Runner {
+    pub fn spawn(ws: &Workspace, files: &[&Path]) -> Runner {
+        // Output goes to a file: a pipe nobody reads could fill and stall the runner.
+        let stderr_path = ws.path().join(format!("runner-{}.stderr", files.len()));
+        let stderr = std::fs::File::create(&stderr_path).expect("create stderr file");
+        let child = faultline(ws)
+            .arg("run")
+            .args(files)
+            .arg("--report-dir")
+            .arg(ws.report_dir())
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(stderr)
+            .spawn()
+            .expect("spawn faultline run");
+        Runner { child, stderr_path }
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    pub fn signal(&self, signal: nix::sys::signal::Signal) {
+        nix::sys::signal::kill(nix::unistd::Pid::from_raw(self.pid() as i32), signal).expect("signal runner");
+    }
+
+    /// Wait at most `limit` for it to exit; its exit code (or 128+signal).
+    pub fn wait(&mut self, limit: Duration) -> Option<i32> {
+        use std::os::unix::process::ExitStatusExt;
+        let deadline = Instant::now() + limit;
+        while Instant::now() < deadline {
+            if let Some(status) = self.child.try_wait().expect("try_wait") {
+                return Some(status.code().unwrap_or_else(|| 128 + status.signal().unwrap_or(0)));
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        None
+    }
+
+    pub fn stderr(&self) -> String {
+        std::fs::read_to_string(&self.stderr_path).unwrap_or_default()
+    }
+}
+
+impl Drop for Runner {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
