@@ -5,12 +5,12 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use crate::cli::{Command, DemoArgs, RunArgs, StateArgs};
-use crate::engine::{self, interrupt, RealBackend, RunContext, RunReport};
+use crate::engine::{self, RealBackend, RunContext, RunReport, interrupt};
 use crate::experiment::{self, Diagnostics, Source};
-use crate::outcome::{Outcome, EXIT_ERROR, EXIT_INVALID_INPUT};
+use crate::outcome::{EXIT_ERROR, EXIT_INVALID_INPUT, Outcome};
 use crate::plan::Plan;
 use crate::report::journal::Journal;
-use crate::state::{recover, StateDir};
+use crate::state::{StateDir, recover};
 
 pub async fn dispatch(command: Command) -> u8 {
     match command {
@@ -20,7 +20,8 @@ pub async fn dispatch(command: Command) -> u8 {
         Command::Schema => {
             println!(
                 "{}",
-                serde_json::to_string_pretty(&experiment::schema::json_schema()).expect("schema serialises")
+                serde_json::to_string_pretty(&experiment::schema::json_schema())
+                    .expect("schema serialises")
             );
             0
         }
@@ -34,7 +35,11 @@ pub async fn dispatch(command: Command) -> u8 {
 }
 
 fn state_dir(args: &StateArgs) -> StateDir {
-    StateDir::new(args.state_dir.clone().unwrap_or_else(StateDir::default_location))
+    StateDir::new(
+        args.state_dir
+            .clone()
+            .unwrap_or_else(StateDir::default_location),
+    )
 }
 
 fn load(path: &Path) -> Result<Plan, Diagnostics> {
@@ -70,7 +75,10 @@ fn validate(files: &[PathBuf]) -> u8 {
 fn plan(file: &Path, json: bool) -> u8 {
     match load(file) {
         Ok(plan) if json => {
-            println!("{}", serde_json::to_string_pretty(&plan).expect("plans serialise"));
+            println!(
+                "{}",
+                serde_json::to_string_pretty(&plan).expect("plans serialise")
+            );
             0
         }
         Ok(plan) => {
@@ -89,7 +97,11 @@ fn recover_command(args: &StateArgs, include_active: bool) -> u8 {
     match recover::recover(&state, include_active) {
         Ok(report) => {
             print_recover_report(&state, &report);
-            if report.clean() { 0 } else { Outcome::RevertFailed.exit_code() }
+            if report.clean() {
+                0
+            } else {
+                Outcome::RevertFailed.exit_code()
+            }
         }
         Err(e) => {
             eprintln!("faultline recover: {e}");
@@ -122,9 +134,15 @@ fn print_recover_report(state: &StateDir, report: &recover::RecoverReport) {
         );
     }
     for problem in &report.unreadable {
-        eprintln!("UNREADABLE {problem}\n  inspect it by hand; delete it once the host is known to be clean");
+        eprintln!(
+            "UNREADABLE {problem}\n  inspect it by hand; delete it once the host is known to be clean"
+        );
     }
-    if report.reverted.is_empty() && report.failed.is_empty() && report.unreadable.is_empty() && report.active.is_empty() {
+    if report.reverted.is_empty()
+        && report.failed.is_empty()
+        && report.unreadable.is_empty()
+        && report.active.is_empty()
+    {
         println!("nothing to recover in {}", state.root().display());
     }
 }
@@ -134,7 +152,10 @@ fn status(args: &StateArgs, json: bool) -> u8 {
     match recover::status(&state) {
         Ok((live, unreadable)) => {
             if json {
-                println!("{}", serde_json::to_string_pretty(&live).expect("records serialise"));
+                println!(
+                    "{}",
+                    serde_json::to_string_pretty(&live).expect("records serialise")
+                );
             } else if live.is_empty() && unreadable.is_empty() {
                 println!("no live faults in {}", state.root().display());
             } else {
@@ -148,7 +169,11 @@ fn status(args: &StateArgs, json: bool) -> u8 {
                         r.summary,
                         r.recorded_at,
                         r.owner.pid,
-                        if entry.owner_alive { "running" } else { "gone: run `faultline recover`" },
+                        if entry.owner_alive {
+                            "running"
+                        } else {
+                            "gone: run `faultline recover`"
+                        },
                         r.revert.describe()
                     );
                 }
@@ -168,7 +193,8 @@ fn status(args: &StateArgs, json: bool) -> u8 {
 /// Before a run: faults left by a crashed run are reverted now (the host comes back before
 /// anything new is injected); if that fails, or another run is live, refuse to start.
 fn settle_leftovers(state: &StateDir) -> Result<(), (Outcome, String)> {
-    let (live, unreadable) = recover::status(state).map_err(|e| (Outcome::NotReady, e.to_string()))?;
+    let (live, unreadable) =
+        recover::status(state).map_err(|e| (Outcome::NotReady, e.to_string()))?;
     if let Some(active) = live.iter().find(|e| e.owner_alive) {
         return Err((
             Outcome::NotReady,
@@ -186,7 +212,8 @@ fn settle_leftovers(state: &StateDir) -> Result<(), (Outcome, String)> {
         "faultline: {} fault(s) left behind by an earlier run that did not finish; reverting them first",
         live.len() + unreadable.len()
     );
-    let report = recover::recover(state, false).map_err(|e| (Outcome::RevertFailed, e.to_string()))?;
+    let report =
+        recover::recover(state, false).map_err(|e| (Outcome::RevertFailed, e.to_string()))?;
     print_recover_report(state, &report);
     if report.clean() {
         Ok(())
@@ -239,26 +266,43 @@ async fn run(args: RunArgs) -> u8 {
 
     let (handle, interrupt) = interrupt::channel();
     if let Err(e) = interrupt::install_signal_handlers(handle) {
-        eprintln!("faultline: cannot install signal handlers, so Ctrl-C could not revert faults: {e}");
+        eprintln!(
+            "faultline: cannot install signal handlers, so Ctrl-C could not revert faults: {e}"
+        );
         return EXIT_ERROR;
     }
 
-    let report_dir = args.report_dir.clone().unwrap_or_else(|| PathBuf::from("faultline-reports"));
-    let stamp = jiff::Timestamp::now().strftime("%Y%m%dT%H%M%SZ").to_string();
+    let report_dir = args
+        .report_dir
+        .clone()
+        .unwrap_or_else(|| PathBuf::from("faultline-reports"));
+    let stamp = jiff::Timestamp::now()
+        .strftime("%Y%m%dT%H%M%SZ")
+        .to_string();
     let game_day = format!("{stamp}-{}", std::process::id());
     let mut reports: Vec<(RunReport, PathBuf)> = Vec::new();
     let total = plans.len();
     for (index, plan) in plans.into_iter().enumerate() {
         if interrupt.level() >= interrupt::Level::Abort {
-            eprintln!("faultline: interrupted; {} experiment(s) not started", total - index);
+            eprintln!(
+                "faultline: interrupted; {} experiment(s) not started",
+                total - index
+            );
             break;
         }
-        let run_id = if total == 1 { game_day.clone() } else { format!("{game_day}-{}", index + 1) };
+        let run_id = if total == 1 {
+            game_day.clone()
+        } else {
+            format!("{game_day}-{}", index + 1)
+        };
         let journal_path = report_dir.join(format!("{run_id}-{}.jsonl", file_safe(&plan.name)));
         let journal = match Journal::create(&journal_path) {
             Ok(j) => j,
             Err(e) => {
-                eprintln!("faultline: cannot write the journal {}: {e}; nothing was run", journal_path.display());
+                eprintln!(
+                    "faultline: cannot write the journal {}: {e}; nothing was run",
+                    journal_path.display()
+                );
                 return EXIT_ERROR;
             }
         };
@@ -272,7 +316,10 @@ async fn run(args: RunArgs) -> u8 {
         };
         let report = engine::run(Arc::new(plan), context).await;
         if let Some(e) = journal.take_error() {
-            eprintln!("faultline: warning: the journal {} is incomplete: {e}", journal_path.display());
+            eprintln!(
+                "faultline: warning: the journal {} is incomplete: {e}",
+                journal_path.display()
+            );
         }
         print_summary(&report, &journal_path);
         reports.push((report, journal_path));
@@ -294,16 +341,29 @@ async fn run(args: RunArgs) -> u8 {
                 })
             })
             .collect();
-        let _ = std::fs::write(&summary_path, serde_json::to_vec_pretty(&summary).expect("serialises"));
+        let _ = std::fs::write(
+            &summary_path,
+            serde_json::to_vec_pretty(&summary).expect("serialises"),
+        );
     }
     let worst = Outcome::worst(reports.iter().map(|(r, _)| r.outcome));
     let interrupted_before_any = reports.is_empty() && interrupt.level() >= interrupt::Level::Abort;
-    if interrupted_before_any { Outcome::Interrupted.exit_code() } else { worst.exit_code() }
+    if interrupted_before_any {
+        Outcome::Interrupted.exit_code()
+    } else {
+        worst.exit_code()
+    }
 }
 
 fn file_safe(name: &str) -> String {
     name.chars()
-        .map(|c| if c.is_ascii_alphanumeric() || c == '-' || c == '_' { c } else { '_' })
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '-' || c == '_' {
+                c
+            } else {
+                '_'
+            }
+        })
         .collect()
 }
 
@@ -369,4 +429,3 @@ async fn demo(args: DemoArgs) -> u8 {
         }
     }
 }
-

@@ -107,7 +107,10 @@ async fn read_port(child: &mut Child) -> Option<u16> {
     line.trim().parse().ok()
 }
 
-async fn handle(mut stream: TcpStream, worker_port: Arc<RwLock<Option<u16>>>) -> std::io::Result<()> {
+async fn handle(
+    mut stream: TcpStream,
+    worker_port: Arc<RwLock<Option<u16>>>,
+) -> std::io::Result<()> {
     let mut buf = vec![0u8; 4096];
     let mut read = 0;
     // Read the request head; the demo ignores bodies.
@@ -157,7 +160,10 @@ async fn ping_worker(port: u16) -> bool {
         conn.read_exact(&mut reply).await.ok()?;
         (&reply == b"pong\n").then_some(())
     };
-    matches!(tokio::time::timeout(Duration::from_secs(5), attempt).await, Ok(Some(())))
+    matches!(
+        tokio::time::timeout(Duration::from_secs(5), attempt).await,
+        Ok(Some(()))
+    )
 }
 
 /// The worker (named `demo-worker` by `main` before the runtime starts): dies with its

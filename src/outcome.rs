@@ -76,7 +76,10 @@ mod tests {
     #[test]
     fn precedence_puts_a_dirty_host_first() {
         use Outcome::*;
-        assert_eq!(Outcome::worst([Passed, Aborted, RevertFailed]), RevertFailed);
+        assert_eq!(
+            Outcome::worst([Passed, Aborted, RevertFailed]),
+            RevertFailed
+        );
         assert_eq!(Outcome::worst([Deviated, NotReady]), NotReady);
         assert_eq!(Outcome::worst([Aborted, InjectionFailed]), InjectionFailed);
         assert_eq!(Outcome::worst([Interrupted, InjectionFailed]), Interrupted);
@@ -86,7 +89,15 @@ mod tests {
     #[test]
     fn exit_codes_are_distinct() {
         use Outcome::*;
-        let all = [Passed, Deviated, NotReady, Aborted, InjectionFailed, Interrupted, RevertFailed];
+        let all = [
+            Passed,
+            Deviated,
+            NotReady,
+            Aborted,
+            InjectionFailed,
+            Interrupted,
+            RevertFailed,
+        ];
         let mut codes: Vec<u8> = all.iter().map(|o| o.exit_code()).collect();
         codes.push(EXIT_INVALID_INPUT);
         codes.sort();

@@ -8,8 +8,8 @@ use tokio::sync::mpsc;
 use tokio::time::{Instant, MissedTickBehavior};
 use tokio_util::sync::CancellationToken;
 
-use super::events::{Event, Phase};
 use super::Shared;
+use super::events::{Event, Phase};
 use crate::plan::ProbeSpec;
 use crate::probe::{Probe, Sample};
 
@@ -21,7 +21,10 @@ pub async fn sample_bounded(spec: &ProbeSpec, probe: &dyn Probe) -> Sample {
         Err(_) => Sample::fail(
             began.elapsed(),
             None,
-            format!("timed out after {}", humantime::format_duration(spec.timeout)),
+            format!(
+                "timed out after {}",
+                humantime::format_duration(spec.timeout)
+            ),
         ),
     }
 }
@@ -106,7 +109,14 @@ pub async fn until_all_pass(
                 attempts: rounds,
                 reason: (!passed).then(|| reason.clone()),
             });
-            return if passed { Ok(rounds) } else { Err(format!("{reason} (after {rounds} attempt{})", if rounds == 1 { "" } else { "s" })) };
+            return if passed {
+                Ok(rounds)
+            } else {
+                Err(format!(
+                    "{reason} (after {rounds} attempt{})",
+                    if rounds == 1 { "" } else { "s" }
+                ))
+            };
         }
         tokio::time::sleep_until(next).await;
     }

@@ -33,7 +33,11 @@ fn command(spec: &CommandSpec) -> Command {
 /// Run a foreground command to completion, bounded by its timeout. Output goes to faultline's
 /// stderr so the operator sees it; the child is killed and reaped on timeout.
 pub async fn run(spec: &CommandSpec) -> Finished {
-    let mut child = match command(spec).stdout(Stdio::inherit()).stderr(Stdio::inherit()).spawn() {
+    let mut child = match command(spec)
+        .stdout(Stdio::inherit())
+        .stderr(Stdio::inherit())
+        .spawn()
+    {
         Ok(child) => child,
         Err(e) => {
             return Finished {
@@ -95,7 +99,7 @@ impl Background {
     /// SIGTERM its process group, wait up to `grace`, then SIGKILL the group; always reaps.
     /// A process that was frozen by a fault is thawed first so it can act on SIGTERM.
     pub async fn stop(mut self, grace: Duration) -> String {
-        use nix::sys::signal::{killpg, Signal};
+        use nix::sys::signal::{Signal, killpg};
         use nix::unistd::Pid;
         let Some(pid) = self.child.id() else {
             return format!("{} had already exited", self.name);
@@ -113,7 +117,11 @@ impl Background {
             Err(_) => {
                 let _ = killpg(group, Signal::SIGKILL);
                 let _ = self.child.wait().await;
-                format!("killed {} (pid {pid}) after {}", self.name, humantime::format_duration(grace))
+                format!(
+                    "killed {} (pid {pid}) after {}",
+                    self.name,
+                    humantime::format_duration(grace)
+                )
             }
         }
     }

@@ -15,8 +15,8 @@ use tokio::task::JoinSet;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-use super::events::Event;
 use super::Shared;
+use super::events::Event;
 use crate::fault::{Prepared, RevertRecipe};
 use crate::plan::FaultSpec;
 use crate::state::FaultRecord;
@@ -54,7 +54,12 @@ impl Registry {
 
     /// Everything still live, newest first (the order to revert in).
     pub fn drain_newest_first(&self) -> Vec<Live> {
-        let mut all: Vec<Live> = self.0.lock().unwrap_or_else(|p| p.into_inner()).drain(..).collect();
+        let mut all: Vec<Live> = self
+            .0
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .drain(..)
+            .collect();
         all.reverse();
         all
     }
@@ -219,11 +224,12 @@ impl FaultTask {
         let fault = Arc::<dyn crate::fault::Fault>::from(fault);
 
         let preparing = fault.clone();
-        let prepared: Prepared = match tokio::task::spawn_blocking(move || preparing.prepare()).await {
-            Ok(Ok(prepared)) => prepared,
-            Ok(Err(e)) => return Err(self.failed(None, e.to_string())),
-            Err(e) => return Err(self.failed(None, format!("prepare panicked: {e}"))),
-        };
+        let prepared: Prepared =
+            match tokio::task::spawn_blocking(move || preparing.prepare()).await {
+                Ok(Ok(prepared)) => prepared,
+                Ok(Err(e)) => return Err(self.failed(None, e.to_string())),
+                Err(e) => return Err(self.failed(None, format!("prepare panicked: {e}"))),
+            };
 
         let record_id = shared.next_record_id(&spec.id);
         let record = FaultRecord {
@@ -243,7 +249,9 @@ impl FaultTask {
             Ok(Err(e)) => {
                 return Err(self.failed(
                     None,
-                    format!("cannot record the revert before injecting, so nothing was injected: {e}"),
+                    format!(
+                        "cannot record the revert before injecting, so nothing was injected: {e}"
+                    ),
                 ));
             }
             Err(e) => return Err(self.failed(None, format!("state write panicked: {e}"))),
@@ -264,7 +272,8 @@ impl FaultTask {
 
         let applying = fault.clone();
         let prepared_for_apply = prepared.clone();
-        let applied = tokio::task::spawn_blocking(move || applying.apply(&prepared_for_apply)).await;
+        let applied =
+            tokio::task::spawn_blocking(move || applying.apply(&prepared_for_apply)).await;
         match applied {
             Ok(Ok(applied)) => {
                 shared.journal.write(&Event::FaultInjected {
@@ -274,7 +283,9 @@ impl FaultTask {
                     summary: &applied.summary,
                     details: &applied.details,
                 });
-                shared.ui.line(format!("inject  {}: {}", spec.id, applied.summary));
+                shared
+                    .ui
+                    .line(format!("inject  {}: {}", spec.id, applied.summary));
                 if prepared.revert == RevertRecipe::Nothing {
                     // Nothing to undo: forget it now rather than at the end.
                     if let Some(live) = shared.registry.take_record(&record_id) {

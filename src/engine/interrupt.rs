@@ -64,7 +64,7 @@ impl Interrupt {
 
 /// Install SIGINT/SIGTERM handlers that raise `handle` and tell the operator what happens.
 pub fn install_signal_handlers(handle: InterruptHandle) -> std::io::Result<()> {
-    use tokio::signal::unix::{signal, SignalKind};
+    use tokio::signal::unix::{SignalKind, signal};
     let mut sigint = signal(SignalKind::interrupt())?;
     let mut sigterm = signal(SignalKind::terminate())?;
     tokio::spawn(async move {

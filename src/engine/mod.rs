@@ -116,7 +116,10 @@ impl Shared {
         match result {
             Ok(reverted) => {
                 if let Err(e) = self.state.remove(&live.record_id) {
-                    tracing::warn!("reverted {} but could not drop its state record: {e}", live.record_id);
+                    tracing::warn!(
+                        "reverted {} but could not drop its state record: {e}",
+                        live.record_id
+                    );
                 }
                 self.journal.write(&Event::FaultReverted {
                     t_ms: self.t_ms(),
@@ -125,7 +128,8 @@ impl Shared {
                     summary: &reverted.summary,
                     cause,
                 });
-                self.ui.line(format!("revert  {}: {}", live.fault_id, reverted.summary));
+                self.ui
+                    .line(format!("revert  {}: {}", live.fault_id, reverted.summary));
                 true
             }
             Err(error) => {
@@ -141,7 +145,10 @@ impl Shared {
                     error: error.clone(),
                     remedy: remedy.clone(),
                 });
-                self.ui.line(format!("REVERT FAILED  {}: {error}\n          {remedy}", live.fault_id));
+                self.ui.line(format!(
+                    "REVERT FAILED  {}: {error}\n          {remedy}",
+                    live.fault_id
+                ));
                 self.revert_failures
                     .lock()
                     .unwrap_or_else(|p| p.into_inner())
@@ -164,7 +171,13 @@ impl Shared {
 
 fn sanitize(id: &str) -> String {
     id.chars()
-        .map(|c| if c.is_ascii_alphanumeric() || c == '-' || c == '_' { c } else { '_' })
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '-' || c == '_' {
+                c
+            } else {
+                '_'
+            }
+        })
         .collect()
 }
 
@@ -188,7 +201,11 @@ pub async fn run(plan: Arc<Plan>, ctx: RunContext) -> RunReport {
         journal: ctx.journal,
         run_id: ctx.run_id,
         owner: this_process(),
-        ui: if ctx.quiet { Ui::silent(start) } else { Ui::new(start, false) },
+        ui: if ctx.quiet {
+            Ui::silent(start)
+        } else {
+            Ui::new(start, false)
+        },
         registry: Registry::default(),
         start,
         record_seq: AtomicU64::new(0),
@@ -265,7 +282,11 @@ impl Runner {
             started_at: jiff::Timestamp::now().to_string(),
             experiment: &plan.experiment,
         });
-        shared.ui.line(format!("experiment {} ({})", plan.name, plan.source.display()));
+        shared.ui.line(format!(
+            "experiment {} ({})",
+            plan.name,
+            plan.source.display()
+        ));
 
         if self.setup().await && self.before_gate().await {
             self.inject_and_watch().await;
@@ -375,9 +396,10 @@ impl Runner {
         // the probe does.
         for bg in &mut self.background {
             if let Some(status) = bg.exited() {
-                self.shared
-                    .ui
-                    .line(format!("setup   note: background {} exited ({status})", bg.name));
+                self.shared.ui.line(format!(
+                    "setup   note: background {} exited ({status})",
+                    bg.name
+                ));
             }
         }
         match result {
@@ -392,7 +414,8 @@ impl Runner {
             }
             Err(reason) => {
                 self.shared.ui.line(format!("before  NOT READY: {reason}"));
-                self.verdict.not_ready = Some(format!("steady state not met before injecting: {reason}"));
+                self.verdict.not_ready =
+                    Some(format!("steady state not met before injecting: {reason}"));
                 false
             }
         }
@@ -402,7 +425,12 @@ impl Runner {
         names
             .iter()
             .filter_map(|name| self.plan().probes.get(name))
-            .map(|spec| (spec.clone(), Arc::<dyn Probe>::from(self.shared.backend.probe(spec))))
+            .map(|spec| {
+                (
+                    spec.clone(),
+                    Arc::<dyn Probe>::from(self.shared.backend.probe(spec)),
+                )
+            })
             .collect()
     }
 
@@ -433,7 +461,10 @@ impl Runner {
         let probes_stop = CancellationToken::new();
         let (sample_tx, mut sample_rx) = mpsc::unbounded_channel::<(usize, Instant, Sample)>();
         let during = self.build_probes(&plan.during);
-        let mut trackers: Vec<SloTracker> = during.iter().map(|(spec, _)| SloTracker::new(spec)).collect();
+        let mut trackers: Vec<SloTracker> = during
+            .iter()
+            .map(|(spec, _)| SloTracker::new(spec))
+            .collect();
         let mut recent: Vec<Vec<AbortSample>> = vec![Vec::new(); during.len()];
         let mut healthy: Vec<bool> = vec![true; during.len()];
         let mut probe_tasks = tokio::task::JoinSet::new();
@@ -581,7 +612,10 @@ impl Runner {
             let fault: Arc<dyn Fault> = Arc::from(shared.backend.fault(spec, &shared.plan));
             let result = tokio::task::spawn_blocking(move || fault.prepare()).await;
             if let Ok(Err(FaultError::Permission(why))) = result {
-                let reason = format!("fault {} needs more privilege than faultline has: {why}; nothing was injected", spec.id);
+                let reason = format!(
+                    "fault {} needs more privilege than faultline has: {why}; nothing was injected",
+                    spec.id
+                );
                 shared.journal.write(&Event::FaultInjectionFailed {
                     t_ms: shared.t_ms(),
                     fault: &spec.id,
@@ -611,7 +645,9 @@ impl Runner {
                 plural(attempts as usize)
             )),
             Some(Err(reason)) => {
-                self.shared.ui.line(format!("after   NOT RECOVERED: {reason}"));
+                self.shared
+                    .ui
+                    .line(format!("after   NOT RECOVERED: {reason}"));
                 self.verdict.deviated = Some(format!(
                     "did not recover within {}: {reason}",
                     humantime::format_duration(after.within)
@@ -652,11 +688,18 @@ impl Runner {
             });
             match finished.error {
                 None => self.shared.ui.line(format!("cleanup {} done", spec.name)),
-                Some(e) => self.shared.ui.line(format!("cleanup {} failed: {e}", spec.name)),
+                Some(e) => self
+                    .shared
+                    .ui
+                    .line(format!("cleanup {} failed: {e}", spec.name)),
             }
         }
         // Background processes are our children: they never outlive the run, even in a hurry.
-        let grace = if self.hurry() { Duration::from_millis(200) } else { Duration::from_secs(3) };
+        let grace = if self.hurry() {
+            Duration::from_millis(200)
+        } else {
+            Duration::from_secs(3)
+        };
         for bg in std::mem::take(&mut self.background).into_iter().rev() {
             let said = bg.stop(grace).await;
             self.shared.ui.line(format!("cleanup {said}"));
@@ -665,10 +708,21 @@ impl Runner {
 
     fn finish(&mut self) -> RunReport {
         let shared = &self.shared;
-        let failures = shared.revert_failures.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        let failures = shared
+            .revert_failures
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
         let v = &self.verdict;
         let (outcome, reason) = if !failures.is_empty() {
-            (Outcome::RevertFailed, format!("{} revert(s) failed: {}", failures.len(), failures.join("; ")))
+            (
+                Outcome::RevertFailed,
+                format!(
+                    "{} revert(s) failed: {}",
+                    failures.len(),
+                    failures.join("; ")
+                ),
+            )
         } else if let Some(r) = &v.interrupted {
             (Outcome::Interrupted, r.clone())
         } else if let Some(r) = &v.injection_failed {
@@ -680,7 +734,10 @@ impl Runner {
         } else if let Some(r) = &v.deviated {
             (Outcome::Deviated, r.clone())
         } else {
-            (Outcome::Passed, "steady state held before, during and after every fault".to_string())
+            (
+                Outcome::Passed,
+                "steady state held before, during and after every fault".to_string(),
+            )
         };
         shared.journal.write(&Event::Outcome {
             t_ms: shared.t_ms(),
@@ -718,16 +775,22 @@ fn status_line(
     let probes: Vec<String> = during
         .iter()
         .zip(trackers)
-        .map(|((spec, _), tracker)| match tracker.consecutive_failures() {
-            0 => format!("{} ok", spec.name),
-            n => format!("{} {n}/{} failed", spec.name, spec.failure_threshold),
-        })
+        .map(
+            |((spec, _), tracker)| match tracker.consecutive_failures() {
+                0 => format!("{} ok", spec.name),
+                n => format!("{} {n}/{} failed", spec.name, spec.failure_threshold),
+            },
+        )
         .collect();
     let live = shared.registry.fault_ids();
     format!(
         "T+{:.1}s · live faults: {} · {}",
         t0.elapsed().as_secs_f64(),
-        if live.is_empty() { "none".to_string() } else { live.join(", ") },
+        if live.is_empty() {
+            "none".to_string()
+        } else {
+            live.join(", ")
+        },
         probes.join(" · ")
     )
 }

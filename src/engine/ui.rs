@@ -63,7 +63,10 @@ impl Ui {
         if !self.live {
             return;
         }
-        self.status.lock().unwrap_or_else(|p| p.into_inner()).clear();
+        self.status
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clear();
         let _ = write!(std::io::stderr().lock(), "\r\x1b[2K");
     }
 }

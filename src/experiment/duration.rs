@@ -39,9 +39,9 @@ impl FromStr for Dur {
                 "`{text}` has no unit; write it with one, for example `{text}s` or `{text}ms`"
             ));
         }
-        humantime::parse_duration(text)
-            .map(Dur)
-            .map_err(|e| format!("`{text}` is not a duration ({e}); write it like `500ms`, `30s` or `5m`"))
+        humantime::parse_duration(text).map(Dur).map_err(|e| {
+            format!("`{text}` is not a duration ({e}); write it like `500ms`, `30s` or `5m`")
+        })
     }
 }
 

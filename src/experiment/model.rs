@@ -403,7 +403,9 @@ impl std::str::FromStr for Repeat {
 
 impl<'de> Deserialize<'de> for Repeat {
     fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        String::deserialize(d)?.parse().map_err(serde::de::Error::custom)
+        String::deserialize(d)?
+            .parse()
+            .map_err(serde::de::Error::custom)
     }
 }
 

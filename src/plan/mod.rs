@@ -130,7 +130,10 @@ pub struct Check {
     pub max_count: Option<u32>,
 }
 
-fn serialize_regex<S: serde::Serializer>(re: &Option<regex::Regex>, s: S) -> Result<S::Ok, S::Error> {
+fn serialize_regex<S: serde::Serializer>(
+    re: &Option<regex::Regex>,
+    s: S,
+) -> Result<S::Ok, S::Error> {
     match re {
         Some(re) => s.serialize_some(re.as_str()),
         None => s.serialize_none(),

@@ -59,7 +59,9 @@ fn describe_probe(p: &ProbeSpec) -> String {
         ProbeKind::Http { url, method, .. } => format!("http {method} {url}"),
         ProbeKind::Tcp { address } => format!("tcp connect {address}"),
         ProbeKind::Command { argv, .. } => format!("command {argv:?}"),
-        ProbeKind::Process { selector } => format!("process count of [{}]", describe_selector(selector)),
+        ProbeKind::Process { selector } => {
+            format!("process count of [{}]", describe_selector(selector))
+        }
     };
     let mut line = format!(
         "{what}; every {}, timeout {}, fails after {} consecutive failure{}",
@@ -97,7 +99,13 @@ fn describe_check(c: &Check, kind: &ProbeKind) -> String {
         let ranges: Vec<String> = c
             .status
             .iter()
-            .map(|(lo, hi)| if lo == hi { lo.to_string() } else { format!("{lo}-{hi}") })
+            .map(|(lo, hi)| {
+                if lo == hi {
+                    lo.to_string()
+                } else {
+                    format!("{lo}-{hi}")
+                }
+            })
             .collect();
         parts.push(format!("status {}", ranges.join(",")));
     }
@@ -154,7 +162,13 @@ pub fn render(plan: &Plan) -> String {
                     let _ = writeln!(out, "    matches nothing now (setup may start it)");
                 }
                 for p in &selection.picked {
-                    let _ = writeln!(out, "    would hit pid {} ({}) {}", p.pid, p.name, truncate(&p.cmdline, 60));
+                    let _ = writeln!(
+                        out,
+                        "    would hit pid {} ({}) {}",
+                        p.pid,
+                        p.name,
+                        truncate(&p.cmdline, 60)
+                    );
                 }
                 if selection.matched > selection.picked.len() {
                     let _ = writeln!(
@@ -165,7 +179,10 @@ pub fn render(plan: &Plan) -> String {
                     );
                 }
                 for (pid, why) in &selection.refused {
-                    let _ = writeln!(out, "    refused pid {pid}: {why} (set force: true to allow)");
+                    let _ = writeln!(
+                        out,
+                        "    refused pid {pid}: {why} (set force: true to allow)"
+                    );
                 }
             }
             Err(e) => {
@@ -185,7 +202,12 @@ pub fn render(plan: &Plan) -> String {
             let _ = writeln!(out, "  before: {} (one try)", g.probes.join(", "));
         }
         Some(g) => {
-            let _ = writeln!(out, "  before: {} (retry for up to {})", g.probes.join(", "), dur(g.wait_until));
+            let _ = writeln!(
+                out,
+                "  before: {} (retry for up to {})",
+                g.probes.join(", "),
+                dur(g.wait_until)
+            );
         }
         None => {
             let _ = writeln!(out, "  before: no gate");
@@ -194,18 +216,30 @@ pub fn render(plan: &Plan) -> String {
     if plan.during.is_empty() {
         let _ = writeln!(out, "  during: nothing watched");
     } else {
-        let _ = writeln!(out, "  during: {} (from T0 until the last fault ends)", plan.during.join(", "));
+        let _ = writeln!(
+            out,
+            "  during: {} (from T0 until the last fault ends)",
+            plan.during.join(", ")
+        );
     }
     match &plan.after {
         Some(a) => {
-            let _ = writeln!(out, "  after:  {} within {}", a.probes.join(", "), dur(a.within));
+            let _ = writeln!(
+                out,
+                "  after:  {} within {}",
+                a.probes.join(", "),
+                dur(a.within)
+            );
         }
         None => {
             let _ = writeln!(out, "  after:  no recovery check");
         }
     }
 
-    let _ = writeln!(out, "\ntimeline (offsets from T0, the moment the gate passes)");
+    let _ = writeln!(
+        out,
+        "\ntimeline (offsets from T0, the moment the gate passes)"
+    );
     let starts = plan.earliest_starts();
     let mut order: Vec<usize> = (0..plan.faults.len()).collect();
     order.sort_by_key(|&i| (starts[i], i));
@@ -217,7 +251,9 @@ pub fn render(plan: &Plan) -> String {
             None => format!("+{}", dur(start)),
         };
         let action = match &f.action {
-            FaultAction::Signal { signal_name, .. } => format!("{} ({signal_name})", f.kind.as_str()),
+            FaultAction::Signal { signal_name, .. } => {
+                format!("{} ({signal_name})", f.kind.as_str())
+            }
             FaultAction::Stop => format!("{} (SIGSTOP, SIGCONT on revert)", f.kind.as_str()),
         };
         let mut extra = Vec::new();
@@ -227,8 +263,16 @@ pub fn render(plan: &Plan) -> String {
         if let Some(every) = f.repeat_every {
             extra.push(format!("repeat every {}", dur(every)));
         }
-        let extra = if extra.is_empty() { String::new() } else { format!("  [{}]", extra.join("; ")) };
-        let _ = writeln!(out, "  {window:<18} {}: {action} -> {}{extra}", f.id, f.target);
+        let extra = if extra.is_empty() {
+            String::new()
+        } else {
+            format!("  [{}]", extra.join("; "))
+        };
+        let _ = writeln!(
+            out,
+            "  {window:<18} {}: {action} -> {}{extra}",
+            f.id, f.target
+        );
     }
     if plan.faults.is_empty() {
         let _ = writeln!(out, "  no faults");

@@ -15,9 +15,9 @@ pub struct JsonPath {
 
 impl JsonPath {
     pub fn parse(path: &str) -> Result<JsonPath, String> {
-        let rest = path
-            .strip_prefix('$')
-            .ok_or_else(|| format!("JSON path `{path}` must start with `$` (for example `$.status`)"))?;
+        let rest = path.strip_prefix('$').ok_or_else(|| {
+            format!("JSON path `{path}` must start with `$` (for example `$.status`)")
+        })?;
         let mut segments = Vec::new();
         let chars: Vec<char> = rest.chars().collect();
         let mut i = 0;
@@ -30,7 +30,10 @@ impl JsonPath {
                         end += 1;
                     }
                     if end == start {
-                        return Err(format!("JSON path `{path}` has an empty key at offset {}", i + 1));
+                        return Err(format!(
+                            "JSON path `{path}` has an empty key at offset {}",
+                            i + 1
+                        ));
                     }
                     segments.push(Segment::Key(chars[start..end].iter().collect()));
                     i = end;
@@ -87,9 +90,18 @@ mod tests {
     fn finds_nested_values() {
         let doc = json!({"a": {"b": [10, {"c": "x"}]}, "we ird": true});
         assert_eq!(JsonPath::parse("$").unwrap().find(&doc), Some(&doc));
-        assert_eq!(JsonPath::parse("$.a.b[0]").unwrap().find(&doc), Some(&json!(10)));
-        assert_eq!(JsonPath::parse("$.a.b[1].c").unwrap().find(&doc), Some(&json!("x")));
-        assert_eq!(JsonPath::parse("$['we ird']").unwrap().find(&doc), Some(&json!(true)));
+        assert_eq!(
+            JsonPath::parse("$.a.b[0]").unwrap().find(&doc),
+            Some(&json!(10))
+        );
+        assert_eq!(
+            JsonPath::parse("$.a.b[1].c").unwrap().find(&doc),
+            Some(&json!("x"))
+        );
+        assert_eq!(
+            JsonPath::parse("$['we ird']").unwrap().find(&doc),
+            Some(&json!(true))
+        );
         assert_eq!(JsonPath::parse("$.a.missing").unwrap().find(&doc), None);
     }
 

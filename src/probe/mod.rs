@@ -45,7 +45,11 @@ impl Sample {
         }
     }
 
-    pub fn fail(latency: Duration, value: Option<serde_json::Value>, error: impl Into<String>) -> Sample {
+    pub fn fail(
+        latency: Duration,
+        value: Option<serde_json::Value>,
+        error: impl Into<String>,
+    ) -> Sample {
         Sample {
             ok: false,
             latency,

@@ -27,10 +27,7 @@ impl Journal {
         if let Some(parent) = path.parent() {
             std::fs::create_dir_all(parent)?;
         }
-        let file = OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(path)?;
+        let file = OpenOptions::new().create(true).append(true).open(path)?;
         Ok(Journal {
             inner: Arc::new(Mutex::new(Sink {
                 file: Some(file),
@@ -82,12 +79,20 @@ impl Journal {
 
     /// Every event written so far.
     pub fn events(&self) -> Vec<serde_json::Value> {
-        self.inner.lock().unwrap_or_else(|p| p.into_inner()).lines.clone()
+        self.inner
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .lines
+            .clone()
     }
 
     /// The first write error, if any.
     pub fn take_error(&self) -> Option<io::Error> {
-        self.inner.lock().unwrap_or_else(|p| p.into_inner()).error.take()
+        self.inner
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .error
+            .take()
     }
 
     /// Make everything written so far durable.

@@ -203,10 +203,18 @@ mod tests {
     fn write_list_remove_round_trip() {
         let tmp = tempfile::tempdir().unwrap();
         let state = StateDir::new(tmp.path().join("state"));
-        assert!(state.list().unwrap().is_empty(), "absent dir lists as empty");
+        assert!(
+            state.list().unwrap().is_empty(),
+            "absent dir lists as empty"
+        );
         state.write(&record("a")).unwrap();
         state.write(&record("b")).unwrap();
-        let ids: Vec<String> = state.list().unwrap().into_iter().map(|r| r.unwrap().id).collect();
+        let ids: Vec<String> = state
+            .list()
+            .unwrap()
+            .into_iter()
+            .map(|r| r.unwrap().id)
+            .collect();
         assert_eq!(ids, ["a", "b"]);
         state.remove("a").unwrap();
         state.remove("a").unwrap();

@@ -2,7 +2,7 @@
 //! list what is live. Recovery reverts newest first, drops each record only after its
 //! revert succeeded, and is idempotent.
 
-use super::{owner_alive, FaultRecord, StateDir, StateError};
+use super::{FaultRecord, StateDir, StateError, owner_alive};
 
 /// What `recover` did.
 #[derive(Debug, Default)]

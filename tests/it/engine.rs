@@ -9,15 +9,15 @@ use std::time::Duration;
 
 use faultline::engine::interrupt::{self, Interrupt};
 use faultline::engine::{self, Backend, RunContext, RunReport};
+use faultline::experiment::model::{FaultKind, ProcessSelector};
 use faultline::fault::sim::SimFault;
 use faultline::fault::{Applied, Fault, FaultError, Prepared};
-use faultline::experiment::model::{FaultKind, ProcessSelector};
 use faultline::outcome::Outcome;
 use faultline::plan::{
     AfterSpec, Check, FaultAction, FaultSpec, GateSpec, Plan, ProbeKind, ProbeSpec, TargetSpec,
 };
-use faultline::probe::sim::{Answer, SimProbe};
 use faultline::probe::Probe;
+use faultline::probe::sim::{Answer, SimProbe};
 use faultline::report::journal::Journal;
 use faultline::state::StateDir;
 use serde_json::Value;
@@ -132,7 +132,10 @@ impl Scenario {
         )
         .unwrap();
         let mut targets = BTreeMap::new();
-        targets.insert("t".to_string(), TargetSpec::Process(ProcessSelector::default()));
+        targets.insert(
+            "t".to_string(),
+            TargetSpec::Process(ProcessSelector::default()),
+        );
         let plan = Plan {
             name: "engine-test".into(),
             source: PathBuf::from("engine-test.yaml"),
@@ -164,14 +167,18 @@ impl Scenario {
     }
 
     fn fault(&mut self, spec: FaultSpec, config: SimFaultConfig) -> &mut Self {
-        self.backend.applied.insert(spec.id.clone(), Arc::new(AtomicU32::new(0)));
+        self.backend
+            .applied
+            .insert(spec.id.clone(), Arc::new(AtomicU32::new(0)));
         self.backend.faults.insert(spec.id.clone(), config);
         self.plan.faults.push(spec);
         self
     }
 
     fn probe(&mut self, spec: ProbeSpec, answer: Answer) -> &mut Self {
-        self.backend.probes.insert(spec.name.clone(), (answer, Duration::from_millis(5)));
+        self.backend
+            .probes
+            .insert(spec.name.clone(), (answer, Duration::from_millis(5)));
         self.plan.probes.insert(spec.name.clone(), spec);
         self
     }
@@ -241,11 +248,20 @@ fn marker_exists(path: &Path) -> bool {
 #[tokio::test(start_paused = true)]
 async fn a_clean_run_passes_and_reverts_at_the_end_of_the_duration() {
     let mut s = Scenario::new();
-    s.fault(fault_spec("stop", 1_000, Some(5_000)), SimFaultConfig::default())
-        .probe(probe_spec("health", 500, 3), always(true));
+    s.fault(
+        fault_spec("stop", 1_000, Some(5_000)),
+        SimFaultConfig::default(),
+    )
+    .probe(probe_spec("health", 500, 3), always(true));
     s.plan.during = vec!["health".into()];
-    s.plan.before = Some(GateSpec { probes: vec!["health".into()], wait_until: Duration::ZERO });
-    s.plan.after = Some(AfterSpec { probes: vec!["health".into()], within: Duration::from_secs(5) });
+    s.plan.before = Some(GateSpec {
+        probes: vec!["health".into()],
+        wait_until: Duration::ZERO,
+    });
+    s.plan.after = Some(AfterSpec {
+        probes: vec!["health".into()],
+        within: Duration::from_secs(5),
+    });
     let f = s.run().await;
 
     assert_eq!(f.report.outcome, Outcome::Passed, "{}", f.report.reason);
@@ -257,16 +273,26 @@ async fn a_clean_run_passes_and_reverts_at_the_end_of_the_duration() {
     // The fault lived 5 s: injected at ~1 s, reverted at ~6 s (virtual time).
     let injected_at = f.events_of("fault_injected")[0]["t_ms"].as_f64().unwrap();
     let reverted_at = reverted[0]["t_ms"].as_f64().unwrap();
-    assert!((reverted_at - injected_at - 5_000.0).abs() < 50.0, "{injected_at} -> {reverted_at}");
+    assert!(
+        (reverted_at - injected_at - 5_000.0).abs() < 50.0,
+        "{injected_at} -> {reverted_at}"
+    );
     // during probes sampled all along the fault window
-    let during: Vec<_> = f.events.iter().filter(|e| e["event"] == "probe_sample" && e["phase"] == "during").collect();
+    let during: Vec<_> = f
+        .events
+        .iter()
+        .filter(|e| e["event"] == "probe_sample" && e["phase"] == "during")
+        .collect();
     assert!(during.len() >= 10, "only {} during samples", during.len());
 }
 
 #[tokio::test(start_paused = true)]
 async fn the_revert_recipe_is_recorded_before_the_injection() {
     let mut s = Scenario::new();
-    s.fault(fault_spec("stop", 0, Some(1_000)), SimFaultConfig::default());
+    s.fault(
+        fault_spec("stop", 0, Some(1_000)),
+        SimFaultConfig::default(),
+    );
     let f = s.run().await;
     let kinds: Vec<&str> = f
         .events
@@ -275,14 +301,23 @@ async fn the_revert_recipe_is_recorded_before_the_injection() {
         .filter(|k| k.starts_with("fault_"))
         .collect();
     assert_eq!(kinds, ["fault_intent", "fault_injected", "fault_reverted"]);
-    assert_eq!(f.events_of("fault_intent")[0]["revert"]["recipe"], "simulated");
+    assert_eq!(
+        f.events_of("fault_intent")[0]["revert"]["recipe"],
+        "simulated"
+    );
 }
 
 #[tokio::test(start_paused = true)]
 async fn a_breach_aborts_at_once_instead_of_waiting_for_the_fault_to_end() {
     let mut s = Scenario::new();
-    s.fault(fault_spec("stop", 0, Some(60_000)), SimFaultConfig::default())
-        .probe(probe_spec("health", 1_000, 3), healthy_until(Duration::from_millis(2_500)));
+    s.fault(
+        fault_spec("stop", 0, Some(60_000)),
+        SimFaultConfig::default(),
+    )
+    .probe(
+        probe_spec("health", 1_000, 3),
+        healthy_until(Duration::from_millis(2_500)),
+    );
     s.plan.during = vec!["health".into()];
     s.plan.max_duration = Duration::from_secs(120);
     let f = s.run().await;
@@ -300,21 +335,41 @@ async fn a_breach_aborts_at_once_instead_of_waiting_for_the_fault_to_end() {
     let breach = abort["breach_t_ms"].as_f64().unwrap();
     assert!((5_000.0..5_100.0).contains(&breach), "breach at {breach}");
     assert!(abort["breach_to_all_reverted_ms"].as_f64().unwrap() < 1.0);
-    assert!(f.virtual_elapsed < Duration::from_secs(6), "{:?}", f.virtual_elapsed);
+    assert!(
+        f.virtual_elapsed < Duration::from_secs(6),
+        "{:?}",
+        f.virtual_elapsed
+    );
     assert_eq!(f.events_of("fault_reverted")[0]["cause"], "abort");
 }
 
 #[tokio::test(start_paused = true)]
 async fn abort_reverts_live_faults_newest_first() {
     let mut s = Scenario::new();
-    s.fault(fault_spec("first", 0, Some(30_000)), SimFaultConfig::default())
-        .fault(fault_spec("second", 500, Some(30_000)), SimFaultConfig::default())
-        .fault(fault_spec("third", 1_000, Some(30_000)), SimFaultConfig::default())
-        .probe(probe_spec("health", 1_000, 1), healthy_until(Duration::from_millis(1_500)));
+    s.fault(
+        fault_spec("first", 0, Some(30_000)),
+        SimFaultConfig::default(),
+    )
+    .fault(
+        fault_spec("second", 500, Some(30_000)),
+        SimFaultConfig::default(),
+    )
+    .fault(
+        fault_spec("third", 1_000, Some(30_000)),
+        SimFaultConfig::default(),
+    )
+    .probe(
+        probe_spec("health", 1_000, 1),
+        healthy_until(Duration::from_millis(1_500)),
+    );
     s.plan.during = vec!["health".into()];
     let f = s.run().await;
     assert_eq!(f.report.outcome, Outcome::Aborted);
-    let order: Vec<&str> = f.events_of("fault_reverted").iter().map(|e| e["fault"].as_str().unwrap()).collect();
+    let order: Vec<&str> = f
+        .events_of("fault_reverted")
+        .iter()
+        .map(|e| e["fault"].as_str().unwrap())
+        .collect();
     assert_eq!(order, ["third", "second", "first"]);
     f.assert_host_clean();
 }
@@ -322,10 +377,19 @@ async fn abort_reverts_live_faults_newest_first() {
 #[tokio::test(start_paused = true)]
 async fn a_failed_gate_injects_nothing() {
     let mut s = Scenario::new();
-    s.fault(fault_spec("stop", 0, Some(1_000)), SimFaultConfig::default())
-        .probe(probe_spec("health", 500, 1), always(false));
-    s.plan.before = Some(GateSpec { probes: vec!["health".into()], wait_until: Duration::from_secs(3) });
-    s.plan.after = Some(AfterSpec { probes: vec!["health".into()], within: Duration::from_secs(1) });
+    s.fault(
+        fault_spec("stop", 0, Some(1_000)),
+        SimFaultConfig::default(),
+    )
+    .probe(probe_spec("health", 500, 1), always(false));
+    s.plan.before = Some(GateSpec {
+        probes: vec!["health".into()],
+        wait_until: Duration::from_secs(3),
+    });
+    s.plan.after = Some(AfterSpec {
+        probes: vec!["health".into()],
+        within: Duration::from_secs(1),
+    });
     let f = s.run().await;
     assert_eq!(f.report.outcome, Outcome::NotReady, "{}", f.report.reason);
     assert_eq!(f.backend.applied("stop"), 0);
@@ -334,7 +398,10 @@ async fn a_failed_gate_injects_nothing() {
     assert_eq!(gate["passed"], false);
     // 3 s of retries at a 500 ms interval: 7 attempts (0, 0.5, ... 3 s).
     assert_eq!(gate["attempts"], 7);
-    assert!(f.events.iter().all(|e| e["phase"] != "after"), "no after checks when nothing was injected");
+    assert!(
+        f.events.iter().all(|e| e["phase"] != "after"),
+        "no after checks when nothing was injected"
+    );
 }
 
 #[tokio::test(start_paused = true)]
@@ -342,9 +409,15 @@ async fn the_gate_waits_until_the_system_is_ready() {
     let mut s = Scenario::new();
     let start = Instant::now();
     let ready_after_2s: Answer = Arc::new(move || Instant::now() >= start + Duration::from_secs(2));
-    s.fault(fault_spec("stop", 0, Some(1_000)), SimFaultConfig::default())
-        .probe(probe_spec("health", 500, 1), ready_after_2s);
-    s.plan.before = Some(GateSpec { probes: vec!["health".into()], wait_until: Duration::from_secs(10) });
+    s.fault(
+        fault_spec("stop", 0, Some(1_000)),
+        SimFaultConfig::default(),
+    )
+    .probe(probe_spec("health", 500, 1), ready_after_2s);
+    s.plan.before = Some(GateSpec {
+        probes: vec!["health".into()],
+        wait_until: Duration::from_secs(10),
+    });
     let f = s.run().await;
     assert_eq!(f.report.outcome, Outcome::Passed, "{}", f.report.reason);
     assert_eq!(f.backend.applied("stop"), 1);
@@ -353,10 +426,24 @@ async fn the_gate_waits_until_the_system_is_ready() {
 #[tokio::test(start_paused = true)]
 async fn a_fault_that_cannot_be_applied_is_injection_failed_and_the_others_are_reverted() {
     let mut s = Scenario::new();
-    s.fault(fault_spec("good", 0, Some(30_000)), SimFaultConfig::default())
-        .fault(fault_spec("bad", 1_000, Some(30_000)), SimFaultConfig { fail_apply: true, ..Default::default() });
+    s.fault(
+        fault_spec("good", 0, Some(30_000)),
+        SimFaultConfig::default(),
+    )
+    .fault(
+        fault_spec("bad", 1_000, Some(30_000)),
+        SimFaultConfig {
+            fail_apply: true,
+            ..Default::default()
+        },
+    );
     let f = s.run().await;
-    assert_eq!(f.report.outcome, Outcome::InjectionFailed, "{}", f.report.reason);
+    assert_eq!(
+        f.report.outcome,
+        Outcome::InjectionFailed,
+        "{}",
+        f.report.reason
+    );
     assert!(f.report.reason.contains("bad"), "{}", f.report.reason);
     f.assert_host_clean();
     assert!(f.virtual_elapsed < Duration::from_secs(2));
@@ -366,19 +453,37 @@ async fn a_fault_that_cannot_be_applied_is_injection_failed_and_the_others_are_r
 #[tokio::test(start_paused = true)]
 async fn a_failed_revert_is_revert_failed_and_the_record_stays_for_recover() {
     let mut s = Scenario::new();
-    s.fault(fault_spec("sticky", 0, Some(1_000)), SimFaultConfig { fail_revert: true, ..Default::default() });
+    s.fault(
+        fault_spec("sticky", 0, Some(1_000)),
+        SimFaultConfig {
+            fail_revert: true,
+            ..Default::default()
+        },
+    );
     let f = s.run().await;
     assert_eq!(f.report.outcome, Outcome::RevertFailed);
     assert!(f.injected("sticky"));
-    assert_eq!(f.state_records(), 1, "the record must survive for `faultline recover`");
+    assert_eq!(
+        f.state_records(),
+        1,
+        "the record must survive for `faultline recover`"
+    );
     let failed = &f.events_of("fault_revert_failed")[0];
-    assert!(failed["remedy"].as_str().unwrap().contains("faultline recover"));
+    assert!(
+        failed["remedy"]
+            .as_str()
+            .unwrap()
+            .contains("faultline recover")
+    );
 }
 
 #[tokio::test(start_paused = true)]
 async fn max_duration_aborts_and_reverts() {
     let mut s = Scenario::new();
-    s.fault(fault_spec("stop", 0, Some(50_000)), SimFaultConfig::default());
+    s.fault(
+        fault_spec("stop", 0, Some(50_000)),
+        SimFaultConfig::default(),
+    );
     s.plan.max_duration = Duration::from_secs(10);
     let f = s.run().await;
     assert_eq!(f.report.outcome, Outcome::Aborted);
@@ -390,10 +495,19 @@ async fn max_duration_aborts_and_reverts() {
 #[tokio::test(start_paused = true)]
 async fn failing_after_checks_make_the_run_deviated() {
     let mut s = Scenario::new();
-    s.fault(fault_spec("stop", 0, Some(1_000)), SimFaultConfig::default())
-        .probe(probe_spec("health", 500, 100), healthy_until(Duration::from_millis(700)));
+    s.fault(
+        fault_spec("stop", 0, Some(1_000)),
+        SimFaultConfig::default(),
+    )
+    .probe(
+        probe_spec("health", 500, 100),
+        healthy_until(Duration::from_millis(700)),
+    );
     s.plan.during = vec!["health".into()];
-    s.plan.after = Some(AfterSpec { probes: vec!["health".into()], within: Duration::from_secs(2) });
+    s.plan.after = Some(AfterSpec {
+        probes: vec!["health".into()],
+        within: Duration::from_secs(2),
+    });
     let f = s.run().await;
     assert_eq!(f.report.outcome, Outcome::Deviated, "{}", f.report.reason);
     f.assert_host_clean();
@@ -402,14 +516,23 @@ async fn failing_after_checks_make_the_run_deviated() {
 #[tokio::test(start_paused = true)]
 async fn with_abort_disabled_a_failing_probe_deviates_but_faults_run_their_course() {
     let mut s = Scenario::new();
-    s.fault(fault_spec("stop", 0, Some(5_000)), SimFaultConfig::default())
-        .probe(probe_spec("health", 500, 1), healthy_until(Duration::from_millis(1_200)));
+    s.fault(
+        fault_spec("stop", 0, Some(5_000)),
+        SimFaultConfig::default(),
+    )
+    .probe(
+        probe_spec("health", 500, 1),
+        healthy_until(Duration::from_millis(1_200)),
+    );
     s.plan.during = vec!["health".into()];
     s.plan.abort_on_probe_failure = false;
     let f = s.run().await;
     assert_eq!(f.report.outcome, Outcome::Deviated, "{}", f.report.reason);
     assert!(f.events_of("abort").is_empty());
-    assert_eq!(f.events_of("fault_reverted")[0]["cause"], "duration_elapsed");
+    assert_eq!(
+        f.events_of("fault_reverted")[0]["cause"],
+        "duration_elapsed"
+    );
 }
 
 #[tokio::test(start_paused = true)]
@@ -418,8 +541,11 @@ async fn after_and_delay_order_the_faults() {
     let mut second = fault_spec("second", 0, Some(1_000));
     second.after = vec!["first".into()];
     second.delay = Duration::from_millis(1_500);
-    s.fault(fault_spec("first", 2_000, Some(10_000)), SimFaultConfig::default())
-        .fault(second, SimFaultConfig::default());
+    s.fault(
+        fault_spec("first", 2_000, Some(10_000)),
+        SimFaultConfig::default(),
+    )
+    .fault(second, SimFaultConfig::default());
     let f = s.run().await;
     assert_eq!(f.report.outcome, Outcome::Passed);
     let at = |id: &str| {
@@ -450,10 +576,16 @@ async fn repeat_injects_again_every_period_until_the_duration_ends() {
 #[tokio::test(start_paused = true)]
 async fn an_interrupt_reverts_and_a_second_one_skips_the_after_checks() {
     let mut s = Scenario::new();
-    s.fault(fault_spec("stop", 0, Some(60_000)), SimFaultConfig::default())
-        .probe(probe_spec("health", 500, 1), always(true));
+    s.fault(
+        fault_spec("stop", 0, Some(60_000)),
+        SimFaultConfig::default(),
+    )
+    .probe(probe_spec("health", 500, 1), always(true));
     s.plan.during = vec!["health".into()];
-    s.plan.after = Some(AfterSpec { probes: vec!["health".into()], within: Duration::from_secs(5) });
+    s.plan.after = Some(AfterSpec {
+        probes: vec!["health".into()],
+        within: Duration::from_secs(5),
+    });
     let (handle, interrupt) = interrupt::channel();
     let raiser = tokio::spawn(async move {
         tokio::time::sleep(Duration::from_secs(2)).await;
@@ -462,7 +594,12 @@ async fn an_interrupt_reverts_and_a_second_one_skips_the_after_checks() {
     });
     let f = s.run_with(interrupt).await;
     raiser.await.unwrap();
-    assert_eq!(f.report.outcome, Outcome::Interrupted, "{}", f.report.reason);
+    assert_eq!(
+        f.report.outcome,
+        Outcome::Interrupted,
+        "{}",
+        f.report.reason
+    );
     f.assert_host_clean();
     assert_eq!(f.events_of("abort")[0]["trigger"], "interrupted");
     assert!(f.events.iter().all(|e| e["phase"] != "after"));
@@ -472,9 +609,15 @@ async fn an_interrupt_reverts_and_a_second_one_skips_the_after_checks() {
 #[tokio::test(start_paused = true)]
 async fn a_slow_probe_does_not_delay_the_abort() {
     let mut s = Scenario::new();
-    s.fault(fault_spec("stop", 0, Some(60_000)), SimFaultConfig::default())
-        .probe(probe_spec("fast", 100, 1), healthy_until(Duration::from_millis(1_000)))
-        .probe(probe_spec("slow", 10_000, 1), always(true));
+    s.fault(
+        fault_spec("stop", 0, Some(60_000)),
+        SimFaultConfig::default(),
+    )
+    .probe(
+        probe_spec("fast", 100, 1),
+        healthy_until(Duration::from_millis(1_000)),
+    )
+    .probe(probe_spec("slow", 10_000, 1), always(true));
     s.backend.probes.get_mut("slow").unwrap().1 = Duration::from_secs(9);
     s.plan.during = vec!["fast".into(), "slow".into()];
     let f = s.run().await;

@@ -1,4 +1,5 @@
 mod engine;
 mod process_run;
+mod quickstart;
 mod util;
 mod validate;

@@ -5,9 +5,16 @@ use std::time::Duration;
 
 use nix::sys::signal::Signal;
 
-use crate::util::{self, events_of, faultline, proc_state, wait_for, Proc, Runner, Workspace};
+use crate::util::{self, Proc, Runner, Workspace, events_of, faultline, proc_state, wait_for};
 
-fn experiment(name: &str, targets: &str, probes: &str, steady: &str, faults: &str, extra: &str) -> String {
+fn experiment(
+    name: &str,
+    targets: &str,
+    probes: &str,
+    steady: &str,
+    faults: &str,
+    extra: &str,
+) -> String {
     format!(
         "apiVersion: faultline/v1\nmetadata: {{name: {name}}}\nmax_duration: 1m\n{targets}{probes}{steady}{faults}{extra}"
     )
@@ -46,7 +53,11 @@ fn kill_by_name_kills_exactly_that_process() {
     );
     let (code, stderr) = run_to_end(&ws, &file);
     assert_eq!(code, 0, "{stderr}");
-    assert_eq!(victim.wait_signal(), Some(libc::SIGTERM), "the victim died of SIGTERM");
+    assert_eq!(
+        victim.wait_signal(),
+        Some(libc::SIGTERM),
+        "the victim died of SIGTERM"
+    );
     assert_eq!(bystander.state(), Some('S'), "the bystander is untouched");
     assert!(bystander.child.try_wait().unwrap().is_none());
     let events = ws.journal();
@@ -105,7 +116,11 @@ fn stop_freezes_the_process_for_the_duration_then_resumes_it() {
         wait_for(Duration::from_secs(5), || victim.state() == Some('T')),
         "the victim should be stopped during the fault"
     );
-    assert_eq!(ws.state_records(), 1, "a live stop is recorded in the state dir");
+    assert_eq!(
+        ws.state_records(),
+        1,
+        "a live stop is recorded in the state dir"
+    );
     let code = runner.wait(Duration::from_secs(10));
     assert_eq!(code, Some(0), "{}", runner.stderr());
     assert_eq!(victim.state(), Some('S'), "SIGCONT on revert");
@@ -127,7 +142,9 @@ fn a_gate_failure_injects_nothing() {
         &experiment(
             "gate-fails",
             "targets: {victim: {process: {cmdline: '^sleep 300\\.838383$'}}}\n",
-            &format!("probes: {{down: {{tcp: {{address: '127.0.0.1:{closed}'}}, interval: 100ms}}}}\n"),
+            &format!(
+                "probes: {{down: {{tcp: {{address: '127.0.0.1:{closed}'}}, interval: 100ms}}}}\n"
+            ),
             "steady_state: {before: {probes: [down], wait_until: 300ms}}\n",
             "faults: [{id: freeze, kind: process-stop, target: victim, duration: 5s}]\n",
             "",
@@ -138,7 +155,10 @@ fn a_gate_failure_injects_nothing() {
     assert!(stderr.contains("NOT_READY"), "{stderr}");
     assert_eq!(victim.state(), Some('S'));
     let events = ws.journal();
-    assert!(events_of(&events, "fault_intent").is_empty(), "nothing was even prepared for injection");
+    assert!(
+        events_of(&events, "fault_intent").is_empty(),
+        "nothing was even prepared for injection"
+    );
     assert_eq!(events_of(&events, "outcome")[0]["outcome"], "not_ready");
 }
 
@@ -163,7 +183,14 @@ fn a_fault_that_cannot_be_applied_is_injection_failed() {
     let events = ws.journal();
     let failed = events_of(&events, "fault_injection_failed");
     assert_eq!(failed.len(), 1);
-    assert!(failed[0]["error"].as_str().unwrap().contains("matched no process"), "{:?}", failed[0]);
+    assert!(
+        failed[0]["error"]
+            .as_str()
+            .unwrap()
+            .contains("matched no process"),
+        "{:?}",
+        failed[0]
+    );
 }
 
 #[test]
@@ -220,12 +247,24 @@ fn kill_9_of_the_runner_leaves_a_state_file_that_recover_turns_into_a_clean_host
 
     let status = faultline(&ws).arg("status").output().unwrap();
     let listed = String::from_utf8_lossy(&status.stdout);
-    assert!(listed.contains("freeze") && listed.contains("gone"), "{listed}");
+    assert!(
+        listed.contains("freeze") && listed.contains("gone"),
+        "{listed}"
+    );
 
     let recover = faultline(&ws).arg("recover").output().unwrap();
-    assert_eq!(recover.status.code(), Some(0), "{}", String::from_utf8_lossy(&recover.stderr));
+    assert_eq!(
+        recover.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&recover.stderr)
+    );
     assert!(String::from_utf8_lossy(&recover.stdout).contains("recovered"));
-    assert_eq!(victim.state(), Some('S'), "recover resumed the stopped process");
+    assert_eq!(
+        victim.state(),
+        Some('S'),
+        "recover resumed the stopped process"
+    );
     assert_eq!(ws.state_records(), 0);
 
     // Idempotent: a second recover finds nothing and succeeds.
@@ -270,7 +309,11 @@ fn recover_does_not_touch_a_process_that_reused_the_pid() {
     let _serial = util::serial();
     let ws = Workspace::new();
     let victim = Proc::sleep("737373");
-    nix::sys::signal::kill(nix::unistd::Pid::from_raw(victim.pid() as i32), Signal::SIGSTOP).unwrap();
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(victim.pid() as i32),
+        Signal::SIGSTOP,
+    )
+    .unwrap();
     assert!(wait_for(Duration::from_secs(2), || victim.state() == Some('T')));
     let record = serde_json::json!({
         "id": "stale-1", "run_id": "r", "experiment": "e", "fault_id": "f",
@@ -279,9 +322,22 @@ fn recover_does_not_touch_a_process_that_reused_the_pid() {
         "revert": {"recipe": "resume_processes", "processes": [{"pid": victim.pid(), "start_time": 1}]}
     });
     std::fs::create_dir_all(ws.state_dir().join("faults")).unwrap();
-    std::fs::write(ws.state_dir().join("faults/stale-1.json"), record.to_string()).unwrap();
+    std::fs::write(
+        ws.state_dir().join("faults/stale-1.json"),
+        record.to_string(),
+    )
+    .unwrap();
     let out = faultline(&ws).arg("recover").output().unwrap();
-    assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
-    assert_eq!(proc_state(victim.pid()), Some('T'), "a different process (by start time) is left alone");
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(
+        proc_state(victim.pid()),
+        Some('T'),
+        "a different process (by start time) is left alone"
+    );
     assert_eq!(ws.state_records(), 0);
 }

@@ -119,7 +119,10 @@ impl Proc {
             .stdin(Stdio::null())
             .spawn()
             .expect("spawn named sleep");
-        Proc { child, _dir: Some(dir) }
+        Proc {
+            child,
+            _dir: Some(dir),
+        }
     }
 
     pub fn pid(&self) -> u32 {
@@ -221,7 +224,8 @@ impl Runner {
     }
 
     pub fn signal(&self, signal: nix::sys::signal::Signal) {
-        nix::sys::signal::kill(nix::unistd::Pid::from_raw(self.pid() as i32), signal).expect("signal runner");
+        nix::sys::signal::kill(nix::unistd::Pid::from_raw(self.pid() as i32), signal)
+            .expect("signal runner");
     }
 
     /// Wait at most `limit` for it to exit; its exit code (or 128+signal).
@@ -230,7 +234,11 @@ impl Runner {
         let deadline = Instant::now() + limit;
         while Instant::now() < deadline {
             if let Some(status) = self.child.try_wait().expect("try_wait") {
-                return Some(status.code().unwrap_or_else(|| 128 + status.signal().unwrap_or(0)));
+                return Some(
+                    status
+                        .code()
+                        .unwrap_or_else(|| 128 + status.signal().unwrap_or(0)),
+                );
             }
             std::thread::sleep(Duration::from_millis(10));
         }

@@ -1,0 +1,114 @@
+//! The shipped experiments, run for real against the demo service.
+
+use std::path::Path;
+
+use crate::util::{self, Workspace, events_of, faultline};
+
+/// A copy of a shipped experiment with the demo's port replaced by a free one.
+fn on_free_port(ws: &Workspace, shipped: &str, port_in_file: u16) -> std::path::PathBuf {
+    let text =
+        std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join(shipped)).unwrap();
+    let port = util::free_port();
+    let moved = text.replace(
+        &format!("127.0.0.1:{port_in_file}"),
+        &format!("127.0.0.1:{port}"),
+    );
+    assert_ne!(moved, text, "{shipped} should mention port {port_in_file}");
+    ws.write("experiment.yaml", &moved)
+}
+
+fn no_demo_left(pid: Option<u64>) -> bool {
+    let Some(pid) = pid else { return true };
+    util::proc_state(pid as u32).is_none()
+}
+
+#[test]
+fn the_quickstart_passes_and_leaves_nothing_running() {
+    let _serial = util::serial();
+    let ws = Workspace::new();
+    let file = on_free_port(&ws, "experiments/quickstart.yaml", 18080);
+    let out = faultline(&ws)
+        .args(["run", "--report-dir"])
+        .arg(ws.report_dir())
+        .arg(&file)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "{stderr}");
+    assert!(stderr.contains("PASSED"), "{stderr}");
+    let events = ws.journal();
+    // Three kills, each of a different worker (the supervisor restarted it in between).
+    let pids: Vec<u64> = events_of(&events, "fault_intent")
+        .iter()
+        .map(|e| e["details"]["picked"][0]["pid"].as_u64().unwrap())
+        .collect();
+    assert_eq!(pids.len(), 3, "{pids:?}");
+    assert!(pids[0] != pids[1] && pids[1] != pids[2], "{pids:?}");
+    for pid in &pids {
+        assert!(
+            util::proc_state(*pid as u32).is_none(),
+            "worker {pid} was killed"
+        );
+    }
+    let setup = events_of(&events, "command")[0]["pid"].as_u64();
+    assert!(
+        no_demo_left(setup),
+        "the demo service was stopped at cleanup"
+    );
+    assert_eq!(ws.state_records(), 0);
+}
+
+#[test]
+fn a_breach_aborts_within_one_probe_interval_plus_100ms_and_thaws_the_worker() {
+    let _serial = util::serial();
+    let ws = Workspace::new();
+    let file = on_free_port(&ws, "experiments/demo-freeze-aborts.yaml", 18081);
+    let out = faultline(&ws)
+        .args(["run", "--report-dir"])
+        .arg(ws.report_dir())
+        .arg(&file)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "aborted: {stderr}");
+
+    let events = ws.journal();
+    let injected = events_of(&events, "fault_injected")[0]["t_ms"]
+        .as_f64()
+        .unwrap();
+    let abort = events_of(&events, "abort")[0];
+    assert_eq!(abort["trigger"], "probe_failure");
+    assert_eq!(abort["probe"], "health");
+    assert_eq!(abort["failure_threshold"], 1);
+    let failed = abort["samples"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|s| s["ok"] == false)
+        .count();
+    assert!(failed >= 1);
+    let all_reverted = abort["all_reverted_t_ms"].as_f64().unwrap();
+    let breach_to_reverted = abort["breach_to_all_reverted_ms"].as_f64().unwrap();
+    let interval_ms = 200.0;
+    println!(
+        "injected→all reverted {:.1} ms, breach→all reverted {breach_to_reverted:.3} ms",
+        all_reverted - injected
+    );
+    assert!(
+        all_reverted - injected <= interval_ms + 100.0,
+        "the frozen worker was thawed {:.1} ms after the freeze",
+        all_reverted - injected
+    );
+    // The stopped worker runs again: the after check saw the service healthy.
+    let worker = events_of(&events, "fault_intent")[0]["details"]["picked"][0]["pid"]
+        .as_u64()
+        .unwrap();
+    assert_eq!(events_of(&events, "fault_reverted")[0]["cause"], "abort");
+    let after_ok = events
+        .iter()
+        .any(|e| e["event"] == "probe_sample" && e["phase"] == "after" && e["ok"] == true);
+    assert!(after_ok, "the service answered again after the revert");
+    // By now cleanup stopped the demo (and its worker) — nothing is left frozen.
+    assert_ne!(util::proc_state(worker as u32), Some('T'));
+    assert_eq!(ws.state_records(), 0);
+}
