@@ -76,12 +76,29 @@ pub struct Background {
 }
 
 /// Start a background command. Its output is discarded: it is the system under test,
-/// and its chatter would bury faultline's own report.
+/// and its chatter would bury faultline's own report. It gets SIGTERM if faultline dies
+/// (even by `kill -9`), so a crashed run leaves no service of its own behind.
 pub fn spawn_background(spec: &CommandSpec) -> Result<Background, String> {
-    let child = command(spec)
-        .stdout(Stdio::null())
+    let mut cmd = command(spec);
+    cmd.stdout(Stdio::null())
         .stderr(Stdio::null())
-        .process_group(0)
+        .process_group(0);
+    let parent = std::process::id() as libc::pid_t;
+    // SAFETY: the closure runs between fork and exec and only makes async-signal-safe
+    // syscalls (prctl, getppid, kill on itself).
+    unsafe {
+        cmd.pre_exec(move || {
+            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            // The parent may have died before prctl took effect.
+            if libc::getppid() != parent {
+                libc::kill(libc::getpid(), libc::SIGTERM);
+            }
+            Ok(())
+        });
+    }
+    let child = cmd
         .spawn()
         .map_err(|e| format!("cannot start `{}`: {e}", spec.argv[0]))?;
     Ok(Background {

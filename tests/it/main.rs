@@ -1,3 +1,4 @@
+mod cli;
 mod engine;
 mod process_run;
 mod quickstart;
