@@ -379,8 +379,8 @@ mod tests {
             refs,
             children.iter().map(TestChild::proc_ref).collect::<Vec<_>>()
         );
-        // prepare touches nothing.
-        assert!(children.iter().all(|c| c.state() == 'S'));
+        // prepare touches nothing (a just-started child may still be running, not sleeping).
+        assert!(children.iter().all(|c| c.state() != 'T'));
 
         let applied = stop.apply(&prepared).expect("apply");
         assert!(

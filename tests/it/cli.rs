@@ -89,7 +89,7 @@ fn plan_shows_the_matching_pids_and_the_timeline_and_injects_nothing() {
     );
     assert!(stdout.contains("+2s .. +12s"), "{stdout}");
     assert!(stdout.contains("+5s"), "after + delay: {stdout}");
-    assert_eq!(victim.state(), Some('S'));
+    assert!(victim.running(), "{:?}", victim.state());
     assert!(!ws.state_dir().exists());
 
     let json = faultline(&ws)
@@ -191,10 +191,10 @@ fn one_invalid_file_stops_the_game_day_before_anything_runs() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    assert_eq!(
-        victim.state(),
-        Some('S'),
-        "the valid experiment did not run either"
+    assert!(
+        victim.running(),
+        concat!("the valid experiment did not run either", ": {:?}"),
+        victim.state()
     );
     assert!(!ws.report_dir().exists());
 }
@@ -265,7 +265,7 @@ fn a_fault_that_needs_root_says_so_before_anything_is_injected() {
         events_of(&events, "fault_intent").is_empty(),
         "nothing was injected"
     );
-    assert_eq!(roots.state(), Some('S'));
+    assert!(roots.running(), "{:?}", roots.state());
 }
 
 #[test]

@@ -133,6 +133,11 @@ impl Proc {
         proc_state(self.pid())
     }
 
+    /// Alive and not stopped (running or sleeping).
+    pub fn running(&self) -> bool {
+        matches!(self.state(), Some('R' | 'S' | 'D'))
+    }
+
     /// The signal that ended it, waiting at most 5 s; `None` if it is still running.
     pub fn wait_signal(&mut self) -> Option<i32> {
         use std::os::unix::process::ExitStatusExt;
