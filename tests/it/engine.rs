@@ -23,10 +23,13 @@ use faultline::state::StateDir;
 use serde_json::Value;
 use tokio::time::Instant;
 
-/// Counts calls so tests can prove a fault was (or was never) applied.
+/// Counts calls so tests can prove a fault was (or was never) applied, and checks at each
+/// apply that its revert recipe is already on disk.
 struct CountingFault {
     inner: SimFault,
     applied: Arc<AtomicU32>,
+    state: StateDir,
+    unrecorded_applies: Arc<AtomicU32>,
 }
 
 impl Fault for CountingFault {
@@ -35,6 +38,15 @@ impl Fault for CountingFault {
     }
     fn apply(&self, prepared: &Prepared) -> Result<Applied, FaultError> {
         self.applied.fetch_add(1, Ordering::SeqCst);
+        let recorded = self
+            .state
+            .list()
+            .unwrap()
+            .into_iter()
+            .any(|r| r.is_ok_and(|r| r.revert == prepared.revert));
+        if !recorded {
+            self.unrecorded_applies.fetch_add(1, Ordering::SeqCst);
+        }
         self.inner.apply(prepared)
     }
 }
@@ -47,6 +59,8 @@ struct SimFaultConfig {
 
 struct SimBackend {
     dir: PathBuf,
+    state: StateDir,
+    unrecorded_applies: Arc<AtomicU32>,
     faults: BTreeMap<String, SimFaultConfig>,
     probes: BTreeMap<String, (Answer, Duration)>,
     applied: BTreeMap<String, Arc<AtomicU32>>,
@@ -71,6 +85,8 @@ impl Backend for SimBackend {
                 fail_revert: config.fail_revert,
             },
             applied: self.applied[&spec.id].clone(),
+            state: self.state.clone(),
+            unrecorded_applies: self.unrecorded_applies.clone(),
         })
     }
     fn probe(&self, spec: &ProbeSpec) -> Box<dyn Probe> {
@@ -157,6 +173,8 @@ impl Scenario {
             plan,
             backend: SimBackend {
                 dir: tmp.path().to_path_buf(),
+                state: state.clone(),
+                unrecorded_applies: Arc::new(AtomicU32::new(0)),
                 faults: BTreeMap::new(),
                 probes: BTreeMap::new(),
                 applied: BTreeMap::new(),
@@ -301,6 +319,12 @@ async fn the_revert_recipe_is_recorded_before_the_injection() {
         .filter(|k| k.starts_with("fault_"))
         .collect();
     assert_eq!(kinds, ["fault_intent", "fault_injected", "fault_reverted"]);
+    assert_eq!(f.backend.applied("stop"), 1);
+    assert_eq!(
+        f.backend.unrecorded_applies.load(Ordering::SeqCst),
+        0,
+        "apply ran before its revert recipe was in the state dir"
+    );
     assert_eq!(
         f.events_of("fault_intent")[0]["revert"]["recipe"],
         "simulated"
