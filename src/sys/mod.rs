@@ -1,4 +1,5 @@
 //! Thin Linux seams. Everything that reads /proc or makes a process-level syscall lives here.
 
+pub mod netns;
 pub mod pidfd;
 pub mod proc;

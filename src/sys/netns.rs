@@ -1,0 +1,178 @@
+//! Network namespaces: run code in one (setns on a dedicated thread, which keeps cgroupfs
+//! visible — unlike `ip netns exec`), and build throwaway test networks that remove
+//! themselves.
+
+use std::fs::File;
+use std::os::fd::AsFd;
+use std::path::PathBuf;
+use std::process::Command;
+
+/// The bind-mount `ip netns add NAME` creates.
+pub fn path(name: &str) -> PathBuf {
+    PathBuf::from("/run/netns").join(name)
+}
+
+/// Run `f` on a new thread that has entered the network namespace `name`. Only that thread
+/// changes namespace; sockets it creates live in `name`.
+pub fn run_in<T: Send + 'static>(
+    name: &str,
+    f: impl FnOnce() -> T + Send + 'static,
+) -> std::io::Result<T> {
+    let ns = File::open(path(name))?;
+    std::thread::spawn(move || -> std::io::Result<T> {
+        nix::sched::setns(ns.as_fd(), nix::sched::CloneFlags::CLONE_NEWNET)
+            .map_err(std::io::Error::from)?;
+        Ok(f())
+    })
+    .join()
+    .map_err(|_| std::io::Error::other("thread in namespace panicked"))?
+}
+
+/// A command that runs inside the namespace (`nsenter --net=...`, argv only).
+pub fn command_in(name: &str, argv: &[&str]) -> Command {
+    let mut cmd = Command::new("nsenter");
+    cmd.arg(format!("--net={}", path(name).display()))
+        .arg("--")
+        .args(argv);
+    cmd
+}
+
+/// Run `ip` (argv) and fail loudly with its stderr.
+pub fn ip(args: &[&str]) -> std::io::Result<()> {
+    let out = Command::new("ip").args(args).output()?;
+    if out.status.success() {
+        Ok(())
+    } else {
+        Err(std::io::Error::other(format!(
+            "ip {}: {}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stderr).trim()
+        )))
+    }
+}
+
+/// Two namespaces joined by a veth pair, for tests:
+/// `a` 10.x.y.1/24 + fd00:x:y::1/64 on `veth_a`  <->  `b` 10.x.y.2/24 + fd00:x:y::2/64 on `veth_b`.
+/// Addresses exist only inside these namespaces. Dropping it deletes both namespaces (which
+/// removes the veth pair and every rule, qdisc and address inside them).
+pub struct TestNet {
+    pub a: String,
+    pub b: String,
+    pub veth_a: String,
+    pub veth_b: String,
+    pub ip_a: String,
+    pub ip_b: String,
+    pub ip6_a: String,
+    pub ip6_b: String,
+}
+
+impl TestNet {
+    pub fn new() -> std::io::Result<TestNet> {
+        use std::sync::atomic::{AtomicU32, Ordering};
+        static SEQ: AtomicU32 = AtomicU32::new(0);
+        let seq = SEQ.fetch_add(1, Ordering::Relaxed);
+        let pid = std::process::id();
+        let tag = format!("{}{}", pid % 100_000, seq);
+        // 10.<200+seq%50>.<pid%250>.0/24: distinct per test, private to the namespaces.
+        let (x, y) = (200 + seq % 50, pid % 250);
+        let net = TestNet {
+            a: format!("fl-a-{tag}"),
+            b: format!("fl-b-{tag}"),
+            veth_a: format!("fla{tag}"),
+            veth_b: format!("flb{tag}"),
+            ip_a: format!("10.{x}.{y}.1"),
+            ip_b: format!("10.{x}.{y}.2"),
+            ip6_a: format!("fd00:{x}:{y}::1"),
+            ip6_b: format!("fd00:{x}:{y}::2"),
+        };
+        // Build under the guard so a failure half-way still cleans up.
+        let guard = net;
+        guard.build()?;
+        Ok(guard)
+    }
+
+    fn build(&self) -> std::io::Result<()> {
+        ip(&["netns", "add", &self.a])?;
+        ip(&["netns", "add", &self.b])?;
+        ip(&[
+            "link",
+            "add",
+            &self.veth_a,
+            "type",
+            "veth",
+            "peer",
+            "name",
+            &self.veth_b,
+        ])?;
+        ip(&["link", "set", &self.veth_a, "netns", &self.a])?;
+        ip(&["link", "set", &self.veth_b, "netns", &self.b])?;
+        for (ns, dev, v4, v6) in [
+            (&self.a, &self.veth_a, &self.ip_a, &self.ip6_a),
+            (&self.b, &self.veth_b, &self.ip_b, &self.ip6_b),
+        ] {
+            ip(&["-n", ns, "addr", "add", &format!("{v4}/24"), "dev", dev])?;
+            ip(&[
+                "-n",
+                ns,
+                "addr",
+                "add",
+                &format!("{v6}/64"),
+                "dev",
+                dev,
+                "nodad",
+            ])?;
+            ip(&["-n", ns, "link", "set", "lo", "up"])?;
+            ip(&["-n", ns, "link", "set", dev, "up"])?;
+        }
+        Ok(())
+    }
+}
+
+impl Drop for TestNet {
+    fn drop(&mut self) {
+        let _ = ip(&["netns", "del", &self.a]);
+        let _ = ip(&["netns", "del", &self.b]);
+        // The veth pair dies with its namespaces; if building failed before the move, it
+        // may still sit in this namespace.
+        let _ = ip(&["link", "del", &self.veth_a]);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn two_namespaces_talk_over_ipv4_and_ipv6_and_vanish_on_drop() {
+        let net = TestNet::new().expect("create test net (needs root)");
+        let (b, ip_b, ip6_b) = (net.b.clone(), net.ip_b.clone(), net.ip6_b.clone());
+        let listener = run_in(&b, move || {
+            (
+                std::net::TcpListener::bind(format!("{ip_b}:0")).unwrap(),
+                std::net::TcpListener::bind(format!("[{ip6_b}]:0")).unwrap(),
+            )
+        })
+        .unwrap();
+        let (v4, v6) = (
+            listener.0.local_addr().unwrap(),
+            listener.1.local_addr().unwrap(),
+        );
+        let connected = run_in(&net.a, move || {
+            let t = std::time::Duration::from_secs(2);
+            (
+                std::net::TcpStream::connect_timeout(&v4, t).is_ok(),
+                std::net::TcpStream::connect_timeout(&v6, t).is_ok(),
+            )
+        })
+        .unwrap();
+        assert_eq!(connected, (true, true));
+        // From the host namespace the test addresses are unreachable.
+        assert!(
+            std::net::TcpStream::connect_timeout(&v4, std::time::Duration::from_millis(200))
+                .is_err()
+        );
+        let names = (net.a.clone(), net.b.clone());
+        drop(net);
+        assert!(!path(&names.0).exists() && !path(&names.1).exists());
+    }
+}
