@@ -29,6 +29,8 @@ pub enum Command {
     Validate {
         #[arg(required = true)]
         files: Vec<PathBuf>,
+        #[command(flatten)]
+        vars: VarArgs,
     },
     /// Show what a run would do and which processes each target matches now. Injects nothing.
     Plan {
@@ -36,6 +38,8 @@ pub enum Command {
         /// Print the resolved plan as JSON.
         #[arg(long)]
         json: bool,
+        #[command(flatten)]
+        vars: VarArgs,
     },
     /// Print the JSON Schema of the experiment format.
     Schema,
@@ -66,9 +70,20 @@ pub struct StateArgs {
     pub state_dir: Option<PathBuf>,
 }
 
+/// `--var NAME=VALUE`, checked (and reported with exit code 64) by the command, not by clap.
+#[derive(Debug, Args)]
+pub struct VarArgs {
+    /// Set the experiment var NAME (declared under `vars:` in the file), overriding its
+    /// default. Repeatable; applies to every file given.
+    #[arg(long = "var", value_name = "NAME=VALUE")]
+    pub vars: Vec<String>,
+}
+
 #[derive(Debug, Args)]
 pub struct RunArgs {
     pub files: Vec<PathBuf>,
+    #[command(flatten)]
+    pub vars: VarArgs,
     /// Where journals are written [default: ./faultline-reports].
     #[arg(long, value_name = "DIR")]
     pub report_dir: Option<PathBuf>,

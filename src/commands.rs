@@ -4,9 +4,9 @@
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use crate::cli::{Command, DemoArgs, RunArgs, StateArgs};
+use crate::cli::{Command, DemoArgs, RunArgs, StateArgs, VarArgs};
 use crate::engine::{self, RealBackend, RunContext, RunReport, interrupt};
-use crate::experiment::{self, Diagnostics, Source};
+use crate::experiment::{self, Diagnostics, Overrides, Source};
 use crate::outcome::{EXIT_ERROR, EXIT_INVALID_INPUT, Outcome};
 use crate::plan::Plan;
 use crate::report::journal::Journal;
@@ -15,8 +15,14 @@ use crate::state::{StateDir, recover};
 pub async fn dispatch(command: Command) -> u8 {
     match command {
         Command::Run(args) => run(args).await,
-        Command::Validate { files } => validate(&files),
-        Command::Plan { file, json } => plan(&file, json),
+        Command::Validate { files, vars } => match overrides(&vars) {
+            Ok(overrides) => validate(&files, &overrides),
+            Err(code) => code,
+        },
+        Command::Plan { file, json, vars } => match overrides(&vars) {
+            Ok(overrides) => plan(&file, json, &overrides),
+            Err(code) => code,
+        },
         Command::Schema => {
             println!(
                 "{}",
@@ -42,8 +48,16 @@ fn state_dir(args: &StateArgs) -> StateDir {
     )
 }
 
-fn load(path: &Path) -> Result<Plan, Diagnostics> {
-    experiment::load_plan(path)
+fn load(path: &Path, overrides: &Overrides) -> Result<Plan, Diagnostics> {
+    experiment::load_plan_with(path, overrides)
+}
+
+/// The `--var` arguments, or the exit code after saying what is wrong with them.
+fn overrides(args: &VarArgs) -> Result<Overrides, u8> {
+    Overrides::from_assignments(&args.vars).map_err(|e| {
+        eprintln!("faultline: {e}; nothing was run");
+        EXIT_INVALID_INPUT
+    })
 }
 
 fn print_diagnostics(diagnostics: &Diagnostics) {
@@ -51,10 +65,10 @@ fn print_diagnostics(diagnostics: &Diagnostics) {
     eprint!("{}", diagnostics.render(std::io::stderr().is_terminal()));
 }
 
-fn validate(files: &[PathBuf]) -> u8 {
+fn validate(files: &[PathBuf], overrides: &Overrides) -> u8 {
     let mut code = 0;
     for file in files {
-        match load(file) {
+        match load(file, overrides) {
             Ok(plan) => println!(
                 "ok: {} ({} fault{}, {} probe{})",
                 file.display(),
@@ -72,8 +86,8 @@ fn validate(files: &[PathBuf]) -> u8 {
     code
 }
 
-fn plan(file: &Path, json: bool) -> u8 {
-    match load(file) {
+fn plan(file: &Path, json: bool, overrides: &Overrides) -> u8 {
+    match load(file, overrides) {
         Ok(plan) if json => {
             println!(
                 "{}",
@@ -232,11 +246,14 @@ fn settle_leftovers(state: &StateDir) -> Result<(), (Outcome, String)> {
 async fn run(args: RunArgs) -> u8 {
     // Every file is checked before anything runs: a typo in the third experiment of a game
     // day must not surface after the first two have broken things.
+    let overrides = match overrides(&args.vars) {
+        Ok(overrides) => overrides,
+        Err(code) => return code,
+    };
     let mut plans = Vec::new();
     let mut invalid = false;
     if args.files.is_empty() {
-        let source = Source::quickstart();
-        match experiment::parse(&source).and_then(|e| experiment::compile(&source, e)) {
+        match experiment::plan_source(&Source::quickstart(), &overrides) {
             Ok(plan) => plans.push(plan),
             Err(d) => {
                 print_diagnostics(&d);
@@ -245,7 +262,7 @@ async fn run(args: RunArgs) -> u8 {
         }
     }
     for file in &args.files {
-        match load(file) {
+        match load(file, &overrides) {
             Ok(plan) => plans.push(plan),
             Err(d) => {
                 print_diagnostics(&d);

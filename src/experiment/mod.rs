@@ -10,11 +10,13 @@ pub mod model;
 pub mod schema;
 pub mod spanned;
 pub mod validate;
+pub mod vars;
 
 pub use diagnostic::{Diagnostic, Diagnostics};
 pub use duration::Dur;
 pub use model::Experiment;
 pub use spanned::{Pos, Sp};
+pub use vars::{OverrideError, Overrides};
 
 use crate::plan::Plan;
 
@@ -49,9 +51,16 @@ impl Source {
     }
 }
 
-/// Strict parse: unknown keys, wrong types and duplicate keys are errors with positions.
+/// Strict parse with the file's own var defaults: unknown keys, wrong types and duplicate
+/// keys are errors with positions.
 pub fn parse(source: &Source) -> Result<Experiment, Diagnostics> {
-    validate::parse(source)
+    parse_with(source, &Overrides::none())
+}
+
+/// Substitute `${vars.NAME}` (defaults, then `overrides`), then parse strictly. Diagnostics
+/// point into the file as written; the returned experiment's `vars` holds the effective values.
+pub fn parse_with(source: &Source, overrides: &Overrides) -> Result<Experiment, Diagnostics> {
+    validate::parse(source, overrides)
 }
 
 /// Semantic checks (references, cycles, offsets, per-kind parameters) and compilation
@@ -62,7 +71,16 @@ pub fn compile(source: &Source, experiment: Experiment) -> Result<Plan, Diagnost
 
 /// Read, parse and compile one file.
 pub fn load_plan(path: &Path) -> Result<Plan, Diagnostics> {
-    let source = Source::read(path)?;
-    let experiment = parse(&source)?;
-    compile(&source, experiment)
+    load_plan_with(path, &Overrides::none())
+}
+
+/// Read, parse with `overrides` and compile one file.
+pub fn load_plan_with(path: &Path, overrides: &Overrides) -> Result<Plan, Diagnostics> {
+    plan_source(&Source::read(path)?, overrides)
+}
+
+/// Parse with `overrides` and compile text already read (the built-in quickstart).
+pub fn plan_source(source: &Source, overrides: &Overrides) -> Result<Plan, Diagnostics> {
+    let experiment = parse_with(source, overrides)?;
+    compile(source, experiment)
 }

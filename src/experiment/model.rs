@@ -21,6 +21,11 @@ pub struct Experiment {
     #[serde(rename = "apiVersion")]
     pub api_version: Sp<String>,
     pub metadata: Metadata,
+    /// Named values referenced as `${vars.NAME}` anywhere in the file (substituted in the text
+    /// before it is parsed), each overridable with `--var NAME=VALUE`. After parsing this holds
+    /// the effective values, overrides applied, so the journal records what actually ran.
+    #[serde(default)]
+    pub vars: BTreeMap<String, String>,
     /// Named things faults act on.
     #[serde(default)]
     pub targets: BTreeMap<String, Sp<Target>>,

@@ -15,6 +15,7 @@ use super::model::{
     Command, Expect, FaultDef, FaultKind, ProbeDef, ProcessSelector, SignalSpec, StatusItem,
     StatusSet, WindowSlo,
 };
+use super::vars::{self, ColumnMap, Overrides};
 use super::{Diagnostic, Diagnostics, Dur, Experiment, Pos, Source, Sp, model};
 use crate::plan::{
     AfterSpec, Check, CommandSpec, FaultAction, FaultSpec, GateSpec, Plan, ProbeKind, ProbeSpec,
@@ -25,12 +26,22 @@ use crate::probe::jsonpath::JsonPath;
 // ---------------------------------------------------------------------------------------------
 // Stage one: YAML → Experiment
 
-pub fn parse(source: &Source) -> Result<Experiment, Diagnostics> {
-    serde_saphyr::from_str::<Experiment>(&source.text)
-        .map_err(|error| Diagnostics::new(source, vec![yaml_diagnostic(&error)]))
+/// Substitute vars (defaults, then `overrides`), then parse the result strictly. Diagnostics
+/// point into the file as written: lines never move, and columns on a line with a
+/// substitution are mapped back.
+pub fn parse(source: &Source, overrides: &Overrides) -> Result<Experiment, Diagnostics> {
+    let expansion =
+        vars::expand(&source.text, overrides).map_err(|items| Diagnostics::new(source, items))?;
+    let mut experiment =
+        serde_saphyr::from_str::<Experiment>(&expansion.text).map_err(|error| {
+            let diagnostic = expansion.columns.restore(yaml_diagnostic(&error));
+            Diagnostics::new(source, vec![diagnostic])
+        })?;
+    experiment.vars = expansion.values;
+    Ok(experiment)
 }
 
-fn yaml_diagnostic(error: &YamlError) -> Diagnostic {
+pub(super) fn yaml_diagnostic(error: &YamlError) -> Diagnostic {
     let error = innermost(error);
     let pos = error
         .location()
@@ -167,7 +178,10 @@ fn edit_distance(a: &str, b: &str) -> usize {
 }
 
 /// The closest candidate, if it is close enough to be a plausible typo.
-fn nearest<'a>(word: &str, candidates: impl IntoIterator<Item = &'a str>) -> Option<&'a str> {
+pub(super) fn nearest<'a>(
+    word: &str,
+    candidates: impl IntoIterator<Item = &'a str>,
+) -> Option<&'a str> {
     candidates
         .into_iter()
         .map(|candidate| (edit_distance(word, candidate), candidate))
@@ -177,7 +191,7 @@ fn nearest<'a>(word: &str, candidates: impl IntoIterator<Item = &'a str>) -> Opt
 }
 
 /// "did you mean `x`?", or the full list when nothing is close.
-fn suggest<'a>(
+pub(super) fn suggest<'a>(
     word: &str,
     candidates: impl IntoIterator<Item = &'a str> + Clone,
     plural: &str,
@@ -208,6 +222,9 @@ pub fn compile(source: &Source, experiment: Experiment) -> Result<Plan, Diagnost
     let parts = checker.run();
     let mut problems = checker.problems;
     if !problems.is_empty() {
+        // Positions come from the substituted text; show them in the file as written.
+        let columns = ColumnMap::of(&source.text, &experiment.vars);
+        problems = problems.into_iter().map(|d| columns.restore(d)).collect();
         // File order reads best; problems without a position go last.
         problems.sort_by_key(|d| d.pos.map_or((u32::MAX, u32::MAX), |p| (p.line, p.column)));
         return Err(Diagnostics::new(source, problems));

@@ -1,20 +1,34 @@
 //! The shipped experiments, run for real against the demo service.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
+use std::process::Command;
 
 use crate::util::{self, Workspace, events_of, faultline};
 
-/// A copy of a shipped experiment with the demo's port replaced by a free one.
-fn on_free_port(ws: &Workspace, shipped: &str, port_in_file: u16) -> std::path::PathBuf {
-    let text =
-        std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join(shipped)).unwrap();
-    let port = util::free_port();
-    let moved = text.replace(
-        &format!("127.0.0.1:{port_in_file}"),
-        &format!("127.0.0.1:{port}"),
+/// `faultline run` of a shipped experiment with its demo service moved to a free port through
+/// the file's own `listen` var, exactly as a user would move it. Returns the command and the
+/// address it will use.
+fn run_on_free_port(ws: &Workspace, shipped: &str) -> (Command, String) {
+    let file: PathBuf = Path::new(env!("CARGO_MANIFEST_DIR")).join(shipped);
+    let listen = format!("127.0.0.1:{}", util::free_port());
+    let mut command = faultline(ws);
+    command
+        .args(["run", "--var"])
+        .arg(format!("listen={listen}"))
+        .arg("--report-dir")
+        .arg(ws.report_dir())
+        .arg(file);
+    (command, listen)
+}
+
+/// The journal records the experiment after substitution: the address this run used.
+fn assert_journal_used(events: &[serde_json::Value], listen: &str) {
+    let experiment = &events_of(events, "run_started")[0]["experiment"];
+    assert_eq!(experiment["vars"]["listen"], listen);
+    assert_eq!(
+        experiment["probes"]["health"]["http"]["url"],
+        format!("http://{listen}/health")
     );
-    assert_ne!(moved, text, "{shipped} should mention port {port_in_file}");
-    ws.write("experiment.yaml", &moved)
 }
 
 fn no_demo_left(pid: Option<u64>) -> bool {
@@ -26,17 +40,13 @@ fn no_demo_left(pid: Option<u64>) -> bool {
 fn the_quickstart_passes_and_leaves_nothing_running() {
     let _serial = util::serial();
     let ws = Workspace::new();
-    let file = on_free_port(&ws, "experiments/quickstart.yaml", 18080);
-    let out = faultline(&ws)
-        .args(["run", "--report-dir"])
-        .arg(ws.report_dir())
-        .arg(&file)
-        .output()
-        .unwrap();
+    let (mut run, listen) = run_on_free_port(&ws, "experiments/quickstart.yaml");
+    let out = run.output().unwrap();
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(0), "{stderr}");
     assert!(stderr.contains("PASSED"), "{stderr}");
     let events = ws.journal();
+    assert_journal_used(&events, &listen);
     // Three kills, each of a different worker (the supervisor restarted it in between).
     let pids: Vec<u64> = events_of(&events, "fault_intent")
         .iter()
@@ -62,17 +72,13 @@ fn the_quickstart_passes_and_leaves_nothing_running() {
 fn a_breach_aborts_within_one_probe_interval_plus_100ms_and_thaws_the_worker() {
     let _serial = util::serial();
     let ws = Workspace::new();
-    let file = on_free_port(&ws, "experiments/demo-freeze-aborts.yaml", 18081);
-    let out = faultline(&ws)
-        .args(["run", "--report-dir"])
-        .arg(ws.report_dir())
-        .arg(&file)
-        .output()
-        .unwrap();
+    let (mut run, listen) = run_on_free_port(&ws, "experiments/demo-freeze-aborts.yaml");
+    let out = run.output().unwrap();
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(2), "aborted: {stderr}");
 
     let events = ws.journal();
+    assert_journal_used(&events, &listen);
     let injected = events_of(&events, "fault_injected")[0]["t_ms"]
         .as_f64()
         .unwrap();

@@ -4,8 +4,10 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use faultline::experiment::{self, Diagnostics, Source};
+use faultline::experiment::{self, Diagnostics, Overrides, Pos, Source};
 use faultline::plan::{FaultAction, Plan, ProbeKind};
+
+use crate::util::{Workspace, faultline};
 
 /// Paths relative to the crate root, so rendered diagnostics (and snapshots) are stable.
 fn yaml_files(dir: &str) -> Vec<PathBuf> {
@@ -66,6 +68,7 @@ bad_files! {
     bad_status => "bad-status",
     duplicate_fault_id => "duplicate-fault-id",
     duplicate_yaml_key => "duplicate-yaml-key",
+    env_var_reference => "env-var-reference",
     expect_key_wrong_kind => "expect-key-wrong-kind",
     missing_key => "missing-key",
     multiple_problems => "multiple-problems",
@@ -79,6 +82,8 @@ bad_files! {
     unknown_key_typo => "unknown-key-typo",
     unknown_probe_ref => "unknown-probe-ref",
     unknown_target_ref => "unknown-target-ref",
+    unknown_var_reference => "unknown-var-reference",
+    var_makes_bad_value => "var-makes-bad-value",
     wrong_api_version => "wrong-api-version",
 }
 
@@ -281,4 +286,121 @@ cleanup: [{argv: [/bin/sleep, '5'], background: true}]
             .message
             .contains("`background: true` in `cleanup`")
     );
+}
+
+const WITH_VARS: &str = "apiVersion: faultline/v1
+metadata: {name: vars}
+vars: {listen: '127.0.0.1:18080', threshold: '3'}
+probes:
+  web: {http: {url: 'http://${vars.listen}/health'}, failure_threshold: ${vars.threshold}}
+max_duration: 1m
+setup: [{argv: [faultline, demo-target, --listen, '${vars.listen}'], background: true}]
+";
+
+fn inline(text: &str) -> Source {
+    Source {
+        path: PathBuf::from("inline.yaml"),
+        text: text.to_string(),
+    }
+}
+
+#[test]
+fn vars_are_substituted_and_overrides_are_what_the_plan_records() {
+    let defaults = plan_of(WITH_VARS);
+    assert_eq!(defaults.probes["web"].failure_threshold, 3);
+    assert_eq!(defaults.experiment.vars["listen"], "127.0.0.1:18080");
+
+    let mut overrides = Overrides::none();
+    overrides.set("listen", "127.0.0.1:9");
+    overrides.set("threshold", "5");
+    let plan = experiment::plan_source(&inline(WITH_VARS), &overrides).unwrap();
+    match &plan.probes["web"].kind {
+        ProbeKind::Http { url, .. } => assert_eq!(url.as_str(), "http://127.0.0.1:9/health"),
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(plan.probes["web"].failure_threshold, 5);
+    assert_eq!(plan.setup[0].argv[3], "127.0.0.1:9");
+    // The journal logs `plan.experiment`: it must show the values that ran, not the defaults.
+    let logged = serde_json::to_value(&plan.experiment).unwrap();
+    assert_eq!(logged["vars"]["listen"], "127.0.0.1:9");
+    assert_eq!(logged["vars"]["threshold"], "5");
+    assert_eq!(
+        logged["probes"]["web"]["http"]["url"],
+        "http://127.0.0.1:9/health"
+    );
+}
+
+#[test]
+fn a_bad_value_from_a_var_is_reported_at_its_reference() {
+    let mut overrides = Overrides::none();
+    overrides.set("threshold", "lots");
+    let diagnostics = experiment::plan_source(&inline(WITH_VARS), &overrides).unwrap_err();
+    assert_eq!(diagnostics.count(), 1, "{}", diagnostics.render(false));
+    let item = &diagnostics.items[0];
+    let line = WITH_VARS.lines().nth(4).unwrap();
+    let column = line.find("${vars.threshold}").unwrap() + 1;
+    assert_eq!(
+        item.pos,
+        Some(Pos {
+            line: 5,
+            column: u32::try_from(column).unwrap()
+        })
+    );
+    assert!(
+        item.hint
+            .as_deref()
+            .is_some_and(|h| h.contains("`${vars.threshold}` is `lots`")),
+        "{item:?}"
+    );
+    // The snippet shows the file as written.
+    assert!(
+        diagnostics.render(false).contains(line),
+        "{}",
+        diagnostics.render(false)
+    );
+}
+
+#[test]
+fn validate_takes_var_overrides_and_refuses_undeclared_ones() {
+    let ws = Workspace::new();
+    let file = ws.write("vars.yaml", WITH_VARS);
+    let ok = faultline(&ws)
+        .args([
+            "validate",
+            "--var",
+            "listen=127.0.0.1:9",
+            "--var",
+            "threshold=2",
+        ])
+        .arg(&file)
+        .output()
+        .unwrap();
+    assert_eq!(
+        ok.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&ok.stderr)
+    );
+
+    let bad_value = faultline(&ws)
+        .args(["validate", "--var", "threshold=none"])
+        .arg(&file)
+        .output()
+        .unwrap();
+    assert_eq!(bad_value.status.code(), Some(64));
+
+    for (args, expected) in [
+        (["--var", "lisen=127.0.0.1:9"], "did you mean `listen`?"),
+        (["--var", "listen"], "expected NAME=VALUE"),
+    ] {
+        let out = faultline(&ws)
+            .arg("validate")
+            .args(args)
+            .arg(&file)
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(64), "{args:?}: {stderr}");
+        assert!(stderr.contains(expected), "{args:?}: {stderr}");
+    }
 }
