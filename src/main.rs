@@ -5,7 +5,19 @@ use clap::Parser;
 use faultline::cli::{Cli, Command};
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    // Usage errors are invalid input (64), not clap's default 2 — which is `aborted` here.
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => {
+            let code = if e.use_stderr() {
+                faultline::outcome::EXIT_INVALID_INPUT
+            } else {
+                0 // --help, --version
+            };
+            let _ = e.print();
+            return ExitCode::from(code);
+        }
+    };
     let level = match cli.verbose {
         0 => "warn",
         1 => "info",

@@ -148,6 +148,12 @@ fn byte_offset(line: &str, column: u32) -> usize {
 /// separator, `: ` or comment.
 fn token_end(line: &str, start: usize) -> usize {
     let rest = &line[start..];
+    // A `${vars.x}` reference is one token, closing brace included.
+    if rest.starts_with("${") {
+        if let Some(close) = rest.find('}') {
+            return start + close + 1;
+        }
+    }
     let mut chars = rest.char_indices();
     let Some((_, first)) = chars.next() else {
         return start;
@@ -221,6 +227,9 @@ mod tests {
             &line[flow..token_end(line, flow)],
             r#"{id: kill, kind: process-kil, at: "2s"}"#
         );
+        let reference = "url: ${vars.lisen}/health";
+        let at = reference.find("${").unwrap();
+        assert_eq!(&reference[at..token_end(reference, at)], "${vars.lisen}");
         let key = "    duraton: 5s";
         assert_eq!(&key[4..token_end(key, 4)], "duraton");
     }

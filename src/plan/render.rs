@@ -152,6 +152,16 @@ pub fn render(plan: &Plan) -> String {
         dur(plan.revert_timeout)
     );
 
+    if !plan.experiment.vars.is_empty() {
+        let vars: Vec<String> = plan
+            .experiment
+            .vars
+            .iter()
+            .map(|(name, value)| format!("{name}={value}"))
+            .collect();
+        let _ = writeln!(out, "  vars: {}", vars.join(", "));
+    }
+
     let _ = writeln!(out, "\ntargets (matched now)");
     for (name, target) in &plan.targets {
         let TargetSpec::Process(selector) = target;

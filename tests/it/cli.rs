@@ -304,3 +304,16 @@ fn kill_9_of_the_runner_also_stops_the_services_its_setup_started() {
         util::proc_state(service)
     );
 }
+
+#[test]
+fn a_usage_error_is_invalid_input_not_an_outcome() {
+    let ws = Workspace::new();
+    let out = faultline(&ws)
+        .args(["run", "--no-such-flag"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(64));
+    let help = faultline(&ws).arg("--help").output().unwrap();
+    assert_eq!(help.status.code(), Some(0));
+    assert!(String::from_utf8_lossy(&help.stdout).contains("Exit codes"));
+}
