@@ -65,7 +65,7 @@ pub async fn serve(options: DemoOptions) -> std::io::Result<()> {
 /// Keep one worker running; restart it `restart_delay` after it dies.
 async fn supervise(options: DemoOptions, worker_port: Arc<RwLock<Option<u16>>>) {
     loop {
-        let mut child = match spawn_worker() {
+        let mut child = match spawn_worker(options.listen) {
             Ok(child) => child,
             Err(e) => {
                 eprintln!("demo-target: cannot start the worker: {e}");
@@ -85,10 +85,12 @@ async fn supervise(options: DemoOptions, worker_port: Arc<RwLock<Option<u16>>>) 
     }
 }
 
-fn spawn_worker() -> std::io::Result<Child> {
+/// The worker's command line names its service's address, so an experiment can target the
+/// worker of one demo instance and never another's.
+fn spawn_worker(service: SocketAddr) -> std::io::Result<Child> {
     let exe = std::env::current_exe()?;
     Command::new(exe)
-        .args(["demo-target", "--worker"])
+        .args(["demo-target", "--worker", "--listen", &service.to_string()])
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit())

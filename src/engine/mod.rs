@@ -466,7 +466,8 @@ impl Runner {
             .map(|(spec, _)| SloTracker::new(spec))
             .collect();
         let mut recent: Vec<Vec<AbortSample>> = vec![Vec::new(); during.len()];
-        let mut healthy: Vec<bool> = vec![true; during.len()];
+        let mut last_ok: Vec<bool> = vec![true; during.len()];
+        let mut deviation_noted: Vec<bool> = vec![false; during.len()];
         let mut probe_tasks = tokio::task::JoinSet::new();
         for (index, (spec, probe)) in during.iter().enumerate() {
             probe_tasks.spawn(checks::sample_loop(
@@ -506,21 +507,24 @@ impl Runner {
                         ok: sample.ok,
                         error: sample.error.clone(),
                     });
-                    match verdict {
-                        Verdict::Healthy => {
-                            if !healthy[index] {
-                                shared.ui.line(format!("during  {} healthy again", spec.name));
-                            }
-                            healthy[index] = true;
-                        }
-                        Verdict::Failing { reason } => {
-                            if plan.abort_on_probe_failure {
-                                trigger = Some((AbortTrigger::ProbeFailure, Some(index), reason, Instant::now()));
-                            } else if healthy[index] {
-                                healthy[index] = false;
-                                shared.ui.line(format!("during  {} FAILING (abort disabled): {reason}", spec.name));
-                                self.verdict.deviated.get_or_insert(format!("during probe {} failed: {reason}", spec.name));
-                            }
+                    if !sample.ok {
+                        shared.ui.line(format!(
+                            "during  {} failed ({failures}/{}): {}",
+                            spec.name,
+                            spec.failure_threshold,
+                            sample.error.as_deref().unwrap_or("failed")
+                        ));
+                    } else if !last_ok[index] {
+                        shared.ui.line(format!("during  {} healthy again", spec.name));
+                    }
+                    last_ok[index] = sample.ok;
+                    if let Verdict::Failing { reason } = verdict {
+                        if plan.abort_on_probe_failure {
+                            trigger = Some((AbortTrigger::ProbeFailure, Some(index), reason, Instant::now()));
+                        } else if !deviation_noted[index] {
+                            deviation_noted[index] = true;
+                            shared.ui.line(format!("during  {} FAILING (abort disabled): {reason}", spec.name));
+                            self.verdict.deviated.get_or_insert(format!("during probe {} failed: {reason}", spec.name));
                         }
                     }
                 }

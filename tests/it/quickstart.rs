@@ -53,6 +53,13 @@ fn the_quickstart_passes_and_leaves_nothing_running() {
         .map(|e| e["details"]["picked"][0]["pid"].as_u64().unwrap())
         .collect();
     assert_eq!(pids.len(), 3, "{pids:?}");
+    for intent in events_of(&events, "fault_intent") {
+        let cmdline = intent["details"]["picked"][0]["cmdline"].as_str().unwrap();
+        assert!(
+            cmdline.ends_with(&format!("--listen {listen}")),
+            "only this demo's worker is a target, not another instance's: {cmdline}"
+        );
+    }
     assert!(pids[0] != pids[1] && pids[1] != pids[2], "{pids:?}");
     for pid in &pids {
         assert!(
