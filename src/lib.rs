@@ -9,6 +9,7 @@ pub mod demo;
 pub mod engine;
 pub mod experiment;
 pub mod fault;
+pub mod net;
 pub mod outcome;
 pub mod plan;
 pub mod probe;
