@@ -68,6 +68,57 @@ pub struct Metadata {
 pub struct Target {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub process: Option<ProcessSelector>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub network: Option<NetworkSelector>,
+}
+
+/// Which traffic a network fault acts on. Every filter that is given must match; an empty
+/// list means "any".
+#[derive(Clone, Debug, Default, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct NetworkSelector {
+    /// Act inside this network namespace (`/run/netns/NAME`, as made by `ip netns add`),
+    /// for example a container's; default: faultline's own.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub netns: Option<Sp<String>>,
+    /// Interfaces; default: every interface (filters) or every non-loopback interface (shaping).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub interfaces: Vec<Sp<String>>,
+    /// `egress` (default), `ingress` or `both`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub direction: Option<Sp<crate::net::Direction>>,
+    /// `all` (default), `tcp`, `udp` or `icmp`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub protocol: Option<Sp<crate::net::Protocol>>,
+    /// The other end of the flows: IP addresses, CIDR blocks (IPv4 or IPv6) or host names
+    /// (looked up when the fault is planned; `faultline plan` shows the addresses).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub remote: Vec<Sp<String>>,
+    /// Ports on the other end: `5432`, `"8000-8100"`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub remote_ports: Vec<Sp<PortSpec>>,
+    /// This end's addresses (rarely needed: a host with several addresses).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub local: Vec<Sp<String>>,
+    /// Ports on this end (a server's listening port).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub local_ports: Vec<Sp<PortSpec>>,
+    /// Only the traffic of processes in this cgroup (a v2 path such as
+    /// `/system.slice/app.service`; egress only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cgroup: Option<Sp<String>>,
+    /// Leave the operator's SSH session (`SSH_CONNECTION`) and the endpoints of this
+    /// experiment's probes untouched (default true). Set false only when the fault must hit them.
+    #[serde(default = "yes")]
+    pub lockout_protection: bool,
+}
+
+/// A port or a range: `5432` or `"8000-8100"`.
+#[derive(Clone, Debug, PartialEq, Deserialize, Serialize, JsonSchema)]
+#[serde(untagged)]
+pub enum PortSpec {
+    Number(u32),
+    Text(String),
 }
 
 /// Which processes a target means. The filters that are given must all match; then
@@ -332,6 +383,20 @@ pub enum FaultKind {
     ProcessKill,
     /// SIGSTOP the target's processes for the duration; SIGCONT on revert.
     ProcessStop,
+    /// Delay the target's packets (`delay`, optional `jitter`, `distribution`, `correlation`).
+    NetworkDelay,
+    /// Drop a share of the target's packets (`probability`).
+    NetworkLoss,
+    /// Drop every packet of the target, or reject it (`mode: reject`: TCP reset / ICMP).
+    NetworkPartition,
+    /// Cap the target's throughput (`rate`, optional `burst`).
+    NetworkBandwidth,
+    /// Duplicate a share of packets (netem only).
+    NetworkDuplicate,
+    /// Corrupt a share of packets (netem only).
+    NetworkCorrupt,
+    /// Reorder a share of packets (netem only; `probability`, `delay`, optional `gap`).
+    NetworkReorder,
 }
 
 impl FaultKind {
@@ -339,7 +404,18 @@ impl FaultKind {
         match self {
             FaultKind::ProcessKill => "process-kill",
             FaultKind::ProcessStop => "process-stop",
+            FaultKind::NetworkDelay => "network-delay",
+            FaultKind::NetworkLoss => "network-loss",
+            FaultKind::NetworkPartition => "network-partition",
+            FaultKind::NetworkBandwidth => "network-bandwidth",
+            FaultKind::NetworkDuplicate => "network-duplicate",
+            FaultKind::NetworkCorrupt => "network-corrupt",
+            FaultKind::NetworkReorder => "network-reorder",
         }
+    }
+
+    pub fn is_network(self) -> bool {
+        !matches!(self, FaultKind::ProcessKill | FaultKind::ProcessStop)
     }
 }
 
@@ -378,6 +454,71 @@ pub struct FaultParams {
     /// `process-kill`: signal name or number (`SIGTERM`, `TERM`, `15`). Default SIGKILL.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub signal: Option<Sp<SignalSpec>>,
+    /// `network-delay`, `network-reorder`: how long packets are held.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub delay: Option<Sp<Dur>>,
+    /// `network-delay`: spread around `delay` (± for uniform, the standard deviation for normal).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub jitter: Option<Sp<Dur>>,
+    /// `network-delay`: `uniform` (default) or `normal` jitter.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub distribution: Option<Sp<JitterDistribution>>,
+    /// `network-delay`, `network-loss`: how much each random draw follows the previous one
+    /// (`25%`), as netem defines it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub correlation: Option<Sp<PercentSpec>>,
+    /// `network-loss`, `network-duplicate`, `network-corrupt`, `network-reorder`: share of
+    /// packets affected (`30%`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub probability: Option<Sp<PercentSpec>>,
+    /// `network-partition`: `drop` (default; connections hang) or `reject` (TCP reset, ICMP
+    /// port unreachable: connections fail at once).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mode: Option<Sp<PartitionMode>>,
+    /// `network-bandwidth`: the cap, in bits per second: `10mbit`, `500kbit`, `1gbit`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rate: Option<Sp<String>>,
+    /// `network-bandwidth`: bucket size in bytes: `32kb`, `64kib`, `1mb` (default: enough for
+    /// the rate at this kernel's timer frequency).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub burst: Option<Sp<String>>,
+    /// `network-reorder`: reorder every Nth packet.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gap: Option<Sp<u32>>,
+    /// Network faults: force a backend (`netem` or `nfqueue` for delay) instead of the one
+    /// faultline picks for this host (`auto`, the default).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub backend: Option<Sp<BackendChoice>>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize, Serialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum JitterDistribution {
+    Uniform,
+    Normal,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize, Serialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum PartitionMode {
+    Drop,
+    Reject,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize, Serialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum BackendChoice {
+    Auto,
+    Netem,
+    Nfqueue,
+}
+
+/// A percentage: `"30%"`, or a number from 0 to 100.
+#[derive(Clone, Debug, PartialEq, Deserialize, Serialize, JsonSchema)]
+#[serde(untagged)]
+pub enum PercentSpec {
+    Number(f64),
+    Text(String),
 }
 
 #[derive(Clone, Debug, PartialEq, Deserialize, Serialize, JsonSchema)]

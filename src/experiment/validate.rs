@@ -23,6 +23,10 @@ use crate::plan::{
 };
 use crate::probe::jsonpath::JsonPath;
 
+mod network;
+
+pub use network::{parse_bytes, parse_rate, port_range};
+
 // ---------------------------------------------------------------------------------------------
 // Stage one: YAML → Experiment
 
@@ -364,14 +368,23 @@ impl<'a> Checker<'a> {
     fn targets(&mut self) -> BTreeMap<String, TargetSpec> {
         let mut specs = BTreeMap::new();
         for (name, target) in &self.exp().targets {
-            match &target.process {
-                Some(selector) => {
-                    self.selector(selector, target.pos, &format!("target `{name}`"));
+            let owner = format!("target `{name}`");
+            match (&target.process, &target.network) {
+                (Some(selector), None) => {
+                    self.selector(selector, target.pos, &owner);
                     specs.insert(name.clone(), TargetSpec::Process(selector.clone()));
                 }
-                None => self.report(
-                    Diagnostic::at(target.pos, format!("target `{name}` has no kind"), "no kind key").with_hint(
-                        "add a kind key such as `process: {name: my-server}` (today the only kind of target)",
+                (None, Some(selector)) => {
+                    self.network_selector(selector, &owner);
+                    specs.insert(name.clone(), TargetSpec::Network(selector.clone()));
+                }
+                (Some(_), Some(_)) => self.report(
+                    Diagnostic::at(target.pos, format!("{owner} has two kinds"), "process and network")
+                        .with_hint("a target is either `process:` or `network:`; split it into two targets"),
+                ),
+                (None, None) => self.report(
+                    Diagnostic::at(target.pos, format!("{owner} has no kind"), "no kind key").with_hint(
+                        "add a kind key such as `process: {name: my-server}` or `network: {remote: [db.internal]}`",
                     ),
                 ),
             }
@@ -759,7 +772,23 @@ impl<'a> Checker<'a> {
     ) -> Option<ProcessSelector> {
         let targets = &self.exp().targets;
         match targets.get(reference.as_str()) {
-            Some(target) => target.process.clone(),
+            Some(target) if target.process.is_some() => target.process.clone(),
+            Some(_) => {
+                self.report(
+                    Diagnostic::at(
+                        reference.pos,
+                        format!(
+                            "{owner} needs a process target, but `{}` selects network traffic",
+                            reference.value
+                        ),
+                        "not a process target",
+                    )
+                    .with_hint(
+                        "define a target with `process: {name: ...}` for process faults and probes",
+                    ),
+                );
+                None
+            }
             None => {
                 self.report(
                     Diagnostic::at(
@@ -1100,11 +1129,23 @@ impl<'a> Checker<'a> {
     fn fault(&mut self, fault: &Sp<FaultDef>, index_of: &HashMap<&str, usize>) -> FaultSpec {
         let id = fault.id.value.as_str();
         let kind = fault.kind.value;
-        // Both fault kinds act on processes, and a process target is the only kind there is;
-        // unknown targets are reported by the lookup.
-        self.process_target_ref(&fault.target, &format!("fault `{id}`"));
+        self.params_fit(fault);
+        if !kind.is_network() {
+            // Unknown targets and targets of the wrong kind are reported by the lookup.
+            self.process_target_ref(&fault.target, &format!("fault `{id}`"));
+        }
         let signal = fault.params.signal.as_ref();
         let action = match kind {
+            FaultKind::NetworkDelay
+            | FaultKind::NetworkLoss
+            | FaultKind::NetworkPartition
+            | FaultKind::NetworkBandwidth
+            | FaultKind::NetworkDuplicate
+            | FaultKind::NetworkCorrupt
+            | FaultKind::NetworkReorder => self
+                .network_action(fault)
+                .map(FaultAction::Network)
+                .unwrap_or(FaultAction::Stop),
             FaultKind::ProcessKill => {
                 let signal = signal.map_or(Some(Signal::SIGKILL), |spec| self.signal(spec));
                 let signal = signal.unwrap_or(Signal::SIGKILL);

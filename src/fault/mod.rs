@@ -14,6 +14,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::plan::{FaultSpec, Plan};
 
+pub mod network;
 pub mod process;
 pub mod sim;
 
@@ -114,5 +115,9 @@ pub enum FaultError {
 
 /// Build the fault a plan entry describes.
 pub fn build(spec: &FaultSpec, plan: &Plan) -> Box<dyn Fault> {
-    process::build(spec, plan)
+    if spec.kind.is_network() {
+        network::build(spec, plan)
+    } else {
+        process::build(spec, plan)
+    }
 }

@@ -23,9 +23,13 @@ pub struct ProcessFault {
 }
 
 pub fn build(spec: &FaultSpec, plan: &Plan) -> Box<dyn Fault> {
-    let selector = plan.targets.get(&spec.target).map(|target| match target {
-        TargetSpec::Process(selector) => selector.clone(),
-    });
+    let selector = plan
+        .targets
+        .get(&spec.target)
+        .and_then(|target| match target {
+            TargetSpec::Process(selector) => Some(selector.clone()),
+            TargetSpec::Network(_) => None,
+        });
     Box::new(ProcessFault::new(
         &spec.id,
         &spec.target,
@@ -78,6 +82,8 @@ impl ProcessFault {
                 signal_name,
             } => (*signal, signal_name),
             FaultAction::Stop => (libc::SIGSTOP, "SIGSTOP"),
+            // Validation never gives a process fault a network action; signal 0 only probes.
+            FaultAction::Network(_) => (0, "no signal"),
         }
     }
 

@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use serde::Serialize;
 
-use crate::experiment::model::{Experiment, FaultKind, ProcessSelector};
+use crate::experiment::model::{Experiment, FaultKind, NetworkSelector, ProcessSelector};
 
 pub mod render;
 
@@ -38,6 +38,8 @@ pub struct Plan {
 #[serde(rename_all = "snake_case")]
 pub enum TargetSpec {
     Process(ProcessSelector),
+    /// Host names are looked up when a fault on it is prepared (and by `faultline plan`).
+    Network(NetworkSelector),
 }
 
 #[derive(Clone, Debug, Serialize)]
@@ -73,9 +75,58 @@ pub struct FaultSpec {
 #[serde(rename_all = "snake_case", tag = "action")]
 pub enum FaultAction {
     /// Send `signal` (a raw signal number, validated) to every selected process.
-    Signal { signal: i32, signal_name: String },
+    Signal {
+        signal: i32,
+        signal_name: String,
+    },
     /// SIGSTOP now, SIGCONT on revert.
     Stop,
+    Network(NetworkAction),
+}
+
+/// A network fault's effect, validated (probabilities as fractions 0..=1).
+#[derive(Clone, Debug, PartialEq, Serialize)]
+#[serde(rename_all = "snake_case", tag = "effect")]
+pub enum NetworkAction {
+    Delay {
+        delay: Duration,
+        jitter: Duration,
+        normal: bool,
+        correlation: f64,
+        backend: DelayBackend,
+    },
+    Loss {
+        probability: f64,
+        correlation: f64,
+    },
+    Partition {
+        reject: bool,
+    },
+    Bandwidth {
+        rate_bits_per_sec: u64,
+        burst_bytes: Option<u64>,
+    },
+    /// netem-only effects.
+    Duplicate {
+        probability: f64,
+    },
+    Corrupt {
+        probability: f64,
+    },
+    Reorder {
+        probability: f64,
+        delay: Duration,
+        gap: Option<u32>,
+    },
+}
+
+/// Which mechanism delays packets: chosen at run time (`Auto`) unless the experiment forces one.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum DelayBackend {
+    Auto,
+    Netem,
+    Nfqueue,
 }
 
 #[derive(Clone, Debug, Serialize)]

@@ -163,8 +163,15 @@ pub fn render(plan: &Plan) -> String {
     }
 
     let _ = writeln!(out, "\ntargets (matched now)");
+    let protected = crate::fault::network::protected_flows(plan);
     for (name, target) in &plan.targets {
-        let TargetSpec::Process(selector) = target;
+        let selector = match target {
+            TargetSpec::Process(selector) => selector,
+            TargetSpec::Network(selector) => {
+                describe_network(&mut out, name, selector, &protected);
+                continue;
+            }
+        };
         let _ = writeln!(out, "  {name}: process [{}]", describe_selector(selector));
         match proc::select(selector) {
             Ok(selection) => {
@@ -265,6 +272,9 @@ pub fn render(plan: &Plan) -> String {
                 format!("{} ({signal_name})", f.kind.as_str())
             }
             FaultAction::Stop => format!("{} (SIGSTOP, SIGCONT on revert)", f.kind.as_str()),
+            FaultAction::Network(effect) => {
+                format!("{} ({})", f.kind.as_str(), describe_effect(effect))
+            }
         };
         let mut extra = Vec::new();
         if !f.after.is_empty() {
@@ -305,6 +315,141 @@ pub fn render(plan: &Plan) -> String {
     }
     let _ = writeln!(out, "\nnothing was injected (plan only)");
     out
+}
+
+fn describe_network(
+    out: &mut String,
+    name: &str,
+    selector: &crate::experiment::model::NetworkSelector,
+    protected: &[crate::net::Protected],
+) {
+    let _ = writeln!(out, "  {name}: network");
+    let traffic = match crate::fault::network::resolve(selector, protected) {
+        Ok(traffic) => traffic,
+        Err(e) => {
+            let _ = writeln!(out, "    cannot resolve now: {e}");
+            return;
+        }
+    };
+    let list = |items: Vec<String>| {
+        if items.is_empty() {
+            "any".to_string()
+        } else {
+            items.join(", ")
+        }
+    };
+    let _ = writeln!(
+        out,
+        "    {:?} {:?} traffic{}{}",
+        traffic.direction,
+        traffic.protocol,
+        traffic
+            .netns
+            .as_ref()
+            .map(|n| format!(" in netns {n}"))
+            .unwrap_or_default(),
+        if traffic.interfaces.is_empty() {
+            String::new()
+        } else {
+            format!(" on {}", traffic.interfaces.join(", "))
+        },
+    );
+    let _ = writeln!(
+        out,
+        "    remote {} ports {}; local {} ports {}",
+        list(traffic.remote.iter().map(ToString::to_string).collect()),
+        list(
+            traffic
+                .remote_ports
+                .iter()
+                .map(ToString::to_string)
+                .collect()
+        ),
+        list(traffic.local.iter().map(ToString::to_string).collect()),
+        list(
+            traffic
+                .local_ports
+                .iter()
+                .map(ToString::to_string)
+                .collect()
+        ),
+    );
+    if let Some(cgroup) = &traffic.cgroup {
+        let _ = writeln!(out, "    only processes in cgroup {cgroup}");
+    }
+    if !selector.lockout_protection {
+        let _ = writeln!(
+            out,
+            "    lockout protection OFF: SSH and probe traffic can be hit"
+        );
+    }
+    for p in &traffic.protected {
+        let port = p.remote_port.map(|p| format!(":{p}")).unwrap_or_default();
+        let _ = writeln!(out, "    never touched: {}{port} ({})", p.addr, p.reason);
+    }
+}
+
+fn describe_effect(effect: &super::NetworkAction) -> String {
+    use super::NetworkAction::*;
+    let pct = |f: f64| format!("{}%", (f * 10_000.0).round() / 100.0);
+    match effect {
+        Delay {
+            delay,
+            jitter,
+            normal,
+            correlation,
+            backend,
+        } => {
+            let mut s = format!("delay {}", dur(*delay));
+            if !jitter.is_zero() {
+                s.push_str(&format!(
+                    " ± {} {}",
+                    dur(*jitter),
+                    if *normal { "normal" } else { "uniform" }
+                ));
+            }
+            if *correlation > 0.0 {
+                s.push_str(&format!(", correlation {}", pct(*correlation)));
+            }
+            s.push_str(&format!(", backend {backend:?}").to_lowercase());
+            s
+        }
+        Loss {
+            probability,
+            correlation,
+        } if *correlation > 0.0 => {
+            format!(
+                "drop {} of packets, correlation {}",
+                pct(*probability),
+                pct(*correlation)
+            )
+        }
+        Loss { probability, .. } => format!("drop {} of packets", pct(*probability)),
+        Partition { reject: true } => "reject every packet (TCP reset / ICMP unreachable)".into(),
+        Partition { reject: false } => "drop every packet".into(),
+        Bandwidth {
+            rate_bits_per_sec,
+            burst_bytes,
+        } => {
+            let mut s = format!("cap at {} bit/s", rate_bits_per_sec);
+            if let Some(b) = burst_bytes {
+                s.push_str(&format!(", burst {b} bytes"));
+            }
+            s
+        }
+        Duplicate { probability } => format!("duplicate {} of packets", pct(*probability)),
+        Corrupt { probability } => format!("corrupt {} of packets", pct(*probability)),
+        Reorder {
+            probability,
+            delay,
+            gap,
+        } => format!(
+            "reorder {} of packets (others delayed {}{})",
+            pct(*probability),
+            dur(*delay),
+            gap.map(|g| format!(", gap {g}")).unwrap_or_default()
+        ),
+    }
 }
 
 fn truncate(s: &str, max: usize) -> String {
