@@ -105,6 +105,10 @@ pub struct DemoArgs {
     /// How long the supervisor waits before restarting a dead worker.
     #[arg(long, default_value = "300ms", value_parser = humantime::parse_duration)]
     pub restart_delay: std::time::Duration,
+    /// The worker's loopback port; 0 picks a free one. Fix it to target the service's
+    /// dependency with a network fault.
+    #[arg(long, default_value_t = 0)]
+    pub worker_port: u16,
     /// Run as the worker child (internal).
     #[arg(long, hide = true)]
     pub worker: bool,

@@ -25,6 +25,9 @@ pub struct DemoOptions {
     pub listen: SocketAddr,
     pub pidfile: Option<PathBuf>,
     pub restart_delay: Duration,
+    /// The worker's loopback port (0: any free port). A fixed port lets a network fault
+    /// target the service's dependency.
+    pub worker_port: u16,
 }
 
 /// Run the service until SIGTERM/SIGINT.
@@ -65,7 +68,7 @@ pub async fn serve(options: DemoOptions) -> std::io::Result<()> {
 /// Keep one worker running; restart it `restart_delay` after it dies.
 async fn supervise(options: DemoOptions, worker_port: Arc<RwLock<Option<u16>>>) {
     loop {
-        let mut child = match spawn_worker(options.listen) {
+        let mut child = match spawn_worker(options.listen, options.worker_port) {
             Ok(child) => child,
             Err(e) => {
                 eprintln!("demo-target: cannot start the worker: {e}");
@@ -87,10 +90,11 @@ async fn supervise(options: DemoOptions, worker_port: Arc<RwLock<Option<u16>>>) 
 
 /// The worker's command line names its service's address, so an experiment can target the
 /// worker of one demo instance and never another's.
-fn spawn_worker(service: SocketAddr) -> std::io::Result<Child> {
+fn spawn_worker(service: SocketAddr, port: u16) -> std::io::Result<Child> {
     let exe = std::env::current_exe()?;
     Command::new(exe)
         .args(["demo-target", "--worker", "--listen", &service.to_string()])
+        .args(["--worker-port", &port.to_string()])
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit())
@@ -170,12 +174,12 @@ async fn ping_worker(port: u16) -> bool {
 
 /// The worker (named `demo-worker` by `main` before the runtime starts): dies with its
 /// parent, answers pings.
-pub async fn worker() -> std::io::Result<()> {
+pub async fn worker(port: u16) -> std::io::Result<()> {
     // SAFETY: prctl with PR_SET_PDEATHSIG only sets a flag on this process.
     unsafe {
         libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
     }
-    let listener = TcpListener::bind(("127.0.0.1", 0)).await?;
+    let listener = TcpListener::bind(("127.0.0.1", port)).await?;
     println!("{}", listener.local_addr()?.port());
     use std::io::Write;
     std::io::stdout().flush()?;

@@ -340,9 +340,9 @@ fn describe_network(
     };
     let _ = writeln!(
         out,
-        "    {:?} {:?} traffic{}{}",
-        traffic.direction,
-        traffic.protocol,
+        "    {} {} traffic{}{}",
+        format!("{:?}", traffic.direction).to_lowercase(),
+        format!("{:?}", traffic.protocol).to_lowercase(),
         traffic
             .netns
             .as_ref()
