@@ -1043,6 +1043,13 @@ mod tests {
         list.iter().map(|p| p.parse().unwrap()).collect()
     }
 
+    fn jump(hook: Hook, matches: &str) -> Jump {
+        Jump {
+            hook,
+            matches: words(matches),
+        }
+    }
+
     fn build(traffic: &Traffic, action: Action) -> RuleSet {
         RuleSet::build(traffic, action, "t1", Variant::Nft).unwrap()
     }
@@ -1068,10 +1075,7 @@ mod tests {
                 family: Family::V4,
                 table: "filter".into(),
                 name: "FAULTLINE-t1-OUT".into(),
-                jumps: vec![Jump {
-                    hook: Hook::Output,
-                    matches: words("-o eth0"),
-                }],
+                jumps: vec![jump(Hook::Output, "-o eth0")],
                 rules: rules(&["-d 10.0.0.0/8 -p tcp --dport 443 -j DROP"]),
             }]
         );
@@ -1094,10 +1098,7 @@ mod tests {
                 (
                     Family::V6,
                     "FAULTLINE-t1-IN",
-                    vec![Jump {
-                        hook: Hook::Input,
-                        matches: vec![]
-                    }],
+                    vec![jump(Hook::Input, "")],
                     rules(&[
                         "-s fd00::/8 -p tcp -j REJECT --reject-with tcp-reset",
                         "-s fd00::/8 -j REJECT --reject-with icmp6-port-unreachable",
@@ -1106,10 +1107,7 @@ mod tests {
                 (
                     Family::V6,
                     "FAULTLINE-t1-OUT",
-                    vec![Jump {
-                        hook: Hook::Output,
-                        matches: vec![]
-                    }],
+                    vec![jump(Hook::Output, "")],
                     rules(&[
                         "-d fd00::/8 -p tcp -j REJECT --reject-with tcp-reset",
                         "-d fd00::/8 -j REJECT --reject-with icmp6-port-unreachable",
@@ -1138,16 +1136,7 @@ mod tests {
         );
         assert_eq!(
             set.chains[1].jumps,
-            vec![
-                Jump {
-                    hook: Hook::Input,
-                    matches: words("-i veth0")
-                },
-                Jump {
-                    hook: Hook::Input,
-                    matches: words("-i veth1")
-                },
-            ]
+            vec![jump(Hook::Input, "-i veth0"), jump(Hook::Input, "-i veth1"),]
         );
     }
 
@@ -1308,5 +1297,629 @@ mod tests {
         assert!(!empty[0].in_use());
         let policy = parse_save("*filter\n:INPUT DROP [0:0]\nCOMMIT\n");
         assert!(policy[0].in_use());
+    }
+
+    /// Real-kernel tests: rules in namespaces of a `TestNet`, servers in `b`, clients in `a`.
+    mod kernel {
+        use super::*;
+        use crate::sys::netns::{TestNet, command_in, run_in};
+        use std::io::ErrorKind;
+        use std::net::{SocketAddr, TcpListener, TcpStream, UdpSocket};
+        use std::sync::Arc;
+        use std::sync::atomic::{AtomicBool, Ordering};
+        use std::thread::JoinHandle;
+        use std::time::{Duration, Instant};
+
+        const CONNECT_TIMEOUT: Duration = Duration::from_millis(300);
+        /// Upper bound on any server thread's life, should a test forget to stop it.
+        const SERVER_LIFETIME: Duration = Duration::from_secs(60);
+
+        /// A server thread in a namespace that stops (and is joined) on drop.
+        struct Server {
+            addr: SocketAddr,
+            stop: Arc<AtomicBool>,
+            thread: Option<JoinHandle<()>>,
+        }
+
+        impl Drop for Server {
+            fn drop(&mut self) {
+                self.stop.store(true, Ordering::Relaxed);
+                if let Some(t) = self.thread.take() {
+                    let _ = t.join();
+                }
+            }
+        }
+
+        impl Server {
+            /// Call `step` (which must block briefly, at most tens of ms) until dropped.
+            fn spawn(addr: SocketAddr, mut step: impl FnMut() + Send + 'static) -> Server {
+                let stop = Arc::new(AtomicBool::new(false));
+                let flag = stop.clone();
+                let thread = std::thread::spawn(move || {
+                    let started = Instant::now();
+                    while !flag.load(Ordering::Relaxed) && started.elapsed() < SERVER_LIFETIME {
+                        step();
+                    }
+                });
+                Server {
+                    addr,
+                    stop,
+                    thread: Some(thread),
+                }
+            }
+        }
+
+        /// Accepts and closes connections on `ip:port` in `ns`.
+        fn tcp_server(ns: &str, ip: &str, port: u16) -> Server {
+            let bind: SocketAddr = SocketAddr::new(ip.parse().unwrap(), port);
+            let listener = run_in(ns, move || TcpListener::bind(bind))
+                .unwrap()
+                .unwrap();
+            listener.set_nonblocking(true).unwrap();
+            Server::spawn(listener.local_addr().unwrap(), move || {
+                match listener.accept() {
+                    Ok((conn, _)) => drop(conn),
+                    Err(_) => std::thread::sleep(Duration::from_millis(2)),
+                }
+            })
+        }
+
+        /// Echoes every datagram on `ip:0` in `ns`.
+        fn udp_echo_server(ns: &str, ip: &str) -> Server {
+            let bind: SocketAddr = SocketAddr::new(ip.parse().unwrap(), 0);
+            let socket = run_in(ns, move || UdpSocket::bind(bind)).unwrap().unwrap();
+            socket
+                .set_read_timeout(Some(Duration::from_millis(20)))
+                .unwrap();
+            let mut buf = [0u8; 64];
+            Server::spawn(socket.local_addr().unwrap(), move || {
+                if let Ok((n, from)) = socket.recv_from(&mut buf) {
+                    let _ = socket.send_to(&buf[..n], from);
+                }
+            })
+        }
+
+        #[derive(Debug, Default, PartialEq)]
+        struct Connects {
+            ok: usize,
+            refused: usize,
+            timed_out: usize,
+        }
+
+        /// `n` concurrent connects from namespace `ns` (threads spawned there inherit it).
+        fn connects(ns: &str, to: SocketAddr, n: usize) -> Connects {
+            run_in(ns, move || {
+                let threads: Vec<_> = (0..n)
+                    .map(|_| {
+                        std::thread::spawn(move || {
+                            TcpStream::connect_timeout(&to, CONNECT_TIMEOUT).map(drop)
+                        })
+                    })
+                    .collect();
+                let mut tally = Connects::default();
+                for t in threads {
+                    match t.join().unwrap() {
+                        Ok(()) => tally.ok += 1,
+                        Err(e) if e.kind() == ErrorKind::ConnectionRefused => tally.refused += 1,
+                        Err(e) if e.kind() == ErrorKind::TimedOut => tally.timed_out += 1,
+                        Err(e) => panic!("connect to {to}: unexpected error {e}"),
+                    }
+                }
+                tally
+            })
+            .unwrap()
+        }
+
+        fn all_ok(n: usize) -> Connects {
+            Connects {
+                ok: n,
+                ..Connects::default()
+            }
+        }
+
+        fn traffic_in(ns: &str, direction: Direction) -> Traffic {
+            let mut t = any_traffic(direction);
+            t.netns = Some(ns.to_string());
+            t
+        }
+
+        fn unique_id(tag: &str) -> String {
+            use std::sync::atomic::AtomicU32;
+            static SEQ: AtomicU32 = AtomicU32::new(0);
+            format!(
+                "{tag}{}x{}",
+                std::process::id() % 100_000,
+                SEQ.fetch_add(1, Ordering::Relaxed)
+            )
+        }
+
+        /// Run a tool in `ns` and insist that it worked.
+        fn must(ns: &str, argv: &[&str]) {
+            let out = command_in(ns, argv).output().unwrap();
+            assert!(
+                out.status.success(),
+                "{argv:?}: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+
+        fn partition(ipv6: bool) {
+            let net = TestNet::new().expect("create test net (needs root)");
+            let (ip_a, ip_b) = if ipv6 {
+                (net.ip6_a.clone(), net.ip6_b.clone())
+            } else {
+                (net.ip_a.clone(), net.ip_b.clone())
+            };
+            let server = tcp_server(&net.b, &ip_b, 0);
+            assert_eq!(connects(&net.a, server.addr, 20), all_ok(20));
+
+            let mut t = traffic_in(&net.b, Direction::Ingress);
+            t.protocol = Protocol::Tcp;
+            t.remote = nets(&[&ip_a]);
+            t.local_ports = ports(&[&server.addr.port().to_string()]);
+
+            let drop_set = RuleSet::plan(&t, Action::Drop, &unique_id("p"), None).unwrap();
+            assert_eq!(drop_set.variant, Variant::Nft);
+            drop_set.apply().unwrap();
+            let during = connects(&net.a, server.addr, 20);
+            drop_set.remove().unwrap();
+            assert_eq!(
+                during,
+                Connects {
+                    timed_out: 20,
+                    ..Connects::default()
+                }
+            );
+            assert!(drop_set.counters().is_err(), "the chain is gone");
+
+            let reject_set = RuleSet::plan(&t, Action::Reject, &unique_id("r"), None).unwrap();
+            reject_set.apply().unwrap();
+            let started = Instant::now();
+            let during = connects(&net.a, server.addr, 20);
+            let took = started.elapsed();
+            let counted = reject_set.counters().unwrap();
+            reject_set.remove().unwrap();
+            assert_eq!(
+                during,
+                Connects {
+                    refused: 20,
+                    ..Connects::default()
+                }
+            );
+            assert!(
+                took < CONNECT_TIMEOUT,
+                "a reset is immediate; took {took:?}"
+            );
+            assert_eq!(counted.action.packets, 20, "{counted:?}");
+
+            assert_eq!(connects(&net.a, server.addr, 20), all_ok(20));
+            assert_eq!(leftovers(Some(&net.b)), Vec::<String>::new());
+        }
+
+        #[test]
+        fn partition_drops_then_rejects_then_heals_ipv4() {
+            partition(false);
+        }
+
+        #[test]
+        fn partition_drops_then_rejects_then_heals_ipv6() {
+            partition(true);
+        }
+
+        #[test]
+        fn loss_of_30_percent_is_measured_within_three_sigma_and_matches_the_counter() {
+            const N: u32 = 3000;
+            const PACE: Duration = Duration::from_micros(900);
+            const REPLY_TIMEOUT: Duration = Duration::from_millis(20);
+            let net = TestNet::new().expect("create test net (needs root)");
+            let server = udp_echo_server(&net.b, &net.ip_b);
+            let mut t = traffic_in(&net.b, Direction::Ingress);
+            t.protocol = Protocol::Udp;
+            t.local_ports = ports(&[&server.addr.port().to_string()]);
+            let set = RuleSet::plan(&t, Action::Loss { probability: 0.3 }, &unique_id("l"), None)
+                .unwrap();
+            set.apply().unwrap();
+
+            let (to, ip_a) = (server.addr, net.ip_a.clone());
+            let (sent_at, replies) = run_in(&net.a, move || {
+                let socket = UdpSocket::bind((ip_a.as_str(), 0)).unwrap();
+                socket.connect(to).unwrap();
+                socket
+                    .set_read_timeout(Some(Duration::from_millis(10)))
+                    .unwrap();
+                let receiver = socket.try_clone().unwrap();
+                let done = Arc::new(AtomicBool::new(false));
+                let flag = done.clone();
+                let collector = std::thread::spawn(move || {
+                    let mut replies = Vec::new();
+                    let mut buf = [0u8; 8];
+                    let started = Instant::now();
+                    while !flag.load(Ordering::Relaxed) && started.elapsed() < SERVER_LIFETIME {
+                        if let Ok(4) = receiver.recv(&mut buf) {
+                            let seq = u32::from_be_bytes(buf[..4].try_into().unwrap());
+                            replies.push((seq, Instant::now()));
+                        }
+                    }
+                    replies
+                });
+                let start = Instant::now();
+                let mut sent_at = Vec::with_capacity(N as usize);
+                for seq in 0..N {
+                    let due = start + PACE * seq;
+                    if let Some(wait) = due.checked_duration_since(Instant::now()) {
+                        std::thread::sleep(wait);
+                    }
+                    sent_at.push(Instant::now());
+                    socket.send(&seq.to_be_bytes()).unwrap();
+                }
+                std::thread::sleep(REPLY_TIMEOUT * 3);
+                done.store(true, Ordering::Relaxed);
+                (sent_at, collector.join().unwrap())
+            })
+            .unwrap();
+            let counted = set.counters().unwrap();
+            set.remove().unwrap();
+
+            let mut answered = vec![false; N as usize];
+            for (seq, at) in replies {
+                if at.duration_since(sent_at[seq as usize]) <= REPLY_TIMEOUT {
+                    answered[seq as usize] = true;
+                }
+            }
+            let lost = answered.iter().filter(|a| !**a).count() as u64;
+            let loss = lost as f64 / f64::from(N);
+            let took = sent_at[N as usize - 1].duration_since(sent_at[0]);
+            eprintln!(
+                "loss {loss:.4} ({lost}/{N}), rule counter {}, protected {}, sending took {took:?}",
+                counted.action.packets, counted.protected.packets
+            );
+            assert!((loss - 0.3).abs() <= 0.025, "loss {loss}");
+            assert!(
+                counted.action.packets <= lost && lost <= counted.action.packets + 5,
+                "dropped by the rule {} vs lost {lost}",
+                counted.action.packets
+            );
+            assert!(took < Duration::from_millis(3500), "{took:?}");
+        }
+
+        fn other_tools_rules(ns: &str, variant: Variant) {
+            let v4 = variant.binary(Family::V4);
+            let v6 = variant.binary(Family::V6);
+            must(ns, &[&v4, "-w", "5", "-N", "OTHER-TOOL"]);
+            must(
+                ns,
+                &[
+                    &v4,
+                    "-w",
+                    "5",
+                    "-A",
+                    "OTHER-TOOL",
+                    "-s",
+                    "192.0.2.1",
+                    "-j",
+                    "DROP",
+                ],
+            );
+            must(
+                ns,
+                &[
+                    &v4,
+                    "-w",
+                    "5",
+                    "-A",
+                    "INPUT",
+                    "-p",
+                    "tcp",
+                    "--dport",
+                    "9",
+                    "-j",
+                    "OTHER-TOOL",
+                ],
+            );
+            must(
+                ns,
+                &[
+                    &v6,
+                    "-w",
+                    "5",
+                    "-A",
+                    "OUTPUT",
+                    "-d",
+                    "2001:db8::1",
+                    "-j",
+                    "DROP",
+                ],
+            );
+        }
+
+        fn snapshot(ns: &str, variant: Variant) -> (String, String) {
+            (
+                save(Some(ns), variant, Family::V4).unwrap(),
+                save(Some(ns), variant, Family::V6).unwrap(),
+            )
+        }
+
+        /// A fault touching both families and directions, with protection and ports.
+        fn busy_fault(net: &TestNet, ns: &str) -> Traffic {
+            let mut t = traffic_in(ns, Direction::Both);
+            t.remote = nets(&[&net.ip_a, &net.ip6_a, &net.ip_b, &net.ip6_b]);
+            t.local_ports = ports(&["7000-7100", "8080"]);
+            t.protected = vec![Protected {
+                addr: net.ip_a.parse().unwrap(),
+                remote_port: None,
+                local_port: Some(22),
+                reason: "SSH_CONNECTION".into(),
+            }];
+            t
+        }
+
+        fn survives_byte_for_byte(variant: Variant) {
+            let net = TestNet::new().expect("create test net (needs root)");
+            other_tools_rules(&net.b, variant);
+            assert_eq!(detect(Some(&net.b)).unwrap(), variant);
+            let before = snapshot(&net.b, variant);
+            assert!(
+                before.0.contains("-A OTHER-TOOL -s 192.0.2.1/32 -j DROP"),
+                "{before:?}"
+            );
+
+            let t = busy_fault(&net, &net.b);
+            let set = RuleSet::plan(&t, Action::Reject, &unique_id("s"), None).unwrap();
+            assert_eq!(set.variant, variant);
+            assert!(set.created_tables.is_empty(), "filter tables existed");
+            set.apply().unwrap();
+            let during = snapshot(&net.b, variant);
+            assert!(
+                during
+                    .0
+                    .contains(&format!("-A INPUT -j {}", set.chains[0].name)),
+                "{during:?}"
+            );
+            assert!(during.1.contains("FAULTLINE-"), "{during:?}");
+            set.remove().unwrap();
+            assert_eq!(snapshot(&net.b, variant), before);
+        }
+
+        #[test]
+        fn someone_elses_rules_survive_byte_for_byte_nft() {
+            survives_byte_for_byte(Variant::Nft);
+        }
+
+        #[test]
+        fn someone_elses_rules_survive_byte_for_byte_legacy() {
+            survives_byte_for_byte(Variant::Legacy);
+        }
+
+        #[test]
+        fn a_namespace_without_tables_is_left_without_tables_nft() {
+            let net = TestNet::new().expect("create test net (needs root)");
+            let before = snapshot(&net.a, Variant::Nft);
+            assert_eq!(before, (String::new(), String::new()));
+            let t = busy_fault(&net, &net.a);
+            let set = RuleSet::plan(&t, Action::Queue { num: 4 }, &unique_id("f"), None).unwrap();
+            assert_eq!(set.created_tables.len(), 2);
+            set.apply().unwrap();
+            assert!(snapshot(&net.a, Variant::Nft).0.contains("NFQUEUE"));
+            set.remove().unwrap();
+            assert_eq!(snapshot(&net.a, Variant::Nft), before);
+        }
+
+        #[test]
+        fn detect_follows_the_variant_that_holds_rules() {
+            let net = TestNet::new().expect("create test net (needs root)");
+            assert_eq!(detect(Some(&net.a)).unwrap(), Variant::Nft);
+            must(
+                &net.a,
+                &[
+                    "iptables-legacy",
+                    "-w",
+                    "5",
+                    "-A",
+                    "INPUT",
+                    "-s",
+                    "192.0.2.1",
+                    "-j",
+                    "DROP",
+                ],
+            );
+            assert_eq!(detect(Some(&net.a)).unwrap(), Variant::Legacy);
+            must(
+                &net.a,
+                &[
+                    "ip6tables-nft",
+                    "-w",
+                    "5",
+                    "-A",
+                    "INPUT",
+                    "-s",
+                    "2001:db8::1",
+                    "-j",
+                    "DROP",
+                ],
+            );
+            assert_eq!(detect(Some(&net.a)).unwrap(), Variant::Nft);
+        }
+
+        #[test]
+        fn protected_flow_keeps_working_under_total_loss() {
+            let net = TestNet::new().expect("create test net (needs root)");
+            let protected = tcp_server(&net.b, &net.ip_b, 0);
+            let other = tcp_server(&net.b, &net.ip_b, 0);
+            let mut t = traffic_in(&net.b, Direction::Both);
+            t.protected = vec![Protected {
+                addr: net.ip_a.parse().unwrap(),
+                remote_port: None,
+                local_port: Some(protected.addr.port()),
+                reason: "SSH_CONNECTION".into(),
+            }];
+            let set = RuleSet::plan(&t, Action::Loss { probability: 1.0 }, &unique_id("k"), None)
+                .unwrap();
+            set.apply().unwrap();
+            let kept = connects(&net.a, protected.addr, 5);
+            let cut = connects(&net.a, other.addr, 5);
+            let counted = set.counters().unwrap();
+            set.remove().unwrap();
+            assert_eq!(kept, all_ok(5));
+            assert_eq!(cut.ok, 0, "{cut:?}");
+            // 5 SYNs in, 5 SYN-ACKs out, the handshake ACKs and FINs: both chains exempt.
+            assert!(counted.protected.packets >= 10, "{counted:?}");
+            assert!(counted.action.packets >= 5, "{counted:?}");
+            assert_eq!(connects(&net.a, other.addr, 5), all_ok(5));
+        }
+
+        #[test]
+        fn port_ranges_and_multiport_select_exactly_their_ports() {
+            let net = TestNet::new().expect("create test net (needs root)");
+            let servers: Vec<Server> = [7001, 7002, 7003, 7010]
+                .into_iter()
+                .map(|p| tcp_server(&net.b, &net.ip_b, p))
+                .collect();
+            let reachable = |net: &TestNet| -> Vec<bool> {
+                servers
+                    .iter()
+                    .map(|s| connects(&net.a, s.addr, 1).ok == 1)
+                    .collect()
+            };
+            assert_eq!(reachable(&net), [true; 4]);
+
+            let mut ingress = traffic_in(&net.b, Direction::Ingress);
+            ingress.local_ports = ports(&["7001-7002", "7010"]);
+            let set = RuleSet::plan(&ingress, Action::Drop, &unique_id("m"), None).unwrap();
+            assert!(set.chains[0].rules[0].contains(&"multiport".to_string()));
+            set.apply().unwrap();
+            let during = reachable(&net);
+            set.remove().unwrap();
+            assert_eq!(during, [false, false, true, false]);
+
+            let mut egress = traffic_in(&net.a, Direction::Egress);
+            egress.protocol = Protocol::Tcp;
+            egress.remote_ports = ports(&["7002-7003"]);
+            let set = RuleSet::plan(&egress, Action::Drop, &unique_id("g"), None).unwrap();
+            set.apply().unwrap();
+            let during = reachable(&net);
+            set.remove().unwrap();
+            assert_eq!(during, [true, false, false, true]);
+            assert_eq!(reachable(&net), [true; 4]);
+        }
+
+        /// A v2 cgroup that is removed on drop (after its processes have exited).
+        struct Cgroup(PathBuf);
+
+        impl Drop for Cgroup {
+            fn drop(&mut self) {
+                let _ = std::fs::remove_dir(&self.0);
+            }
+        }
+
+        /// `ping` once from namespace `ns`, optionally from inside a cgroup (joined between
+        /// fork and exec, so every socket it makes is the cgroup's).
+        fn ping_ok(ns: &str, to: &str, cgroup: Option<&Cgroup>) -> bool {
+            use std::os::fd::AsRawFd;
+            use std::os::unix::process::CommandExt;
+            let mut cmd = command_in(ns, &["ping", "-n", "-q", "-c", "1", "-W", "1", to]);
+            cmd.stdout(std::process::Stdio::null())
+                .stderr(std::process::Stdio::null());
+            let procs = cgroup.map(|c| {
+                std::fs::File::options()
+                    .write(true)
+                    .open(c.0.join("cgroup.procs"))
+                    .unwrap()
+            });
+            if let Some(procs) = &procs {
+                let fd = procs.as_raw_fd();
+                // SAFETY: write(2) on an fd that stays open until exec is async-signal-safe;
+                // "0" moves the writing (child) process.
+                unsafe {
+                    cmd.pre_exec(move || {
+                        if libc::write(fd, b"0".as_ptr().cast(), 1) == 1 {
+                            Ok(())
+                        } else {
+                            Err(std::io::Error::last_os_error())
+                        }
+                    });
+                }
+            }
+            cmd.status().unwrap().success()
+        }
+
+        #[test]
+        fn cgroup_match_drops_only_that_cgroups_egress() {
+            let net = TestNet::new().expect("create test net (needs root)");
+            let name = format!("fl-ipt-test-{}", unique_id("c"));
+            let dir = PathBuf::from("/sys/fs/cgroup/unified").join(&name);
+            std::fs::create_dir(&dir).unwrap();
+            let cgroup = Cgroup(dir);
+            assert!(ping_ok(&net.a, &net.ip_b, Some(&cgroup)));
+
+            let mut t = traffic_in(&net.a, Direction::Egress);
+            t.cgroup = Some(name);
+            let set = RuleSet::plan(&t, Action::Drop, &unique_id("c"), None).unwrap();
+            set.apply().unwrap();
+            let inside = ping_ok(&net.a, &net.ip_b, Some(&cgroup));
+            let outside = ping_ok(&net.a, &net.ip_b, None);
+            let counted = set.counters().unwrap();
+            set.remove().unwrap();
+            assert!(!inside && outside, "inside {inside}, outside {outside}");
+            assert!(counted.action.packets >= 1, "{counted:?}");
+            assert!(ping_ok(&net.a, &net.ip_b, Some(&cgroup)));
+        }
+
+        #[test]
+        fn remove_is_idempotent_and_survives_a_half_deleted_chain() {
+            let net = TestNet::new().expect("create test net (needs root)");
+            let t = busy_fault(&net, &net.b);
+            let set = RuleSet::plan(&t, Action::Drop, &unique_id("i"), None).unwrap();
+            set.apply().unwrap();
+            assert!(!leftovers(Some(&net.b)).is_empty());
+            // Someone deletes the v4 INPUT jump and flushes the chain by hand.
+            let chain = &set.chains[0];
+            assert_eq!(
+                (chain.family, chain.jumps[0].hook),
+                (Family::V4, Hook::Input)
+            );
+            must(
+                &net.b,
+                &["iptables-nft", "-w", "5", "-D", "INPUT", "-j", &chain.name],
+            );
+            must(&net.b, &["iptables-nft", "-w", "5", "-F", &chain.name]);
+            set.remove().unwrap();
+            set.remove().unwrap();
+            assert_eq!(leftovers(Some(&net.b)), Vec::<String>::new());
+            // After the namespace itself is gone, there is nothing left to remove.
+            let ns = net.b.clone();
+            drop(net);
+            assert!(
+                RuleSet {
+                    netns: Some(ns),
+                    ..set
+                }
+                .remove()
+                .is_ok()
+            );
+        }
+
+        #[test]
+        fn a_failure_half_way_through_apply_leaves_nothing_behind() {
+            let net = TestNet::new().expect("create test net (needs root)");
+            let mut t = traffic_in(&net.a, Direction::Egress);
+            t.protected = vec![Protected {
+                addr: net.ip_b.parse().unwrap(),
+                remote_port: Some(80),
+                local_port: None,
+                reason: "probe health".into(),
+            }];
+            // The kernel refuses a cgroup path that does not exist, at the action rule: the
+            // chain and its RETURN rules exist by then.
+            t.cgroup = Some("faultline-no-such-cgroup".into());
+            let set = RuleSet::plan(&t, Action::Drop, &unique_id("h"), None).unwrap();
+            let err = set.apply().unwrap_err();
+            assert!(matches!(err, IptablesError::Command { .. }), "{err}");
+            eprintln!("kernel refused: {err}");
+            assert_eq!(leftovers(Some(&net.a)), Vec::<String>::new());
+            assert_eq!(
+                snapshot(&net.a, Variant::Nft),
+                (String::new(), String::new())
+            );
+        }
     }
 }
