@@ -74,6 +74,7 @@ pub enum Variant {
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
 pub enum Family {
     V4,
     V6,
@@ -119,6 +120,7 @@ impl Family {
 
 /// The built-in chain a jump hangs off.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
 pub enum Hook {
     Input,
     Output,
