@@ -1,5 +1,6 @@
 //! Thin Linux seams. Everything that reads /proc or makes a process-level syscall lives here.
 
+pub mod iptables;
 pub mod netns;
 pub mod pidfd;
 pub mod proc;

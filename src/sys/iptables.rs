@@ -1,0 +1,1927 @@
+//! iptables/ip6tables backend of the loss, partition and NFQUEUE-steering faults.
+//!
+//! Everything one fault creates is described up front by a [`RuleSet`]: chains of faultline's
+//! own (`FAULTLINE-<id>-IN`/`-OUT`) holding the rules, and one jump into each chain from
+//! INPUT/OUTPUT. The engine writes the `RuleSet` to the state file, then [`RuleSet::apply`]
+//! creates exactly that (jumps last, so a half-built chain never sees a packet), and
+//! [`RuleSet::remove`] deletes exactly that (jumps first), from the serialised value alone.
+//!
+//! The tools run by argv (`iptables-nft`, `iptables-legacy`, ...; inside a namespace through
+//! `nsenter --net=`), never through a shell. Listing uses the `*-save` tools only: `-S`/`-L`
+//! on iptables-legacy instantiate a table in a namespace that has none, and a listing must
+//! not change the host.
+
+use std::fmt;
+use std::path::PathBuf;
+use std::process::{Command, Output};
+
+use serde::{Deserialize, Serialize};
+
+use crate::net::{IpNet, PortRange, Protocol, Traffic};
+use crate::sys::netns;
+
+/// The prefix of every chain faultline creates; `leftovers` looks for it.
+pub const CHAIN_PREFIX: &str = "FAULTLINE-";
+/// The kernel's limit for chain names (`XT_EXTENSION_MAXNAMELEN` - 1).
+const MAX_CHAIN_NAME: usize = 28;
+/// `-m multiport` takes at most 15 ports, a range counting as two.
+const MAX_MULTIPORT: usize = 15;
+/// How long to wait for the xtables lock another tool may hold.
+const LOCK_WAIT_SECONDS: &str = "5";
+/// Bound on `-D` repetitions when someone inserted the same jump several times.
+const MAX_JUMP_DELETES: usize = 64;
+/// The table every faultline chain lives in.
+const TABLE: &str = "filter";
+
+#[derive(Debug, thiserror::Error)]
+pub enum IptablesError {
+    #[error(
+        "`{binary}` is not installed; install the Debian package `{package}` (apt-get install {package})"
+    )]
+    Missing {
+        binary: String,
+        package: &'static str,
+    },
+    #[error("network namespace `{0}` does not exist (no /run/netns/{0}); create it or fix `netns`")]
+    NoNamespace(String),
+    #[error("could not run `{command}`: {source}")]
+    Spawn {
+        command: String,
+        source: std::io::Error,
+    },
+    #[error(
+        "`{command}` failed: {stderr}; check that the kernel has the needed netfilter matches and targets (`faultline doctor`)"
+    )]
+    Command { command: String, stderr: String },
+    #[error("the traffic selection cannot be expressed as iptables rules: {0}")]
+    Invalid(String),
+    #[error(
+        "faultline's iptables rules are still present after removal: {}; delete them by hand (`iptables -D ...`, `iptables -X CHAIN`) and check with `faultline status`",
+        .0.join("; ")
+    )]
+    StillPresent(Vec<String>),
+    #[error("could not read the counters of chain {chain}: unexpected line `{line}`")]
+    Counters { chain: String, line: String },
+}
+
+/// Which iptables implementation owns a namespace's rules. Mixing them works in the kernel
+/// but confuses every operator reading one of them, so faultline follows the host.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Variant {
+    Nft,
+    Legacy,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Family {
+    V4,
+    V6,
+}
+
+impl Variant {
+    /// `iptables-nft`, `ip6tables-legacy`, ...
+    pub fn binary(self, family: Family) -> String {
+        let base = match family {
+            Family::V4 => "iptables",
+            Family::V6 => "ip6tables",
+        };
+        let suffix = match self {
+            Variant::Nft => "nft",
+            Variant::Legacy => "legacy",
+        };
+        format!("{base}-{suffix}")
+    }
+
+    pub fn save_binary(self, family: Family) -> String {
+        format!("{}-save", self.binary(family))
+    }
+}
+
+impl Family {
+    const BOTH: [Family; 2] = [Family::V4, Family::V6];
+
+    fn of(net: &IpNet) -> Family {
+        if net.is_ipv4() {
+            Family::V4
+        } else {
+            Family::V6
+        }
+    }
+
+    fn nft_name(self) -> &'static str {
+        match self {
+            Family::V4 => "ip",
+            Family::V6 => "ip6",
+        }
+    }
+}
+
+/// The built-in chain a jump hangs off.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Hook {
+    Input,
+    Output,
+}
+
+impl fmt::Display for Hook {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Hook::Input => "INPUT",
+            Hook::Output => "OUTPUT",
+        })
+    }
+}
+
+/// `-I <hook> 1 <matches> -j <chain>`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Jump {
+    pub hook: Hook,
+    pub matches: Vec<String>,
+}
+
+/// One chain faultline creates, its rules (`-A` arguments after the chain name) in order,
+/// and the jumps into it.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct OwnedChain {
+    pub family: Family,
+    pub table: String,
+    pub name: String,
+    pub jumps: Vec<Jump>,
+    pub rules: Vec<Vec<String>>,
+}
+
+/// A table that did not exist when the fault was planned: iptables-nft creates it on first
+/// use, so `remove` deletes it again if faultline's chains were all it held.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct TableRef {
+    pub family: Family,
+    pub table: String,
+}
+
+/// Everything one fault creates in iptables, and where.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct RuleSet {
+    pub netns: Option<String>,
+    pub variant: Variant,
+    pub chains: Vec<OwnedChain>,
+    /// Only for the nft variant; legacy tables cannot be deleted once a namespace has them.
+    #[serde(default)]
+    pub created_tables: Vec<TableRef>,
+}
+
+/// What the action rules do to the selected packets.
+#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Action {
+    Drop,
+    /// TCP gets a reset, everything else an ICMP port-unreachable.
+    Reject,
+    Loss {
+        probability: f64,
+    },
+    /// Steer to an NFQUEUE; always with `--queue-bypass`, so traffic flows when no program
+    /// holds the queue (after a crash).
+    Queue {
+        num: u16,
+    },
+}
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PacketCount {
+    pub packets: u64,
+    pub bytes: u64,
+}
+
+impl PacketCount {
+    fn add(&mut self, other: PacketCount) {
+        self.packets += other.packets;
+        self.bytes += other.bytes;
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ChainCounters {
+    pub family: Family,
+    pub chain: String,
+    /// Matched by the action rules (dropped, rejected, queued).
+    pub action: PacketCount,
+    /// Exempted by the lockout-protection `RETURN` rules.
+    pub protected: PacketCount,
+}
+
+/// What the rules matched so far, summed over chains and per chain.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct Counters {
+    pub action: PacketCount,
+    pub protected: PacketCount,
+    pub chains: Vec<ChainCounters>,
+}
+
+// ---------------------------------------------------------------------------------------
+// Building the plan (pure)
+// ---------------------------------------------------------------------------------------
+
+impl RuleSet {
+    /// Everything a fault will create, for the traffic and action given; touches nothing.
+    /// `id` must be short (≤ 14 characters of `[A-Za-z0-9_]`) so chain names fit the kernel.
+    pub fn build(
+        traffic: &Traffic,
+        action: Action,
+        id: &str,
+        variant: Variant,
+    ) -> Result<RuleSet, IptablesError> {
+        validate(traffic, action, id)?;
+        let (v4, v6) = traffic.families();
+        let mut chains = Vec::new();
+        for (family, wanted) in [(Family::V4, v4), (Family::V6, v6)] {
+            if !wanted {
+                continue;
+            }
+            for (hook, on) in [
+                (Hook::Input, traffic.direction.ingress()),
+                (Hook::Output, traffic.direction.egress()),
+            ] {
+                if !on {
+                    continue;
+                }
+                let Some(rules) = chain_rules(traffic, action, family, hook)? else {
+                    continue;
+                };
+                chains.push(OwnedChain {
+                    family,
+                    table: TABLE.to_string(),
+                    name: chain_name(id, hook),
+                    jumps: jumps(traffic, hook),
+                    rules,
+                });
+            }
+        }
+        if chains.is_empty() {
+            return Err(IptablesError::Invalid(
+                "no IP family is left that the addresses can match".into(),
+            ));
+        }
+        Ok(RuleSet {
+            netns: traffic.netns.clone(),
+            variant,
+            chains,
+            created_tables: Vec::new(),
+        })
+    }
+
+    /// The run-time entry: pick the variant the namespace uses (unless given), build, and
+    /// note which tables iptables-nft will create so `remove` can take them away again.
+    /// Reads the host only.
+    pub fn plan(
+        traffic: &Traffic,
+        action: Action,
+        id: &str,
+        variant: Option<Variant>,
+    ) -> Result<RuleSet, IptablesError> {
+        let variant = match variant {
+            Some(v) => v,
+            None => detect(traffic.netns.as_deref())?,
+        };
+        let mut set = RuleSet::build(traffic, action, id, variant)?;
+        if variant == Variant::Nft {
+            for family in set.families() {
+                let saved = parse_save(&run_save(set.netns.as_deref(), variant, family)?);
+                if !saved.iter().any(|t| t.name == TABLE) {
+                    set.created_tables.push(TableRef {
+                        family,
+                        table: TABLE.to_string(),
+                    });
+                }
+            }
+        }
+        Ok(set)
+    }
+
+    fn families(&self) -> Vec<Family> {
+        Family::BOTH
+            .into_iter()
+            .filter(|f| self.chains.iter().any(|c| c.family == *f))
+            .collect()
+    }
+}
+
+fn validate(traffic: &Traffic, action: Action, id: &str) -> Result<(), IptablesError> {
+    let invalid = |m: String| Err(IptablesError::Invalid(m));
+    let longest = MAX_CHAIN_NAME - CHAIN_PREFIX.len() - "-OUT".len();
+    if id.is_empty()
+        || id.len() > longest
+        || !id.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
+    {
+        return invalid(format!(
+            "fault id `{id}` must be 1 to {longest} characters of letters, digits and `_`"
+        ));
+    }
+    if let Action::Loss { probability } = action {
+        if !(0.0..=1.0).contains(&probability) {
+            return invalid(format!(
+                "loss probability {probability} is not between 0 and 1"
+            ));
+        }
+    }
+    for iface in &traffic.interfaces {
+        // IFNAMSIZ - 1; `+` is iptables' wildcard and is fine.
+        if iface.is_empty() || iface.len() > 15 || iface.chars().any(|c| c.is_whitespace()) {
+            return invalid(format!("`{iface}` is not an interface name"));
+        }
+    }
+    let has_ports = !traffic.remote_ports.is_empty() || !traffic.local_ports.is_empty();
+    if has_ports && traffic.protocol == Protocol::Icmp {
+        return invalid("ports need protocol tcp or udp (or all), not icmp".into());
+    }
+    if traffic.cgroup.is_some() && traffic.direction.ingress() {
+        return invalid(
+            "a cgroup can only select egress traffic: the kernel does not know which \
+             process an arriving packet is for until it is delivered"
+                .into(),
+        );
+    }
+    for ports in [&traffic.remote_ports, &traffic.local_ports] {
+        if multiport_len(ports) > MAX_MULTIPORT {
+            return invalid(format!(
+                "at most {MAX_MULTIPORT} ports per list (a range counts as two); got {}",
+                ports
+                    .iter()
+                    .map(|p| p.to_string())
+                    .collect::<Vec<_>>()
+                    .join(",")
+            ));
+        }
+    }
+    Ok(())
+}
+
+fn chain_name(id: &str, hook: Hook) -> String {
+    match hook {
+        Hook::Input => format!("{CHAIN_PREFIX}{id}-IN"),
+        Hook::Output => format!("{CHAIN_PREFIX}{id}-OUT"),
+    }
+}
+
+fn jumps(traffic: &Traffic, hook: Hook) -> Vec<Jump> {
+    if traffic.interfaces.is_empty() {
+        return vec![Jump {
+            hook,
+            matches: Vec::new(),
+        }];
+    }
+    let flag = match hook {
+        Hook::Input => "-i",
+        Hook::Output => "-o",
+    };
+    traffic
+        .interfaces
+        .iter()
+        .map(|iface| Jump {
+            hook,
+            matches: vec![flag.to_string(), iface.clone()],
+        })
+        .collect()
+}
+
+/// Addresses of one family, with blocks inside another block of the list dropped: CIDR blocks
+/// either nest or are disjoint, so what remains is disjoint and a packet matches at most one
+/// rule (a loss rule must not roll its dice twice for one packet).
+fn disjoint_of_family(nets: &[IpNet], family: Family) -> Vec<IpNet> {
+    let same: Vec<IpNet> = nets
+        .iter()
+        .copied()
+        .filter(|n| Family::of(n) == family)
+        .collect();
+    let mut kept: Vec<IpNet> = Vec::new();
+    for (i, net) in same.iter().enumerate() {
+        let covered = same.iter().enumerate().any(|(j, other)| {
+            j != i
+                && other.prefix <= net.prefix
+                && other.contains(net.addr)
+                && (other.prefix < net.prefix || j < i)
+        });
+        if !covered {
+            kept.push(*net);
+        }
+    }
+    kept
+}
+
+/// `Some(options)`: every address (or any, if the list is empty); `None`: the list has
+/// addresses, but none of this family, so this family's chain could match nothing.
+fn address_options(nets: &[IpNet], family: Family) -> Option<Vec<Option<IpNet>>> {
+    if nets.is_empty() {
+        return Some(vec![None]);
+    }
+    let kept = disjoint_of_family(nets, family);
+    if kept.is_empty() {
+        None
+    } else {
+        Some(kept.into_iter().map(Some).collect())
+    }
+}
+
+fn multiport_len(ports: &[PortRange]) -> usize {
+    ports.iter().map(|p| if p.lo == p.hi { 1 } else { 2 }).sum()
+}
+
+fn port_spec(range: &PortRange) -> String {
+    if range.lo == range.hi {
+        range.lo.to_string()
+    } else {
+        format!("{}:{}", range.lo, range.hi)
+    }
+}
+
+/// `--dport 80`, `--dport 8000:8100`, or `-m multiport --dports 80,443,8000:8100`.
+fn port_match(ports: &[PortRange], destination: bool) -> Vec<String> {
+    let (single, multi) = if destination {
+        ("--dport", "--dports")
+    } else {
+        ("--sport", "--sports")
+    };
+    match ports {
+        [] => Vec::new(),
+        [one] => vec![single.into(), port_spec(one)],
+        many => vec![
+            "-m".into(),
+            "multiport".into(),
+            multi.into(),
+            many.iter().map(port_spec).collect::<Vec<_>>().join(","),
+        ],
+    }
+}
+
+fn icmp_name(family: Family) -> &'static str {
+    match family {
+        Family::V4 => "icmp",
+        Family::V6 => "icmpv6",
+    }
+}
+
+fn strings(words: &[&str]) -> Vec<String> {
+    words.iter().map(|w| w.to_string()).collect()
+}
+
+/// The rules of one chain: lockout-protection `RETURN`s first, then the action rules.
+/// `None` when this family's chain could match nothing.
+fn chain_rules(
+    traffic: &Traffic,
+    action: Action,
+    family: Family,
+    hook: Hook,
+) -> Result<Option<Vec<Vec<String>>>, IptablesError> {
+    let egress = hook == Hook::Output;
+    let (Some(remotes), Some(locals)) = (
+        address_options(&traffic.remote, family),
+        address_options(&traffic.local, family),
+    ) else {
+        return Ok(None);
+    };
+    let mut rules = protected_rules(traffic, family);
+
+    let has_ports = !traffic.remote_ports.is_empty() || !traffic.local_ports.is_empty();
+    let protocols: Vec<Option<&str>> = match (traffic.protocol, has_ports) {
+        (Protocol::Tcp, _) => vec![Some("tcp")],
+        (Protocol::Udp, _) => vec![Some("udp")],
+        (Protocol::Icmp, false) => vec![Some(icmp_name(family))],
+        (Protocol::All, true) => vec![Some("tcp"), Some("udp")],
+        (Protocol::All, false) => vec![None],
+        (Protocol::Icmp, true) => {
+            return Err(IptablesError::Invalid(
+                "ports need protocol tcp or udp".into(),
+            ));
+        }
+    };
+    let (remote_flag, local_flag) = if egress { ("-d", "-s") } else { ("-s", "-d") };
+
+    for remote in &remotes {
+        for local in &locals {
+            for protocol in &protocols {
+                let mut selection = Vec::new();
+                if let Some(net) = remote {
+                    selection.extend([remote_flag.to_string(), net.to_string()]);
+                }
+                if let Some(net) = local {
+                    selection.extend([local_flag.to_string(), net.to_string()]);
+                }
+                if let Some(p) = protocol {
+                    selection.extend(["-p".to_string(), p.to_string()]);
+                }
+                // Remote ports are the destination of what leaves, the source of what arrives.
+                selection.extend(port_match(&traffic.remote_ports, egress));
+                selection.extend(port_match(&traffic.local_ports, !egress));
+                if let Some(path) = &traffic.cgroup {
+                    selection.extend(["-m".into(), "cgroup".into(), "--path".into(), path.clone()]);
+                }
+                rules.extend(action_rules(&selection, *protocol, action, family));
+            }
+        }
+    }
+    Ok(Some(rules))
+}
+
+fn action_rules(
+    selection: &[String],
+    protocol: Option<&str>,
+    action: Action,
+    family: Family,
+) -> Vec<Vec<String>> {
+    let with = |tail: &[&str]| {
+        let mut rule = selection.to_vec();
+        rule.extend(strings(tail));
+        rule
+    };
+    let unreachable = match family {
+        Family::V4 => "icmp-port-unreachable",
+        Family::V6 => "icmp6-port-unreachable",
+    };
+    match action {
+        Action::Drop => vec![with(&["-j", "DROP"])],
+        Action::Reject => match protocol {
+            Some("tcp") => vec![with(&["-j", "REJECT", "--reject-with", "tcp-reset"])],
+            Some(_) => vec![with(&["-j", "REJECT", "--reject-with", unreachable])],
+            None => vec![
+                with(&["-p", "tcp", "-j", "REJECT", "--reject-with", "tcp-reset"]),
+                with(&["-j", "REJECT", "--reject-with", unreachable]),
+            ],
+        },
+        Action::Loss { probability } => vec![with(&[
+            "-m",
+            "statistic",
+            "--mode",
+            "random",
+            "--probability",
+            &probability.to_string(),
+            "-j",
+            "DROP",
+        ])],
+        Action::Queue { num } => vec![with(&[
+            "-j",
+            "NFQUEUE",
+            "--queue-num",
+            &num.to_string(),
+            "--queue-bypass",
+        ])],
+    }
+}
+
+/// `RETURN` rules that exempt each protected flow of this family, both ways: towards the
+/// protected address (remote port as destination) and from it (remote port as source).
+/// Both go in every chain, because over loopback both ways pass through OUTPUT.
+fn protected_rules(traffic: &Traffic, family: Family) -> Vec<Vec<String>> {
+    let mut rules = Vec::new();
+    for flow in &traffic.protected {
+        let addr = IpNet::host(flow.addr);
+        if Family::of(&addr) != family {
+            continue;
+        }
+        let has_ports = flow.remote_port.is_some() || flow.local_port.is_some();
+        // Protected flows carry no protocol; SSH and probes are TCP, but a UDP probe
+        // (DNS) must not be cut off either.
+        let protocols: &[Option<&str>] = if has_ports {
+            &[Some("tcp"), Some("udp")]
+        } else {
+            &[None]
+        };
+        for (addr_flag, remote_port_flag, local_port_flag) in
+            [("-d", "--dport", "--sport"), ("-s", "--sport", "--dport")]
+        {
+            for protocol in protocols {
+                let mut rule = vec![addr_flag.to_string(), addr.to_string()];
+                if let Some(p) = protocol {
+                    rule.extend(["-p".to_string(), p.to_string()]);
+                }
+                if let Some(port) = flow.remote_port {
+                    rule.extend([remote_port_flag.to_string(), port.to_string()]);
+                }
+                if let Some(port) = flow.local_port {
+                    rule.extend([local_port_flag.to_string(), port.to_string()]);
+                }
+                rule.extend(strings(&["-j", "RETURN"]));
+                rules.push(rule);
+            }
+        }
+    }
+    rules
+}
+
+// ---------------------------------------------------------------------------------------
+// Running the tools
+// ---------------------------------------------------------------------------------------
+
+fn package_of(binary: &str) -> &'static str {
+    match binary {
+        "nsenter" => "util-linux",
+        "nft" => "nftables",
+        _ => "iptables",
+    }
+}
+
+/// The binary's path: `$PATH`, then the sbin directories a non-login root shell may lack.
+fn find_binary(name: &str) -> Option<PathBuf> {
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    std::env::split_paths(&path)
+        .chain(["/usr/sbin", "/sbin", "/usr/bin", "/bin"].map(PathBuf::from))
+        .map(|dir| dir.join(name))
+        .find(|candidate| candidate.is_file())
+}
+
+fn require(name: &str) -> Result<PathBuf, IptablesError> {
+    find_binary(name).ok_or_else(|| IptablesError::Missing {
+        binary: name.to_string(),
+        package: package_of(name),
+    })
+}
+
+/// Run `program args` (inside `netns` if given) and return its output, failed or not.
+fn run(netns: Option<&str>, program: &str, args: &[String]) -> Result<Output, IptablesError> {
+    let binary = require(program)?;
+    let mut cmd = match netns {
+        None => Command::new(&binary),
+        Some(name) => {
+            let path = netns::path(name);
+            if !path.exists() {
+                return Err(IptablesError::NoNamespace(name.to_string()));
+            }
+            let mut cmd = Command::new(require("nsenter")?);
+            cmd.arg(format!("--net={}", path.display()))
+                .arg("--")
+                .arg(&binary);
+            cmd
+        }
+    };
+    cmd.args(args);
+    cmd.output().map_err(|source| IptablesError::Spawn {
+        command: display_command(netns, program, args),
+        source,
+    })
+}
+
+fn run_ok(netns: Option<&str>, program: &str, args: &[String]) -> Result<String, IptablesError> {
+    let out = run(netns, program, args)?;
+    if out.status.success() {
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    } else {
+        Err(IptablesError::Command {
+            command: display_command(netns, program, args),
+            stderr: String::from_utf8_lossy(&out.stderr).trim().to_string(),
+        })
+    }
+}
+
+fn display_command(netns: Option<&str>, program: &str, args: &[String]) -> String {
+    let place = netns
+        .map(|n| format!(" (in netns {n})"))
+        .unwrap_or_default();
+    format!("{program} {}{place}", args.join(" "))
+}
+
+fn run_save(
+    netns: Option<&str>,
+    variant: Variant,
+    family: Family,
+) -> Result<String, IptablesError> {
+    run_ok(netns, &variant.save_binary(family), &[])
+}
+
+/// One `*table` section of `iptables-save` output.
+#[derive(Debug, Default)]
+struct SavedTable {
+    name: String,
+    /// `(chain, policy)`; user-defined chains have policy `-`.
+    chains: Vec<(String, String)>,
+    /// `-A ...` lines.
+    rules: Vec<String>,
+}
+
+impl SavedTable {
+    /// Holds anything beyond the built-in chains with an ACCEPT policy.
+    fn in_use(&self) -> bool {
+        !self.rules.is_empty() || self.chains.iter().any(|(_, policy)| policy != "ACCEPT")
+    }
+}
+
+fn parse_save(text: &str) -> Vec<SavedTable> {
+    let mut tables: Vec<SavedTable> = Vec::new();
+    for line in text.lines() {
+        if let Some(name) = line.strip_prefix('*') {
+            tables.push(SavedTable {
+                name: name.trim().to_string(),
+                ..SavedTable::default()
+            });
+        } else if let Some(table) = tables.last_mut() {
+            if let Some(decl) = line.strip_prefix(':') {
+                let mut words = decl.split_whitespace();
+                if let (Some(chain), Some(policy)) = (words.next(), words.next()) {
+                    table.chains.push((chain.to_string(), policy.to_string()));
+                }
+            } else if line.starts_with("-A ") {
+                table.rules.push(line.to_string());
+            }
+        }
+    }
+    tables
+}
+
+fn mentions(line: &str, chain: &str) -> bool {
+    line.split_whitespace().any(|word| word == chain)
+}
+
+/// Which variant to use in `netns`: legacy if it holds rules there and nft holds none,
+/// otherwise nft (Debian's default `iptables` alternative). Reads only.
+pub fn detect(netns: Option<&str>) -> Result<Variant, IptablesError> {
+    let installed = |v: Variant| find_binary(&v.save_binary(Family::V4)).is_some();
+    match (installed(Variant::Nft), installed(Variant::Legacy)) {
+        (false, false) => {
+            return Err(IptablesError::Missing {
+                binary: "iptables-nft".into(),
+                package: "iptables",
+            });
+        }
+        (true, false) => return Ok(Variant::Nft),
+        (false, true) => return Ok(Variant::Legacy),
+        (true, true) => {}
+    }
+    let in_use = |variant: Variant| -> Result<bool, IptablesError> {
+        for family in Family::BOTH {
+            if parse_save(&run_save(netns, variant, family)?)
+                .iter()
+                .any(SavedTable::in_use)
+            {
+                return Ok(true);
+            }
+        }
+        Ok(false)
+    };
+    if in_use(Variant::Legacy)? && !in_use(Variant::Nft)? {
+        Ok(Variant::Legacy)
+    } else {
+        Ok(Variant::Nft)
+    }
+}
+
+/// `iptables-save` of one variant and family without comments and counters, so two
+/// snapshots compare equal exactly when the rules are the same.
+pub fn save(
+    netns: Option<&str>,
+    variant: Variant,
+    family: Family,
+) -> Result<String, IptablesError> {
+    Ok(normalise_save(&run_save(netns, variant, family)?))
+}
+
+fn normalise_save(text: &str) -> String {
+    let mut out = String::new();
+    for line in text.lines().filter(|l| !l.starts_with('#')) {
+        let line = match line.rfind(" [") {
+            // `:INPUT ACCEPT [12:3456]` → `:INPUT ACCEPT`
+            Some(at) if line.starts_with(':') && line.ends_with(']') => &line[..at],
+            _ => line,
+        };
+        out.push_str(line);
+        out.push('\n');
+    }
+    out
+}
+
+/// Every FAULTLINE chain and jump in `netns`, in any variant and family, as
+/// `iptables-nft -t filter: -A INPUT -j FAULTLINE-x-IN`. Tools that are missing or fail
+/// are skipped: this feeds `doctor` and `status`, which must not fail on a partial host.
+pub fn leftovers(netns: Option<&str>) -> Vec<String> {
+    let mut found = Vec::new();
+    for variant in [Variant::Nft, Variant::Legacy] {
+        for family in Family::BOTH {
+            let Ok(text) = run_save(netns, variant, family) else {
+                continue;
+            };
+            for table in parse_save(&text) {
+                let chains = table
+                    .chains
+                    .iter()
+                    .filter(|(c, _)| c.starts_with(CHAIN_PREFIX))
+                    .map(|(c, _)| format!("-N {c}"));
+                let rules = table
+                    .rules
+                    .iter()
+                    .filter(|r| r.contains(CHAIN_PREFIX))
+                    .cloned();
+                for line in chains.chain(rules) {
+                    found.push(format!(
+                        "{} -t {}: {line}",
+                        variant.binary(family),
+                        table.name
+                    ));
+                }
+            }
+        }
+    }
+    found
+}
+
+// ---------------------------------------------------------------------------------------
+// Applying, removing, counting
+// ---------------------------------------------------------------------------------------
+
+fn table_args(chain: &OwnedChain, rest: &[&str]) -> Vec<String> {
+    let mut args = strings(&["-w", LOCK_WAIT_SECONDS, "-t", &chain.table]);
+    args.extend(strings(rest));
+    args
+}
+
+fn jump_args(chain: &OwnedChain, jump: &Jump, command: &[&str]) -> Vec<String> {
+    let mut args = table_args(chain, command);
+    args.extend(jump.matches.iter().cloned());
+    args.extend(["-j".to_string(), chain.name.clone()]);
+    args
+}
+
+impl RuleSet {
+    fn binary(&self, chain: &OwnedChain) -> String {
+        self.variant.binary(chain.family)
+    }
+
+    /// Create the chains and their rules, then the jumps into them. On a failure half-way,
+    /// what was created is removed again and the first error returned.
+    pub fn apply(&self) -> Result<(), IptablesError> {
+        let result = self.create();
+        if let Err(err) = result {
+            // The cause matters more than a failed cleanup; `remove` reports leftovers via
+            // `status` if this one fails too.
+            let _ = self.remove();
+            return Err(err);
+        }
+        Ok(())
+    }
+
+    fn create(&self) -> Result<(), IptablesError> {
+        let netns = self.netns.as_deref();
+        for chain in &self.chains {
+            let binary = self.binary(chain);
+            run_ok(netns, &binary, &table_args(chain, &["-N", &chain.name]))?;
+            for rule in &chain.rules {
+                let mut args = table_args(chain, &["-A", &chain.name]);
+                args.extend(rule.iter().cloned());
+                run_ok(netns, &binary, &args)?;
+            }
+        }
+        for chain in &self.chains {
+            for jump in &chain.jumps {
+                let hook = jump.hook.to_string();
+                let args = jump_args(chain, jump, &["-I", &hook, "1"]);
+                run_ok(netns, &self.binary(chain), &args)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Delete the jumps, then flush and delete the chains; whatever is already gone is fine.
+    /// Then check with `*-save` that nothing of this set is left, and drop tables that
+    /// iptables-nft created for it and that hold nothing else.
+    pub fn remove(&self) -> Result<(), IptablesError> {
+        let netns = self.netns.as_deref();
+        if let Some(name) = netns {
+            if !netns::path(name).exists() {
+                // The namespace, and everything in it, is gone.
+                return Ok(());
+            }
+        }
+        for family in self.families() {
+            let saved = parse_save(&run_save(netns, self.variant, family)?);
+            for chain in self.chains.iter().filter(|c| c.family == family) {
+                let exists = saved.iter().any(|t| {
+                    t.name == chain.table && t.chains.iter().any(|(c, _)| *c == chain.name)
+                });
+                if exists {
+                    self.delete_chain(chain);
+                }
+            }
+        }
+        let remaining = self.remaining()?;
+        if !remaining.is_empty() {
+            return Err(IptablesError::StillPresent(remaining));
+        }
+        self.drop_created_tables()
+    }
+
+    /// Best effort: failures show up in the verification that follows.
+    fn delete_chain(&self, chain: &OwnedChain) {
+        let netns = self.netns.as_deref();
+        let binary = self.binary(chain);
+        for jump in &chain.jumps {
+            let hook = jump.hook.to_string();
+            let args = jump_args(chain, jump, &["-D", &hook]);
+            for _ in 0..MAX_JUMP_DELETES {
+                if !matches!(run(netns, &binary, &args), Ok(out) if out.status.success()) {
+                    break;
+                }
+            }
+        }
+        let _ = run(netns, &binary, &table_args(chain, &["-F", &chain.name]));
+        let _ = run(netns, &binary, &table_args(chain, &["-X", &chain.name]));
+    }
+
+    /// Lines of `*-save` that still name one of this set's chains.
+    fn remaining(&self) -> Result<Vec<String>, IptablesError> {
+        let netns = self.netns.as_deref();
+        let mut remaining = Vec::new();
+        for family in self.families() {
+            let binary = self.variant.binary(family);
+            for table in parse_save(&run_save(netns, self.variant, family)?) {
+                for chain in self
+                    .chains
+                    .iter()
+                    .filter(|c| c.family == family && c.table == table.name)
+                {
+                    if table.chains.iter().any(|(c, _)| *c == chain.name) {
+                        remaining.push(format!("{binary} -t {}: chain {}", table.name, chain.name));
+                    }
+                    for rule in table.rules.iter().filter(|r| mentions(r, &chain.name)) {
+                        remaining.push(format!("{binary} -t {}: {rule}", table.name));
+                    }
+                }
+            }
+        }
+        Ok(remaining)
+    }
+
+    fn drop_created_tables(&self) -> Result<(), IptablesError> {
+        if self.variant != Variant::Nft {
+            return Ok(());
+        }
+        let netns = self.netns.as_deref();
+        for created in &self.created_tables {
+            let saved = parse_save(&run_save(netns, self.variant, created.family)?);
+            let unused = saved
+                .iter()
+                .find(|t| t.name == created.table)
+                .is_some_and(|t| !t.in_use());
+            if unused {
+                let args = strings(&["delete", "table", created.family.nft_name(), &created.table]);
+                run_ok(netns, "nft", &args)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Packets and bytes matched so far by the action rules and by the protection rules.
+    pub fn counters(&self) -> Result<Counters, IptablesError> {
+        let netns = self.netns.as_deref();
+        let mut total = Counters::default();
+        for chain in &self.chains {
+            let args = table_args(chain, &["-L", &chain.name, "-v", "-x", "-n"]);
+            let listing = run_ok(netns, &self.binary(chain), &args)?;
+            let mut counts = ChainCounters {
+                family: chain.family,
+                chain: chain.name.clone(),
+                action: PacketCount::default(),
+                protected: PacketCount::default(),
+            };
+            // Two header lines: `Chain NAME (1 references)` and the column titles.
+            for line in listing.lines().skip(2).filter(|l| !l.trim().is_empty()) {
+                let bad = || IptablesError::Counters {
+                    chain: chain.name.clone(),
+                    line: line.to_string(),
+                };
+                let mut words = line.split_whitespace();
+                let packets = words.next().and_then(|w| w.parse().ok()).ok_or_else(bad)?;
+                let bytes = words.next().and_then(|w| w.parse().ok()).ok_or_else(bad)?;
+                let count = PacketCount { packets, bytes };
+                if words.next() == Some("RETURN") {
+                    counts.protected.add(count);
+                } else {
+                    counts.action.add(count);
+                }
+            }
+            total.action.add(counts.action);
+            total.protected.add(counts.protected);
+            total.chains.push(counts);
+        }
+        Ok(total)
+    }
+}
+
+/// Where the variant's binary is, if installed (for `doctor`).
+pub fn installed(variant: Variant, family: Family) -> Option<PathBuf> {
+    find_binary(&variant.binary(family))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::net::{Direction, Protected};
+
+    fn words(text: &str) -> Vec<String> {
+        text.split_whitespace().map(String::from).collect()
+    }
+
+    fn rules(lines: &[&str]) -> Vec<Vec<String>> {
+        lines.iter().map(|l| words(l)).collect()
+    }
+
+    fn any_traffic(direction: Direction) -> Traffic {
+        Traffic {
+            netns: None,
+            interfaces: vec![],
+            direction,
+            protocol: Protocol::All,
+            remote: vec![],
+            local: vec![],
+            remote_ports: vec![],
+            local_ports: vec![],
+            cgroup: None,
+            protected: vec![],
+        }
+    }
+
+    fn nets(list: &[&str]) -> Vec<IpNet> {
+        list.iter().map(|n| n.parse().unwrap()).collect()
+    }
+
+    fn ports(list: &[&str]) -> Vec<PortRange> {
+        list.iter().map(|p| p.parse().unwrap()).collect()
+    }
+
+    fn jump(hook: Hook, matches: &str) -> Jump {
+        Jump {
+            hook,
+            matches: words(matches),
+        }
+    }
+
+    fn build(traffic: &Traffic, action: Action) -> RuleSet {
+        RuleSet::build(traffic, action, "t1", Variant::Nft).unwrap()
+    }
+
+    fn invalid(traffic: &Traffic, action: Action, id: &str) -> String {
+        match RuleSet::build(traffic, action, id, Variant::Nft) {
+            Err(IptablesError::Invalid(m)) => m,
+            other => panic!("expected Invalid, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn egress_tcp_to_a_block_on_one_interface() {
+        let mut t = any_traffic(Direction::Egress);
+        t.interfaces = vec!["eth0".into()];
+        t.protocol = Protocol::Tcp;
+        t.remote = nets(&["10.0.0.0/8"]);
+        t.remote_ports = ports(&["443"]);
+        let set = build(&t, Action::Drop);
+        assert_eq!(
+            set.chains,
+            vec![OwnedChain {
+                family: Family::V4,
+                table: "filter".into(),
+                name: "FAULTLINE-t1-OUT".into(),
+                jumps: vec![jump(Hook::Output, "-o eth0")],
+                rules: rules(&["-d 10.0.0.0/8 -p tcp --dport 443 -j DROP"]),
+            }]
+        );
+        assert!(set.created_tables.is_empty());
+    }
+
+    #[test]
+    fn both_directions_ipv6_reject_splits_tcp_reset_from_icmp() {
+        let mut t = any_traffic(Direction::Both);
+        t.remote = nets(&["fd00::/8"]);
+        let set = build(&t, Action::Reject);
+        let summary: Vec<_> = set
+            .chains
+            .iter()
+            .map(|c| (c.family, c.name.as_str(), c.jumps.clone(), c.rules.clone()))
+            .collect();
+        assert_eq!(
+            summary,
+            vec![
+                (
+                    Family::V6,
+                    "FAULTLINE-t1-IN",
+                    vec![jump(Hook::Input, "")],
+                    rules(&[
+                        "-s fd00::/8 -p tcp -j REJECT --reject-with tcp-reset",
+                        "-s fd00::/8 -j REJECT --reject-with icmp6-port-unreachable",
+                    ])
+                ),
+                (
+                    Family::V6,
+                    "FAULTLINE-t1-OUT",
+                    vec![jump(Hook::Output, "")],
+                    rules(&[
+                        "-d fd00::/8 -p tcp -j REJECT --reject-with tcp-reset",
+                        "-d fd00::/8 -j REJECT --reject-with icmp6-port-unreachable",
+                    ])
+                ),
+            ]
+        );
+    }
+
+    #[test]
+    fn no_addresses_means_both_families_and_icmp_is_icmpv6_in_ip6tables() {
+        let mut t = any_traffic(Direction::Ingress);
+        t.protocol = Protocol::Icmp;
+        t.interfaces = vec!["veth0".into(), "veth1".into()];
+        let set = build(&t, Action::Loss { probability: 0.3 });
+        assert_eq!(set.chains.len(), 2);
+        assert_eq!(set.chains[0].family, Family::V4);
+        assert_eq!(
+            set.chains[0].rules,
+            rules(&["-p icmp -m statistic --mode random --probability 0.3 -j DROP"])
+        );
+        assert_eq!(set.chains[1].family, Family::V6);
+        assert_eq!(
+            set.chains[1].rules,
+            rules(&["-p icmpv6 -m statistic --mode random --probability 0.3 -j DROP"])
+        );
+        assert_eq!(
+            set.chains[1].jumps,
+            vec![jump(Hook::Input, "-i veth0"), jump(Hook::Input, "-i veth1"),]
+        );
+    }
+
+    #[test]
+    fn ports_with_all_protocols_give_one_rule_per_tcp_and_udp() {
+        let mut t = any_traffic(Direction::Egress);
+        t.remote = nets(&["192.0.2.0/24"]);
+        t.local = nets(&["198.51.100.7"]);
+        t.remote_ports = ports(&["80", "8000-8100"]);
+        t.local_ports = ports(&["1000-2000"]);
+        let set = build(&t, Action::Queue { num: 3 });
+        assert_eq!(
+            set.chains[0].rules,
+            rules(&[
+                "-d 192.0.2.0/24 -s 198.51.100.7/32 -p tcp -m multiport --dports 80,8000:8100 --sport 1000:2000 -j NFQUEUE --queue-num 3 --queue-bypass",
+                "-d 192.0.2.0/24 -s 198.51.100.7/32 -p udp -m multiport --dports 80,8000:8100 --sport 1000:2000 -j NFQUEUE --queue-num 3 --queue-bypass",
+            ])
+        );
+        // Ingress swaps addresses and ports.
+        t.direction = Direction::Ingress;
+        t.protocol = Protocol::Udp;
+        let set = build(&t, Action::Drop);
+        assert_eq!(set.chains[0].name, "FAULTLINE-t1-IN");
+        assert_eq!(
+            set.chains[0].rules,
+            rules(&[
+                "-s 192.0.2.0/24 -d 198.51.100.7/32 -p udp -m multiport --sports 80,8000:8100 --dport 1000:2000 -j DROP"
+            ])
+        );
+    }
+
+    #[test]
+    fn protected_flows_come_first_in_both_directions_and_only_in_their_family() {
+        let mut t = any_traffic(Direction::Ingress);
+        t.protocol = Protocol::Tcp;
+        t.protected = vec![
+            Protected {
+                addr: "192.0.2.7".parse().unwrap(),
+                remote_port: None,
+                local_port: Some(22),
+                reason: "SSH_CONNECTION".into(),
+            },
+            Protected {
+                addr: "2001:db8::9".parse().unwrap(),
+                remote_port: None,
+                local_port: None,
+                reason: "probe health".into(),
+            },
+        ];
+        let set = build(&t, Action::Drop);
+        assert_eq!(
+            set.chains[0].rules,
+            rules(&[
+                "-d 192.0.2.7/32 -p tcp --sport 22 -j RETURN",
+                "-d 192.0.2.7/32 -p udp --sport 22 -j RETURN",
+                "-s 192.0.2.7/32 -p tcp --dport 22 -j RETURN",
+                "-s 192.0.2.7/32 -p udp --dport 22 -j RETURN",
+                "-p tcp -j DROP",
+            ])
+        );
+        assert_eq!(
+            set.chains[1].rules,
+            rules(&[
+                "-d 2001:db8::9/128 -j RETURN",
+                "-s 2001:db8::9/128 -j RETURN",
+                "-p tcp -j DROP",
+            ])
+        );
+    }
+
+    #[test]
+    fn a_family_whose_address_list_excludes_it_gets_no_chain() {
+        let mut t = any_traffic(Direction::Egress);
+        t.remote = nets(&["10.0.0.1", "fd00::1"]);
+        t.local = nets(&["10.0.0.2"]);
+        let set = build(&t, Action::Drop);
+        assert_eq!(set.chains.len(), 1);
+        assert_eq!(
+            set.chains[0].rules,
+            rules(&["-d 10.0.0.1/32 -s 10.0.0.2/32 -j DROP"])
+        );
+    }
+
+    #[test]
+    fn nested_blocks_are_merged_so_loss_rolls_once_per_packet() {
+        let mut t = any_traffic(Direction::Egress);
+        t.remote = nets(&["10.1.0.0/16", "10.0.0.0/8", "10.0.0.0/8", "172.16.0.0/12"]);
+        let set = build(&t, Action::Loss { probability: 1.0 });
+        assert_eq!(
+            set.chains[0].rules,
+            rules(&[
+                "-d 10.0.0.0/8 -m statistic --mode random --probability 1 -j DROP",
+                "-d 172.16.0.0/12 -m statistic --mode random --probability 1 -j DROP",
+            ])
+        );
+    }
+
+    #[test]
+    fn cgroup_selects_egress_only() {
+        let mut t = any_traffic(Direction::Egress);
+        t.protocol = Protocol::Udp;
+        t.cgroup = Some("system.slice/api.service".into());
+        let set = build(&t, Action::Drop);
+        assert_eq!(
+            set.chains[0].rules,
+            rules(&["-p udp -m cgroup --path system.slice/api.service -j DROP"])
+        );
+        for direction in [Direction::Ingress, Direction::Both] {
+            t.direction = direction;
+            assert!(invalid(&t, Action::Drop, "t1").contains("egress"));
+        }
+    }
+
+    #[test]
+    fn selections_iptables_cannot_express_are_refused() {
+        let mut t = any_traffic(Direction::Egress);
+        assert!(invalid(&t, Action::Drop, "this_id_is_too_long").contains("1 to 14"));
+        assert!(invalid(&t, Action::Drop, "a-b").contains("letters"));
+        assert!(invalid(&t, Action::Loss { probability: 1.5 }, "t1").contains("between 0 and 1"));
+        t.interfaces = vec!["an-interface-name".into()];
+        assert!(invalid(&t, Action::Drop, "t1").contains("interface"));
+        t.interfaces.clear();
+        t.remote_ports = (1..=16).map(|p| PortRange { lo: p, hi: p }).collect();
+        assert!(invalid(&t, Action::Drop, "t1").contains("at most 15"));
+        t.remote_ports = ports(&["53"]);
+        t.protocol = Protocol::Icmp;
+        assert!(invalid(&t, Action::Drop, "t1").contains("tcp or udp"));
+    }
+
+    #[test]
+    fn the_longest_id_fits_the_kernel_chain_name_limit_and_the_plan_round_trips() {
+        let mut t = any_traffic(Direction::Both);
+        t.netns = Some("fl-b-1".into());
+        let set = RuleSet::build(
+            &t,
+            Action::Queue { num: 7 },
+            "abcdefghijklmn",
+            Variant::Legacy,
+        )
+        .unwrap();
+        assert!(set.chains.iter().all(|c| c.name.len() <= MAX_CHAIN_NAME));
+        assert_eq!(set.chains[1].name, "FAULTLINE-abcdefghijklmn-OUT");
+        let json = serde_json::to_string(&set).unwrap();
+        assert_eq!(serde_json::from_str::<RuleSet>(&json).unwrap(), set);
+    }
+
+    #[test]
+    fn save_output_is_compared_without_comments_and_counters() {
+        let text = "# Generated by iptables-nft-save v1.8.9 on Mon\n*filter\n:INPUT ACCEPT [12:3456]\n:OTHER - [0:0]\n-A INPUT -s 192.0.2.1/32 -j OTHER\nCOMMIT\n# Completed on Mon\n";
+        assert_eq!(
+            normalise_save(text),
+            "*filter\n:INPUT ACCEPT\n:OTHER -\n-A INPUT -s 192.0.2.1/32 -j OTHER\nCOMMIT\n"
+        );
+        let tables = parse_save(text);
+        assert_eq!(tables.len(), 1);
+        assert!(tables[0].in_use());
+        let empty = parse_save("*filter\n:INPUT ACCEPT [0:0]\n:OUTPUT ACCEPT [0:0]\nCOMMIT\n");
+        assert!(!empty[0].in_use());
+        let policy = parse_save("*filter\n:INPUT DROP [0:0]\nCOMMIT\n");
+        assert!(policy[0].in_use());
+    }
+
+    /// Real-kernel tests: rules in namespaces of a `TestNet`, servers in `b`, clients in `a`.
+    mod kernel {
+        use super::*;
+        use crate::sys::netns::{TestNet, command_in, run_in};
+        use std::io::ErrorKind;
+        use std::net::{SocketAddr, TcpListener, TcpStream, UdpSocket};
+        use std::sync::Arc;
+        use std::sync::atomic::{AtomicBool, Ordering};
+        use std::thread::JoinHandle;
+        use std::time::{Duration, Instant};
+
+        const CONNECT_TIMEOUT: Duration = Duration::from_millis(300);
+        /// Upper bound on any server thread's life, should a test forget to stop it.
+        const SERVER_LIFETIME: Duration = Duration::from_secs(60);
+
+        /// A server thread in a namespace that stops (and is joined) on drop.
+        struct Server {
+            addr: SocketAddr,
+            stop: Arc<AtomicBool>,
+            thread: Option<JoinHandle<()>>,
+        }
+
+        impl Drop for Server {
+            fn drop(&mut self) {
+                self.stop.store(true, Ordering::Relaxed);
+                if let Some(t) = self.thread.take() {
+                    let _ = t.join();
+                }
+            }
+        }
+
+        impl Server {
+            /// Call `step` (which must block briefly, at most tens of ms) until dropped.
+            fn spawn(addr: SocketAddr, mut step: impl FnMut() + Send + 'static) -> Server {
+                let stop = Arc::new(AtomicBool::new(false));
+                let flag = stop.clone();
+                let thread = std::thread::spawn(move || {
+                    let started = Instant::now();
+                    while !flag.load(Ordering::Relaxed) && started.elapsed() < SERVER_LIFETIME {
+                        step();
+                    }
+                });
+                Server {
+                    addr,
+                    stop,
+                    thread: Some(thread),
+                }
+            }
+        }
+
+        /// Accepts and closes connections on `ip:port` in `ns`.
+        fn tcp_server(ns: &str, ip: &str, port: u16) -> Server {
+            let bind: SocketAddr = SocketAddr::new(ip.parse().unwrap(), port);
+            let listener = run_in(ns, move || TcpListener::bind(bind))
+                .unwrap()
+                .unwrap();
+            listener.set_nonblocking(true).unwrap();
+            Server::spawn(listener.local_addr().unwrap(), move || {
+                match listener.accept() {
+                    Ok((conn, _)) => drop(conn),
+                    Err(_) => std::thread::sleep(Duration::from_millis(2)),
+                }
+            })
+        }
+
+        /// Echoes every datagram on `ip:0` in `ns`.
+        fn udp_echo_server(ns: &str, ip: &str) -> Server {
+            let bind: SocketAddr = SocketAddr::new(ip.parse().unwrap(), 0);
+            let socket = run_in(ns, move || UdpSocket::bind(bind)).unwrap().unwrap();
+            socket
+                .set_read_timeout(Some(Duration::from_millis(20)))
+                .unwrap();
+            let mut buf = [0u8; 64];
+            Server::spawn(socket.local_addr().unwrap(), move || {
+                if let Ok((n, from)) = socket.recv_from(&mut buf) {
+                    let _ = socket.send_to(&buf[..n], from);
+                }
+            })
+        }
+
+        #[derive(Debug, Default, PartialEq)]
+        struct Connects {
+            ok: usize,
+            refused: usize,
+            timed_out: usize,
+        }
+
+        /// `n` concurrent connects from namespace `ns` (threads spawned there inherit it).
+        fn connects(ns: &str, to: SocketAddr, n: usize) -> Connects {
+            run_in(ns, move || {
+                let threads: Vec<_> = (0..n)
+                    .map(|_| {
+                        std::thread::spawn(move || {
+                            TcpStream::connect_timeout(&to, CONNECT_TIMEOUT).map(drop)
+                        })
+                    })
+                    .collect();
+                let mut tally = Connects::default();
+                for t in threads {
+                    match t.join().unwrap() {
+                        Ok(()) => tally.ok += 1,
+                        Err(e) if e.kind() == ErrorKind::ConnectionRefused => tally.refused += 1,
+                        Err(e) if e.kind() == ErrorKind::TimedOut => tally.timed_out += 1,
+                        Err(e) => panic!("connect to {to}: unexpected error {e}"),
+                    }
+                }
+                tally
+            })
+            .unwrap()
+        }
+
+        fn all_ok(n: usize) -> Connects {
+            Connects {
+                ok: n,
+                ..Connects::default()
+            }
+        }
+
+        fn traffic_in(ns: &str, direction: Direction) -> Traffic {
+            let mut t = any_traffic(direction);
+            t.netns = Some(ns.to_string());
+            t
+        }
+
+        fn unique_id(tag: &str) -> String {
+            use std::sync::atomic::AtomicU32;
+            static SEQ: AtomicU32 = AtomicU32::new(0);
+            format!(
+                "{tag}{}x{}",
+                std::process::id() % 100_000,
+                SEQ.fetch_add(1, Ordering::Relaxed)
+            )
+        }
+
+        /// Run a tool in `ns` and insist that it worked.
+        fn must(ns: &str, argv: &[&str]) {
+            let out = command_in(ns, argv).output().unwrap();
+            assert!(
+                out.status.success(),
+                "{argv:?}: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+
+        fn partition(ipv6: bool) {
+            let net = TestNet::new().expect("create test net (needs root)");
+            let (ip_a, ip_b) = if ipv6 {
+                (net.ip6_a.clone(), net.ip6_b.clone())
+            } else {
+                (net.ip_a.clone(), net.ip_b.clone())
+            };
+            let server = tcp_server(&net.b, &ip_b, 0);
+            assert_eq!(connects(&net.a, server.addr, 20), all_ok(20));
+
+            let mut t = traffic_in(&net.b, Direction::Ingress);
+            t.protocol = Protocol::Tcp;
+            t.remote = nets(&[&ip_a]);
+            t.local_ports = ports(&[&server.addr.port().to_string()]);
+
+            let drop_set = RuleSet::plan(&t, Action::Drop, &unique_id("p"), None).unwrap();
+            assert_eq!(drop_set.variant, Variant::Nft);
+            drop_set.apply().unwrap();
+            let during = connects(&net.a, server.addr, 20);
+            drop_set.remove().unwrap();
+            assert_eq!(
+                during,
+                Connects {
+                    timed_out: 20,
+                    ..Connects::default()
+                }
+            );
+            assert!(drop_set.counters().is_err(), "the chain is gone");
+
+            let reject_set = RuleSet::plan(&t, Action::Reject, &unique_id("r"), None).unwrap();
+            reject_set.apply().unwrap();
+            let started = Instant::now();
+            let during = connects(&net.a, server.addr, 20);
+            let took = started.elapsed();
+            let counted = reject_set.counters().unwrap();
+            reject_set.remove().unwrap();
+            assert_eq!(
+                during,
+                Connects {
+                    refused: 20,
+                    ..Connects::default()
+                }
+            );
+            assert!(
+                took < CONNECT_TIMEOUT,
+                "a reset is immediate; took {took:?}"
+            );
+            assert_eq!(counted.action.packets, 20, "{counted:?}");
+
+            assert_eq!(connects(&net.a, server.addr, 20), all_ok(20));
+            assert_eq!(leftovers(Some(&net.b)), Vec::<String>::new());
+        }
+
+        #[test]
+        fn partition_drops_then_rejects_then_heals_ipv4() {
+            partition(false);
+        }
+
+        #[test]
+        fn partition_drops_then_rejects_then_heals_ipv6() {
+            partition(true);
+        }
+
+        #[test]
+        fn loss_of_30_percent_is_measured_within_three_sigma_and_matches_the_counter() {
+            const N: u32 = 3000;
+            const PACE: Duration = Duration::from_micros(900);
+            const REPLY_TIMEOUT: Duration = Duration::from_millis(20);
+            let net = TestNet::new().expect("create test net (needs root)");
+            let server = udp_echo_server(&net.b, &net.ip_b);
+            let mut t = traffic_in(&net.b, Direction::Ingress);
+            t.protocol = Protocol::Udp;
+            t.local_ports = ports(&[&server.addr.port().to_string()]);
+            let set = RuleSet::plan(&t, Action::Loss { probability: 0.3 }, &unique_id("l"), None)
+                .unwrap();
+            set.apply().unwrap();
+
+            let (to, ip_a) = (server.addr, net.ip_a.clone());
+            let (sent_at, replies) = run_in(&net.a, move || {
+                let socket = UdpSocket::bind((ip_a.as_str(), 0)).unwrap();
+                socket.connect(to).unwrap();
+                socket
+                    .set_read_timeout(Some(Duration::from_millis(10)))
+                    .unwrap();
+                let receiver = socket.try_clone().unwrap();
+                let done = Arc::new(AtomicBool::new(false));
+                let flag = done.clone();
+                let collector = std::thread::spawn(move || {
+                    let mut replies = Vec::new();
+                    let mut buf = [0u8; 8];
+                    let started = Instant::now();
+                    while !flag.load(Ordering::Relaxed) && started.elapsed() < SERVER_LIFETIME {
+                        if let Ok(4) = receiver.recv(&mut buf) {
+                            let seq = u32::from_be_bytes(buf[..4].try_into().unwrap());
+                            replies.push((seq, Instant::now()));
+                        }
+                    }
+                    replies
+                });
+                let start = Instant::now();
+                let mut sent_at = Vec::with_capacity(N as usize);
+                for seq in 0..N {
+                    let due = start + PACE * seq;
+                    if let Some(wait) = due.checked_duration_since(Instant::now()) {
+                        std::thread::sleep(wait);
+                    }
+                    sent_at.push(Instant::now());
+                    socket.send(&seq.to_be_bytes()).unwrap();
+                }
+                std::thread::sleep(REPLY_TIMEOUT * 3);
+                done.store(true, Ordering::Relaxed);
+                (sent_at, collector.join().unwrap())
+            })
+            .unwrap();
+            let counted = set.counters().unwrap();
+            set.remove().unwrap();
+
+            let mut answered = vec![false; N as usize];
+            for (seq, at) in replies {
+                if at.duration_since(sent_at[seq as usize]) <= REPLY_TIMEOUT {
+                    answered[seq as usize] = true;
+                }
+            }
+            let lost = answered.iter().filter(|a| !**a).count() as u64;
+            let loss = lost as f64 / f64::from(N);
+            let took = sent_at[N as usize - 1].duration_since(sent_at[0]);
+            eprintln!(
+                "loss {loss:.4} ({lost}/{N}), rule counter {}, protected {}, sending took {took:?}",
+                counted.action.packets, counted.protected.packets
+            );
+            assert!((loss - 0.3).abs() <= 0.025, "loss {loss}");
+            assert!(
+                counted.action.packets <= lost && lost <= counted.action.packets + 5,
+                "dropped by the rule {} vs lost {lost}",
+                counted.action.packets
+            );
+            assert!(took < Duration::from_millis(3500), "{took:?}");
+        }
+
+        fn other_tools_rules(ns: &str, variant: Variant) {
+            let v4 = variant.binary(Family::V4);
+            let v6 = variant.binary(Family::V6);
+            must(ns, &[&v4, "-w", "5", "-N", "OTHER-TOOL"]);
+            must(
+                ns,
+                &[
+                    &v4,
+                    "-w",
+                    "5",
+                    "-A",
+                    "OTHER-TOOL",
+                    "-s",
+                    "192.0.2.1",
+                    "-j",
+                    "DROP",
+                ],
+            );
+            must(
+                ns,
+                &[
+                    &v4,
+                    "-w",
+                    "5",
+                    "-A",
+                    "INPUT",
+                    "-p",
+                    "tcp",
+                    "--dport",
+                    "9",
+                    "-j",
+                    "OTHER-TOOL",
+                ],
+            );
+            must(
+                ns,
+                &[
+                    &v6,
+                    "-w",
+                    "5",
+                    "-A",
+                    "OUTPUT",
+                    "-d",
+                    "2001:db8::1",
+                    "-j",
+                    "DROP",
+                ],
+            );
+        }
+
+        fn snapshot(ns: &str, variant: Variant) -> (String, String) {
+            (
+                save(Some(ns), variant, Family::V4).unwrap(),
+                save(Some(ns), variant, Family::V6).unwrap(),
+            )
+        }
+
+        /// A fault touching both families and directions, with protection and ports.
+        fn busy_fault(net: &TestNet, ns: &str) -> Traffic {
+            let mut t = traffic_in(ns, Direction::Both);
+            t.remote = nets(&[&net.ip_a, &net.ip6_a, &net.ip_b, &net.ip6_b]);
+            t.local_ports = ports(&["7000-7100", "8080"]);
+            t.protected = vec![Protected {
+                addr: net.ip_a.parse().unwrap(),
+                remote_port: None,
+                local_port: Some(22),
+                reason: "SSH_CONNECTION".into(),
+            }];
+            t
+        }
+
+        fn survives_byte_for_byte(variant: Variant) {
+            let net = TestNet::new().expect("create test net (needs root)");
+            other_tools_rules(&net.b, variant);
+            assert_eq!(detect(Some(&net.b)).unwrap(), variant);
+            let before = snapshot(&net.b, variant);
+            assert!(
+                before.0.contains("-A OTHER-TOOL -s 192.0.2.1/32 -j DROP"),
+                "{before:?}"
+            );
+
+            let t = busy_fault(&net, &net.b);
+            let set = RuleSet::plan(&t, Action::Reject, &unique_id("s"), None).unwrap();
+            assert_eq!(set.variant, variant);
+            assert!(set.created_tables.is_empty(), "filter tables existed");
+            set.apply().unwrap();
+            let during = snapshot(&net.b, variant);
+            assert!(
+                during
+                    .0
+                    .contains(&format!("-A INPUT -j {}", set.chains[0].name)),
+                "{during:?}"
+            );
+            assert!(during.1.contains("FAULTLINE-"), "{during:?}");
+            set.remove().unwrap();
+            assert_eq!(snapshot(&net.b, variant), before);
+        }
+
+        #[test]
+        fn someone_elses_rules_survive_byte_for_byte_nft() {
+            survives_byte_for_byte(Variant::Nft);
+        }
+
+        #[test]
+        fn someone_elses_rules_survive_byte_for_byte_legacy() {
+            survives_byte_for_byte(Variant::Legacy);
+        }
+
+        #[test]
+        fn a_namespace_without_tables_is_left_without_tables_nft() {
+            let net = TestNet::new().expect("create test net (needs root)");
+            let before = snapshot(&net.a, Variant::Nft);
+            assert_eq!(before, (String::new(), String::new()));
+            let t = busy_fault(&net, &net.a);
+            let set = RuleSet::plan(&t, Action::Queue { num: 4 }, &unique_id("f"), None).unwrap();
+            assert_eq!(set.created_tables.len(), 2);
+            set.apply().unwrap();
+            assert!(snapshot(&net.a, Variant::Nft).0.contains("NFQUEUE"));
+            set.remove().unwrap();
+            assert_eq!(snapshot(&net.a, Variant::Nft), before);
+        }
+
+        #[test]
+        fn detect_follows_the_variant_that_holds_rules() {
+            let net = TestNet::new().expect("create test net (needs root)");
+            assert_eq!(detect(Some(&net.a)).unwrap(), Variant::Nft);
+            must(
+                &net.a,
+                &[
+                    "iptables-legacy",
+                    "-w",
+                    "5",
+                    "-A",
+                    "INPUT",
+                    "-s",
+                    "192.0.2.1",
+                    "-j",
+                    "DROP",
+                ],
+            );
+            assert_eq!(detect(Some(&net.a)).unwrap(), Variant::Legacy);
+            must(
+                &net.a,
+                &[
+                    "ip6tables-nft",
+                    "-w",
+                    "5",
+                    "-A",
+                    "INPUT",
+                    "-s",
+                    "2001:db8::1",
+                    "-j",
+                    "DROP",
+                ],
+            );
+            assert_eq!(detect(Some(&net.a)).unwrap(), Variant::Nft);
+        }
+
+        #[test]
+        fn protected_flow_keeps_working_under_total_loss() {
+            let net = TestNet::new().expect("create test net (needs root)");
+            let protected = tcp_server(&net.b, &net.ip_b, 0);
+            let other = tcp_server(&net.b, &net.ip_b, 0);
+            let mut t = traffic_in(&net.b, Direction::Both);
+            t.protected = vec![Protected {
+                addr: net.ip_a.parse().unwrap(),
+                remote_port: None,
+                local_port: Some(protected.addr.port()),
+                reason: "SSH_CONNECTION".into(),
+            }];
+            let set = RuleSet::plan(&t, Action::Loss { probability: 1.0 }, &unique_id("k"), None)
+                .unwrap();
+            set.apply().unwrap();
+            let kept = connects(&net.a, protected.addr, 5);
+            let cut = connects(&net.a, other.addr, 5);
+            let counted = set.counters().unwrap();
+            set.remove().unwrap();
+            assert_eq!(kept, all_ok(5));
+            assert_eq!(cut.ok, 0, "{cut:?}");
+            // 5 SYNs in, 5 SYN-ACKs out, the handshake ACKs and FINs: both chains exempt.
+            assert!(counted.protected.packets >= 10, "{counted:?}");
+            assert!(counted.action.packets >= 5, "{counted:?}");
+            assert_eq!(connects(&net.a, other.addr, 5), all_ok(5));
+        }
+
+        #[test]
+        fn port_ranges_and_multiport_select_exactly_their_ports() {
+            let net = TestNet::new().expect("create test net (needs root)");
+            let servers: Vec<Server> = [7001, 7002, 7003, 7010]
+                .into_iter()
+                .map(|p| tcp_server(&net.b, &net.ip_b, p))
+                .collect();
+            let reachable = |net: &TestNet| -> Vec<bool> {
+                servers
+                    .iter()
+                    .map(|s| connects(&net.a, s.addr, 1).ok == 1)
+                    .collect()
+            };
+            assert_eq!(reachable(&net), [true; 4]);
+
+            let mut ingress = traffic_in(&net.b, Direction::Ingress);
+            ingress.local_ports = ports(&["7001-7002", "7010"]);
+            let set = RuleSet::plan(&ingress, Action::Drop, &unique_id("m"), None).unwrap();
+            assert!(set.chains[0].rules[0].contains(&"multiport".to_string()));
+            set.apply().unwrap();
+            let during = reachable(&net);
+            set.remove().unwrap();
+            assert_eq!(during, [false, false, true, false]);
+
+            let mut egress = traffic_in(&net.a, Direction::Egress);
+            egress.protocol = Protocol::Tcp;
+            egress.remote_ports = ports(&["7002-7003"]);
+            let set = RuleSet::plan(&egress, Action::Drop, &unique_id("g"), None).unwrap();
+            set.apply().unwrap();
+            let during = reachable(&net);
+            set.remove().unwrap();
+            assert_eq!(during, [true, false, false, true]);
+            assert_eq!(reachable(&net), [true; 4]);
+        }
+
+        /// A v2 cgroup that is removed on drop (after its processes have exited).
+        struct Cgroup(PathBuf);
+
+        impl Drop for Cgroup {
+            fn drop(&mut self) {
+                let _ = std::fs::remove_dir(&self.0);
+            }
+        }
+
+        /// `ping` once from namespace `ns`, optionally from inside a cgroup (joined between
+        /// fork and exec, so every socket it makes is the cgroup's).
+        fn ping_ok(ns: &str, to: &str, cgroup: Option<&Cgroup>) -> bool {
+            use std::os::fd::AsRawFd;
+            use std::os::unix::process::CommandExt;
+            let mut cmd = command_in(ns, &["ping", "-n", "-q", "-c", "1", "-W", "1", to]);
+            cmd.stdout(std::process::Stdio::null())
+                .stderr(std::process::Stdio::null());
+            let procs = cgroup.map(|c| {
+                std::fs::File::options()
+                    .write(true)
+                    .open(c.0.join("cgroup.procs"))
+                    .unwrap()
+            });
+            if let Some(procs) = &procs {
+                let fd = procs.as_raw_fd();
+                // SAFETY: write(2) on an fd that stays open until exec is async-signal-safe;
+                // "0" moves the writing (child) process.
+                unsafe {
+                    cmd.pre_exec(move || {
+                        if libc::write(fd, b"0".as_ptr().cast(), 1) == 1 {
+                            Ok(())
+                        } else {
+                            Err(std::io::Error::last_os_error())
+                        }
+                    });
+                }
+            }
+            cmd.status().unwrap().success()
+        }
+
+        #[test]
+        fn cgroup_match_drops_only_that_cgroups_egress() {
+            let net = TestNet::new().expect("create test net (needs root)");
+            let name = format!("fl-ipt-test-{}", unique_id("c"));
+            let dir = PathBuf::from("/sys/fs/cgroup/unified").join(&name);
+            std::fs::create_dir(&dir).unwrap();
+            let cgroup = Cgroup(dir);
+            assert!(ping_ok(&net.a, &net.ip_b, Some(&cgroup)));
+
+            let mut t = traffic_in(&net.a, Direction::Egress);
+            t.cgroup = Some(name);
+            let set = RuleSet::plan(&t, Action::Drop, &unique_id("c"), None).unwrap();
+            set.apply().unwrap();
+            let inside = ping_ok(&net.a, &net.ip_b, Some(&cgroup));
+            let outside = ping_ok(&net.a, &net.ip_b, None);
+            let counted = set.counters().unwrap();
+            set.remove().unwrap();
+            assert!(!inside && outside, "inside {inside}, outside {outside}");
+            assert!(counted.action.packets >= 1, "{counted:?}");
+            assert!(ping_ok(&net.a, &net.ip_b, Some(&cgroup)));
+        }
+
+        #[test]
+        fn remove_is_idempotent_and_survives_a_half_deleted_chain() {
+            let net = TestNet::new().expect("create test net (needs root)");
+            let t = busy_fault(&net, &net.b);
+            let set = RuleSet::plan(&t, Action::Drop, &unique_id("i"), None).unwrap();
+            set.apply().unwrap();
+            assert!(!leftovers(Some(&net.b)).is_empty());
+            // Someone deletes the v4 INPUT jump and flushes the chain by hand.
+            let chain = &set.chains[0];
+            assert_eq!(
+                (chain.family, chain.jumps[0].hook),
+                (Family::V4, Hook::Input)
+            );
+            must(
+                &net.b,
+                &["iptables-nft", "-w", "5", "-D", "INPUT", "-j", &chain.name],
+            );
+            must(&net.b, &["iptables-nft", "-w", "5", "-F", &chain.name]);
+            set.remove().unwrap();
+            set.remove().unwrap();
+            assert_eq!(leftovers(Some(&net.b)), Vec::<String>::new());
+            // After the namespace itself is gone, there is nothing left to remove.
+            let ns = net.b.clone();
+            drop(net);
+            assert!(
+                RuleSet {
+                    netns: Some(ns),
+                    ..set
+                }
+                .remove()
+                .is_ok()
+            );
+        }
+
+        #[test]
+        fn a_failure_half_way_through_apply_leaves_nothing_behind() {
+            let net = TestNet::new().expect("create test net (needs root)");
+            let mut t = traffic_in(&net.a, Direction::Egress);
+            t.protected = vec![Protected {
+                addr: net.ip_b.parse().unwrap(),
+                remote_port: Some(80),
+                local_port: None,
+                reason: "probe health".into(),
+            }];
+            // The kernel refuses a cgroup path that does not exist, at the action rule: the
+            // chain and its RETURN rules exist by then.
+            t.cgroup = Some("faultline-no-such-cgroup".into());
+            let set = RuleSet::plan(&t, Action::Drop, &unique_id("h"), None).unwrap();
+            let err = set.apply().unwrap_err();
+            assert!(matches!(err, IptablesError::Command { .. }), "{err}");
+            eprintln!("kernel refused: {err}");
+            assert_eq!(leftovers(Some(&net.a)), Vec::<String>::new());
+            assert_eq!(
+                snapshot(&net.a, Variant::Nft),
+                (String::new(), String::new())
+            );
+        }
+    }
+}
