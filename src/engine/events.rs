@@ -86,6 +86,9 @@ pub enum Event<'a> {
         summary: &'a str,
         /// Why it was reverted now: `duration_elapsed`, `abort`, `end_of_faults`.
         cause: &'a str,
+        /// What the fault achieved while live (packet counters, delay statistics...).
+        #[serde(skip_serializing_if = "serde_json::Value::is_null")]
+        achieved: &'a serde_json::Value,
     },
     FaultRevertFailed {
         t_ms: f64,

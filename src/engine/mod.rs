@@ -127,6 +127,7 @@ impl Shared {
                     record: &live.record_id,
                     summary: &reverted.summary,
                     cause,
+                    achieved: &reverted.details,
                 });
                 self.ui
                     .line(format!("revert  {}: {}", live.fault_id, reverted.summary));

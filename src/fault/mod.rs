@@ -63,6 +63,8 @@ pub enum RevertRecipe {
     Nothing,
     /// SIGCONT each process that is still the same process (PID and start time match).
     ResumeProcesses { processes: Vec<ProcRef> },
+    /// Remove what a network fault installed (rules, qdiscs, devices), newest first.
+    Network { steps: Vec<network::NetStep> },
     /// Engine tests only: remove this marker file (stands in for "the host is dirty").
     Simulated {
         marker: std::path::PathBuf,
@@ -74,6 +76,9 @@ pub enum RevertRecipe {
 #[derive(Clone, Debug, Default, Serialize)]
 pub struct Reverted {
     pub summary: String,
+    /// What the fault achieved while it was live (packet counters, delay statistics...).
+    #[serde(skip_serializing_if = "serde_json::Value::is_null")]
+    pub details: serde_json::Value,
 }
 
 impl RevertRecipe {
@@ -82,8 +87,10 @@ impl RevertRecipe {
         match self {
             RevertRecipe::Nothing => Ok(Reverted {
                 summary: "nothing to revert".into(),
+                ..Reverted::default()
             }),
             RevertRecipe::ResumeProcesses { processes } => process::resume_all(processes),
+            RevertRecipe::Network { steps } => network::revert_steps(steps),
             RevertRecipe::Simulated { marker, fail } => sim::revert_marker(marker, *fail),
         }
     }
@@ -96,6 +103,7 @@ impl RevertRecipe {
                 let pids: Vec<String> = processes.iter().map(|p| p.pid.to_string()).collect();
                 format!("SIGCONT to pid {}", pids.join(", "))
             }
+            RevertRecipe::Network { steps } => network::describe_steps(steps),
             RevertRecipe::Simulated { marker, .. } => format!("remove {}", marker.display()),
         }
     }

@@ -4,32 +4,206 @@
 
 use std::net::{IpAddr, SocketAddr, ToSocketAddrs};
 
-use super::{Applied, Fault, FaultError, Prepared};
+use serde::{Deserialize, Serialize};
+
+use super::{Applied, Fault, FaultError, Prepared, RevertRecipe, Reverted};
 use crate::experiment::model::{NetworkSelector, PortSpec};
 use crate::experiment::validate::port_range;
 use crate::net::{Direction, IpNet, PortRange, Protected, Protocol, Traffic};
-use crate::plan::{FaultSpec, Plan, ProbeKind};
+use crate::plan::{FaultAction, FaultSpec, NetworkAction, Plan, ProbeKind, TargetSpec};
+use crate::sys::iptables::{Action, RuleSet};
 
 /// Build a network fault. Backends are chosen when it is prepared, from what this host has.
-pub fn build(spec: &FaultSpec, _plan: &Plan) -> Box<dyn Fault> {
-    Box::new(Unavailable(spec.kind.as_str()))
+pub fn build(spec: &FaultSpec, plan: &Plan) -> Box<dyn Fault> {
+    let selector = match plan.targets.get(&spec.target) {
+        Some(TargetSpec::Network(selector)) => Some(selector.clone()),
+        _ => None,
+    };
+    let action = match &spec.action {
+        FaultAction::Network(action) => Some(action.clone()),
+        _ => None,
+    };
+    Box::new(NetworkFault {
+        target: spec.target.clone(),
+        selector,
+        action,
+        protected: protected_flows(plan),
+    })
 }
 
-struct Unavailable(&'static str);
+/// One step of a network injection, in the order it is applied (reverted in reverse).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "step", rename_all = "snake_case")]
+pub enum NetStep {
+    /// iptables chains and rules, jumped to from INPUT/OUTPUT.
+    Iptables { rules: RuleSet },
+}
 
-impl Fault for Unavailable {
+impl NetStep {
+    fn describe(&self) -> String {
+        match self {
+            NetStep::Iptables { rules } => {
+                let chains: Vec<&str> = rules.chains.iter().map(|c| c.name.as_str()).collect();
+                format!("iptables chains {}", chains.join(", "))
+            }
+        }
+    }
+
+    fn apply(&self) -> Result<(), FaultError> {
+        match self {
+            NetStep::Iptables { rules } => {
+                rules.apply().map_err(|e| FaultError::Failed(e.to_string()))
+            }
+        }
+    }
+
+    /// Undo the step; returns what it achieved while it was live (counters, statistics).
+    fn revert(&self) -> Result<serde_json::Value, FaultError> {
+        match self {
+            NetStep::Iptables { rules } => {
+                // Counters first: they vanish with the chains. Their absence (a crash took the
+                // chains already) is not an error.
+                let counters = rules.counters().ok();
+                rules
+                    .remove()
+                    .map_err(|e| FaultError::Failed(e.to_string()))?;
+                Ok(serde_json::to_value(counters).unwrap_or_default())
+            }
+        }
+    }
+}
+
+/// Undo every step, newest first; every step is attempted even when one fails.
+pub fn revert_steps(steps: &[NetStep]) -> Result<Reverted, FaultError> {
+    let mut achieved = Vec::new();
+    let mut failures = Vec::new();
+    for step in steps.iter().rev() {
+        match step.revert() {
+            Ok(details) => {
+                achieved.push(serde_json::json!({ "step": step.describe(), "achieved": details }))
+            }
+            Err(e) => failures.push(format!("{}: {e}", step.describe())),
+        }
+    }
+    if !failures.is_empty() {
+        return Err(FaultError::Failed(failures.join("; ")));
+    }
+    Ok(Reverted {
+        summary: format!(
+            "removed {}",
+            steps
+                .iter()
+                .map(NetStep::describe)
+                .collect::<Vec<_>>()
+                .join(", ")
+        ),
+        details: serde_json::Value::Array(achieved),
+    })
+}
+
+pub fn describe_steps(steps: &[NetStep]) -> String {
+    format!(
+        "remove {}",
+        steps
+            .iter()
+            .map(NetStep::describe)
+            .collect::<Vec<_>>()
+            .join(", ")
+    )
+}
+
+struct NetworkFault {
+    target: String,
+    selector: Option<NetworkSelector>,
+    action: Option<NetworkAction>,
+    protected: Vec<Protected>,
+}
+
+/// A short id for names faultline creates (chains, queues, devices): unique per injection.
+fn short_id() -> String {
+    format!("{:08x}", rand::random::<u32>())
+}
+
+impl Fault for NetworkFault {
     fn prepare(&self) -> Result<Prepared, FaultError> {
-        Err(FaultError::Failed(format!(
-            "{} is not available in this build",
-            self.0
-        )))
+        let (Some(selector), Some(action)) = (&self.selector, &self.action) else {
+            return Err(FaultError::Failed(format!(
+                "target `{}` is not a network target",
+                self.target
+            )));
+        };
+        let traffic = resolve(selector, &self.protected).map_err(FaultError::Failed)?;
+        let id = short_id();
+        let (steps, backend) = match action {
+            NetworkAction::Partition { reject } => {
+                let act = if *reject {
+                    Action::Reject
+                } else {
+                    Action::Drop
+                };
+                (vec![iptables_step(&traffic, act, &id)?], "iptables")
+            }
+            NetworkAction::Loss {
+                probability,
+                correlation,
+            } => {
+                if *correlation > 0.0 {
+                    return Err(FaultError::Failed(
+                        "correlated loss needs netem, which this build applies only through iptables' independent draws; drop `correlation`".into(),
+                    ));
+                }
+                (
+                    vec![iptables_step(
+                        &traffic,
+                        Action::Loss {
+                            probability: *probability,
+                        },
+                        &id,
+                    )?],
+                    "iptables",
+                )
+            }
+            other => {
+                return Err(FaultError::Failed(format!(
+                    "{} is not available on this host yet ({other:?})",
+                    self.target
+                )));
+            }
+        };
+        let summary = format!(
+            "{} on target {} via {backend}",
+            crate::plan::render::effect_summary(action),
+            self.target
+        );
+        Ok(Prepared {
+            summary,
+            details: serde_json::json!({
+                "backend": backend,
+                "traffic": traffic,
+                "steps": steps,
+            }),
+            revert: RevertRecipe::Network { steps },
+        })
     }
-    fn apply(&self, _: &Prepared) -> Result<Applied, FaultError> {
-        Err(FaultError::Failed(format!(
-            "{} is not available in this build",
-            self.0
-        )))
+
+    fn apply(&self, prepared: &Prepared) -> Result<Applied, FaultError> {
+        let RevertRecipe::Network { steps } = &prepared.revert else {
+            return Err(FaultError::Failed("not a network injection".into()));
+        };
+        for step in steps {
+            step.apply()?;
+        }
+        Ok(Applied {
+            summary: prepared.summary.clone(),
+            details: serde_json::json!({ "applied": steps.iter().map(NetStep::describe).collect::<Vec<_>>() }),
+        })
     }
+}
+
+fn iptables_step(traffic: &Traffic, action: Action, id: &str) -> Result<NetStep, FaultError> {
+    let rules =
+        RuleSet::plan(traffic, action, id, None).map_err(|e| FaultError::Failed(e.to_string()))?;
+    Ok(NetStep::Iptables { rules })
 }
 
 /// Look up host names and turn a validated selector into the traffic a backend acts on.

@@ -339,6 +339,7 @@ pub fn resume_all(processes: &[ProcRef]) -> Result<Reverted, FaultError> {
         } else {
             done.join("; ")
         },
+        ..Reverted::default()
     })
 }
 

@@ -49,5 +49,6 @@ pub fn revert_marker(marker: &Path, fail: bool) -> Result<Reverted, FaultError> 
     }
     Ok(Reverted {
         summary: format!("removed {}", marker.display()),
+        ..Reverted::default()
     })
 }

@@ -273,7 +273,7 @@ pub fn render(plan: &Plan) -> String {
             }
             FaultAction::Stop => format!("{} (SIGSTOP, SIGCONT on revert)", f.kind.as_str()),
             FaultAction::Network(effect) => {
-                format!("{} ({})", f.kind.as_str(), describe_effect(effect))
+                format!("{} ({})", f.kind.as_str(), effect_summary(effect))
             }
         };
         let mut extra = Vec::new();
@@ -389,7 +389,8 @@ fn describe_network(
     }
 }
 
-fn describe_effect(effect: &super::NetworkAction) -> String {
+/// One line describing a network fault's effect, for `plan`, the terminal and the journal.
+pub fn effect_summary(effect: &super::NetworkAction) -> String {
     use super::NetworkAction::*;
     let pct = |f: f64| format!("{}%", (f * 10_000.0).round() / 100.0);
     match effect {

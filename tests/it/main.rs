@@ -1,5 +1,6 @@
 mod cli;
 mod engine;
+mod network;
 mod process_run;
 mod quickstart;
 mod util;
