@@ -46,6 +46,7 @@ const NFQNL_CFG_CMD_UNBIND: u8 = 2;
 
 const NFQA_PACKET_HDR: u16 = 1;
 const NFQA_VERDICT_HDR: u16 = 2;
+const NFQA_TIMESTAMP: u16 = 4;
 const NFQA_CAP_LEN: u16 = 13;
 
 /// Accept packets the queue has no room for instead of dropping them: a delayer that cannot
@@ -108,6 +109,11 @@ pub struct PacketMeta {
     pub hook: u8,
     /// Full packet length (`NFQA_CAP_LEN`), present because we copy no payload.
     pub len: Option<u32>,
+    /// The skb's timestamp (`NFQA_TIMESTAMP`, µs resolution) when it has one: for received
+    /// packets the wall-clock arrival time, set while any socket asked for RX timestamps.
+    /// Other timestamp kinds (e.g. TCP's monotonic departure time) come through the same
+    /// attribute, so callers must check plausibility.
+    pub timestamp: Option<Duration>,
 }
 
 /// One message read from the socket.
@@ -656,6 +662,7 @@ fn parse_packet(body: &[u8]) -> Option<PacketMeta> {
     let mut attrs = body.get(NFGENMSG_LEN..)?;
     let mut meta: Option<PacketMeta> = None;
     let mut len = None;
+    let mut timestamp = None;
     while attrs.len() >= NLA_HDRLEN {
         let nla_len = u16::from_ne_bytes(attrs[0..2].try_into().unwrap()) as usize;
         let kind = u16::from_ne_bytes(attrs[2..4].try_into().unwrap()) & NLA_TYPE_MASK;
@@ -671,7 +678,14 @@ fn parse_packet(body: &[u8]) -> Option<PacketMeta> {
                     hw_protocol: u16::from_be_bytes(payload[4..6].try_into().unwrap()),
                     hook: payload[6],
                     len: None,
+                    timestamp: None,
                 });
+            }
+            // struct nfqnl_msg_packet_timestamp { __be64 sec; __be64 usec; }
+            NFQA_TIMESTAMP if payload.len() >= 16 => {
+                let sec = u64::from_be_bytes(payload[0..8].try_into().unwrap());
+                let usec = u64::from_be_bytes(payload[8..16].try_into().unwrap());
+                timestamp = Some(Duration::from_secs(sec) + Duration::from_micros(usec));
             }
             NFQA_CAP_LEN if payload.len() >= 4 => {
                 len = Some(u32::from_be_bytes(payload[0..4].try_into().unwrap()));
@@ -680,7 +694,11 @@ fn parse_packet(body: &[u8]) -> Option<PacketMeta> {
         }
         attrs = &attrs[align4(nla_len).min(attrs.len())..];
     }
-    meta.map(|m| PacketMeta { len, ..m })
+    meta.map(|m| PacketMeta {
+        len,
+        timestamp,
+        ..m
+    })
 }
 
 #[cfg(test)]
@@ -766,6 +784,11 @@ mod tests {
         hdr.extend_from_slice(&[0x08, 0x00, 1]);
         attr(&mut body, NFQA_PACKET_HDR, &hdr);
         attr(&mut body, 3, &7u32.to_be_bytes()); // NFQA_MARK
+        if id == 5 {
+            let mut ts = 1_700_000_000u64.to_be_bytes().to_vec();
+            ts.extend_from_slice(&123_456u64.to_be_bytes());
+            attr(&mut body, NFQA_TIMESTAMP, &ts);
+        }
         attr(&mut body, 11 | (1 << 15), &[0; 8]); // NFQA_CT, nested
         attr(&mut body, NFQA_CAP_LEN, &cap_len.to_be_bytes());
         let mut msg = Vec::new();
@@ -800,13 +823,15 @@ mod tests {
                     id: 5,
                     hw_protocol: 0x0800,
                     hook: 1,
-                    len: Some(60)
+                    len: Some(60),
+                    timestamp: Some(Duration::new(1_700_000_000, 123_456_000)),
                 }),
                 Message::Packet(PacketMeta {
                     id: 0xfffffffe,
                     hw_protocol: 0x0800,
                     hook: 1,
-                    len: Some(65226)
+                    len: Some(65226),
+                    timestamp: None,
                 }),
                 Message::Ack { seq: 12, errno: 0 },
                 Message::Ack {
