@@ -1,6 +1,9 @@
-//! Thin Linux seams. Everything that reads /proc or makes a process-level syscall lives here.
+//! Thin Linux seams. Everything that reads /proc, makes a process-level syscall or runs a
+//! network tool lives here.
 
+pub mod delayer;
 pub mod iptables;
 pub mod netns;
+pub mod nfqueue;
 pub mod pidfd;
 pub mod proc;
