@@ -3,3 +3,4 @@
 pub mod netns;
 pub mod pidfd;
 pub mod proc;
+pub mod tc;
