@@ -1847,6 +1847,36 @@ mod tests {
     }
 
     #[test]
+    fn both_directions_on_every_up_interface_install_and_remove_cleanly() {
+        let net = TestNet::new().unwrap();
+        let (a, dev) = (net.a.as_str(), net.veth_a.as_str());
+        let before = qdiscs(a, dev);
+        let mut t = traffic(a, dev, Direction::Both);
+        t.interfaces.clear();
+        let install = TcInstall::bandwidth(&t, RATE, Some(20_000), "bo1").unwrap();
+        let devs: Vec<&str> = install
+            .steps
+            .iter()
+            .filter_map(|s| match s {
+                TcStep::RootQdisc { dev, .. } | TcStep::IngressQdisc { dev, .. } => {
+                    Some(dev.as_str())
+                }
+                _ => None,
+            })
+            .collect();
+        // Loopback is skipped; the veth gets both directions.
+        assert_eq!(devs, vec![dev, dev]);
+        install.apply().unwrap();
+        let found = leftovers(Some(a)).unwrap();
+        assert_eq!(found.len(), 4, "{found:?}");
+        install.remove().unwrap();
+        assert_eq!(qdiscs(a, dev), before);
+        assert!(leftovers(Some(a)).unwrap().is_empty());
+        // A burst below one full frame could never pass a frame.
+        assert!(TcInstall::bandwidth(&t, RATE, Some(1000), "bo2").is_err());
+    }
+
+    #[test]
     fn narrowed_netem_plan_is_exact_and_a_failed_apply_undoes_itself() {
         let net = TestNet::new().unwrap();
         let (a, dev) = (net.a.as_str(), net.veth_a.as_str());
