@@ -7,3 +7,4 @@ pub mod netns;
 pub mod nfqueue;
 pub mod pidfd;
 pub mod proc;
+pub mod tc;
