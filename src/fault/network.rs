@@ -10,8 +10,11 @@ use super::{Applied, Fault, FaultError, Prepared, RevertRecipe, Reverted};
 use crate::experiment::model::{NetworkSelector, PortSpec};
 use crate::experiment::validate::port_range;
 use crate::net::{Direction, IpNet, PortRange, Protected, Protocol, Traffic};
+use crate::plan::DelayBackend;
 use crate::plan::{FaultAction, FaultSpec, NetworkAction, Plan, ProbeKind, TargetSpec};
+use crate::sys::delayer::{self, DelaySpec};
 use crate::sys::iptables::{Action, RuleSet};
+use crate::sys::tc::{self, NetemSpec, Support, TcInstall};
 
 /// Build a network fault. Backends are chosen when it is prepared, from what this host has.
 pub fn build(spec: &FaultSpec, plan: &Plan) -> Box<dyn Fault> {
@@ -35,25 +38,44 @@ pub fn build(spec: &FaultSpec, plan: &Plan) -> Box<dyn Fault> {
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "step", rename_all = "snake_case")]
 pub enum NetStep {
+    /// An in-process NFQUEUE delayer holding packets until their due time. After a crash it
+    /// is gone with the process (the rules' `--queue-bypass` lets traffic flow), so its
+    /// revert is then a no-op.
+    Delayer {
+        queue: u16,
+        netns: Option<String>,
+        spec: DelaySpec,
+    },
     /// iptables chains and rules, jumped to from INPUT/OUTPUT.
     Iptables { rules: RuleSet },
+    /// qdiscs, filters and IFB devices.
+    Tc { install: TcInstall },
 }
 
 impl NetStep {
     fn describe(&self) -> String {
         match self {
+            NetStep::Delayer { queue, .. } => format!("NFQUEUE delayer on queue {queue}"),
             NetStep::Iptables { rules } => {
                 let chains: Vec<&str> = rules.chains.iter().map(|c| c.name.as_str()).collect();
                 format!("iptables chains {}", chains.join(", "))
+            }
+            NetStep::Tc { install } => {
+                let parts: Vec<String> = install.steps.iter().map(describe_tc_step).collect();
+                format!("tc {}", parts.join(", "))
             }
         }
     }
 
     fn apply(&self) -> Result<(), FaultError> {
+        let failed = |e: &dyn std::fmt::Display| FaultError::Failed(e.to_string());
         match self {
-            NetStep::Iptables { rules } => {
-                rules.apply().map_err(|e| FaultError::Failed(e.to_string()))
+            NetStep::Delayer { queue, netns, spec } => {
+                delayer::start(*queue, spec.clone(), netns.as_deref(), EXPECTED_PPS)
+                    .map_err(|e| failed(&e))
             }
+            NetStep::Iptables { rules } => rules.apply().map_err(|e| failed(&e)),
+            NetStep::Tc { install } => install.apply().map_err(|e| failed(&e)),
         }
     }
 
@@ -69,6 +91,16 @@ impl NetStep {
                     .map_err(|e| FaultError::Failed(e.to_string()))?;
                 Ok(serde_json::to_value(counters).unwrap_or_default())
             }
+            // Stopping releases every held packet at once; after a crash there is nothing to stop.
+            NetStep::Delayer { queue, .. } => {
+                Ok(serde_json::to_value(delayer::stop(*queue)).unwrap_or_default())
+            }
+            NetStep::Tc { install } => {
+                install
+                    .remove()
+                    .map_err(|e| FaultError::Failed(e.to_string()))?;
+                Ok(serde_json::Value::Null)
+            }
         }
     }
 }
@@ -77,10 +109,17 @@ impl NetStep {
 pub fn revert_steps(steps: &[NetStep]) -> Result<Reverted, FaultError> {
     let mut achieved = Vec::new();
     let mut failures = Vec::new();
+    let mut steered = None;
+    let mut delayed = None;
     for step in steps.iter().rev() {
         match step.revert() {
             Ok(details) => {
-                achieved.push(serde_json::json!({ "step": step.describe(), "achieved": details }))
+                match step {
+                    NetStep::Iptables { .. } => steered = details["action"]["packets"].as_u64(),
+                    NetStep::Delayer { .. } => delayed = details["packets_seen"].as_u64(),
+                    NetStep::Tc { .. } => {}
+                }
+                achieved.push(serde_json::json!({ "step": step.describe(), "achieved": details }));
             }
             Err(e) => failures.push(format!("{}: {e}", step.describe())),
         }
@@ -88,15 +127,29 @@ pub fn revert_steps(steps: &[NetStep]) -> Result<Reverted, FaultError> {
     if !failures.is_empty() {
         return Err(FaultError::Failed(failures.join("; ")));
     }
+    let mut summary = format!(
+        "removed {}",
+        steps
+            .iter()
+            .map(NetStep::describe)
+            .collect::<Vec<_>>()
+            .join(", ")
+    );
+    // Packets the rules sent to the queue that the delayer never saw went through undelayed
+    // (queue full, or no consumer: `--queue-bypass` and fail-open). Say how many.
+    if let (Some(steered), Some(delayed)) = (steered, delayed) {
+        let bypassed = steered.saturating_sub(delayed);
+        summary.push_str(&format!(
+            "; {delayed} packets delayed, {bypassed} bypassed the queue"
+        ));
+        achieved.push(serde_json::json!({
+            "packets_steered": steered,
+            "packets_delayed": delayed,
+            "packets_bypassed": bypassed,
+        }));
+    }
     Ok(Reverted {
-        summary: format!(
-            "removed {}",
-            steps
-                .iter()
-                .map(NetStep::describe)
-                .collect::<Vec<_>>()
-                .join(", ")
-        ),
+        summary,
         details: serde_json::Value::Array(achieved),
     })
 }
@@ -146,28 +199,115 @@ impl Fault for NetworkFault {
             NetworkAction::Loss {
                 probability,
                 correlation,
+            } if *correlation == 0.0 => (
+                vec![iptables_step(
+                    &traffic,
+                    Action::Loss {
+                        probability: *probability,
+                    },
+                    &id,
+                )?],
+                "iptables",
+            ),
+            NetworkAction::Loss {
+                probability,
+                correlation,
             } => {
-                if *correlation > 0.0 {
-                    return Err(FaultError::Failed(
-                        "correlated loss needs netem, which this build applies only through iptables' independent draws; drop `correlation`".into(),
-                    ));
-                }
-                (
-                    vec![iptables_step(
-                        &traffic,
-                        Action::Loss {
-                            probability: *probability,
-                        },
-                        &id,
-                    )?],
-                    "iptables",
-                )
+                require_netem("correlated loss")?;
+                let spec = NetemSpec {
+                    loss: Some(*probability),
+                    loss_correlation: Some(*correlation),
+                    ..NetemSpec::default()
+                };
+                (vec![netem_step(&traffic, &spec, &id)?], "netem")
             }
-            other => {
-                return Err(FaultError::Failed(format!(
-                    "{} is not available on this host yet ({other:?})",
-                    self.target
-                )));
+            NetworkAction::Delay {
+                delay,
+                jitter,
+                normal,
+                correlation,
+                backend,
+            } => {
+                let use_netem = match backend {
+                    DelayBackend::Netem => {
+                        require_netem("backend: netem")?;
+                        true
+                    }
+                    DelayBackend::Nfqueue => false,
+                    DelayBackend::Auto => tc::netem_support().is_available(),
+                };
+                if use_netem {
+                    let spec = NetemSpec {
+                        delay: Some(*delay),
+                        jitter: (!jitter.is_zero()).then_some(*jitter),
+                        correlation: (*correlation > 0.0).then_some(*correlation),
+                        distribution: if *normal {
+                            tc::Distribution::Normal
+                        } else {
+                            tc::Distribution::Uniform
+                        },
+                        ..NetemSpec::default()
+                    };
+                    (vec![netem_step(&traffic, &spec, &id)?], "netem")
+                } else {
+                    let netns = traffic.netns.clone();
+                    let queue = delayer::free_queue_number(netns.as_deref())
+                        .map_err(|e| FaultError::Failed(format!("no free NFQUEUE number: {e}")))?;
+                    let spec = DelaySpec {
+                        delay: *delay,
+                        jitter: *jitter,
+                        distribution: if *normal {
+                            delayer::Distribution::Normal
+                        } else {
+                            delayer::Distribution::Uniform
+                        },
+                        correlation: *correlation,
+                    };
+                    let rules = iptables_step(&traffic, Action::Queue { num: queue }, &id)?;
+                    // The delayer binds the queue before the rules steer packets to it.
+                    (
+                        vec![NetStep::Delayer { queue, netns, spec }, rules],
+                        "nfqueue",
+                    )
+                }
+            }
+            NetworkAction::Bandwidth {
+                rate_bits_per_sec,
+                burst_bytes,
+            } => {
+                let install = TcInstall::bandwidth(&traffic, *rate_bits_per_sec, *burst_bytes, &id)
+                    .map_err(|e| FaultError::Failed(e.to_string()))?;
+                (vec![NetStep::Tc { install }], "tc")
+            }
+            NetworkAction::Duplicate { probability } => {
+                require_netem("network-duplicate")?;
+                let spec = NetemSpec {
+                    duplicate: Some(*probability),
+                    ..NetemSpec::default()
+                };
+                (vec![netem_step(&traffic, &spec, &id)?], "netem")
+            }
+            NetworkAction::Corrupt { probability } => {
+                require_netem("network-corrupt")?;
+                let spec = NetemSpec {
+                    corrupt: Some(*probability),
+                    ..NetemSpec::default()
+                };
+                (vec![netem_step(&traffic, &spec, &id)?], "netem")
+            }
+            NetworkAction::Reorder {
+                probability,
+                delay,
+                gap,
+            } => {
+                require_netem("network-reorder")?;
+                let spec = NetemSpec {
+                    delay: Some(*delay),
+                    reorder: Some(*probability),
+                    reorder_gap: *gap,
+                    ..NetemSpec::default()
+                };
+                (vec![netem_step(&traffic, &spec, &id)?], "netem")
             }
         };
         let summary = format!(
@@ -197,6 +337,33 @@ impl Fault for NetworkFault {
             summary: prepared.summary.clone(),
             details: serde_json::json!({ "applied": steps.iter().map(NetStep::describe).collect::<Vec<_>>() }),
         })
+    }
+}
+
+/// Packets per second a delayer sizes its queue for (queue length = pps × delay × 2).
+const EXPECTED_PPS: u32 = 20_000;
+
+fn require_netem(what: &str) -> Result<(), FaultError> {
+    match tc::netem_support() {
+        Support::Available => Ok(()),
+        Support::Missing { reason } => Err(FaultError::Failed(format!(
+            "{what} needs netem, which this host lacks: {reason} (see `faultline doctor`)"
+        ))),
+    }
+}
+
+fn netem_step(traffic: &Traffic, spec: &NetemSpec, id: &str) -> Result<NetStep, FaultError> {
+    let install =
+        TcInstall::netem(traffic, spec, id).map_err(|e| FaultError::Failed(e.to_string()))?;
+    Ok(NetStep::Tc { install })
+}
+
+fn describe_tc_step(step: &tc::TcStep) -> String {
+    match step {
+        tc::TcStep::CreateIfb { name } => format!("device {name}"),
+        tc::TcStep::RootQdisc { dev, .. } => format!("root qdisc on {dev}"),
+        tc::TcStep::IngressQdisc { dev, .. } => format!("ingress qdisc on {dev}"),
+        tc::TcStep::InTree { dev, .. } => format!("filters on {dev}"),
     }
 }
 

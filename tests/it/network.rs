@@ -139,3 +139,157 @@ fn kill_9_during_a_partition_leaves_rules_that_recover_removes_exactly() {
     );
     assert_eq!(ws.state_records(), 0);
 }
+
+/// An echo server in namespace `ns` on a thread of its own; it serves until the test ends
+/// (its socket goes with the namespace).
+fn echo_server_in(ns: &str, ip: &str) -> SocketAddr {
+    use std::io::{Read, Write};
+    let (listener, addr) = listen_in(ns, ip);
+    std::thread::spawn(move || {
+        for stream in listener.incoming().take(16) {
+            let Ok(mut stream) = stream else { return };
+            std::thread::spawn(move || {
+                let mut buf = [0u8; 64];
+                while let Ok(n) = stream.read(&mut buf) {
+                    if n == 0 || stream.write_all(&buf[..n]).is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    addr
+}
+
+/// Round-trip times (ms) of `n` 64-byte echoes on one connection from namespace `ns`,
+/// paced `gap` apart; bounded by a 2 s read timeout per echo.
+fn echo_rtts(ns: &str, addr: SocketAddr, n: usize, gap: Duration) -> Vec<f64> {
+    use std::io::{Read, Write};
+    run_in(ns, move || {
+        let mut stream =
+            TcpStream::connect_timeout(&addr, Duration::from_secs(2)).expect("connect");
+        stream.set_nodelay(true).unwrap();
+        stream
+            .set_read_timeout(Some(Duration::from_secs(2)))
+            .unwrap();
+        let mut rtts = Vec::with_capacity(n);
+        let mut buf = [0u8; 64];
+        for _ in 0..n {
+            let start = std::time::Instant::now();
+            stream.write_all(&[7u8; 64]).unwrap();
+            stream.read_exact(&mut buf).expect("echo");
+            rtts.push(start.elapsed().as_secs_f64() * 1000.0);
+            std::thread::sleep(gap);
+        }
+        rtts
+    })
+    .unwrap()
+}
+
+fn percentile(samples: &[f64], p: f64) -> f64 {
+    let mut sorted = samples.to_vec();
+    sorted.sort_by(f64::total_cmp);
+    let rank = ((p / 100.0) * sorted.len() as f64).ceil() as usize;
+    sorted[rank.clamp(1, sorted.len()) - 1]
+}
+
+#[test]
+fn a_delay_adds_exactly_the_requested_latency_and_goes_away_on_revert() {
+    let _serial = util::serial();
+    let ws = Workspace::new();
+    let net = TestNet::new().expect("test network (needs root)");
+    let addr = echo_server_in(&net.b, &net.ip_b);
+    let baseline = percentile(&echo_rtts(&net.a, addr, 30, Duration::from_millis(5)), 50.0);
+    let file = ws.write(
+        "delay.yaml",
+        &format!(
+            "apiVersion: faultline/v1\nmetadata: {{name: delay}}\nmax_duration: 1m\n\
+             targets: {{server: {{network: {{netns: {}, remote: ['{}'], remote_ports: [{}], protocol: tcp}}}}}}\n\
+             faults: [{{id: slow, kind: network-delay, target: server, params: {{delay: 50ms}}, duration: 6s}}]\n",
+            net.a,
+            net.ip_b,
+            addr.port()
+        ),
+    );
+    let mut runner = Runner::spawn(&ws, &[&file]);
+    assert!(
+        wait_for(Duration::from_secs(5), || injected(&ws)),
+        "{}",
+        runner.stderr()
+    );
+    let rtts = echo_rtts(&net.a, addr, 60, Duration::from_millis(10));
+    let (p50, p99) = (percentile(&rtts, 50.0), percentile(&rtts, 99.0));
+    println!("baseline p50 {baseline:.3} ms; delayed p50 {p50:.3} ms, p99 {p99:.3} ms");
+    assert!(
+        (p50 - (50.0 + baseline)).abs() <= 1.0,
+        "p50 {p50:.3} ms for a 50 ms delay (baseline {baseline:.3})"
+    );
+    assert!(p99 <= 50.0 + baseline + 3.0, "p99 {p99:.3} ms");
+    assert_eq!(
+        runner.wait(Duration::from_secs(15)),
+        Some(0),
+        "{}",
+        runner.stderr()
+    );
+
+    let after = percentile(&echo_rtts(&net.a, addr, 20, Duration::from_millis(5)), 50.0);
+    assert!(
+        after < 5.0,
+        "the delay is gone after the revert: p50 {after:.3} ms"
+    );
+    let events = ws.journal();
+    let reverted = events_of(&events, "fault_reverted")[0];
+    let summary = reverted["summary"].as_str().unwrap();
+    assert!(summary.contains("packets delayed"), "{summary}");
+    assert!(iptables::leftovers(Some(&net.a)).is_empty());
+}
+
+#[test]
+fn kill_9_during_an_nfqueue_delay_keeps_traffic_flowing_and_recover_restores_the_ruleset() {
+    let _serial = util::serial();
+    let ws = Workspace::new();
+    let net = TestNet::new().expect("test network (needs root)");
+    let addr = echo_server_in(&net.b, &net.ip_b);
+    let variant = iptables::detect(Some(&net.a)).unwrap();
+    let before = iptables::save(Some(&net.a), variant, Family::V4).unwrap();
+    let file = ws.write(
+        "delay.yaml",
+        &format!(
+            "apiVersion: faultline/v1\nmetadata: {{name: crashed-delay}}\nmax_duration: 1m\n\
+             targets: {{server: {{network: {{netns: {}, remote: ['{}'], protocol: tcp}}}}}}\n\
+             faults: [{{id: slow, kind: network-delay, target: server, params: {{delay: 100ms, backend: nfqueue}}, duration: 50s}}]\n",
+            net.a, net.ip_b
+        ),
+    );
+    let mut runner = Runner::spawn(&ws, &[&file]);
+    assert!(
+        wait_for(Duration::from_secs(5), || injected(&ws)),
+        "{}",
+        runner.stderr()
+    );
+    runner.signal(nix::sys::signal::Signal::SIGKILL);
+    runner.wait(Duration::from_secs(5));
+    // The delayer died with the runner; `--queue-bypass` lets packets through undelayed.
+    let rtts = echo_rtts(&net.a, addr, 10, Duration::from_millis(5));
+    assert!(
+        percentile(&rtts, 50.0) < 5.0,
+        "traffic flows after the crash: {rtts:?}"
+    );
+    assert!(
+        !iptables::leftovers(Some(&net.a)).is_empty(),
+        "the crash left the rules"
+    );
+
+    let out = util::faultline(&ws).arg("recover").output().unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(iptables::leftovers(Some(&net.a)).is_empty());
+    assert_eq!(
+        before,
+        iptables::save(Some(&net.a), variant, Family::V4).unwrap()
+    );
+}
