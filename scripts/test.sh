@@ -5,7 +5,9 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-packages=(coreutils procps iproute2)
+# iproute2: ip, tc, nsenter-free namespaces; iptables (legacy + nft variants) and nftables: the
+# network faults; iputils-ping: a cgroup-scoped network test; util-linux: nsenter.
+packages=(coreutils procps iproute2 iptables nftables iputils-ping util-linux python3)
 missing=()
 for p in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
@@ -17,4 +19,6 @@ if [ "${#missing[@]}" -gt 0 ]; then
 fi
 
 cargo build --locked --all-targets
-cargo test --locked --all-targets -- --test-threads=2
+# One test at a time: the network and timing tests measure real delays and rates on a
+# 2-core box, and parallel tests would measure each other.
+cargo test --locked --all-targets -- --test-threads=1

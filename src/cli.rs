@@ -58,6 +58,14 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Which fault backends work on this host, and why not where they do not.
+    Doctor {
+        /// Examine this network namespace (`/run/netns/NAME`) instead of faultline's own.
+        #[arg(long)]
+        netns: Option<String>,
+        #[arg(long)]
+        json: bool,
+    },
     /// A tiny HTTP service with a worker child process, for trying faultline out.
     DemoTarget(DemoArgs),
 }

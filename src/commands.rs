@@ -36,6 +36,18 @@ pub async fn dispatch(command: Command) -> u8 {
             include_active,
         } => recover_command(&state, include_active),
         Command::Status { state, json } => status(&state, json),
+        Command::Doctor { netns, json } => {
+            let report = crate::doctor::examine(netns.as_deref());
+            if json {
+                println!(
+                    "{}",
+                    serde_json::to_string_pretty(&report).expect("serialises")
+                );
+            } else {
+                print!("{}", report.render());
+            }
+            0
+        }
         Command::DemoTarget(args) => demo(args).await,
     }
 }

@@ -93,8 +93,13 @@ async fn supervise(options: DemoOptions, worker_port: Arc<RwLock<Option<u16>>>) 
 fn spawn_worker(service: SocketAddr, port: u16) -> std::io::Result<Child> {
     let exe = std::env::current_exe()?;
     Command::new(exe)
-        .args(["demo-target", "--worker", "--listen", &service.to_string()])
-        .args(["--worker-port", &port.to_string()])
+        .args([
+            "demo-target",
+            "--worker",
+            "--worker-port",
+            &port.to_string(),
+        ])
+        .args(["--listen", &service.to_string()])
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit())

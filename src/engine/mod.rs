@@ -608,28 +608,35 @@ impl Runner {
         while probe_tasks.join_next().await.is_some() {}
     }
 
-    /// Before anything is injected: every fault must be possible with the privileges we
-    /// have. A target that does not exist yet is fine here (it may appear later); missing
-    /// privilege is not.
+    /// Before anything is injected: every fault must be possible on this host with the
+    /// privileges we have. A target that does not exist yet is fine here (it may appear
+    /// later); missing privilege or a missing kernel feature is not.
     async fn preflight(&mut self) -> Result<(), String> {
         let shared = self.shared.clone();
         for spec in &shared.plan.faults {
             let fault: Arc<dyn Fault> = Arc::from(shared.backend.fault(spec, &shared.plan));
             let result = tokio::task::spawn_blocking(move || fault.prepare()).await;
-            if let Ok(Err(FaultError::Permission(why))) = result {
-                let reason = format!(
+            let reason = match result {
+                Ok(Err(FaultError::Permission(why))) => format!(
                     "fault {} needs more privilege than faultline has: {why}; nothing was injected",
                     spec.id
-                );
-                shared.journal.write(&Event::FaultInjectionFailed {
-                    t_ms: shared.t_ms(),
-                    fault: &spec.id,
-                    record: None,
-                    error: reason.clone(),
-                });
-                shared.ui.line(format!("FAILED  {reason}"));
-                return Err(reason);
-            }
+                ),
+                Ok(Err(FaultError::Unsupported(why))) => format!(
+                    "fault {} cannot be applied on this host: {why}; nothing was injected",
+                    spec.id
+                ),
+                // A target that does not exist yet may appear later; it is checked again
+                // when the fault fires.
+                _ => continue,
+            };
+            shared.journal.write(&Event::FaultInjectionFailed {
+                t_ms: shared.t_ms(),
+                fault: &spec.id,
+                record: None,
+                error: reason.clone(),
+            });
+            shared.ui.line(format!("FAILED  {reason}"));
+            return Err(reason);
         }
         Ok(())
     }

@@ -117,6 +117,10 @@ pub enum FaultError {
     /// The fault needs a privilege faultline does not have.
     #[error("permission denied: {0}")]
     Permission(String),
+    /// This host cannot apply the fault as asked (missing kernel feature or tool, someone
+    /// else's qdisc in the way, an unresolvable host name). Known before anything is injected.
+    #[error("cannot be applied on this host: {0}")]
+    Unsupported(String),
     #[error("{0}")]
     Failed(String),
 }

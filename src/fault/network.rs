@@ -178,7 +178,28 @@ fn short_id() -> String {
 }
 
 impl Fault for NetworkFault {
+    /// Every problem found here is a property of the host or the experiment, not of the
+    /// moment, so it is reported as `Unsupported` and stops the run before any injection.
     fn prepare(&self) -> Result<Prepared, FaultError> {
+        if !crate::doctor::has_capability(crate::doctor::CAP_NET_ADMIN) {
+            return Err(FaultError::Permission(
+                "network faults change rules, qdiscs and devices, which needs root (CAP_NET_ADMIN)"
+                    .into(),
+            ));
+        }
+        self.plan_injection().map_err(|e| match e {
+            FaultError::Failed(message) => FaultError::Unsupported(message),
+            other => other,
+        })
+    }
+
+    fn apply(&self, prepared: &Prepared) -> Result<Applied, FaultError> {
+        apply_steps(prepared)
+    }
+}
+
+impl NetworkFault {
+    fn plan_injection(&self) -> Result<Prepared, FaultError> {
         let (Some(selector), Some(action)) = (&self.selector, &self.action) else {
             return Err(FaultError::Failed(format!(
                 "target `{}` is not a network target",
@@ -325,19 +346,19 @@ impl Fault for NetworkFault {
             revert: RevertRecipe::Network { steps },
         })
     }
+}
 
-    fn apply(&self, prepared: &Prepared) -> Result<Applied, FaultError> {
-        let RevertRecipe::Network { steps } = &prepared.revert else {
-            return Err(FaultError::Failed("not a network injection".into()));
-        };
-        for step in steps {
-            step.apply()?;
-        }
-        Ok(Applied {
-            summary: prepared.summary.clone(),
-            details: serde_json::json!({ "applied": steps.iter().map(NetStep::describe).collect::<Vec<_>>() }),
-        })
+fn apply_steps(prepared: &Prepared) -> Result<Applied, FaultError> {
+    let RevertRecipe::Network { steps } = &prepared.revert else {
+        return Err(FaultError::Failed("not a network injection".into()));
+    };
+    for step in steps {
+        step.apply()?;
     }
+    Ok(Applied {
+        summary: prepared.summary.clone(),
+        details: serde_json::json!({ "applied": steps.iter().map(NetStep::describe).collect::<Vec<_>>() }),
+    })
 }
 
 /// Packets per second a delayer sizes its queue for (queue length = pps × delay × 2).

@@ -313,6 +313,42 @@ pub fn render(plan: &Plan) -> String {
             );
         }
     }
+    let network_kinds: Vec<&str> = plan
+        .faults
+        .iter()
+        .filter(|f| f.kind.is_network())
+        .map(|f| f.kind.as_str())
+        .collect();
+    if !network_kinds.is_empty() {
+        let report = crate::doctor::examine(None);
+        let _ = writeln!(out, "\nbackends on this host (details: faultline doctor)");
+        for f in plan.faults.iter().filter(|f| f.kind.is_network()) {
+            let forced = match &f.action {
+                FaultAction::Network(super::NetworkAction::Delay { backend, .. })
+                    if *backend != super::DelayBackend::Auto =>
+                {
+                    Some(format!("{backend:?}").to_lowercase())
+                }
+                _ => None,
+            };
+            let line = match (forced, report.backend_for(f.kind.as_str())) {
+                (Some(forced), _) => format!("{forced} (forced by the experiment)"),
+                (None, Some(choice)) => match &choice.backend {
+                    Some(backend) => backend.clone(),
+                    None => format!("UNAVAILABLE: {}", choice.detail),
+                },
+                (None, None) => "unknown".into(),
+            };
+            let _ = writeln!(out, "  {}: {line}", f.id);
+        }
+        if !report.leftovers.is_empty() {
+            let _ = writeln!(
+                out,
+                "  left behind by an earlier run: {}",
+                report.leftovers.join("; ")
+            );
+        }
+    }
     let _ = writeln!(out, "\nnothing was injected (plan only)");
     out
 }

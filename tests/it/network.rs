@@ -293,3 +293,46 @@ fn kill_9_during_an_nfqueue_delay_keeps_traffic_flowing_and_recover_restores_the
         iptables::save(Some(&net.a), variant, Family::V4).unwrap()
     );
 }
+
+#[test]
+fn a_netem_only_fault_on_a_kernel_without_netem_fails_before_anything_is_injected() {
+    let reason = match faultline::sys::tc::netem_support() {
+        faultline::sys::tc::Support::Available => {
+            println!("skipped: this kernel has netem, so network-duplicate can be injected here");
+            return;
+        }
+        faultline::sys::tc::Support::Missing { reason } => reason,
+    };
+    let _serial = util::serial();
+    let ws = Workspace::new();
+    let net = TestNet::new().expect("test network (needs root)");
+    let file = ws.write(
+        "dup.yaml",
+        &format!(
+            "apiVersion: faultline/v1\nmetadata: {{name: dup}}\nmax_duration: 1m\n\
+             targets: {{peer: {{network: {{netns: {}, remote: ['{}']}}}}}}\n\
+             faults: [{{id: dup, kind: network-duplicate, target: peer, params: {{probability: 5%}}, duration: 5s}}]\n",
+            net.a, net.ip_b
+        ),
+    );
+    let out = util::faultline(&ws)
+        .arg("run")
+        .arg(&file)
+        .arg("--report-dir")
+        .arg(ws.report_dir())
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(4), "{stderr}");
+    assert!(
+        stderr.contains("netem"),
+        "the error names what is missing: {stderr}"
+    );
+    let events = ws.journal();
+    assert!(events_of(&events, "fault_intent").is_empty());
+    let failed = events_of(&events, "fault_injection_failed")[0]["error"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert!(failed.contains(&reason[..20]), "{failed}");
+}

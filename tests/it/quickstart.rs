@@ -125,3 +125,33 @@ fn a_breach_aborts_within_one_probe_interval_plus_100ms_and_thaws_the_worker() {
     assert_ne!(util::proc_state(worker as u32), Some('T'));
     assert_eq!(ws.state_records(), 0);
 }
+
+#[test]
+fn a_slow_dependency_breaks_the_latency_slo_and_the_delay_is_removed_at_once() {
+    let _serial = util::serial();
+    let ws = Workspace::new();
+    let (mut run, listen) = run_on_free_port(&ws, "experiments/dependency-latency-aborts.yaml");
+    run.arg("--var")
+        .arg(format!("worker_port={}", util::free_port()));
+    let out = run.output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "aborted: {stderr}");
+    let events = ws.journal();
+    assert_journal_used(&events, &listen);
+    let abort = events_of(&events, "abort")[0];
+    assert_eq!(abort["trigger"], "probe_failure");
+    assert!(
+        abort["reason"].as_str().unwrap().contains("p99 latency"),
+        "the window SLO fired: {abort}"
+    );
+    assert!(
+        abort["breach_to_all_reverted_ms"].as_f64().unwrap() < 100.0,
+        "{abort}"
+    );
+    assert_eq!(events_of(&events, "fault_reverted")[0]["cause"], "abort");
+    assert!(faultline::sys::iptables::leftovers(None).is_empty());
+    let after_ok = events
+        .iter()
+        .any(|e| e["event"] == "probe_sample" && e["phase"] == "after" && e["ok"] == true);
+    assert!(after_ok, "the service is fast again after the revert");
+}
