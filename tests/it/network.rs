@@ -336,3 +336,130 @@ fn a_netem_only_fault_on_a_kernel_without_netem_fails_before_anything_is_injecte
         .to_string();
     assert!(failed.contains(&reason[..20]), "{failed}");
 }
+
+#[test]
+fn ipv6_traffic_is_delayed_too() {
+    let _serial = util::serial();
+    let ws = Workspace::new();
+    let net = TestNet::new().expect("test network (needs root)");
+    let addr = echo_server_in(&net.b, &format!("[{}]", net.ip6_b));
+    let file = ws.write(
+        "delay6.yaml",
+        &format!(
+            "apiVersion: faultline/v1\nmetadata: {{name: delay6}}\nmax_duration: 1m\n\
+             targets: {{server: {{network: {{netns: {}, remote: ['{}'], remote_ports: [{}], protocol: tcp}}}}}}\n\
+             faults: [{{id: slow, kind: network-delay, target: server, params: {{delay: 30ms}}, duration: 4s}}]\n",
+            net.a,
+            net.ip6_b,
+            addr.port()
+        ),
+    );
+    let mut runner = Runner::spawn(&ws, &[&file]);
+    assert!(
+        wait_for(Duration::from_secs(5), || injected(&ws)),
+        "{}",
+        runner.stderr()
+    );
+    let p50 = percentile(
+        &echo_rtts(&net.a, addr, 30, Duration::from_millis(10)),
+        50.0,
+    );
+    assert!(
+        (29.5..32.0).contains(&p50),
+        "IPv6 p50 {p50:.3} ms for a 30 ms delay"
+    );
+    assert_eq!(
+        runner.wait(Duration::from_secs(10)),
+        Some(0),
+        "{}",
+        runner.stderr()
+    );
+    assert!(iptables::leftovers(Some(&net.a)).is_empty());
+}
+
+#[test]
+fn the_operators_ssh_session_survives_a_total_loss_fault() {
+    use std::io::{Read, Write};
+    let _serial = util::serial();
+    let ws = Workspace::new();
+    let net = TestNet::new().expect("test network (needs root)");
+    // "sshd" listens in namespace a (the host faultline acts on); the operator connects from b.
+    let (listener, server) = listen_in(&net.a, &net.ip_a);
+    let session = run_in(&net.b, move || {
+        TcpStream::connect_timeout(&server, Duration::from_secs(2))
+    })
+    .unwrap()
+    .expect("operator connects");
+    let (mut server_side, client) = listener.accept().unwrap();
+    std::thread::spawn(move || {
+        let mut buf = [0u8; 64];
+        while let Ok(n) = server_side.read(&mut buf) {
+            if n == 0 || server_side.write_all(&buf[..n]).is_err() {
+                return;
+            }
+        }
+    });
+    let ssh_connection = format!(
+        "{} {} {} {}",
+        client.ip(),
+        client.port(),
+        server.ip(),
+        server.port()
+    );
+    let (_other_listener, other) = listen_in(&net.b, &net.ip_b);
+
+    let file = ws.write(
+        "loss.yaml",
+        &format!(
+            "apiVersion: faultline/v1\nmetadata: {{name: total-loss}}\nmax_duration: 1m\n\
+             targets: {{peer: {{network: {{netns: {}, remote: ['{}'], direction: both}}}}}}\n\
+             faults: [{{id: black-hole, kind: network-loss, target: peer, params: {{probability: 100%}}, duration: 3s}}]\n",
+            net.a, net.ip_b
+        ),
+    );
+    let stderr_path = ws.path().join("run.stderr");
+    let mut child = util::faultline(&ws)
+        .env("SSH_CONNECTION", &ssh_connection)
+        .arg("run")
+        .arg(&file)
+        .arg("--report-dir")
+        .arg(ws.report_dir())
+        .stderr(std::fs::File::create(&stderr_path).unwrap())
+        .spawn()
+        .unwrap();
+    assert!(wait_for(Duration::from_secs(5), || injected(&ws)));
+    // Everything else between the two hosts is gone...
+    assert_eq!(
+        connects(&net.a, other, 3),
+        0,
+        "other traffic with the peer is dropped"
+    );
+    // ...but the operator's session still answers.
+    let mut session = session;
+    session
+        .set_read_timeout(Some(Duration::from_secs(1)))
+        .unwrap();
+    for _ in 0..5 {
+        session.write_all(b"still here").unwrap();
+        let mut buf = [0u8; 10];
+        session
+            .read_exact(&mut buf)
+            .expect("the SSH session is untouched");
+        assert_eq!(&buf, b"still here");
+    }
+    let status = child.wait().unwrap();
+    assert_eq!(
+        status.code(),
+        Some(0),
+        "{}",
+        std::fs::read_to_string(&stderr_path).unwrap()
+    );
+    let events = ws.journal();
+    let intent = events_of(&events, "fault_intent")[0];
+    assert!(
+        intent["details"]["traffic"]["protected"][0]["reason"]
+            .as_str()
+            .unwrap()
+            .contains("SSH_CONNECTION")
+    );
+}
