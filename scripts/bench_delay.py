@@ -151,13 +151,17 @@ def netem_support():
     except subprocess.CalledProcessError as e:
         return False, f"scratch namespace: {e.stderr.strip()}"
     try:
-        run(["ip", "-n", ns, "link", "add", "fldummy", "type", "dummy"])
-        run(["ip", "-n", ns, "link", "set", "fldummy", "up"])
-        out = run(in_ns(ns, ["tc", "qdisc", "add", "dev", "fldummy", "root", "netem",
+        # A veth pair: every kernel with namespaces has it (the dummy driver may be absent).
+        run(["ip", "-n", ns, "link", "add", "flscratch0", "type", "veth", "peer", "name",
+             "flscratch1"])
+        run(["ip", "-n", ns, "link", "set", "flscratch0", "up"])
+        out = run(in_ns(ns, ["tc", "qdisc", "add", "dev", "flscratch0", "root", "netem",
                              "delay", "1ms"]), check=False)
         if out.returncode != 0:
             return False, (out.stderr.strip().splitlines() or ["tc failed"])[0]
         return True, ""
+    except subprocess.CalledProcessError as e:
+        return False, f"scratch network: {e.stderr.strip()}"
     finally:
         run(["ip", "netns", "del", ns], check=False)
 
@@ -277,11 +281,17 @@ def cpu_hogs():
             for _ in range(2)], "2 Python busy loops"
 
 
+def loadavg():
+    with open("/proc/loadavg") as f:
+        return " ".join(f.read().split()[:3])
+
+
 def accuracy(faultline, net, workdir, backends, samples, load):
+    print(f"{load}: load average before {loadavg()}", file=sys.stderr)
     rows = []
     baseline = measure_rtts(net, samples, 1)
     base_p50 = percentile(baseline, 50)
-    rows.append((load, "none (baseline)", 0, baseline, 0.0, None))
+    rows.append((load, "baseline", 0, baseline, 0.0, None))
     for backend in backends:
         for delay in DELAYS_MS:
             duration = int(samples * (delay + 15) / 1000) + 30
@@ -306,8 +316,9 @@ def print_accuracy(rows, samples, netem_reason):
     print("|---|---|---|---|---|---|---|---|---|---|")
     for load, backend, delay, errors, base_p50, achieved in rows:
         if achieved is None:
-            print(f"| {load} | {backend} | - | {percentile(errors, 50):.3f} | - | - | - | - | - "
-                  f"| RTT p99 {percentile(errors, 99):.3f} |")
+            print(f"| {load} | no fault (RTT) | 0 | {percentile(errors, 50):.3f} | "
+                  f"mean RTT {statistics.mean(errors):.3f} | - | p99 RTT {percentile(errors, 99):.3f} "
+                  f"| max RTT {max(errors):.3f} | - | - |")
             continue
         mean, p50, p99 = statistics.mean(errors), percentile(errors, 50), percentile(errors, 99)
         _, stats = achieved_counts(achieved)
@@ -327,7 +338,8 @@ def print_accuracy(rows, samples, netem_reason):
 def iperf(net, rate_pps, seconds=3):
     bits = rate_pps * PAYLOAD * 8
     out = run(in_ns(net.a, ["iperf3", "-c", net.ip_b, "-p", str(IPERF_PORT), "-u",
-                            "-l", str(PAYLOAD), "-b", str(bits), "-t", str(seconds), "-J"]),
+                            "-l", str(PAYLOAD), "-b", str(bits), "-w", "2M", "-t", str(seconds),
+                            "-J"]),
               timeout=seconds + 20, check=False)
     try:
         result = json.loads(out.stdout)
@@ -384,6 +396,11 @@ def print_throughput(rows):
     print(f"| {best:,.0f} pps | >= {PPS_TARGET:,} pps | {met} |")
 
 
+def interrupted(_signum, _frame):
+    # SIGTERM takes the same cleanup path as Ctrl-C.
+    raise KeyboardInterrupt
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--samples", type=int, default=300)
@@ -395,8 +412,7 @@ def main():
         sys.exit("needs root (network namespaces, iptables)")
     if not os.path.exists(args.faultline):
         subprocess.run(["cargo", "build", "--release", "--quiet"], cwd=ROOT, check=True)
-    # SIGTERM takes the same cleanup path as Ctrl-C.
-    signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))
+    signal.signal(signal.SIGTERM, interrupted)
 
     netem_ok, netem_reason = netem_support()
     backends = ["nfqueue"] + (["netem"] if netem_ok else [])

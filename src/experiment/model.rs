@@ -397,6 +397,18 @@ pub enum FaultKind {
     NetworkCorrupt,
     /// Reorder a share of packets (netem only; `probability`, `delay`, optional `gap`).
     NetworkReorder,
+    /// Burn CPU on the host: `load` per core, on `cores`, `mode: added|total`, `ramp`.
+    CpuPressure,
+    /// Throttle a process target to a CPU `quota` (cgroup cpu.max / cfs_quota_us).
+    CpuLimit,
+    /// Allocate and keep resident `size` of memory (bytes or % of RAM), `ramp`, `keep_free`.
+    MemoryPressure,
+    /// Read/write load on `path`: `mode`, `block_size`, `throughput` or `iops` (default: max).
+    DiskIoPressure,
+    /// Throttle a process target's I/O on the device holding `path`.
+    DiskIoLimit,
+    /// Fill the filesystem holding `path` (`size`: bytes to add or % in use, or `leave_free`).
+    DiskFill,
 }
 
 impl FaultKind {
@@ -411,11 +423,37 @@ impl FaultKind {
             FaultKind::NetworkDuplicate => "network-duplicate",
             FaultKind::NetworkCorrupt => "network-corrupt",
             FaultKind::NetworkReorder => "network-reorder",
+            FaultKind::CpuPressure => "cpu-pressure",
+            FaultKind::CpuLimit => "cpu-limit",
+            FaultKind::MemoryPressure => "memory-pressure",
+            FaultKind::DiskIoPressure => "disk-io-pressure",
+            FaultKind::DiskIoLimit => "disk-io-limit",
+            FaultKind::DiskFill => "disk-fill",
         }
     }
 
     pub fn is_network(self) -> bool {
-        !matches!(self, FaultKind::ProcessKill | FaultKind::ProcessStop)
+        matches!(
+            self,
+            FaultKind::NetworkDelay
+                | FaultKind::NetworkLoss
+                | FaultKind::NetworkPartition
+                | FaultKind::NetworkBandwidth
+                | FaultKind::NetworkDuplicate
+                | FaultKind::NetworkCorrupt
+                | FaultKind::NetworkReorder
+        )
+    }
+
+    /// Host-wide pressure faults act on the host, not on a target.
+    pub fn takes_target(self) -> bool {
+        !matches!(
+            self,
+            FaultKind::CpuPressure
+                | FaultKind::MemoryPressure
+                | FaultKind::DiskIoPressure
+                | FaultKind::DiskFill
+        )
     }
 }
 
@@ -425,8 +463,10 @@ pub struct FaultDef {
     /// Unique within the experiment; used by `after` and in reports.
     pub id: Sp<String>,
     pub kind: Sp<FaultKind>,
-    /// Name of an entry in `targets`.
-    pub target: Sp<String>,
+    /// Name of an entry in `targets` (process and network faults, `cpu-limit`,
+    /// `disk-io-limit`); host-wide pressure faults take none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub target: Option<Sp<String>>,
     #[serde(default)]
     pub params: Sp<FaultParams>,
     /// Start offset from T0. With `after`, the fault starts at the later of the two.
@@ -472,9 +512,11 @@ pub struct FaultParams {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub probability: Option<Sp<PercentSpec>>,
     /// `network-partition`: `drop` (default; connections hang) or `reject` (TCP reset, ICMP
-    /// port unreachable: connections fail at once).
+    /// port unreachable: connections fail at once). `cpu-pressure`: `added` (default; burn
+    /// `load` on top of what runs) or `total` (top each core up to `load`).
+    /// `disk-io-pressure`: `write` (default), `read` or `mixed`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub mode: Option<Sp<PartitionMode>>,
+    pub mode: Option<Sp<String>>,
     /// `network-bandwidth`: the cap, in bits per second: `10mbit`, `500kbit`, `1gbit`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rate: Option<Sp<String>>,
@@ -485,6 +527,56 @@ pub struct FaultParams {
     /// `network-reorder`: reorder every Nth packet.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub gap: Option<Sp<u32>>,
+    /// `cpu-pressure`: load per core (`60%`). `cpu-limit`: quota in % of one CPU (`50%`; `150%`
+    /// is one and a half CPUs).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub load: Option<Sp<PercentSpec>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub quota: Option<Sp<PercentSpec>>,
+    /// `cpu-pressure`: how many cores (`2`) or which ones (`[0, 2]`); default all.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cores: Option<Sp<CoresSpec>>,
+    /// `cpu-pressure`, `memory-pressure`: reach the target gradually over this long.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ramp: Option<Sp<Dur>>,
+    /// `memory-pressure`: `512MiB` or `50%` of RAM. `disk-fill`: bytes to add (`1GiB`) or the
+    /// share of the filesystem in use to reach (`95%`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub size: Option<Sp<String>>,
+    /// `disk-fill`: fill until only this much is free (`100MiB`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub leave_free: Option<Sp<String>>,
+    /// `memory-pressure`: never take the last this-much of available memory (default 256MiB).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub keep_free: Option<Sp<String>>,
+    /// `disk-io-pressure`, `disk-fill`: a directory on the filesystem to act on.
+    /// `disk-io-limit`: a path on the device to throttle.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub path: Option<Sp<String>>,
+    /// `disk-io-pressure`: bytes per request (`1MiB`, `4KiB`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub block_size: Option<Sp<String>>,
+    /// `disk-io-pressure`: target bytes per second (`50MiB`); default as fast as possible.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub throughput: Option<Sp<String>>,
+    /// `disk-io-pressure`: target requests per second instead of `throughput`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub iops: Option<Sp<u64>>,
+    /// `disk-io-pressure`: worker threads (default 1).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub workers: Option<Sp<u32>>,
+    /// `disk-io-pressure` with `mode: mixed`: share of reads (default 50%).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub read_share: Option<Sp<PercentSpec>>,
+    /// `disk-io-limit`: caps in bytes per second (`10MiB`) and requests per second.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub read_throughput: Option<Sp<String>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub write_throughput: Option<Sp<String>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub read_iops: Option<Sp<u64>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub write_iops: Option<Sp<u64>>,
     /// Network faults: force a backend (`netem` or `nfqueue` for delay) instead of the one
     /// faultline picks for this host (`auto`, the default).
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -498,11 +590,12 @@ pub enum JitterDistribution {
     Normal,
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize, Serialize, JsonSchema)]
-#[serde(rename_all = "snake_case")]
-pub enum PartitionMode {
-    Drop,
-    Reject,
+/// `2` (that many cores) or `[0, 2]` (those cores).
+#[derive(Clone, Debug, PartialEq, Deserialize, Serialize, JsonSchema)]
+#[serde(untagged)]
+pub enum CoresSpec {
+    Count(u32),
+    List(Vec<u32>),
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize, Serialize, JsonSchema)]

@@ -24,6 +24,7 @@ use crate::plan::{
 use crate::probe::jsonpath::JsonPath;
 
 mod network;
+mod resource;
 
 pub use network::{parse_bytes, parse_rate, port_range};
 
@@ -1130,9 +1131,10 @@ impl<'a> Checker<'a> {
         let id = fault.id.value.as_str();
         let kind = fault.kind.value;
         self.params_fit(fault);
-        if !kind.is_network() {
+        let target = self.fault_target(fault);
+        if let (Some(target), false) = (target, kind.is_network()) {
             // Unknown targets and targets of the wrong kind are reported by the lookup.
-            self.process_target_ref(&fault.target, &format!("fault `{id}`"));
+            self.process_target_ref(target, &format!("fault `{id}`"));
         }
         let signal = fault.params.signal.as_ref();
         let action = match kind {
@@ -1145,6 +1147,15 @@ impl<'a> Checker<'a> {
             | FaultKind::NetworkReorder => self
                 .network_action(fault)
                 .map(FaultAction::Network)
+                .unwrap_or(FaultAction::Stop),
+            FaultKind::CpuPressure
+            | FaultKind::CpuLimit
+            | FaultKind::MemoryPressure
+            | FaultKind::DiskIoPressure
+            | FaultKind::DiskIoLimit
+            | FaultKind::DiskFill => self
+                .resource_action(fault)
+                .map(FaultAction::Resource)
                 .unwrap_or(FaultAction::Stop),
             FaultKind::ProcessKill => {
                 let signal = signal.map_or(Some(Signal::SIGKILL), |spec| self.signal(spec));
@@ -1232,7 +1243,7 @@ impl<'a> Checker<'a> {
         FaultSpec {
             id: id.to_string(),
             kind,
-            target: fault.target.value.clone(),
+            target: fault.target.as_ref().map(|t| t.value.clone()),
             action,
             at: fault.at.as_ref().map_or(Duration::ZERO, |at| at.get()),
             after: fault.after.iter().map(|a| a.value.clone()).collect(),

@@ -18,7 +18,8 @@ use crate::sys::tc::{self, NetemSpec, Support, TcInstall};
 
 /// Build a network fault. Backends are chosen when it is prepared, from what this host has.
 pub fn build(spec: &FaultSpec, plan: &Plan) -> Box<dyn Fault> {
-    let selector = match plan.targets.get(&spec.target) {
+    let target = spec.target.clone().unwrap_or_default();
+    let selector = match plan.targets.get(&target) {
         Some(TargetSpec::Network(selector)) => Some(selector.clone()),
         _ => None,
     };
@@ -27,7 +28,7 @@ pub fn build(spec: &FaultSpec, plan: &Plan) -> Box<dyn Fault> {
         _ => None,
     };
     Box::new(NetworkFault {
-        target: spec.target.clone(),
+        target,
         selector,
         action,
         protected: protected_flows(plan),

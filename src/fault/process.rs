@@ -23,16 +23,14 @@ pub struct ProcessFault {
 }
 
 pub fn build(spec: &FaultSpec, plan: &Plan) -> Box<dyn Fault> {
-    let selector = plan
-        .targets
-        .get(&spec.target)
-        .and_then(|target| match target {
-            TargetSpec::Process(selector) => Some(selector.clone()),
-            TargetSpec::Network(_) => None,
-        });
+    let target = spec.target.as_deref().unwrap_or_default();
+    let selector = plan.targets.get(target).and_then(|target| match target {
+        TargetSpec::Process(selector) => Some(selector.clone()),
+        TargetSpec::Network(_) => None,
+    });
     Box::new(ProcessFault::new(
         &spec.id,
-        &spec.target,
+        target,
         selector,
         spec.action.clone(),
     ))
@@ -83,7 +81,7 @@ impl ProcessFault {
             } => (*signal, signal_name),
             FaultAction::Stop => (libc::SIGSTOP, "SIGSTOP"),
             // Validation never gives a process fault a network action; signal 0 only probes.
-            FaultAction::Network(_) => (0, "no signal"),
+            FaultAction::Network(_) | FaultAction::Resource(_) => (0, "no signal"),
         }
     }
 

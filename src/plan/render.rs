@@ -275,6 +275,9 @@ pub fn render(plan: &Plan) -> String {
             FaultAction::Network(effect) => {
                 format!("{} ({})", f.kind.as_str(), effect_summary(effect))
             }
+            FaultAction::Resource(effect) => {
+                format!("{} ({})", f.kind.as_str(), resource_summary(effect))
+            }
         };
         let mut extra = Vec::new();
         if !f.after.is_empty() {
@@ -291,7 +294,8 @@ pub fn render(plan: &Plan) -> String {
         let _ = writeln!(
             out,
             "  {window:<18} {}: {action} -> {}{extra}",
-            f.id, f.target
+            f.id,
+            f.target.as_deref().unwrap_or("the host")
         );
     }
     if plan.faults.is_empty() {
@@ -485,6 +489,122 @@ pub fn effect_summary(effect: &super::NetworkAction) -> String {
             pct(*probability),
             dur(*delay),
             gap.map(|g| format!(", gap {g}")).unwrap_or_default()
+        ),
+    }
+}
+
+fn bytes(n: u64) -> String {
+    const UNITS: [(u64, &str); 4] = [
+        (1 << 40, "TiB"),
+        (1 << 30, "GiB"),
+        (1 << 20, "MiB"),
+        (1 << 10, "KiB"),
+    ];
+    for (size, unit) in UNITS {
+        if n >= size {
+            return format!("{:.1}{unit}", n as f64 / size as f64);
+        }
+    }
+    format!("{n}B")
+}
+
+/// One line describing a resource fault's effect.
+pub fn resource_summary(effect: &super::ResourceAction) -> String {
+    use super::{CoreSelection, FillAmount, IoMode, IoRate, MemorySize, ResourceAction::*};
+    let pct = |f: f64| format!("{}%", (f * 10_000.0).round() / 100.0);
+    let ramp = |r: &Duration| {
+        if r.is_zero() {
+            String::new()
+        } else {
+            format!(", ramp {}", dur(*r))
+        }
+    };
+    match effect {
+        CpuPressure {
+            load,
+            cores,
+            total,
+            ramp: r,
+        } => format!(
+            "{} {} on {}{}",
+            if *total { "top up to" } else { "burn" },
+            pct(*load),
+            match cores {
+                None => "every core".to_string(),
+                Some(CoreSelection::Count(n)) => format!("{n} core(s)"),
+                Some(CoreSelection::List(list)) => format!("cores {list:?}"),
+            },
+            ramp(r)
+        ),
+        CpuLimit { cpus } => format!("limit to {cpus} CPU(s)"),
+        MemoryPressure {
+            size,
+            ramp: r,
+            keep_free,
+        } => format!(
+            "hold {} resident (keeping {} free){}",
+            match size {
+                MemorySize::Bytes(b) => bytes(*b),
+                MemorySize::Share(s) => format!("{} of RAM", pct(*s)),
+            },
+            bytes(*keep_free),
+            ramp(r)
+        ),
+        DiskIoPressure {
+            path,
+            mode,
+            block_size,
+            rate,
+            workers,
+        } => format!(
+            "{} in {} with {} blocks, {}, {workers} worker(s)",
+            match mode {
+                IoMode::Read => "read".to_string(),
+                IoMode::Write => "write".to_string(),
+                IoMode::Mixed(r) => format!("mixed ({} reads)", pct(*r)),
+            },
+            path.display(),
+            bytes(*block_size),
+            match rate {
+                IoRate::Max => "as fast as possible".to_string(),
+                IoRate::BytesPerSec(b) => format!("{}/s", bytes(*b)),
+                IoRate::Iops(n) => format!("{n} IOPS"),
+            }
+        ),
+        DiskIoLimit {
+            path,
+            read_bytes_per_sec,
+            write_bytes_per_sec,
+            read_iops,
+            write_iops,
+        } => {
+            let mut caps = Vec::new();
+            if let Some(b) = read_bytes_per_sec {
+                caps.push(format!("read {}/s", bytes(*b)));
+            }
+            if let Some(b) = write_bytes_per_sec {
+                caps.push(format!("write {}/s", bytes(*b)));
+            }
+            if let Some(n) = read_iops {
+                caps.push(format!("read {n} IOPS"));
+            }
+            if let Some(n) = write_iops {
+                caps.push(format!("write {n} IOPS"));
+            }
+            format!(
+                "limit I/O on the device of {} to {}",
+                path.display(),
+                caps.join(", ")
+            )
+        }
+        DiskFill { path, amount } => format!(
+            "fill the filesystem of {} {}",
+            path.display(),
+            match amount {
+                FillAmount::Bytes(b) => format!("by {}", bytes(*b)),
+                FillAmount::UsedShare(s) => format!("to {} in use", pct(*s)),
+                FillAmount::LeaveFree(b) => format!("until {} is free", bytes(*b)),
+            }
         ),
     }
 }

@@ -130,7 +130,7 @@ fn fault_spec(id: &str, at_ms: u64, duration_ms: Option<u64>) -> FaultSpec {
     FaultSpec {
         id: id.into(),
         kind: FaultKind::ProcessStop,
-        target: "t".into(),
+        target: Some("t".into()),
         action: FaultAction::Stop,
         at: Duration::from_millis(at_ms),
         after: Vec::new(),

@@ -78,6 +78,7 @@ bad_files! {
     multiple_problems => "multiple-problems",
     offset_beyond_max_duration => "offset-beyond-max-duration",
     repeat_without_duration => "repeat-without-duration",
+    resource_mistakes => "resource-mistakes",
     selector_without_filter => "selector-without-filter",
     stop_without_duration => "stop-without-duration",
     tcp_address_without_port => "tcp-address-without-port",

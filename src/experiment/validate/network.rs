@@ -4,8 +4,7 @@ use std::time::Duration;
 
 use super::{Checker, dur, pos_of, suggest};
 use crate::experiment::model::{
-    BackendChoice, FaultDef, FaultKind, JitterDistribution, NetworkSelector, PartitionMode,
-    PercentSpec, PortSpec,
+    BackendChoice, FaultDef, FaultKind, JitterDistribution, NetworkSelector, PercentSpec, PortSpec,
 };
 use crate::experiment::{Diagnostic, Pos, Sp};
 use crate::net::{Direction, IpNet, PortRange, Protocol};
@@ -33,7 +32,38 @@ const PARAMS: &[(&str, &[FaultKind])] = &[
             FaultKind::NetworkReorder,
         ],
     ),
-    ("mode", &[FaultKind::NetworkPartition]),
+    (
+        "mode",
+        &[
+            FaultKind::NetworkPartition,
+            FaultKind::CpuPressure,
+            FaultKind::DiskIoPressure,
+        ],
+    ),
+    ("load", &[FaultKind::CpuPressure]),
+    ("quota", &[FaultKind::CpuLimit]),
+    ("cores", &[FaultKind::CpuPressure]),
+    ("ramp", &[FaultKind::CpuPressure, FaultKind::MemoryPressure]),
+    ("size", &[FaultKind::MemoryPressure, FaultKind::DiskFill]),
+    ("leave_free", &[FaultKind::DiskFill]),
+    ("keep_free", &[FaultKind::MemoryPressure]),
+    (
+        "path",
+        &[
+            FaultKind::DiskIoPressure,
+            FaultKind::DiskIoLimit,
+            FaultKind::DiskFill,
+        ],
+    ),
+    ("block_size", &[FaultKind::DiskIoPressure]),
+    ("throughput", &[FaultKind::DiskIoPressure]),
+    ("iops", &[FaultKind::DiskIoPressure]),
+    ("workers", &[FaultKind::DiskIoPressure]),
+    ("read_share", &[FaultKind::DiskIoPressure]),
+    ("read_throughput", &[FaultKind::DiskIoLimit]),
+    ("write_throughput", &[FaultKind::DiskIoLimit]),
+    ("read_iops", &[FaultKind::DiskIoLimit]),
+    ("write_iops", &[FaultKind::DiskIoLimit]),
     ("rate", &[FaultKind::NetworkBandwidth]),
     ("burst", &[FaultKind::NetworkBandwidth]),
     ("gap", &[FaultKind::NetworkReorder]),
@@ -91,19 +121,39 @@ pub fn parse_bytes(text: &str) -> Result<u64, String> {
     let factor: u64 = match unit.trim() {
         "b" | "" => 1,
         "kb" => 1_000,
-        "kib" | "k" => 1_024,
+        "kib" | "k" => 1 << 10,
         "mb" => 1_000_000,
-        "mib" | "m" => 1_048_576,
+        "mib" | "m" => 1 << 20,
+        "gb" => 1_000_000_000,
+        "gib" | "g" => 1 << 30,
+        "tb" => 1_000_000_000_000,
+        "tib" | "t" => 1 << 40,
         _ => {
             return Err(format!(
-                "`{text}` is not a size; write it like `32kb` or `64kib`"
+                "`{text}` is not a size; write it like `64KiB`, `512MiB` or `2GB`"
             ));
         }
     };
     let number: u64 = number
         .parse()
-        .map_err(|_| format!("`{text}` is not a size; write it like `32kb`"))?;
-    Ok(number * factor)
+        .map_err(|_| format!("`{text}` is not a size; write it like `64KiB`, `512MiB` or `2GB`"))?;
+    number
+        .checked_mul(factor)
+        .ok_or_else(|| format!("`{text}` is too large"))
+}
+
+/// A percentage as written, 0 or more (range checks are the caller's).
+pub fn percent_value(spec: &PercentSpec) -> Result<f64, String> {
+    match spec {
+        PercentSpec::Number(n) if *n >= 0.0 => Ok(*n),
+        PercentSpec::Number(n) => Err(format!("{n}% is negative")),
+        PercentSpec::Text(text) => text
+            .trim()
+            .strip_suffix('%')
+            .and_then(|n| n.trim().parse::<f64>().ok())
+            .filter(|n| *n >= 0.0)
+            .ok_or_else(|| format!("`{text}` is not a percentage; write it like `30%`")),
+    }
 }
 
 fn percent(spec: &PercentSpec) -> Result<f64, String> {
@@ -229,18 +279,35 @@ impl<'a> Checker<'a> {
     pub(super) fn params_fit(&mut self, fault: &Sp<FaultDef>) {
         let kind = fault.kind.value;
         let p = &fault.params;
-        let given: [(&str, Option<Pos>); 11] = [
+        let given: [(&str, Option<Pos>); 28] = [
             ("signal", pos_of(&p.signal)),
             ("delay", pos_of(&p.delay)),
             ("jitter", pos_of(&p.jitter)),
             ("distribution", pos_of(&p.distribution)),
             ("correlation", pos_of(&p.correlation)),
             ("probability", pos_of(&p.probability)),
-            ("mode", pos_of(&p.mode)),
             ("rate", pos_of(&p.rate)),
             ("burst", pos_of(&p.burst)),
             ("gap", pos_of(&p.gap)),
             ("backend", pos_of(&p.backend)),
+            ("load", pos_of(&p.load)),
+            ("quota", pos_of(&p.quota)),
+            ("cores", pos_of(&p.cores)),
+            ("ramp", pos_of(&p.ramp)),
+            ("size", pos_of(&p.size)),
+            ("leave_free", pos_of(&p.leave_free)),
+            ("keep_free", pos_of(&p.keep_free)),
+            ("path", pos_of(&p.path)),
+            ("block_size", pos_of(&p.block_size)),
+            ("throughput", pos_of(&p.throughput)),
+            ("iops", pos_of(&p.iops)),
+            ("workers", pos_of(&p.workers)),
+            ("read_share", pos_of(&p.read_share)),
+            ("read_throughput", pos_of(&p.read_throughput)),
+            ("write_throughput", pos_of(&p.write_throughput)),
+            ("read_iops", pos_of(&p.read_iops)),
+            ("write_iops", pos_of(&p.write_iops)),
+            ("mode", pos_of(&p.mode)),
         ];
         for (key, pos) in given {
             let Some(pos) = pos else { continue };
@@ -271,7 +338,9 @@ impl<'a> Checker<'a> {
         let id = fault.id.as_str();
         let kind = fault.kind.value;
         let p = &fault.params;
-        self.network_target_ref(&fault.target, &format!("fault `{id}` ({})", kind.as_str()));
+        if let Some(target) = &fault.target {
+            self.network_target_ref(target, &format!("fault `{id}` ({})", kind.as_str()));
+        }
         if fault.duration.is_none() {
             self.report(
                 Diagnostic::at(
@@ -369,10 +438,7 @@ impl<'a> Checker<'a> {
                 }
             }
             FaultKind::NetworkPartition => NetworkAction::Partition {
-                reject: p
-                    .mode
-                    .as_ref()
-                    .is_some_and(|m| m.value == PartitionMode::Reject),
+                reject: self.mode(fault, &["drop", "reject"])? == "reject",
             },
             FaultKind::NetworkBandwidth => {
                 if !required(self, "rate", p.rate.is_some(), "10mbit") {
@@ -430,7 +496,7 @@ impl<'a> Checker<'a> {
                     gap: p.gap.as_ref().map(|g| g.value),
                 }
             }
-            FaultKind::ProcessKill | FaultKind::ProcessStop => return None,
+            _ => return None,
         };
         ok.then_some(action)
     }
