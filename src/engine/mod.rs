@@ -253,6 +253,27 @@ impl Runner {
         });
     }
 
+    /// Record how a foreground setup or cleanup command ended.
+    fn journal_command(
+        &self,
+        phase: Phase,
+        spec: &crate::plan::CommandSpec,
+        began: Instant,
+        finished: &commands::Finished,
+    ) {
+        self.shared.journal.write(&Event::Command {
+            t_ms: self.shared.t_ms(),
+            phase,
+            name: &spec.name,
+            argv: &spec.argv,
+            pid: None,
+            exit_code: finished.exit_code,
+            background: false,
+            duration_ms: ms(began.elapsed()),
+            error: finished.error.clone(),
+        });
+    }
+
     fn interrupted(&self) -> bool {
         self.interrupt.level() >= Level::Abort
     }
@@ -358,17 +379,7 @@ impl Runner {
                         return false;
                     }
                 };
-                self.shared.journal.write(&Event::Command {
-                    t_ms: self.shared.t_ms(),
-                    phase: Phase::Setup,
-                    name: &spec.name,
-                    argv: &spec.argv,
-                    pid: None,
-                    exit_code: finished.exit_code,
-                    background: false,
-                    duration_ms: ms(began.elapsed()),
-                    error: finished.error.clone(),
-                });
+                self.journal_command(Phase::Setup, spec, began, &finished);
                 if let Some(e) = finished.error {
                     self.verdict.not_ready = Some(format!("setup failed: {e}"));
                     self.shared.ui.line(format!("setup   FAILED: {e}"));
@@ -687,17 +698,7 @@ impl Runner {
                     error: Some("abandoned (second interrupt)".into()),
                 },
             };
-            self.shared.journal.write(&Event::Command {
-                t_ms: self.shared.t_ms(),
-                phase: Phase::Cleanup,
-                name: &spec.name,
-                argv: &spec.argv,
-                pid: None,
-                exit_code: finished.exit_code,
-                background: false,
-                duration_ms: ms(began.elapsed()),
-                error: finished.error.clone(),
-            });
+            self.journal_command(Phase::Cleanup, spec, began, &finished);
             match finished.error {
                 None => self.shared.ui.line(format!("cleanup {} done", spec.name)),
                 Some(e) => self

@@ -791,21 +791,26 @@ impl<'a> Checker<'a> {
                 None
             }
             None => {
-                self.report(
-                    Diagnostic::at(
-                        reference.pos,
-                        format!("{owner} names unknown target `{}`", reference.value),
-                        "no such target",
-                    )
-                    .with_hint(suggest(
-                        reference,
-                        targets.keys().map(String::as_str),
-                        "targets",
-                    )),
-                );
+                self.unknown_target(reference, owner);
                 None
             }
         }
+    }
+
+    fn unknown_target(&mut self, reference: &Sp<String>, owner: &str) {
+        let targets = &self.exp().targets;
+        self.report(
+            Diagnostic::at(
+                reference.pos,
+                format!("{owner} names unknown target `{}`", reference.value),
+                "no such target",
+            )
+            .with_hint(suggest(
+                reference,
+                targets.keys().map(String::as_str),
+                "targets",
+            )),
+        );
     }
 
     fn check(&mut self, name: &str, kind: &str, expect: &Expect, probe_pos: Pos) -> Check {

@@ -2,7 +2,7 @@
 
 use std::time::Duration;
 
-use super::{Checker, dur, pos_of, suggest};
+use super::{Checker, dur, pos_of};
 use crate::experiment::model::{
     BackendChoice, FaultDef, FaultKind, JitterDistribution, NetworkSelector, PercentSpec, PortSpec,
 };
@@ -520,18 +520,7 @@ impl<'a> Checker<'a> {
                 }
             },
             None => {
-                self.report(
-                    Diagnostic::at(
-                        reference.pos,
-                        format!("{owner} names unknown target `{}`", reference.value),
-                        "no such target",
-                    )
-                    .with_hint(suggest(
-                        reference,
-                        targets.keys().map(String::as_str),
-                        "targets",
-                    )),
-                );
+                self.unknown_target(reference, owner);
                 None
             }
         }
