@@ -1015,4 +1015,164 @@ mod tests {
         assert_eq!(dirs, vec![v2.mount.as_path(), shared.as_path()]);
         assert!(changes.iter().all(|c| c.controller == "cpu"));
     }
+
+    /// A small ext4 image on a loop device, mounted in a temp dir under /var/tmp (never a
+    /// file system anything else uses); unmounted, detached and deleted on drop.
+    struct LoopImage {
+        device: String,
+        mount: PathBuf,
+        _dir: tempfile::TempDir,
+    }
+
+    fn run(program: &str, args: &[&str]) -> String {
+        let out = Command::new(program).args(args).output().expect("run tool");
+        assert!(
+            out.status.success(),
+            "{program} {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).trim().to_string()
+    }
+
+    impl LoopImage {
+        fn new(size: u64) -> LoopImage {
+            let dir = tempfile::Builder::new()
+                .prefix("faultline-io")
+                .tempdir_in("/var/tmp")
+                .expect("temp dir");
+            let image = dir.path().join("image");
+            std::fs::File::create(&image)
+                .and_then(|f| f.set_len(size))
+                .expect("image file");
+            let image = image.to_str().expect("utf-8 path");
+            run("mkfs.ext4", &["-q", "-F", "-m", "0", image]);
+            let device = run("losetup", &["-f", "--show", image]);
+            let mount = dir.path().join("mnt");
+            std::fs::create_dir(&mount).expect("mount point");
+            let guard = LoopImage {
+                device,
+                mount,
+                _dir: dir,
+            };
+            run(
+                "mount",
+                &[&guard.device, guard.mount.to_str().expect("utf-8 path")],
+            );
+            guard
+        }
+    }
+
+    impl Drop for LoopImage {
+        fn drop(&mut self) {
+            let mount = self.mount.to_str().unwrap_or_default();
+            for _ in 0..50 {
+                let unmounted = Command::new("umount").arg(mount).status();
+                if unmounted.is_ok_and(|s| s.success()) {
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            let _ = Command::new("losetup").args(["-d", &self.device]).status();
+        }
+    }
+
+    /// Rewrites the first 32 MiB of `path` with O_DIRECT 256 KiB writes, forever.
+    const DIRECT_WRITER: &str = "\
+import mmap, os, sys
+fd = os.open(sys.argv[1], os.O_WRONLY | os.O_CREAT | os.O_DIRECT, 0o600)
+block = 256 * 1024
+buf = mmap.mmap(-1, block)
+buf.write(b'x' * block)
+offset = 0
+while True:
+    os.pwrite(fd, buf, offset)
+    offset = (offset + block) % (32 * 1024 * 1024)
+";
+
+    fn written_bytes(pid: u32) -> u64 {
+        let text = std::fs::read_to_string(format!("/proc/{pid}/io")).expect("/proc/PID/io");
+        text.lines()
+            .find_map(|l| l.strip_prefix("wchar:"))
+            .and_then(|v| v.trim().parse().ok())
+            .expect("wchar")
+    }
+
+    /// Bytes per second the process wrote over `window`, from its own /proc/PID/io.
+    fn measured_write_rate(pid: u32, window: Duration) -> f64 {
+        let started = Instant::now();
+        let before = written_bytes(pid);
+        std::thread::sleep(window);
+        (written_bytes(pid) - before) as f64 / started.elapsed().as_secs_f64()
+    }
+
+    const MIB: f64 = 1024.0 * 1024.0;
+
+    #[test]
+    fn disk_io_limit_holds_a_direct_writer_to_its_limit() {
+        let image = LoopImage::new(64 << 20);
+        let file = image.mount.join("data");
+        let writer = Guarded::spawn(
+            "python3",
+            &["-c", DIRECT_WRITER, file.to_str().expect("utf-8")],
+        );
+        let pid = writer.pid();
+        std::thread::sleep(Duration::from_millis(500));
+        let free_before = measured_write_rate(pid, Duration::from_secs(1));
+        let limit: u64 = 20 << 20;
+        let fault = IoLimitFault::new(
+            IoLimitParams {
+                path: image.mount.clone(),
+                read_bps: None,
+                write_bps: Some(limit),
+                read_iops: None,
+                write_iops: None,
+            },
+            "writer",
+            by_pid(pid),
+        );
+        let (summary, recipe, _) = fault.prepare_recipe().expect("prepare");
+        let LimitSetting::Io { device, .. } = recipe.setting else {
+            panic!("not an I/O recipe: {recipe:?}");
+        };
+        let loop_device = std::fs::metadata(&image.device).expect("stat loop device");
+        let rdev = std::os::unix::fs::MetadataExt::rdev(&loop_device);
+        assert_eq!(
+            (device.major, device.minor),
+            (rustix::fs::major(rdev), rustix::fs::minor(rdev)),
+            "throttles the loop device itself"
+        );
+        let before = cgroup_text(pid);
+        let recipe = round_trip(&recipe);
+        fault.apply_recipe(&recipe).expect("apply");
+        std::thread::sleep(Duration::from_millis(500));
+        let limited = measured_write_rate(pid, Duration::from_secs(3));
+        let reverted = revert(&recipe).expect("revert");
+        std::thread::sleep(Duration::from_millis(200));
+        let free_after = measured_write_rate(pid, Duration::from_secs(1));
+        println!(
+            "{summary}: unthrottled {:.0} MiB/s, limited {:.2} MiB/s, after revert {:.0} MiB/s; faultline says {}",
+            free_before / MIB,
+            limited / MIB,
+            free_after / MIB,
+            reverted.details
+        );
+        let limit = limit as f64;
+        assert!(
+            (limit * 0.9..=limit * 1.1).contains(&limited),
+            "limited to 20 MiB/s, measured {:.2} MiB/s",
+            limited / MIB
+        );
+        assert!(free_before > 2.0 * limit, "writer too slow to test a limit");
+        assert!(
+            free_after > 2.0 * limit,
+            "still throttled after revert: {:.1} MiB/s",
+            free_after / MIB
+        );
+        let said = reverted.details["achieved_per_cgroup"]["write_bps"]
+            .as_f64()
+            .expect("achieved write rate");
+        assert!((said - limit).abs() < limit * 0.15, "faultline says {said}");
+        assert_eq!(cgroup_text(pid), before);
+        assert!(!recipe.groups[0].dir.exists());
+    }
 }
