@@ -758,6 +758,14 @@ mod tests {
         }
     }
 
+    /// The rate tests measure a busy process and a fast writer: run in parallel on two cores
+    /// they would measure each other.
+    static MEASURING: Mutex<()> = Mutex::new(());
+
+    fn measuring() -> std::sync::MutexGuard<'static, ()> {
+        MEASURING.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
     fn by_pid(pid: u32) -> ProcessSelector {
         ProcessSelector {
             pid: Some(pid),
@@ -798,6 +806,7 @@ mod tests {
 
     #[test]
     fn cpu_limit_holds_a_busy_process_to_its_quota_and_puts_it_back() {
+        let _serial = measuring();
         let busy = Guarded::busy();
         let pid = busy.pid();
         std::thread::sleep(Duration::from_millis(200));
@@ -1109,6 +1118,7 @@ while True:
 
     #[test]
     fn disk_io_limit_holds_a_direct_writer_to_its_limit() {
+        let _serial = measuring();
         let image = LoopImage::new(64 << 20);
         let file = image.mount.join("data");
         let writer = Guarded::spawn(
