@@ -1,0 +1,1188 @@
+//! `cpu-limit` and `disk-io-limit`: throttle a target's processes by moving them into a cgroup
+//! of faultline's own, then move each one back to exactly where it was.
+//!
+//! The faultline cgroup is a child of the cgroup each process came from, in the `cpu` (or
+//! `io`/`blkio`) hierarchy only. Being a child keeps every limit the process already had in
+//! force (v1 and v2 limits are hierarchical), so the fault can only tighten; on cgroup v2,
+//! where all controllers share one tree, it also keeps the process inside its memory cgroup.
+//! Processes that came from different cgroups get one faultline cgroup each, each with the
+//! full limit. The new cgroup's counters start at zero, so what they read at revert is what
+//! the fault achieved.
+
+use std::collections::{HashMap, HashSet};
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use serde::{Deserialize, Serialize};
+
+use super::{Applied, FaultError, ProcRef, Reverted};
+use crate::experiment::model::ProcessSelector;
+use crate::sys::cgroup::{
+    self, CgroupError, Controller, DeviceNumber, Hierarchy, IoLimits, Mounts, Version,
+};
+use crate::sys::proc::{self, ProcInfo};
+
+/// The CFS period when the experiment names none.
+pub const DEFAULT_PERIOD: Duration = Duration::from_millis(100);
+/// The kernel's bounds on a CFS period and its smallest quota.
+const MIN_PERIOD: Duration = Duration::from_millis(1);
+const MAX_PERIOD: Duration = Duration::from_secs(1);
+const MIN_QUOTA_US: u64 = 1000;
+/// How long revert waits for a cgroup just emptied to be removable.
+const REMOVE_PATIENCE: Duration = Duration::from_secs(2);
+
+/// `cpu-limit`: the target may use `percent` of one CPU (150 = one and a half) per `period`.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct CpuLimitParams {
+    pub percent: f64,
+    pub period: Duration,
+}
+
+impl CpuLimitParams {
+    /// The quota and period in microseconds, or why the kernel would refuse them.
+    pub fn quota(&self) -> Result<(u64, u64), String> {
+        if !(MIN_PERIOD..=MAX_PERIOD).contains(&self.period) {
+            return Err(format!(
+                "period {:?} is outside the kernel's 1ms..1s",
+                self.period
+            ));
+        }
+        let period_us = self.period.as_micros() as u64;
+        if !self.percent.is_finite() || self.percent <= 0.0 {
+            return Err(format!(
+                "percent must be above 0 (got {}); 100 is one whole CPU",
+                self.percent
+            ));
+        }
+        let quota_us = (self.percent / 100.0 * period_us as f64).round() as u64;
+        if quota_us < MIN_QUOTA_US {
+            return Err(format!(
+                "{}% of a {:?} period is {quota_us}µs, below the kernel's 1ms minimum quota; raise the percent or the period",
+                self.percent, self.period
+            ));
+        }
+        Ok((quota_us, period_us))
+    }
+}
+
+/// `disk-io-limit`: throttle the target's I/O to the block device holding `path`.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct IoLimitParams {
+    pub path: PathBuf,
+    pub read_bps: Option<u64>,
+    pub write_bps: Option<u64>,
+    pub read_iops: Option<u64>,
+    pub write_iops: Option<u64>,
+}
+
+impl IoLimitParams {
+    pub fn limits(&self) -> Result<IoLimits, String> {
+        let limits = IoLimits {
+            read_bps: self.read_bps,
+            write_bps: self.write_bps,
+            read_iops: self.read_iops,
+            write_iops: self.write_iops,
+        };
+        let all = [
+            limits.read_bps,
+            limits.write_bps,
+            limits.read_iops,
+            limits.write_iops,
+        ];
+        if all.iter().all(Option::is_none) {
+            return Err("give at least one of read_bps, write_bps, read_iops, write_iops".into());
+        }
+        // v1 reads 0 as "remove the rule", v2 refuses it: neither means "block all I/O".
+        if all.contains(&Some(0)) {
+            return Err("an I/O limit must be above 0".into());
+        }
+        Ok(limits)
+    }
+}
+
+/// The limit written into each faultline cgroup.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "resource", rename_all = "snake_case")]
+pub enum LimitSetting {
+    Cpu {
+        quota_us: u64,
+        period_us: u64,
+    },
+    Io {
+        device: DeviceNumber,
+        limits: IoLimits,
+    },
+}
+
+impl LimitSetting {
+    fn controller(&self) -> Controller {
+        match self {
+            LimitSetting::Cpu { .. } => Controller::Cpu,
+            LimitSetting::Io { .. } => Controller::Io,
+        }
+    }
+
+    fn describe(&self) -> String {
+        match self {
+            LimitSetting::Cpu {
+                quota_us,
+                period_us,
+            } => format!(
+                "CPU limit {:.1}% ({quota_us}µs per {period_us}µs)",
+                *quota_us as f64 * 100.0 / *period_us as f64
+            ),
+            LimitSetting::Io { device, limits } => {
+                let mut parts = Vec::new();
+                let named = [
+                    ("read", limits.read_bps, "B/s"),
+                    ("write", limits.write_bps, "B/s"),
+                    ("read", limits.read_iops, "IOPS"),
+                    ("write", limits.write_iops, "IOPS"),
+                ];
+                for (what, value, unit) in named {
+                    if let Some(value) = value {
+                        parts.push(format!("{what} {value} {unit}"));
+                    }
+                }
+                format!("I/O limit on {device}: {}", parts.join(", "))
+            }
+        }
+    }
+}
+
+/// A cgroup faultline creates, as a child of the cgroup its processes came from.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct LimitGroup {
+    pub dir: PathBuf,
+    pub origin: PathBuf,
+}
+
+/// A process faultline moves, and the cgroup (in the limited hierarchy) it goes back to.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct MovedProcess {
+    pub process: ProcRef,
+    pub name: String,
+    pub origin: PathBuf,
+    pub group: PathBuf,
+}
+
+/// A controller faultline enables in a v2 `cgroup.subtree_control` (disabled on revert).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct SubtreeChange {
+    pub dir: PathBuf,
+    pub controller: String,
+}
+
+/// Everything needed to undo a cpu-limit or disk-io-limit.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct LimitRecipe {
+    /// In the cgroup names, and the key of this run's baseline in [`BASELINES`].
+    pub id: String,
+    pub setting: LimitSetting,
+    pub hierarchy: Hierarchy,
+    pub groups: Vec<LimitGroup>,
+    pub processes: Vec<MovedProcess>,
+    /// In the order applied (top of the tree first).
+    pub enabled: Vec<SubtreeChange>,
+}
+
+/// What apply saw, for revert's figures: when the limit started and each moved process's
+/// CPU ticks then. A crash loses it; revert then reports counters without rates.
+struct Baseline {
+    applied_at: Instant,
+    cpu_ticks: HashMap<u32, u64>,
+}
+
+static BASELINES: Mutex<Option<HashMap<String, Baseline>>> = Mutex::new(None);
+
+fn remember(id: &str, baseline: Baseline) {
+    let mut map = BASELINES.lock().unwrap_or_else(|e| e.into_inner());
+    map.get_or_insert_with(HashMap::new)
+        .insert(id.to_string(), baseline);
+}
+
+fn forget(id: &str) -> Option<Baseline> {
+    let mut map = BASELINES.lock().unwrap_or_else(|e| e.into_inner());
+    map.as_mut().and_then(|m| m.remove(id))
+}
+
+/// utime + stime of a whole process (all its threads), in clock ticks.
+pub fn cpu_ticks(pid: u32) -> Option<u64> {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let fields: Vec<&str> = text[text.rfind(')')? + 1..]
+        .split_ascii_whitespace()
+        .collect();
+    // Fields 14 and 15; field N sits at index N - 3 after the name.
+    Some(fields.get(11)?.parse::<u64>().ok()? + fields.get(12)?.parse::<u64>().ok()?)
+}
+
+pub fn ticks_per_second() -> u64 {
+    // SAFETY: sysconf reads a constant; it has no memory-safety preconditions.
+    let ticks = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
+    if ticks > 0 { ticks as u64 } else { 100 }
+}
+
+fn failed(error: CgroupError) -> FaultError {
+    match error {
+        CgroupError::Unsupported(message) => FaultError::Unsupported(message),
+        CgroupError::Io { ref source, .. }
+            if source.kind() == std::io::ErrorKind::PermissionDenied =>
+        {
+            FaultError::Permission(format!("{error}; run faultline as root"))
+        }
+        other => FaultError::Failed(other.to_string()),
+    }
+}
+
+/// `cpu-limit` against one process target.
+pub struct CpuLimitFault {
+    params: CpuLimitParams,
+    target: Target,
+}
+
+/// `disk-io-limit` against one process target.
+pub struct IoLimitFault {
+    params: IoLimitParams,
+    target: Target,
+}
+
+struct Target {
+    name: String,
+    selector: ProcessSelector,
+}
+
+impl CpuLimitFault {
+    pub fn new(params: CpuLimitParams, target_name: &str, selector: ProcessSelector) -> Self {
+        CpuLimitFault {
+            params,
+            target: Target {
+                name: target_name.into(),
+                selector,
+            },
+        }
+    }
+
+    /// Decide the cgroups, the moves and the limit; touches nothing.
+    pub fn prepare_recipe(&self) -> Result<(String, LimitRecipe, serde_json::Value), FaultError> {
+        let (quota_us, period_us) = self.params.quota().map_err(FaultError::Unsupported)?;
+        self.target.plan(LimitSetting::Cpu {
+            quota_us,
+            period_us,
+        })
+    }
+
+    pub fn apply_recipe(&self, recipe: &LimitRecipe) -> Result<Applied, FaultError> {
+        apply(recipe)
+    }
+}
+
+impl IoLimitFault {
+    pub fn new(params: IoLimitParams, target_name: &str, selector: ProcessSelector) -> Self {
+        IoLimitFault {
+            params,
+            target: Target {
+                name: target_name.into(),
+                selector,
+            },
+        }
+    }
+
+    /// Decide the device, the cgroups, the moves and the limit; touches nothing.
+    pub fn prepare_recipe(&self) -> Result<(String, LimitRecipe, serde_json::Value), FaultError> {
+        let limits = self.params.limits().map_err(FaultError::Unsupported)?;
+        let device = cgroup::throttle_device_for(&self.params.path).map_err(failed)?;
+        self.target.plan(LimitSetting::Io { device, limits })
+    }
+
+    pub fn apply_recipe(&self, recipe: &LimitRecipe) -> Result<Applied, FaultError> {
+        apply(recipe)
+    }
+}
+
+impl Target {
+    fn pick(&self) -> Result<Vec<ProcInfo>, FaultError> {
+        let selection =
+            proc::select(&self.selector).map_err(|e| FaultError::Failed(e.to_string()))?;
+        if selection.picked.is_empty() {
+            let refused: Vec<String> = selection
+                .refused
+                .iter()
+                .map(|(pid, reason)| format!("pid {pid}: {reason}"))
+                .collect();
+            let mut message = format!("target `{}`: {} matched", self.name, selection.matched);
+            if !refused.is_empty() {
+                message.push_str(&format!(
+                    ", refused {}; set `force: true` on the target to allow them",
+                    refused.join(", ")
+                ));
+            }
+            return Err(FaultError::NoTarget(message));
+        }
+        Ok(selection.picked)
+    }
+
+    fn plan(
+        &self,
+        setting: LimitSetting,
+    ) -> Result<(String, LimitRecipe, serde_json::Value), FaultError> {
+        let controller = setting.controller();
+        let mounts = Mounts::detect().map_err(failed)?;
+        let hierarchy = mounts.find(controller).map_err(failed)?.clone();
+        let picked = self.pick()?;
+        let id = format!("{:08x}", rand::random::<u32>());
+        let mut groups: Vec<LimitGroup> = Vec::new();
+        let mut processes = Vec::new();
+        for info in &picked {
+            let origin = match hierarchy.dir_of_process(info.pid) {
+                Ok(origin) => origin,
+                Err(e) if e.is_gone() => continue,
+                Err(e) => return Err(failed(e)),
+            };
+            let group = origin.join(format!("faultline-{id}"));
+            if !groups.iter().any(|g| g.dir == group) {
+                groups.push(LimitGroup {
+                    dir: group.clone(),
+                    origin: origin.clone(),
+                });
+            }
+            processes.push(MovedProcess {
+                process: info.proc_ref(),
+                name: info.name.clone(),
+                origin,
+                group,
+            });
+        }
+        if processes.is_empty() {
+            return Err(FaultError::NoTarget(format!(
+                "target `{}`: every picked process exited",
+                self.name
+            )));
+        }
+        let enabled = match hierarchy.version {
+            Version::V1 => Vec::new(),
+            Version::V2 => v2_subtree_changes(&hierarchy, controller, &groups, &processes)?,
+        };
+        let recipe = LimitRecipe {
+            id,
+            setting,
+            hierarchy,
+            groups,
+            processes,
+            enabled,
+        };
+        let labels: Vec<String> = recipe
+            .processes
+            .iter()
+            .map(|p| format!("pid {} ({})", p.process.pid, p.name))
+            .collect();
+        let summary = format!(
+            "{} for {} in {}",
+            recipe.setting.describe(),
+            labels.join(", "),
+            recipe
+                .groups
+                .iter()
+                .map(|g| g.dir.display().to_string())
+                .collect::<Vec<_>>()
+                .join(", ")
+        );
+        let details = serde_json::to_value(&recipe).unwrap_or_default();
+        Ok((summary, recipe, details))
+    }
+}
+
+/// On v2 a child only gets a controller its parent lists in `cgroup.subtree_control`, and a
+/// non-root cgroup that lists any may hold no processes of its own. So every cgroup from the
+/// top down to each origin must enable the controller, and each origin must hold nothing but
+/// the processes faultline moves out of it.
+fn v2_subtree_changes(
+    hierarchy: &Hierarchy,
+    controller: Controller,
+    groups: &[LimitGroup],
+    processes: &[MovedProcess],
+) -> Result<Vec<SubtreeChange>, FaultError> {
+    let name = controller.v2_name();
+    let moved: HashSet<u32> = processes.iter().map(|p| p.process.pid).collect();
+    let mut changes: Vec<SubtreeChange> = Vec::new();
+    for group in groups {
+        let relative = group.origin.strip_prefix(&hierarchy.mount).map_err(|_| {
+            FaultError::Failed(format!(
+                "{} is outside {}",
+                group.origin.display(),
+                hierarchy.mount.display()
+            ))
+        })?;
+        let mut chain = vec![hierarchy.mount.clone()];
+        for part in relative.components() {
+            let next = chain[chain.len() - 1].join(part);
+            chain.push(next);
+        }
+        for dir in chain {
+            let enabled = cgroup::subtree_control(&dir).map_err(failed)?;
+            if enabled.iter().any(|c| c == name) || changes.iter().any(|c| c.dir == dir) {
+                continue;
+            }
+            if !hierarchy.is_top(&dir) {
+                let others: Vec<u32> = cgroup::procs(&dir)
+                    .map_err(failed)?
+                    .into_iter()
+                    .filter(|pid| !moved.contains(pid))
+                    .collect();
+                if !others.is_empty() {
+                    return Err(FaultError::Unsupported(format!(
+                        "cgroup v2 can limit {name} only for a whole cgroup: {} also holds pid {}; select every process in it (`cgroup:` target) or enable {name} for it beforehand",
+                        dir.display(),
+                        others
+                            .iter()
+                            .map(u32::to_string)
+                            .collect::<Vec<_>>()
+                            .join(", ")
+                    )));
+                }
+            }
+            changes.push(SubtreeChange {
+                dir,
+                controller: name.to_string(),
+            });
+        }
+    }
+    Ok(changes)
+}
+
+fn set_limit(recipe: &LimitRecipe, dir: &Path) -> Result<(), CgroupError> {
+    match &recipe.setting {
+        LimitSetting::Cpu {
+            quota_us,
+            period_us,
+        } => cgroup::set_cpu_limit(&recipe.hierarchy, dir, *quota_us, *period_us),
+        LimitSetting::Io { device, limits } => {
+            cgroup::set_io_limit(&recipe.hierarchy, dir, *device, limits)
+        }
+    }
+}
+
+/// Create the cgroups, move the processes in, limit. On error the engine runs [`revert`].
+fn apply(recipe: &LimitRecipe) -> Result<Applied, FaultError> {
+    for group in &recipe.groups {
+        cgroup::create(&group.dir).map_err(failed)?;
+    }
+    // When nothing must be enabled first (always on v1), limit before moving anything, so no
+    // process runs unlimited in the new cgroup and a refused limit moves nobody.
+    let limit_first = recipe.enabled.is_empty();
+    if limit_first {
+        for group in &recipe.groups {
+            set_limit(recipe, &group.dir).map_err(failed)?;
+        }
+    }
+    let mut cpu_ticks_then = HashMap::new();
+    let mut moved = Vec::new();
+    let mut gone = Vec::new();
+    for process in &recipe.processes {
+        let same = proc::start_time(process.process.pid).ok() == Some(process.process.start_time);
+        if !same {
+            gone.push(process.process.pid);
+            continue;
+        }
+        match cgroup::move_process(&process.group, process.process.pid) {
+            Ok(()) => {
+                moved.push(process.process.pid);
+                if let Some(ticks) = cpu_ticks(process.process.pid) {
+                    cpu_ticks_then.insert(process.process.pid, ticks);
+                }
+            }
+            Err(e) if e.is_gone() => gone.push(process.process.pid),
+            Err(e) => return Err(failed(e)),
+        }
+    }
+    remember(
+        &recipe.id,
+        Baseline {
+            applied_at: Instant::now(),
+            cpu_ticks: cpu_ticks_then,
+        },
+    );
+    for change in &recipe.enabled {
+        cgroup::set_subtree_control(&change.dir, &change.controller, true).map_err(failed)?;
+    }
+    if !limit_first {
+        for group in &recipe.groups {
+            set_limit(recipe, &group.dir).map_err(failed)?;
+        }
+    }
+    if moved.is_empty() {
+        return Err(FaultError::NoTarget(format!(
+            "every target process exited before it could be limited (pids {gone:?})"
+        )));
+    }
+    Ok(Applied {
+        summary: format!(
+            "{} for pid {}",
+            recipe.setting.describe(),
+            moved
+                .iter()
+                .map(u32::to_string)
+                .collect::<Vec<_>>()
+                .join(", ")
+        ),
+        details: serde_json::json!({
+            "moved": moved,
+            "gone_before_move": gone,
+            "cgroups": recipe.groups.iter().map(|g| &g.dir).collect::<Vec<_>>(),
+            "hierarchy": recipe.hierarchy.mount,
+            "subtree_control_enabled": recipe.enabled,
+        }),
+    })
+}
+
+/// What the limited cgroups did while the fault was live; `elapsed` is `None` after a crash.
+fn achieved(recipe: &LimitRecipe, baseline: Option<&Baseline>) -> serde_json::Value {
+    let elapsed = baseline.map(|b| b.applied_at.elapsed().as_secs_f64());
+    let live: Vec<&LimitGroup> = recipe.groups.iter().filter(|g| g.dir.exists()).collect();
+    match &recipe.setting {
+        LimitSetting::Cpu {
+            quota_us,
+            period_us,
+        } => {
+            let mut usage_usec = Some(0);
+            let (mut periods, mut throttled, mut throttled_usec) = (0, 0, 0);
+            for group in &live {
+                let Ok(counters) = cgroup::cpu_counters(&recipe.hierarchy, &group.dir) else {
+                    continue;
+                };
+                usage_usec = usage_usec.zip(counters.usage_usec).map(|(a, b)| a + b);
+                periods += counters.nr_periods;
+                throttled += counters.nr_throttled;
+                throttled_usec += counters.throttled_usec;
+            }
+            // v1 `cpu` without `cpuacct` counts no usage: sum the processes' own ticks since
+            // apply (processes that exited meanwhile are missed).
+            let mut source = "cgroup";
+            if usage_usec.is_none()
+                && let Some(baseline) = baseline
+            {
+                source = "process ticks";
+                let per_tick = 1_000_000 / ticks_per_second();
+                let ticks: u64 = live
+                    .iter()
+                    .filter_map(|g| cgroup::procs(&g.dir).ok())
+                    .flatten()
+                    .filter_map(|pid| {
+                        let now = cpu_ticks(pid)?;
+                        Some(now.saturating_sub(*baseline.cpu_ticks.get(&pid).unwrap_or(&0)))
+                    })
+                    .sum();
+                usage_usec = Some(ticks * per_tick);
+            }
+            let achieved_percent = usage_usec
+                .zip(elapsed)
+                .filter(|(_, secs)| *secs > 0.0)
+                .map(|(usec, secs)| usec as f64 / 1e4 / secs / live.len().max(1) as f64);
+            serde_json::json!({
+                "requested_percent": *quota_us as f64 * 100.0 / *period_us as f64,
+                "achieved_percent_per_cgroup": achieved_percent,
+                "usage_usec": usage_usec,
+                "usage_source": source,
+                "window_seconds": elapsed,
+                "nr_periods": periods,
+                "nr_throttled": throttled,
+                "throttled_usec": throttled_usec,
+            })
+        }
+        LimitSetting::Io { device, limits } => {
+            let mut total = cgroup::IoCounters::default();
+            for group in &live {
+                if let Ok(c) = cgroup::io_counters(&recipe.hierarchy, &group.dir, *device) {
+                    total.read_bytes += c.read_bytes;
+                    total.write_bytes += c.write_bytes;
+                    total.read_ios += c.read_ios;
+                    total.write_ios += c.write_ios;
+                }
+            }
+            let rate = |n: u64| {
+                elapsed
+                    .filter(|s| *s > 0.0)
+                    .map(|s| n as f64 / s / live.len().max(1) as f64)
+            };
+            serde_json::json!({
+                "requested": limits,
+                "device": device.to_string(),
+                "achieved_per_cgroup": {
+                    "read_bps": rate(total.read_bytes),
+                    "write_bps": rate(total.write_bytes),
+                    "read_iops": rate(total.read_ios),
+                    "write_iops": rate(total.write_ios),
+                },
+                "totals": total,
+                "window_seconds": elapsed,
+            })
+        }
+    }
+}
+
+/// Undo a limit: disable what faultline enabled, move each process that is still the same
+/// process and still in faultline's cgroup back to its own cgroup, move any process born in
+/// faultline's cgroup to that cgroup's parent (where its parent came from), remove the
+/// cgroups. Every step runs even when one fails. Idempotent; works after a crash.
+pub fn revert(recipe: &LimitRecipe) -> Result<Reverted, FaultError> {
+    let baseline = forget(&recipe.id);
+    let details = achieved(recipe, baseline.as_ref());
+    let mut failures = Vec::new();
+    let any_group_left = recipe.groups.iter().any(|g| g.dir.exists());
+    // Once every group is gone, a previous revert already disabled these; doing it again
+    // could undo what someone else enabled since.
+    if any_group_left {
+        for change in recipe.enabled.iter().rev() {
+            match cgroup::set_subtree_control(&change.dir, &change.controller, false) {
+                Err(e) if !e.is_gone() => failures.push(e.to_string()),
+                _ => {}
+            }
+        }
+    }
+    let mut restored = 0;
+    for moved in &recipe.processes {
+        let pid = moved.process.pid;
+        if proc::start_time(pid).ok() != Some(moved.process.start_time) {
+            continue;
+        }
+        // Someone (or a previous revert) may have moved it already: leave it where it is.
+        match recipe.hierarchy.dir_of_process(pid) {
+            Ok(now) if now == moved.group => {}
+            _ => continue,
+        }
+        match cgroup::move_process(&moved.origin, pid) {
+            Ok(()) => restored += 1,
+            Err(e) if e.is_gone() && moved.origin.exists() => {}
+            Err(e) => failures.push(format!("pid {pid} back to {}: {e}", moved.origin.display())),
+        }
+    }
+    let mut adopted = 0;
+    for group in &recipe.groups {
+        for pid in cgroup::procs(&group.dir).unwrap_or_default() {
+            match cgroup::move_process(&group.origin, pid) {
+                Ok(()) => adopted += 1,
+                Err(e) if e.is_gone() => {}
+                Err(e) => failures.push(format!("pid {pid} to {}: {e}", group.origin.display())),
+            }
+        }
+        if let Err(e) = cgroup::remove(&group.dir, REMOVE_PATIENCE) {
+            failures.push(e.to_string());
+        }
+    }
+    if !failures.is_empty() {
+        return Err(FaultError::Failed(format!(
+            "{} not fully reverted: {}",
+            recipe.setting.describe(),
+            failures.join("; ")
+        )));
+    }
+    let mut summary = format!(
+        "removed {}; {restored} process(es) back in their cgroups",
+        recipe.setting.describe()
+    );
+    if adopted > 0 {
+        summary.push_str(&format!(
+            ", {adopted} born under the limit moved to the parent cgroup"
+        ));
+    }
+    Ok(Reverted { summary, details })
+}
+
+/// One line for `faultline status`.
+pub fn describe(recipe: &LimitRecipe) -> String {
+    let pids: Vec<String> = recipe
+        .processes
+        .iter()
+        .map(|p| p.process.pid.to_string())
+        .collect();
+    let groups: Vec<String> = recipe
+        .groups
+        .iter()
+        .map(|g| g.dir.display().to_string())
+        .collect();
+    let mut line = format!(
+        "move pid {} back from {} and remove it ({})",
+        pids.join(", "),
+        groups.join(", "),
+        recipe.setting.describe()
+    );
+    if !recipe.enabled.is_empty() {
+        let dirs: Vec<String> = recipe
+            .enabled
+            .iter()
+            .map(|c| format!("-{} in {}", c.controller, c.dir.display()))
+            .collect();
+        line.push_str(&format!("; subtree_control {}", dirs.join(", ")));
+    }
+    line
+}
+
+#[cfg(test)]
+mod tests {
+    use std::process::{Child, Command, Stdio};
+
+    use super::*;
+
+    /// A child process killed by PID and reaped on drop.
+    struct Guarded(Child);
+
+    impl Guarded {
+        fn spawn(program: &str, args: &[&str]) -> Guarded {
+            let child = Command::new(program)
+                .args(args)
+                .stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .stderr(Stdio::inherit())
+                .spawn()
+                .expect("spawn test child");
+            Guarded(child)
+        }
+
+        fn busy() -> Guarded {
+            Guarded::spawn("python3", &["-c", "while True: pass"])
+        }
+
+        fn pid(&self) -> u32 {
+            self.0.id()
+        }
+
+        fn kill(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+
+    impl Drop for Guarded {
+        fn drop(&mut self) {
+            self.kill();
+        }
+    }
+
+    /// The rate tests measure a busy process and a fast writer: run in parallel on two cores
+    /// they would measure each other.
+    static MEASURING: Mutex<()> = Mutex::new(());
+
+    fn measuring() -> std::sync::MutexGuard<'static, ()> {
+        MEASURING.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn by_pid(pid: u32) -> ProcessSelector {
+        ProcessSelector {
+            pid: Some(pid),
+            ..ProcessSelector::default()
+        }
+    }
+
+    fn cgroup_text(pid: u32) -> String {
+        std::fs::read_to_string(format!("/proc/{pid}/cgroup")).expect("read /proc/PID/cgroup")
+    }
+
+    /// Percent of one CPU the process used over `window`, from its own utime + stime.
+    fn measured_cpu_percent(pid: u32, window: Duration) -> f64 {
+        let started = Instant::now();
+        let before = cpu_ticks(pid).expect("ticks");
+        std::thread::sleep(window);
+        let used = cpu_ticks(pid).expect("ticks") - before;
+        used as f64 * 100.0 / ticks_per_second() as f64 / started.elapsed().as_secs_f64()
+    }
+
+    /// Serialise and read back, as the state file and `recover` do.
+    fn round_trip(recipe: &LimitRecipe) -> LimitRecipe {
+        let json = serde_json::to_string(recipe).expect("serialise");
+        let back: LimitRecipe = serde_json::from_str(&json).expect("deserialise");
+        assert_eq!(&back, recipe);
+        back
+    }
+
+    fn line_for<'a>(text: &'a str, controller: &str) -> &'a str {
+        text.lines()
+            .find(|l| {
+                l.split(':')
+                    .nth(1)
+                    .is_some_and(|c| c.split(',').any(|c| c == controller))
+            })
+            .unwrap_or("")
+    }
+
+    #[test]
+    fn cpu_limit_holds_a_busy_process_to_its_quota_and_puts_it_back() {
+        let _serial = measuring();
+        let busy = Guarded::busy();
+        let pid = busy.pid();
+        std::thread::sleep(Duration::from_millis(200));
+        let before = cgroup_text(pid);
+        let fault = CpuLimitFault::new(
+            CpuLimitParams {
+                percent: 30.0,
+                period: DEFAULT_PERIOD,
+            },
+            "busy",
+            by_pid(pid),
+        );
+        let (summary, recipe, _) = fault.prepare_recipe().expect("prepare");
+        assert!(summary.contains("30.0%"), "{summary}");
+        assert_eq!(cgroup_text(pid), before, "prepare touched nothing");
+        assert_eq!(recipe.groups.len(), 1);
+        let group = recipe.groups[0].dir.clone();
+        assert!(!group.exists());
+        let recipe = round_trip(&recipe);
+
+        fault.apply_recipe(&recipe).expect("apply");
+        let during = cgroup_text(pid);
+        assert_eq!(
+            recipe.hierarchy.dir_of_process(pid).expect("cgroup now"),
+            group
+        );
+        // Only the limited hierarchy changed: memory and every other line stay.
+        let changed: Vec<&str> = before
+            .lines()
+            .zip(during.lines())
+            .filter(|(old, new)| old != new)
+            .map(|(_, new)| new)
+            .collect();
+        assert_eq!(changed, vec![line_for(&during, "cpu")], "{during}");
+        assert_eq!(line_for(&before, "memory"), line_for(&during, "memory"));
+
+        let limited = measured_cpu_percent(pid, Duration::from_secs(5));
+        let reverted = revert(&recipe).expect("revert");
+        println!(
+            "limited to 30%: measured {limited:.1}%; faultline says {}",
+            reverted.details
+        );
+        assert!(
+            (25.0..=35.0).contains(&limited),
+            "measured {limited:.1}% for a 30% quota"
+        );
+        let said = reverted.details["achieved_percent_per_cgroup"]
+            .as_f64()
+            .expect("achieved percent");
+        assert!(
+            (limited - said).abs() < 5.0,
+            "faultline {said:.1}%, measured {limited:.1}%"
+        );
+        assert!(reverted.details["nr_throttled"].as_u64().unwrap_or(0) > 0);
+
+        assert_eq!(cgroup_text(pid), before, "back in exactly its cgroups");
+        assert!(!group.exists(), "{} left behind", group.display());
+        let free = measured_cpu_percent(pid, Duration::from_secs(2));
+        assert!(free > 80.0, "after revert only {free:.1}% of a CPU");
+
+        let again = revert(&recipe).expect("second revert");
+        assert_eq!(cgroup_text(pid), before);
+        assert!(again.summary.contains("0 process"), "{}", again.summary);
+    }
+
+    #[test]
+    fn revert_after_the_process_died_and_after_a_crash() {
+        let mut first = Guarded::spawn("sleep", &["30"]);
+        let second = Guarded::spawn("sleep", &["30"]);
+        let selector = |pid| {
+            CpuLimitFault::new(
+                CpuLimitParams {
+                    percent: 50.0,
+                    period: Duration::from_millis(50),
+                },
+                "sleepers",
+                by_pid(pid),
+            )
+        };
+        // The dead one.
+        let fault = selector(first.pid());
+        let (_, recipe, _) = fault.prepare_recipe().expect("prepare");
+        fault.apply_recipe(&recipe).expect("apply");
+        first.kill();
+        let reverted = revert(&recipe).expect("revert after the process died");
+        assert!(
+            reverted.summary.contains("0 process"),
+            "{}",
+            reverted.summary
+        );
+        assert!(!recipe.groups[0].dir.exists());
+
+        // The crash: the recipe comes back from the state file into a process that never
+        // applied it (the registry has no baseline).
+        let before = cgroup_text(second.pid());
+        let fault = selector(second.pid());
+        let (_, recipe, _) = fault.prepare_recipe().expect("prepare");
+        fault.apply_recipe(&recipe).expect("apply");
+        assert_ne!(cgroup_text(second.pid()), before);
+        let from_state_file = round_trip(&recipe);
+        assert!(forget(&recipe.id).is_some(), "apply left a baseline");
+        let reverted = revert(&from_state_file).expect("revert after a crash");
+        assert!(
+            reverted.summary.contains("1 process"),
+            "{}",
+            reverted.summary
+        );
+        assert!(reverted.details["window_seconds"].is_null());
+        assert_eq!(cgroup_text(second.pid()), before);
+        assert!(!recipe.groups[0].dir.exists());
+        assert!(describe(&recipe).contains(&second.pid().to_string()));
+    }
+
+    #[test]
+    fn params_the_kernel_would_refuse_are_refused_early() {
+        let cpu = |percent, period| CpuLimitParams { percent, period };
+        assert_eq!(cpu(150.0, DEFAULT_PERIOD).quota(), Ok((150_000, 100_000)));
+        assert!(cpu(0.0, DEFAULT_PERIOD).quota().is_err());
+        assert!(cpu(f64::NAN, DEFAULT_PERIOD).quota().is_err());
+        assert!(cpu(0.5, DEFAULT_PERIOD).quota().is_err(), "500µs quota");
+        assert!(cpu(50.0, Duration::from_secs(2)).quota().is_err());
+        let io = IoLimitParams {
+            path: "/".into(),
+            read_bps: None,
+            write_bps: None,
+            read_iops: None,
+            write_iops: None,
+        };
+        assert!(io.limits().is_err());
+        assert!(
+            IoLimitParams {
+                write_bps: Some(0),
+                ..io.clone()
+            }
+            .limits()
+            .is_err()
+        );
+        assert!(
+            IoLimitParams {
+                write_iops: Some(10),
+                ..io
+            }
+            .limits()
+            .is_ok()
+        );
+    }
+
+    #[test]
+    fn no_target_prepares_nothing() {
+        let mut gone = Guarded::spawn("sleep", &["30"]);
+        let pid = gone.pid();
+        gone.kill();
+        let fault = CpuLimitFault::new(
+            CpuLimitParams {
+                percent: 50.0,
+                period: DEFAULT_PERIOD,
+            },
+            "gone",
+            by_pid(pid),
+        );
+        assert!(matches!(
+            fault.prepare_recipe(),
+            Err(FaultError::NoTarget(_))
+        ));
+    }
+
+    /// On v2 the controller must be enabled from the top down, and a cgroup that also holds
+    /// processes faultline leaves alone cannot hand it to a child. Planned (nothing written)
+    /// against this host's real v2 tree.
+    #[test]
+    fn v2_plans_enable_the_controller_down_to_whole_cgroups_only() {
+        let mounts = Mounts::detect().expect("mounts");
+        let v2 = mounts.v2.clone().expect("a v2 tree");
+        let shared = v2
+            .mount
+            .join(format!("faultline-plan-{}", std::process::id()));
+        cgroup::create(&shared).expect("create");
+        struct Remove(PathBuf);
+        impl Drop for Remove {
+            fn drop(&mut self) {
+                for pid in cgroup::procs(&self.0).unwrap_or_default() {
+                    let _ = cgroup::move_process(self.0.parent().expect("parent"), pid);
+                }
+                let _ = cgroup::remove(&self.0, Duration::from_secs(2));
+            }
+        }
+        let _cleanup = Remove(shared.clone());
+        let a = Guarded::spawn("sleep", &["30"]);
+        let b = Guarded::spawn("sleep", &["30"]);
+        for child in [&a, &b] {
+            cgroup::move_process(&shared, child.pid()).expect("move");
+        }
+        let moved = |child: &Guarded| MovedProcess {
+            process: ProcRef {
+                pid: child.pid(),
+                start_time: proc::start_time(child.pid()).expect("start"),
+            },
+            name: "sleep".into(),
+            origin: shared.clone(),
+            group: shared.join("faultline-x"),
+        };
+        let groups = [LimitGroup {
+            dir: shared.join("faultline-x"),
+            origin: shared.clone(),
+        }];
+        let refused = v2_subtree_changes(&v2, Controller::Cpu, &groups, &[moved(&a)])
+            .expect_err("b stays behind");
+        assert!(
+            refused.to_string().contains(&b.pid().to_string()),
+            "{refused}"
+        );
+        let changes = v2_subtree_changes(&v2, Controller::Cpu, &groups, &[moved(&a), moved(&b)])
+            .expect("whole cgroup");
+        let dirs: Vec<&Path> = changes.iter().map(|c| c.dir.as_path()).collect();
+        assert_eq!(dirs, vec![v2.mount.as_path(), shared.as_path()]);
+        assert!(changes.iter().all(|c| c.controller == "cpu"));
+    }
+
+    /// A small ext4 image on a loop device, mounted in a temp dir under /var/tmp (never a
+    /// file system anything else uses); unmounted, detached and deleted on drop.
+    struct LoopImage {
+        device: String,
+        mount: PathBuf,
+        _dir: tempfile::TempDir,
+    }
+
+    fn run(program: &str, args: &[&str]) -> String {
+        let out = Command::new(program).args(args).output().expect("run tool");
+        assert!(
+            out.status.success(),
+            "{program} {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).trim().to_string()
+    }
+
+    impl LoopImage {
+        fn new(size: u64) -> LoopImage {
+            let dir = tempfile::Builder::new()
+                .prefix("faultline-io")
+                .tempdir_in("/var/tmp")
+                .expect("temp dir");
+            let image = dir.path().join("image");
+            std::fs::File::create(&image)
+                .and_then(|f| f.set_len(size))
+                .expect("image file");
+            let image = image.to_str().expect("utf-8 path");
+            run("mkfs.ext4", &["-q", "-F", "-m", "0", image]);
+            let device = run("losetup", &["-f", "--show", image]);
+            let mount = dir.path().join("mnt");
+            std::fs::create_dir(&mount).expect("mount point");
+            let guard = LoopImage {
+                device,
+                mount,
+                _dir: dir,
+            };
+            run(
+                "mount",
+                &[&guard.device, guard.mount.to_str().expect("utf-8 path")],
+            );
+            guard
+        }
+    }
+
+    impl Drop for LoopImage {
+        fn drop(&mut self) {
+            let mount = self.mount.to_str().unwrap_or_default();
+            for _ in 0..50 {
+                let unmounted = Command::new("umount").arg(mount).status();
+                if unmounted.is_ok_and(|s| s.success()) {
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            let _ = Command::new("losetup").args(["-d", &self.device]).status();
+        }
+    }
+
+    /// Rewrites the first 32 MiB of `path` with O_DIRECT 256 KiB writes, forever.
+    const DIRECT_WRITER: &str = "\
+import mmap, os, sys
+fd = os.open(sys.argv[1], os.O_WRONLY | os.O_CREAT | os.O_DIRECT, 0o600)
+block = 256 * 1024
+buf = mmap.mmap(-1, block)
+buf.write(b'x' * block)
+offset = 0
+while True:
+    os.pwrite(fd, buf, offset)
+    offset = (offset + block) % (32 * 1024 * 1024)
+";
+
+    fn written_bytes(pid: u32) -> u64 {
+        let text = std::fs::read_to_string(format!("/proc/{pid}/io")).expect("/proc/PID/io");
+        text.lines()
+            .find_map(|l| l.strip_prefix("wchar:"))
+            .and_then(|v| v.trim().parse().ok())
+            .expect("wchar")
+    }
+
+    /// Bytes per second the process wrote over `window`, from its own /proc/PID/io.
+    fn measured_write_rate(pid: u32, window: Duration) -> f64 {
+        let started = Instant::now();
+        let before = written_bytes(pid);
+        std::thread::sleep(window);
+        (written_bytes(pid) - before) as f64 / started.elapsed().as_secs_f64()
+    }
+
+    const MIB: f64 = 1024.0 * 1024.0;
+
+    #[test]
+    fn disk_io_limit_holds_a_direct_writer_to_its_limit() {
+        let _serial = measuring();
+        let image = LoopImage::new(64 << 20);
+        let file = image.mount.join("data");
+        let writer = Guarded::spawn(
+            "python3",
+            &["-c", DIRECT_WRITER, file.to_str().expect("utf-8")],
+        );
+        let pid = writer.pid();
+        std::thread::sleep(Duration::from_millis(500));
+        let free_before = measured_write_rate(pid, Duration::from_secs(1));
+        let limit: u64 = 20 << 20;
+        let fault = IoLimitFault::new(
+            IoLimitParams {
+                path: image.mount.clone(),
+                read_bps: None,
+                write_bps: Some(limit),
+                read_iops: None,
+                write_iops: None,
+            },
+            "writer",
+            by_pid(pid),
+        );
+        let (summary, recipe, _) = fault.prepare_recipe().expect("prepare");
+        let LimitSetting::Io { device, .. } = recipe.setting else {
+            panic!("not an I/O recipe: {recipe:?}");
+        };
+        let loop_device = std::fs::metadata(&image.device).expect("stat loop device");
+        let rdev = std::os::unix::fs::MetadataExt::rdev(&loop_device);
+        assert_eq!(
+            (device.major, device.minor),
+            (rustix::fs::major(rdev), rustix::fs::minor(rdev)),
+            "throttles the loop device itself"
+        );
+        let before = cgroup_text(pid);
+        let recipe = round_trip(&recipe);
+        fault.apply_recipe(&recipe).expect("apply");
+        std::thread::sleep(Duration::from_millis(500));
+        let limited = measured_write_rate(pid, Duration::from_secs(3));
+        let reverted = revert(&recipe).expect("revert");
+        std::thread::sleep(Duration::from_millis(200));
+        let free_after = measured_write_rate(pid, Duration::from_secs(1));
+        println!(
+            "{summary}: unthrottled {:.0} MiB/s, limited {:.2} MiB/s, after revert {:.0} MiB/s; faultline says {}",
+            free_before / MIB,
+            limited / MIB,
+            free_after / MIB,
+            reverted.details
+        );
+        let limit = limit as f64;
+        assert!(
+            (limit * 0.9..=limit * 1.1).contains(&limited),
+            "limited to 20 MiB/s, measured {:.2} MiB/s",
+            limited / MIB
+        );
+        assert!(free_before > 2.0 * limit, "writer too slow to test a limit");
+        assert!(
+            free_after > 2.0 * limit,
+            "still throttled after revert: {:.1} MiB/s",
+            free_after / MIB
+        );
+        let said = reverted.details["achieved_per_cgroup"]["write_bps"]
+            .as_f64()
+            .expect("achieved write rate");
+        assert!((said - limit).abs() < limit * 0.15, "faultline says {said}");
+        assert_eq!(cgroup_text(pid), before);
+        assert!(!recipe.groups[0].dir.exists());
+    }
+}
