@@ -7,7 +7,7 @@ cd "$(dirname "$0")/.."
 
 # iproute2: ip, tc, nsenter-free namespaces; iptables (legacy + nft variants) and nftables: the
 # network faults; iputils-ping: a cgroup-scoped network test; util-linux: nsenter.
-packages=(coreutils procps iproute2 iptables nftables iputils-ping util-linux python3)
+packages=(coreutils procps iproute2 iptables nftables iputils-ping util-linux mount e2fsprogs python3)
 missing=()
 for p in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

@@ -17,6 +17,7 @@ use crate::plan::{FaultAction, FaultSpec, Plan};
 pub mod limit;
 pub mod network;
 pub mod process;
+pub mod resource;
 pub mod sim;
 
 /// A fault that can be injected. `Send + Sync` so the engine can run it on blocking threads.
@@ -66,6 +67,8 @@ pub enum RevertRecipe {
     ResumeProcesses { processes: Vec<ProcRef> },
     /// Remove what a network fault installed (rules, qdiscs, devices), newest first.
     Network { steps: Vec<network::NetStep> },
+    /// Move processes back out of faultline's cgroups (`cpu-limit`, `disk-io-limit`).
+    CgroupLimit(limit::LimitRecipe),
     /// Engine tests only: remove this marker file (stands in for "the host is dirty").
     Simulated {
         marker: std::path::PathBuf,
@@ -92,6 +95,7 @@ impl RevertRecipe {
             }),
             RevertRecipe::ResumeProcesses { processes } => process::resume_all(processes),
             RevertRecipe::Network { steps } => network::revert_steps(steps),
+            RevertRecipe::CgroupLimit(recipe) => limit::revert(recipe),
             RevertRecipe::Simulated { marker, fail } => sim::revert_marker(marker, *fail),
         }
     }
@@ -105,6 +109,7 @@ impl RevertRecipe {
                 format!("SIGCONT to pid {}", pids.join(", "))
             }
             RevertRecipe::Network { steps } => network::describe_steps(steps),
+            RevertRecipe::CgroupLimit(recipe) => limit::describe(recipe),
             RevertRecipe::Simulated { marker, .. } => format!("remove {}", marker.display()),
         }
     }
@@ -130,26 +135,7 @@ pub enum FaultError {
 pub fn build(spec: &FaultSpec, plan: &Plan) -> Box<dyn Fault> {
     match &spec.action {
         FaultAction::Network(_) => network::build(spec, plan),
-        FaultAction::Resource(_) => Box::new(NotInThisBuild(spec.kind.as_str())),
+        FaultAction::Resource(action) => resource::build(spec, plan, action),
         FaultAction::Signal { .. } | FaultAction::Stop => process::build(spec, plan),
-    }
-}
-
-/// A fault kind the format knows but this build cannot inject yet: refused before anything
-/// is injected.
-struct NotInThisBuild(&'static str);
-
-impl Fault for NotInThisBuild {
-    fn prepare(&self) -> Result<Prepared, FaultError> {
-        Err(FaultError::Unsupported(format!(
-            "{} is not available in this build",
-            self.0
-        )))
-    }
-    fn apply(&self, _: &Prepared) -> Result<Applied, FaultError> {
-        Err(FaultError::Unsupported(format!(
-            "{} is not available in this build",
-            self.0
-        )))
     }
 }
