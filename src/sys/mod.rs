@@ -3,6 +3,7 @@
 
 pub mod delayer;
 pub mod iptables;
+pub mod loopdev;
 pub mod netns;
 pub mod nfqueue;
 pub mod pidfd;
