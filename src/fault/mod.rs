@@ -14,6 +14,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::plan::{FaultSpec, Plan};
 
+pub mod disk;
 pub mod network;
 pub mod process;
 pub mod sim;
