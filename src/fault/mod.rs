@@ -14,6 +14,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::plan::{FaultAction, FaultSpec, Plan};
 
+pub mod disk;
 pub mod limit;
 pub mod network;
 pub mod process;

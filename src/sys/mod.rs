@@ -4,6 +4,7 @@
 pub mod cgroup;
 pub mod delayer;
 pub mod iptables;
+pub mod loopdev;
 pub mod netns;
 pub mod nfqueue;
 pub mod pidfd;
