@@ -70,6 +70,10 @@ pub enum RevertRecipe {
     Network { steps: Vec<network::NetStep> },
     /// Move processes back out of faultline's cgroups (`cpu-limit`, `disk-io-limit`).
     CgroupLimit(limit::LimitRecipe),
+    /// Delete faultline's fill file (`disk-fill`).
+    DiskFill(disk::DiskFillRecipe),
+    /// Stop faultline's I/O workers and delete their work file (`disk-io-pressure`).
+    DiskIoPressure(disk::DiskIoRecipe),
     /// Engine tests only: remove this marker file (stands in for "the host is dirty").
     Simulated {
         marker: std::path::PathBuf,
@@ -97,6 +101,8 @@ impl RevertRecipe {
             RevertRecipe::ResumeProcesses { processes } => process::resume_all(processes),
             RevertRecipe::Network { steps } => network::revert_steps(steps),
             RevertRecipe::CgroupLimit(recipe) => limit::revert(recipe),
+            RevertRecipe::DiskFill(recipe) => recipe.revert(),
+            RevertRecipe::DiskIoPressure(recipe) => recipe.revert(),
             RevertRecipe::Simulated { marker, fail } => sim::revert_marker(marker, *fail),
         }
     }
@@ -111,6 +117,8 @@ impl RevertRecipe {
             }
             RevertRecipe::Network { steps } => network::describe_steps(steps),
             RevertRecipe::CgroupLimit(recipe) => limit::describe(recipe),
+            RevertRecipe::DiskFill(recipe) => recipe.describe(),
+            RevertRecipe::DiskIoPressure(recipe) => recipe.describe(),
             RevertRecipe::Simulated { marker, .. } => format!("remove {}", marker.display()),
         }
     }

@@ -1,10 +1,11 @@
 //! Resource faults as the engine sees them: each kind's module decides and applies, this
 //! file turns a plan entry into the right one and wraps its recipe for the state file.
 
+use super::disk::{self, DiskFill, DiskFillParams, DiskIoParams, DiskIoPressure};
 use super::limit::{self, CpuLimitFault, CpuLimitParams, IoLimitFault, IoLimitParams};
 use super::{Applied, Fault, FaultError, Prepared, RevertRecipe};
 use crate::experiment::model::ProcessSelector;
-use crate::plan::{FaultSpec, Plan, ResourceAction, TargetSpec};
+use crate::plan::{FaultSpec, FillAmount, IoMode, IoRate, Plan, ResourceAction, TargetSpec};
 
 pub fn build(spec: &FaultSpec, plan: &Plan, action: &ResourceAction) -> Box<dyn Fault> {
     let target = spec.target.clone().unwrap_or_default();
@@ -38,7 +39,78 @@ pub fn build(spec: &FaultSpec, plan: &Plan, action: &ResourceAction) -> Box<dyn 
             &target,
             selector,
         )))),
+        ResourceAction::DiskFill { path, amount } => {
+            Box::new(Disk::Fill(DiskFill::new(DiskFillParams {
+                path: path.clone(),
+                amount: match amount {
+                    FillAmount::Bytes(b) => disk::FillAmount::Bytes(*b),
+                    FillAmount::UsedShare(s) => disk::FillAmount::Percent(s * 100.0),
+                    FillAmount::LeaveFree(b) => disk::FillAmount::LeaveFree(*b),
+                },
+            })))
+        }
+        ResourceAction::DiskIoPressure {
+            path,
+            mode,
+            block_size,
+            rate,
+            workers,
+        } => Box::new(Disk::Io(DiskIoPressure::new(DiskIoParams {
+            path: path.clone(),
+            mode: match mode {
+                IoMode::Read => disk::IoMode::Read,
+                IoMode::Write => disk::IoMode::Write,
+                IoMode::Mixed(share) => disk::IoMode::Mixed {
+                    read_percent: (share * 100.0).round().clamp(0.0, 100.0) as u8,
+                },
+            },
+            block_size: *block_size,
+            target: match rate {
+                IoRate::Max => disk::IoTarget::Max,
+                IoRate::BytesPerSec(b) => disk::IoTarget::BytesPerSec(*b),
+                IoRate::Iops(n) => disk::IoTarget::Iops(*n),
+            },
+            workers: *workers,
+            file_size: disk::DEFAULT_FILE_SIZE.max(u64::from(*workers) * *block_size),
+        }))),
         _ => Box::new(NotInThisBuild(spec.kind.as_str())),
+    }
+}
+
+/// `disk-fill` and `disk-io-pressure`: files of faultline's, recorded before they exist.
+enum Disk {
+    Fill(DiskFill),
+    Io(DiskIoPressure),
+}
+
+impl Fault for Disk {
+    fn prepare(&self) -> Result<Prepared, FaultError> {
+        match self {
+            Disk::Fill(fault) => {
+                let (summary, recipe, details) = fault.prepare_recipe()?;
+                Ok(Prepared {
+                    summary,
+                    revert: RevertRecipe::DiskFill(recipe),
+                    details,
+                })
+            }
+            Disk::Io(fault) => {
+                let (summary, recipe, details) = fault.prepare_recipe()?;
+                Ok(Prepared {
+                    summary,
+                    revert: RevertRecipe::DiskIoPressure(recipe),
+                    details,
+                })
+            }
+        }
+    }
+
+    fn apply(&self, prepared: &Prepared) -> Result<Applied, FaultError> {
+        match (self, &prepared.revert) {
+            (Disk::Fill(fault), RevertRecipe::DiskFill(recipe)) => fault.apply_recipe(recipe),
+            (Disk::Io(fault), RevertRecipe::DiskIoPressure(recipe)) => fault.apply_recipe(recipe),
+            _ => Err(FaultError::Failed("recipe of another fault kind".into())),
+        }
     }
 }
 

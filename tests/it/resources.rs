@@ -33,7 +33,9 @@ impl Drop for Busy {
 /// utime + stime of `pid`, in seconds.
 fn cpu_seconds(pid: u32) -> f64 {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
-    let fields: Vec<&str> = stat[stat.rfind(')').unwrap() + 2..].split_whitespace().collect();
+    let fields: Vec<&str> = stat[stat.rfind(')').unwrap() + 2..]
+        .split_whitespace()
+        .collect();
     let ticks: u64 = fields[11].parse::<u64>().unwrap() + fields[12].parse::<u64>().unwrap();
     ticks as f64 / 100.0
 }
@@ -62,18 +64,144 @@ fn cpu_limit_holds_a_busy_process_to_its_quota_and_puts_it_back() {
     );
     let mut runner = Runner::spawn(&ws, &[&file]);
     assert!(
-        wait_for(Duration::from_secs(5), || !events_of(&ws.journal(), "fault_injected").is_empty()),
+        wait_for(Duration::from_secs(5), || !events_of(
+            &ws.journal(),
+            "fault_injected"
+        )
+        .is_empty()),
         "{}",
         runner.stderr()
     );
     let limited = cpu_share(busy.pid(), Duration::from_secs(4));
     println!("busy process under a 25% quota: {:.1}%", limited * 100.0);
-    assert!((0.20..=0.30).contains(&limited), "{:.1}% of a CPU", limited * 100.0);
-    assert_eq!(runner.wait(Duration::from_secs(10)), Some(0), "{}", runner.stderr());
+    assert!(
+        (0.20..=0.30).contains(&limited),
+        "{:.1}% of a CPU",
+        limited * 100.0
+    );
+    assert_eq!(
+        runner.wait(Duration::from_secs(10)),
+        Some(0),
+        "{}",
+        runner.stderr()
+    );
 
     let cgroups_after = std::fs::read_to_string(format!("/proc/{}/cgroup", busy.pid())).unwrap();
-    assert_eq!(cgroups_before, cgroups_after, "back in exactly the cgroups it came from");
+    assert_eq!(
+        cgroups_before, cgroups_after,
+        "back in exactly the cgroups it came from"
+    );
     let free = cpu_share(busy.pid(), Duration::from_secs(1));
-    assert!(free > 0.8, "unthrottled after the revert: {:.1}%", free * 100.0);
+    assert!(
+        free > 0.8,
+        "unthrottled after the revert: {:.1}%",
+        free * 100.0
+    );
+    assert_eq!(ws.state_records(), 0);
+}
+
+/// Try to write and sync 64 KiB in `dir`; the errno on failure.
+fn write_64k(dir: &std::path::Path) -> Result<(), i32> {
+    use std::io::Write;
+    let path = dir.join("probe.bin");
+    let result = std::fs::File::create(&path)
+        .and_then(|mut f| f.write_all(&[1u8; 64 * 1024]).and_then(|()| f.sync_all()));
+    let _ = std::fs::remove_file(&path);
+    result.map_err(|e| e.raw_os_error().unwrap_or(-1))
+}
+
+fn fill_files(dir: &std::path::Path) -> usize {
+    std::fs::read_dir(dir)
+        .unwrap()
+        .filter_map(Result::ok)
+        .filter(|e| {
+            e.file_name()
+                .to_string_lossy()
+                .starts_with(".faultline-fill-")
+        })
+        .count()
+}
+
+#[test]
+fn disk_fill_makes_writes_fail_with_enospc_until_it_is_reverted() {
+    let _serial = util::serial();
+    let ws = Workspace::new();
+    let fs =
+        faultline::sys::loopdev::LoopFs::ext4(64 << 20).expect("loop-mounted ext4 (needs root)");
+    let dir = fs.mount_point().to_path_buf();
+    assert_eq!(write_64k(&dir), Ok(()));
+    let file = ws.write(
+        "fill.yaml",
+        &format!(
+            "apiVersion: faultline/v1\nmetadata: {{name: fill}}\nmax_duration: 1m\n\
+             faults: [{{id: full, kind: disk-fill, params: {{path: '{}', leave_free: 0B}}, duration: 3s}}]\n",
+            dir.display()
+        ),
+    );
+    let mut runner = Runner::spawn(&ws, &[&file]);
+    assert!(
+        wait_for(Duration::from_secs(5), || !events_of(
+            &ws.journal(),
+            "fault_injected"
+        )
+        .is_empty()),
+        "{}",
+        runner.stderr()
+    );
+    assert_eq!(
+        write_64k(&dir),
+        Err(libc::ENOSPC),
+        "a writer gets ENOSPC while the disk is full"
+    );
+    assert_eq!(
+        runner.wait(Duration::from_secs(10)),
+        Some(0),
+        "{}",
+        runner.stderr()
+    );
+    assert_eq!(
+        write_64k(&dir),
+        Ok(()),
+        "writes succeed again after the revert"
+    );
+    assert_eq!(fill_files(&dir), 0, "the fill file is gone");
+}
+
+#[test]
+fn kill_9_during_disk_fill_leaves_a_file_that_recover_deletes() {
+    let _serial = util::serial();
+    let ws = Workspace::new();
+    let fs =
+        faultline::sys::loopdev::LoopFs::ext4(64 << 20).expect("loop-mounted ext4 (needs root)");
+    let dir = fs.mount_point().to_path_buf();
+    let file = ws.write(
+        "fill.yaml",
+        &format!(
+            "apiVersion: faultline/v1\nmetadata: {{name: fill-crash}}\nmax_duration: 1m\n\
+             faults: [{{id: full, kind: disk-fill, params: {{path: '{}', size: 90%}}, duration: 50s}}]\n",
+            dir.display()
+        ),
+    );
+    let mut runner = Runner::spawn(&ws, &[&file]);
+    assert!(
+        wait_for(Duration::from_secs(5), || !events_of(
+            &ws.journal(),
+            "fault_injected"
+        )
+        .is_empty()),
+        "{}",
+        runner.stderr()
+    );
+    runner.signal(nix::sys::signal::Signal::SIGKILL);
+    runner.wait(Duration::from_secs(5));
+    assert_eq!(fill_files(&dir), 1, "the crash left the fill file");
+    let out = util::faultline(&ws).arg("recover").output().unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(fill_files(&dir), 0, "recover deleted it");
     assert_eq!(ws.state_records(), 0);
 }
