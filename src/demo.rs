@@ -145,6 +145,11 @@ async fn handle(
                 _ => (503, r#"{"status":"degraded","worker":"down"}"#),
             }
         }
+        // A request that needs CPU: 4 ms of computation, so CPU pressure shows in latency.
+        "/work" => {
+            let _ = tokio::task::spawn_blocking(|| burn_cpu(Duration::from_millis(4))).await;
+            (200, r#"{"work":"done"}"#)
+        }
         "/" => (200, r#"{"service":"faultline demo-target"}"#),
         _ => (404, r#"{"error":"not found"}"#),
     };
@@ -159,6 +164,27 @@ async fn handle(
     );
     stream.write_all(response.as_bytes()).await?;
     stream.shutdown().await
+}
+
+/// Spin for `cpu` of this thread's CPU time (not wall time), as real request work would.
+fn burn_cpu(cpu: Duration) -> u64 {
+    let thread_cpu = || {
+        let mut ts = libc::timespec {
+            tv_sec: 0,
+            tv_nsec: 0,
+        };
+        // SAFETY: clock_gettime writes into the timespec we own.
+        unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut ts) };
+        Duration::new(ts.tv_sec as u64, ts.tv_nsec as u32)
+    };
+    let start = thread_cpu();
+    let mut x = 0u64;
+    while thread_cpu() - start < cpu {
+        for i in 0..1_000u64 {
+            x = x.wrapping_mul(6364136223846793005).wrapping_add(i);
+        }
+    }
+    std::hint::black_box(x)
 }
 
 /// A frozen worker accepts the connection (the kernel does) but never answers: the request
