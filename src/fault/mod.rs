@@ -14,6 +14,8 @@ use serde::{Deserialize, Serialize};
 
 use crate::plan::{FaultSpec, Plan};
 
+pub mod cpu;
+pub mod memory;
 pub mod network;
 pub mod process;
 pub mod sim;
