@@ -396,29 +396,39 @@ const MAX_DEBT_SLICES: u32 = 5;
 
 /// Burn `duty(now)` percent of the current core in slices of `slice` until `stop`.
 ///
-/// Per slice the worker spins until its *own* CPU time grew by its share of the slice plus
-/// what preemption took from it before (bounded by [`MAX_DEBT_SLICES`]), or the slice ends;
-/// then it sleeps until the next slice boundary. A late wake-up moves the boundary rather
-/// than bunching slices together.
+/// The worker keeps a running balance of CPU time owed: each slice adds its share, and
+/// everything the thread's own clock shows it used (spinning, and the overhead of sleeping
+/// and waking) is taken off. Per slice it spins until the balance is paid or the slice
+/// ends, then sleeps until the next slice boundary. Time lost to preemption is made up in
+/// later slices, up to [`MAX_DEBT_SLICES`]; overshoot is taken back, up to one slice. A
+/// late wake-up moves the boundary rather than bunching slices together.
+///
+/// Each slice lasts 75 to 125 % of `slice`, at random. A strictly periodic load locks onto
+/// the kernel's accounting tick (4 ms at HZ=250): `/proc/stat` charges whole ticks to
+/// whatever runs when one fires, and then misread a 10 ms cycle at 80 % as 88 %.
 fn burn(slice: Duration, stop: &AtomicBool, shared: &WorkerShared, duty: impl Fn(Instant) -> f64) {
+    use rand::Rng;
+    let mut rng = rand::rng();
     let cpu_start = thread_cpu_time();
-    let mut debt = Duration::ZERO;
+    let mut cpu_mark = cpu_start;
+    let mut owed = 0.0_f64; // seconds of CPU time; negative after an overshoot
+    let max_debt = (slice * MAX_DEBT_SLICES).as_secs_f64();
     let mut slice_start = Instant::now();
     while !stop.load(Ordering::Relaxed) {
         let share = duty(slice_start).clamp(0.0, 100.0) / 100.0;
-        let slice_end = slice_start + slice;
-        let owed = slice.mul_f64(share) + debt;
-        let goal = owed.min(slice);
-        let cpu_before = thread_cpu_time();
+        let length = slice.mul_f64(rng.random_range(0.75..1.25));
+        let slice_end = slice_start + length;
+        owed += length.as_secs_f64() * share;
+        let goal = Duration::from_secs_f64(owed.clamp(0.0, length.as_secs_f64()));
         if !goal.is_zero() {
             // Wall time is the cheap clock (vDSO); check the thread clock (a syscall) only
             // once wall time says the goal should be met.
-            let mut target = Instant::now() + goal;
+            let mut target = Instant::now() + goal.saturating_sub(thread_cpu_time() - cpu_mark);
             loop {
                 while Instant::now() < target {
                     std::hint::spin_loop();
                 }
-                let used = thread_cpu_time().saturating_sub(cpu_before);
+                let used = thread_cpu_time().saturating_sub(cpu_mark);
                 let now = Instant::now();
                 if used >= goal || now >= slice_end || stop.load(Ordering::Relaxed) {
                     break;
@@ -426,13 +436,6 @@ fn burn(slice: Duration, stop: &AtomicBool, shared: &WorkerShared, duty: impl Fn
                 target = (now + (goal - used)).min(slice_end);
             }
         }
-        let used = thread_cpu_time().saturating_sub(cpu_before);
-        debt = owed.saturating_sub(used).min(slice * MAX_DEBT_SLICES);
-        let now = thread_cpu_time().saturating_sub(cpu_start);
-        shared.cpu_ns.store(
-            u64::try_from(now.as_nanos()).unwrap_or(u64::MAX),
-            Ordering::Relaxed,
-        );
         let wall = Instant::now();
         if wall < slice_end {
             std::thread::sleep(slice_end - wall);
@@ -440,12 +443,16 @@ fn burn(slice: Duration, stop: &AtomicBool, shared: &WorkerShared, duty: impl Fn
         } else {
             slice_start = wall;
         }
+        let cpu_now = thread_cpu_time();
+        owed -= cpu_now.saturating_sub(cpu_mark).as_secs_f64();
+        owed = owed.clamp(-length.as_secs_f64(), max_debt);
+        cpu_mark = cpu_now;
+        let burnt = cpu_now.saturating_sub(cpu_start);
+        shared.cpu_ns.store(
+            u64::try_from(burnt.as_nanos()).unwrap_or(u64::MAX),
+            Ordering::Relaxed,
+        );
     }
-    let total = thread_cpu_time().saturating_sub(cpu_start);
-    shared.cpu_ns.store(
-        u64::try_from(total.as_nanos()).unwrap_or(u64::MAX),
-        Ordering::Relaxed,
-    );
 }
 
 fn pin_current_thread(core: usize) -> Result<(), String> {
@@ -693,6 +700,7 @@ impl Running {
             Duration::from_millis(recipe.ramp_ms),
         );
         let mut cores = Vec::new();
+        let mut short = Vec::new();
         let (mut busy_sum, mut worker_sum) = (0.0, 0.0);
         for report in &reports {
             let worker_percent = 100.0 * report.cpu.as_secs_f64() / elapsed.as_secs_f64();
@@ -705,6 +713,9 @@ impl Running {
             };
             busy_sum += core_busy.unwrap_or(0.0);
             worker_sum += worker_percent;
+            if let Some(reason) = shortfall(recipe.mode, requested, worker_percent, core_busy) {
+                short.push(format!("CPU {} {reason}", report.core));
+            }
             cores.push(json!({
                 "core": report.core,
                 "requested_percent": round2(requested),
@@ -714,10 +725,13 @@ impl Running {
         }
         let n = reports.len().max(1) as f64;
         let (mean_busy, mean_worker) = (busy_sum / n, worker_sum / n);
-        let achieved = match recipe.mode {
+        let mut achieved = match recipe.mode {
             CpuMode::Added => format!("workers burnt {mean_worker:.1}%"),
             CpuMode::Total => format!("cores were {mean_busy:.1}% busy"),
         };
+        if !short.is_empty() {
+            achieved = format!("{achieved}; off target: {}", short.join("; "));
+        }
         Reverted {
             summary: format!(
                 "stopped {} CPU workers after {:.1} s in {} ms: asked {:.1}% {} per core (mean), {achieved} (core busy {mean_busy:.1}%, workers {mean_worker:.1}%)",
@@ -737,6 +751,7 @@ impl Running {
                 "window_ms": elapsed.as_millis() as u64,
                 "stopped_in_ms": round2(stopped_in.as_secs_f64() * 1000.0),
                 "cores": cores,
+                "off_target": short,
                 "mean": {
                     "core_busy_percent": round2(mean_busy),
                     "worker_percent": round2(mean_worker),
@@ -744,6 +759,27 @@ impl Running {
                 "measured_from": "core busy: /proc/stat cpuN lines over the fault window (all load on the core); workers: their own thread CPU time",
             }),
         }
+    }
+}
+
+/// Why a core missed its target by more than 3 points, when the reason is the other load
+/// on it (which faultline does not control) rather than its own workers.
+fn shortfall(mode: CpuMode, requested: f64, worker: f64, core_busy: Option<f64>) -> Option<String> {
+    let busy = core_busy?;
+    match mode {
+        CpuMode::Added if worker < requested - 3.0 && busy >= 97.0 => Some(format!(
+            "saturated ({busy:.0}% busy): other load left the worker only {worker:.1}%"
+        )),
+        CpuMode::Added if (worker - requested).abs() > 3.0 => {
+            Some(format!("worker burnt {worker:.1}%, target {requested:.1}%"))
+        }
+        CpuMode::Total if busy > requested + 3.0 && worker < 3.0 => {
+            Some(format!("was {busy:.0}% busy from other load alone"))
+        }
+        CpuMode::Total if (busy - requested).abs() > 3.0 => Some(format!(
+            "was {busy:.1}% busy (worker {worker:.1}%), target {requested:.1}%"
+        )),
+        _ => None,
     }
 }
 
@@ -887,6 +923,9 @@ pub(crate) mod tests {
         }
     }
 
+    /// A core this busy has no idle time left to give a worker.
+    const SATURATED: f64 = 97.0;
+
     fn assert_added(percent: f64, cores: usize) {
         let _serial = serial();
         let m = run_measured(
@@ -899,10 +938,14 @@ pub(crate) mod tests {
             m.core_busy, m.workers, m.revert_took, m.reverted.details
         );
         for (core_busy, worker) in m.core_busy.iter().zip(&m.workers) {
-            // The added load itself, as the kernel accounted it, within ±3 points.
+            // The added load itself, as the kernel accounted it, within ±3 points. Other
+            // helpers share this 2-core box: on a core they saturate, a nice-0 worker gets
+            // its fair share and no more, and falling short is the scheduler's doing; on a
+            // core with idle time left, it must not fall short.
+            let saturated = *core_busy >= SATURATED;
             assert!(
-                (worker - percent).abs() <= 3.0,
-                "worker burnt {worker:.1}% of its core, asked {percent}%"
+                *worker <= percent + 3.0 && (saturated || *worker >= percent - 3.0),
+                "worker burnt {worker:.1}% of its core, asked {percent}% (core {core_busy:.1}% busy)"
             );
             // The core is at least that busy (anything else running there adds to it).
             assert!(
@@ -950,13 +993,23 @@ pub(crate) mod tests {
             "total 70% over a 30% background on CPU {core}: core busy {:?}, workers {:?}\n{}",
             m.core_busy, m.workers, m.reverted.details
         );
-        assert!(
-            (m.core_busy[0] - 70.0).abs() <= 5.0,
-            "CPU {core} was {:.1}% busy, asked 70% total",
-            m.core_busy[0]
-        );
-        // The top-up is about 40 % (70 − 30), whatever else ran there: never the full 70.
-        assert!(m.workers[0] < 55.0, "worker burnt {:.1}%", m.workers[0]);
+        let (busy, worker) = (m.core_busy[0], m.workers[0]);
+        let others = busy - worker;
+        if others <= 60.0 {
+            assert!(
+                (busy - 70.0).abs() <= 5.0,
+                "CPU {core} was {busy:.1}% busy, asked 70% total (others {others:.1}%)"
+            );
+        } else {
+            // Other work on this shared box alone came near the target: the top-up must
+            // not add more than the gap that was left.
+            assert!(
+                worker <= (70.0 - others).max(0.0) + 5.0,
+                "worker burnt {worker:.1}% while others used {others:.1}% of CPU {core}"
+            );
+        }
+        // The 30 % background is never topped up by the full 70.
+        assert!(worker < 55.0, "worker burnt {worker:.1}%");
     }
 
     #[test]
@@ -1050,6 +1103,17 @@ pub(crate) mod tests {
     }
 
     #[test]
+    fn a_missed_target_names_the_other_load_when_that_is_why() {
+        assert_eq!(shortfall(CpuMode::Added, 80.0, 79.0, Some(99.0)), None);
+        let saturated = shortfall(CpuMode::Added, 80.0, 50.0, Some(99.0)).unwrap();
+        assert!(saturated.contains("saturated"), "{saturated}");
+        assert!(shortfall(CpuMode::Added, 50.0, 40.0, Some(60.0)).is_some());
+        assert_eq!(shortfall(CpuMode::Total, 70.0, 40.0, Some(71.0)), None);
+        let alone = shortfall(CpuMode::Total, 70.0, 0.0, Some(90.0)).unwrap();
+        assert!(alone.contains("other load alone"), "{alone}");
+    }
+
+    #[test]
     fn proc_stat_lines_parse_into_busy_and_total_ticks() {
         let text = "cpu  10 0 5 100 3 0 1 2 0 0\ncpu0 4 1 2 50 1 0 1 1 7 0\ncpu1 6 0 3 50 2 0 0 1 0 0\nintr 1 2\n";
         let cores = parse_proc_stat(text);
@@ -1060,5 +1124,132 @@ pub(crate) mod tests {
             total: 60 + 40,
         };
         assert_eq!(later.busy_percent_since(&cores[&0]), Some(75.0));
+    }
+
+    /// Run time (ns) of every thread of `pid` and of its children.
+    fn tree_run_ns(pid: u32) -> u64 {
+        let mut pids = vec![pid];
+        for other in crate::sys::proc::list_pids().unwrap() {
+            if crate::sys::proc::read_stat(other).is_ok_and(|s| s.ppid == pid) {
+                pids.push(other);
+            }
+        }
+        pids.iter()
+            .flat_map(|p| {
+                std::fs::read_dir(format!("/proc/{p}/task"))
+                    .into_iter()
+                    .flatten()
+            })
+            .filter_map(|task| std::fs::read_to_string(task.ok()?.path().join("schedstat")).ok())
+            .filter_map(|text| text.split_whitespace().next()?.parse::<u64>().ok())
+            .sum()
+    }
+
+    /// Mean and stdev of `load()` (cumulative run ns) over 100 ms windows, in % per core.
+    fn sample_windows(cores: usize, load: impl Fn() -> u64) -> (f64, f64, f64) {
+        let stat0 = read_proc_stat().unwrap();
+        let mut windows = Vec::new();
+        let mut last = (Instant::now(), load());
+        let started = last.0;
+        while started.elapsed() < Duration::from_secs(5) {
+            std::thread::sleep(Duration::from_millis(100));
+            let now = (Instant::now(), load());
+            let wall = (now.0 - last.0).as_nanos() as f64 * cores as f64;
+            windows.push(100.0 * now.1.saturating_sub(last.1) as f64 / wall);
+            last = now;
+        }
+        let stat1 = read_proc_stat().unwrap();
+        let n = windows.len() as f64;
+        let mean = windows.iter().sum::<f64>() / n;
+        let var = windows.iter().map(|w| (w - mean).powi(2)).sum::<f64>() / (n - 1.0);
+        let busy: f64 = (0..cores)
+            .map(|c| stat1[&c].busy_percent_since(&stat0[&c]).unwrap())
+            .sum::<f64>()
+            / cores as f64;
+        (mean, var.sqrt(), busy)
+    }
+
+    fn faultline_windows(percent: f64, cores: usize, slice: Duration) -> (f64, f64, f64) {
+        let fault = CpuPressure::new(params(percent, Cores::Count(cores), CpuMode::Added))
+            .with_slice(slice);
+        let (_, recipe, _) = fault.prepare_recipe().unwrap();
+        let applied = fault.apply_recipe(&recipe).unwrap();
+        let tids: Vec<i32> =
+            serde_json::from_value(applied.details["worker_tids"].clone()).unwrap();
+        std::thread::sleep(Duration::from_millis(500));
+        let measured = sample_windows(cores, || tids.iter().map(|&t| thread_run_ns(t)).sum());
+        revert(&recipe).unwrap();
+        measured
+    }
+
+    fn stress_ng_windows(percent: f64, cores: usize) -> Option<(f64, f64, f64)> {
+        let cpus = (0..cores)
+            .map(|c| c.to_string())
+            .collect::<Vec<_>>()
+            .join(",");
+        let child = Command::new("stress-ng")
+            .args([
+                "--cpu",
+                &cores.to_string(),
+                "--cpu-load",
+                &percent.to_string(),
+            ])
+            .args([
+                "--cpu-load-slice",
+                "10",
+                "--taskset",
+                &cpus,
+                "-t",
+                "7s",
+                "-q",
+            ])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .ok()?;
+        let guard = ChildGuard(child);
+        std::thread::sleep(Duration::from_millis(500));
+        let pid = guard.0.id();
+        Some(sample_windows(cores, || tree_run_ns(pid)))
+    }
+
+    /// `cargo test --lib fault::cpu::tests::measure_accuracy -- --ignored --nocapture`
+    /// (on an otherwise idle box; stress-ng is compared when it is installed).
+    #[test]
+    #[ignore = "measurement, prints a table"]
+    fn measure_accuracy() {
+        let _serial = serial();
+        println!(
+            "| tool | cores | target % | mean % per core | mean error | 100 ms stdev | /proc/stat busy % |"
+        );
+        println!("|---|---|---|---|---|---|---|");
+        for cores in [1, 2] {
+            for percent in [20.0, 50.0, 80.0] {
+                let rows = [
+                    (
+                        "faultline (slice 10 ms)",
+                        Some(faultline_windows(percent, cores, DEFAULT_SLICE)),
+                    ),
+                    (
+                        "stress-ng --cpu-load-slice 10",
+                        stress_ng_windows(percent, cores),
+                    ),
+                ];
+                for (tool, row) in rows {
+                    if let Some((mean, stdev, busy)) = row {
+                        println!(
+                            "| {tool} | {cores} | {percent} | {mean:.2} | {:+.2} | {stdev:.2} | {busy:.1} |",
+                            mean - percent
+                        );
+                    }
+                }
+            }
+        }
+        println!("\n| slice | mean % (target 50, 1 core) | 100 ms stdev |");
+        println!("|---|---|---|");
+        for ms in [2, 5, 10, 20, 50] {
+            let (mean, stdev, _) = faultline_windows(50.0, 1, Duration::from_millis(ms));
+            println!("| {ms} ms | {mean:.2} | {stdev:.2} |");
+        }
     }
 }
