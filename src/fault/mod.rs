@@ -14,8 +14,10 @@ use serde::{Deserialize, Serialize};
 
 use crate::plan::{FaultAction, FaultSpec, Plan};
 
+pub mod cpu;
 pub mod disk;
 pub mod limit;
+pub mod memory;
 pub mod network;
 pub mod process;
 pub mod resource;
