@@ -5,6 +5,12 @@ use clap::Parser;
 use faultline::cli::{Cli, Command};
 
 fn main() -> ExitCode {
+    // The memory-pressure hog is this binary re-executed; it must not start a runtime or
+    // parse the user-facing command line.
+    let args: Vec<String> = std::env::args().collect();
+    if args.get(1).map(String::as_str) == Some(faultline::fault::memory::HOG_SUBCOMMAND) {
+        return ExitCode::from(faultline::fault::memory::hog_main(&args[2..]));
+    }
     // Usage errors are invalid input (64), not clap's default 2 — which is `aborted` here.
     let cli = match Cli::try_parse() {
         Ok(cli) => cli,

@@ -72,6 +72,10 @@ pub enum RevertRecipe {
     Network { steps: Vec<network::NetStep> },
     /// Move processes back out of faultline's cgroups (`cpu-limit`, `disk-io-limit`).
     CgroupLimit(limit::LimitRecipe),
+    /// Stop faultline's CPU burner threads (`cpu-pressure`); a crash stopped them already.
+    CpuPressure(cpu::CpuRecipe),
+    /// Kill the memory hog child (`memory-pressure`), checked by PID and start time.
+    MemoryPressure(memory::MemoryRecipe),
     /// Delete faultline's fill file (`disk-fill`).
     DiskFill(disk::DiskFillRecipe),
     /// Stop faultline's I/O workers and delete their work file (`disk-io-pressure`).
@@ -103,6 +107,8 @@ impl RevertRecipe {
             RevertRecipe::ResumeProcesses { processes } => process::resume_all(processes),
             RevertRecipe::Network { steps } => network::revert_steps(steps),
             RevertRecipe::CgroupLimit(recipe) => limit::revert(recipe),
+            RevertRecipe::CpuPressure(recipe) => cpu::revert(recipe),
+            RevertRecipe::MemoryPressure(recipe) => memory::revert(recipe),
             RevertRecipe::DiskFill(recipe) => recipe.revert(),
             RevertRecipe::DiskIoPressure(recipe) => recipe.revert(),
             RevertRecipe::Simulated { marker, fail } => sim::revert_marker(marker, *fail),
@@ -119,6 +125,8 @@ impl RevertRecipe {
             }
             RevertRecipe::Network { steps } => network::describe_steps(steps),
             RevertRecipe::CgroupLimit(recipe) => limit::describe(recipe),
+            RevertRecipe::CpuPressure(recipe) => cpu::describe(recipe),
+            RevertRecipe::MemoryPressure(recipe) => memory::describe(recipe),
             RevertRecipe::DiskFill(recipe) => recipe.describe(),
             RevertRecipe::DiskIoPressure(recipe) => recipe.describe(),
             RevertRecipe::Simulated { marker, .. } => format!("remove {}", marker.display()),

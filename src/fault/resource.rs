@@ -1,11 +1,16 @@
 //! Resource faults as the engine sees them: each kind's module decides and applies, this
 //! file turns a plan entry into the right one and wraps its recipe for the state file.
 
+use super::cpu::{self, CpuPressure, CpuPressureParams};
 use super::disk::{self, DiskFill, DiskFillParams, DiskIoParams, DiskIoPressure};
 use super::limit::{self, CpuLimitFault, CpuLimitParams, IoLimitFault, IoLimitParams};
+use super::memory::{self, MemoryPressure, MemoryPressureParams};
 use super::{Applied, Fault, FaultError, Prepared, RevertRecipe};
 use crate::experiment::model::ProcessSelector;
-use crate::plan::{FaultSpec, FillAmount, IoMode, IoRate, Plan, ResourceAction, TargetSpec};
+use crate::plan::{
+    CoreSelection, FaultSpec, FillAmount, IoMode, IoRate, MemorySize, Plan, ResourceAction,
+    TargetSpec,
+};
 
 pub fn build(spec: &FaultSpec, plan: &Plan, action: &ResourceAction) -> Box<dyn Fault> {
     let target = spec.target.clone().unwrap_or_default();
@@ -73,7 +78,80 @@ pub fn build(spec: &FaultSpec, plan: &Plan, action: &ResourceAction) -> Box<dyn 
             workers: *workers,
             file_size: disk::DEFAULT_FILE_SIZE.max(u64::from(*workers) * *block_size),
         }))),
-        _ => Box::new(NotInThisBuild(spec.kind.as_str())),
+        ResourceAction::CpuPressure {
+            load,
+            cores,
+            total,
+            ramp,
+        } => Box::new(Pressure::Cpu(CpuPressure::new(CpuPressureParams {
+            percent: load * 100.0,
+            cores: match cores {
+                None => cpu::Cores::All,
+                Some(CoreSelection::Count(n)) => cpu::Cores::Count(*n as usize),
+                Some(CoreSelection::List(list)) => {
+                    cpu::Cores::List(list.iter().map(|c| *c as usize).collect())
+                }
+            },
+            mode: if *total {
+                cpu::CpuMode::Total
+            } else {
+                cpu::CpuMode::Added
+            },
+            ramp: *ramp,
+        }))),
+        ResourceAction::MemoryPressure {
+            size,
+            ramp,
+            keep_free,
+        } => Box::new(Pressure::Memory(MemoryPressure::new(
+            MemoryPressureParams {
+                amount: match size {
+                    MemorySize::Bytes(b) => memory::MemoryAmount::Bytes(*b),
+                    MemorySize::Share(s) => memory::MemoryAmount::Percent(s * 100.0),
+                },
+                ramp: *ramp,
+                keep_free: *keep_free,
+            },
+        ))),
+    }
+}
+
+/// `cpu-pressure` (worker threads in faultline) and `memory-pressure` (a hog child process).
+enum Pressure {
+    Cpu(CpuPressure),
+    Memory(MemoryPressure),
+}
+
+impl Fault for Pressure {
+    fn prepare(&self) -> Result<Prepared, FaultError> {
+        match self {
+            Pressure::Cpu(fault) => {
+                let (summary, recipe, details) = fault.prepare_recipe()?;
+                Ok(Prepared {
+                    summary,
+                    revert: RevertRecipe::CpuPressure(recipe),
+                    details,
+                })
+            }
+            Pressure::Memory(fault) => {
+                let (summary, recipe, details) = fault.prepare_recipe()?;
+                Ok(Prepared {
+                    summary,
+                    revert: RevertRecipe::MemoryPressure(recipe),
+                    details,
+                })
+            }
+        }
+    }
+
+    fn apply(&self, prepared: &Prepared) -> Result<Applied, FaultError> {
+        match (self, &prepared.revert) {
+            (Pressure::Cpu(fault), RevertRecipe::CpuPressure(recipe)) => fault.apply_recipe(recipe),
+            (Pressure::Memory(fault), RevertRecipe::MemoryPressure(recipe)) => {
+                fault.apply_recipe(recipe)
+            }
+            _ => Err(FaultError::Failed("recipe of another fault kind".into())),
+        }
     }
 }
 
@@ -143,24 +221,5 @@ impl Fault for Limit {
             LimitKind::Cpu(fault) => fault.apply_recipe(recipe),
             LimitKind::Io(fault) => fault.apply_recipe(recipe),
         }
-    }
-}
-
-/// A fault kind the format knows but this build cannot inject: refused before anything is
-/// injected.
-pub struct NotInThisBuild(pub &'static str);
-
-impl Fault for NotInThisBuild {
-    fn prepare(&self) -> Result<Prepared, FaultError> {
-        Err(FaultError::Unsupported(format!(
-            "{} is not available in this build",
-            self.0
-        )))
-    }
-    fn apply(&self, _: &Prepared) -> Result<Applied, FaultError> {
-        Err(FaultError::Unsupported(format!(
-            "{} is not available in this build",
-            self.0
-        )))
     }
 }

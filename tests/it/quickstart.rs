@@ -25,10 +25,11 @@ fn run_on_free_port(ws: &Workspace, shipped: &str) -> (Command, String) {
 fn assert_journal_used(events: &[serde_json::Value], listen: &str) {
     let experiment = &events_of(events, "run_started")[0]["experiment"];
     assert_eq!(experiment["vars"]["listen"], listen);
-    assert_eq!(
-        experiment["probes"]["health"]["http"]["url"],
-        format!("http://{listen}/health")
-    );
+    let probes = experiment["probes"].as_object().unwrap();
+    let url = probes.values().next().unwrap()["http"]["url"]
+        .as_str()
+        .unwrap();
+    assert!(url.starts_with(&format!("http://{listen}/")), "{url}");
 }
 
 fn no_demo_left(pid: Option<u64>) -> bool {
@@ -154,4 +155,25 @@ fn a_slow_dependency_breaks_the_latency_slo_and_the_delay_is_removed_at_once() {
         .iter()
         .any(|e| e["event"] == "probe_sample" && e["phase"] == "after" && e["ok"] == true);
     assert!(after_ok, "the service is fast again after the revert");
+}
+
+#[test]
+fn cpu_pressure_breaks_the_latency_slo_and_the_burners_stop_at_once() {
+    let _serial = util::serial();
+    let ws = Workspace::new();
+    let (mut run, listen) = run_on_free_port(&ws, "experiments/cpu-pressure-aborts.yaml");
+    let out = run.output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "aborted: {stderr}");
+    let events = ws.journal();
+    assert_journal_used(&events, &listen);
+    let abort = events_of(&events, "abort")[0];
+    assert!(
+        abort["reason"].as_str().unwrap().contains("p99 latency"),
+        "{abort}"
+    );
+    assert!(
+        abort["breach_to_all_reverted_ms"].as_f64().unwrap() < 100.0,
+        "{abort}"
+    );
 }

@@ -205,3 +205,100 @@ fn kill_9_during_disk_fill_leaves_a_file_that_recover_deletes() {
     assert_eq!(fill_files(&dir), 0, "recover deleted it");
     assert_eq!(ws.state_records(), 0);
 }
+
+fn vm_rss_bytes(pid: u32) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let kib: u64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))?
+        .trim()
+        .trim_end_matches("kB")
+        .trim()
+        .parse()
+        .ok()?;
+    Some(kib * 1024)
+}
+
+#[test]
+fn memory_pressure_holds_the_memory_resident_in_a_hog_the_oom_killer_takes_first() {
+    let _serial = util::serial();
+    let ws = Workspace::new();
+    let file = ws.write(
+        "memory.yaml",
+        "apiVersion: faultline/v1\nmetadata: {name: memory}\nmax_duration: 1m\n\
+         faults: [{id: hog, kind: memory-pressure, params: {size: 256MiB}, duration: 4s}]\n",
+    );
+    let mut runner = Runner::spawn(&ws, &[&file]);
+    assert!(
+        wait_for(Duration::from_secs(10), || !events_of(
+            &ws.journal(),
+            "fault_injected"
+        )
+        .is_empty()),
+        "{}",
+        runner.stderr()
+    );
+    let events = ws.journal();
+    let hog = events_of(&events, "fault_injected")[0]["details"]["hog"]["pid"]
+        .as_u64()
+        .unwrap() as u32;
+    let rss = vm_rss_bytes(hog).expect("the hog runs");
+    assert!(rss >= 256 << 20, "hog resident {} MiB", rss >> 20);
+    let adj = std::fs::read_to_string(format!("/proc/{hog}/oom_score_adj")).unwrap();
+    assert_eq!(
+        adj.trim(),
+        "1000",
+        "the hog is the OOM killer's first choice"
+    );
+    let runner_adj =
+        std::fs::read_to_string(format!("/proc/{}/oom_score_adj", runner.pid())).unwrap();
+    assert_ne!(runner_adj.trim(), "1000", "faultline itself is not");
+    assert_eq!(
+        runner.wait(Duration::from_secs(15)),
+        Some(0),
+        "{}",
+        runner.stderr()
+    );
+    assert!(
+        util::proc_state(hog).is_none(),
+        "the hog is gone after the revert"
+    );
+}
+
+#[test]
+fn kill_9_of_the_runner_takes_its_memory_hog_with_it() {
+    let _serial = util::serial();
+    let ws = Workspace::new();
+    let file = ws.write(
+        "memory.yaml",
+        "apiVersion: faultline/v1\nmetadata: {name: memory-crash}\nmax_duration: 1m\n\
+         faults: [{id: hog, kind: memory-pressure, params: {size: 128MiB}, duration: 50s}]\n",
+    );
+    let mut runner = Runner::spawn(&ws, &[&file]);
+    assert!(wait_for(Duration::from_secs(10), || !events_of(
+        &ws.journal(),
+        "fault_injected"
+    )
+    .is_empty()));
+    let events = ws.journal();
+    let hog = events_of(&events, "fault_injected")[0]["details"]["hog"]["pid"]
+        .as_u64()
+        .unwrap() as u32;
+    runner.signal(nix::sys::signal::Signal::SIGKILL);
+    runner.wait(Duration::from_secs(5));
+    assert!(
+        wait_for(Duration::from_secs(5), || matches!(
+            util::proc_state(hog),
+            None | Some('Z')
+        )),
+        "the hog outlived its parent"
+    );
+    let out = util::faultline(&ws).arg("recover").output().unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(ws.state_records(), 0);
+}
