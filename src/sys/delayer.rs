@@ -593,6 +593,15 @@ impl<'a> Engine<'a> {
             match self.q.recv()? {
                 None => break,
                 Some(Message::Packet(p)) => {
+                    // Clocks read before a stamp taken later (a long drain) would
+                    // reject it: read them again then.
+                    if clocks
+                        .as_ref()
+                        .zip(p.enqueued_ns)
+                        .is_some_and(|(c, ns)| ns > c.monotonic_ns)
+                    {
+                        clocks = None;
+                    }
                     let received = arrival(&p, clocks.get_or_insert_with(Clocks::read));
                     if received.1 {
                         stats.kernel_stamped += 1;
