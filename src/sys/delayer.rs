@@ -24,8 +24,8 @@ use rand::{Rng, SeedableRng};
 use serde::{Deserialize, Serialize};
 
 use super::nfqueue::{
-    Message, NfQueue, NfqError, QUEUE_TABLE_THREAD, QueueRow, Verdict, read_queue_table,
-    read_queue_table_from,
+    Message, NfQueue, NfqError, PacketMeta, QUEUE_TABLE_THREAD, QueueRow, Verdict,
+    read_queue_table, read_queue_table_from,
 };
 
 /// Queue numbers faultline picks from ("F" = 0x46), so its queues are recognisable.
@@ -110,8 +110,9 @@ pub struct DelayStats {
     pub enobufs: u64,
     /// Verdicts the kernel refused (e.g. unknown packet id).
     pub verdict_errors: u64,
-    /// Packets whose delay ran from the kernel's arrival stamp rather than from when this
-    /// thread read them (which is later by the thread's wake-up time).
+    /// Packets whose delay ran from a kernel stamp (when the packet entered the queue, from
+    /// our socket filter, else its arrival stamp) rather than from when this thread read
+    /// them, which is later by the thread's wake-up time.
     pub packets_kernel_stamped: u64,
     /// From receipt to verdict.
     pub delay_ms: LatencySummary,
@@ -226,7 +227,9 @@ pub fn start_tuned(
                             },
                         )?;
                     }
-                    let q = NfQueue::bind(queue, maxlen)?;
+                    let mut q = NfQueue::bind(queue, maxlen)?;
+                    // Without it (no CAP_BPF) delays run from when packets are read.
+                    let _ = q.stamp_enqueue_times();
                     // Opened from this thread, so it reads this namespace's table.
                     let table = File::open(QUEUE_TABLE_THREAD).ok();
                     Ok((q, table))
@@ -398,19 +401,56 @@ impl Shared {
 
 // ---- the engine ---------------------------------------------------------------------------
 
-/// When the packet reached the host: the kernel's wall-clock arrival stamp if it has a
-/// believable one (at most `STAMP_MAX_AGE` old), else now. `true` when the stamp was used.
-/// The thread reading a packet can lag its arrival by an idle-vCPU wake-up (~0.1-0.2 ms),
-/// which would otherwise add to every delay.
-fn arrival(stamp: Option<Duration>) -> (Instant, bool) {
+/// When the packet entered the queue: the enqueue stamp our socket filter took, else the
+/// kernel's wall-clock arrival stamp if it is believable (at most `STAMP_MAX_AGE` old),
+/// else now. `true` when a stamp was used. The thread reading a packet can lag its arrival
+/// by an idle-vCPU wake-up (~0.1-0.3 ms), or by a `BUSY_TICK`, which would otherwise add to
+/// every delay.
+fn arrival(p: &PacketMeta, clocks: &Clocks) -> (Instant, bool) {
     const STAMP_MAX_AGE: Duration = Duration::from_millis(20);
-    let now = Instant::now();
-    let wall = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH);
-    match (stamp, wall) {
-        (Some(stamp), Ok(wall)) if stamp <= wall && wall - stamp <= STAMP_MAX_AGE => {
-            (now - (wall - stamp), true)
+    // A stamp can be old when the thread was busy; a later one than now is not ours.
+    const ENQUEUE_MAX_AGE: Duration = Duration::from_secs(10);
+    if let Some(age) = p
+        .enqueued_ns
+        .and_then(|ns| clocks.monotonic_ns.checked_sub(ns))
+        .map(Duration::from_nanos)
+        .filter(|age| *age <= ENQUEUE_MAX_AGE)
+        && let Some(at) = clocks.now.checked_sub(age)
+    {
+        return (at, true);
+    }
+    match (p.timestamp, clocks.wall) {
+        (Some(stamp), Some(wall)) if stamp <= wall && wall - stamp <= STAMP_MAX_AGE => {
+            (clocks.now - (wall - stamp), true)
         }
-        _ => (now, false),
+        _ => (clocks.now, false),
+    }
+}
+
+/// One reading of the three clocks stamps are compared with. `Instant` is
+/// `CLOCK_MONOTONIC`, the clock of the enqueue stamps, but opaque, hence both.
+struct Clocks {
+    now: Instant,
+    monotonic_ns: u64,
+    wall: Option<Duration>,
+}
+
+impl Clocks {
+    fn read() -> Clocks {
+        let now = Instant::now();
+        let mut ts = libc::timespec {
+            tv_sec: 0,
+            tv_nsec: 0,
+        };
+        // SAFETY: a valid timespec out-pointer.
+        unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+        Clocks {
+            now,
+            monotonic_ns: ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64,
+            wall: std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .ok(),
+        }
     }
 }
 
@@ -456,6 +496,15 @@ const RECEIVE_BURST: usize = 1024;
 /// turn the (possibly real-time) delayer thread into a busy loop.
 const SPIN_WINDOW: Duration = Duration::from_millis(100);
 const SPIN_BUDGET: Duration = Duration::from_millis(20);
+/// At or above this many packets per `BUSY_WINDOW` (16k pps) the thread stops waking for
+/// each arrival and each due time: it sleeps `BUSY_TICK` at a time on a timer alone, then
+/// reads everything that came (`recvmmsg`) and releases everything due (one batch verdict).
+/// Delays still run from each packet's enqueue stamp; a release can be up to `BUSY_TICK`
+/// late. Per-packet wake-ups and the pre-due spin cost most of a vCPU at 100k pps, which
+/// starved the senders and receivers sharing it.
+const BUSY_WINDOW: Duration = Duration::from_millis(1);
+const BUSY_PACKETS: u64 = 16;
+const BUSY_TICK: Duration = Duration::from_micros(50);
 
 struct Engine<'a> {
     q: NfQueue,
@@ -470,6 +519,9 @@ struct Engine<'a> {
     last_id: Option<u32>,
     spin_window_start: Instant,
     spin_spent: Duration,
+    busy_window_start: Instant,
+    busy_window_packets: u64,
+    busy: bool,
     /// Reused between releases.
     due_now: Vec<Held>,
 }
@@ -496,6 +548,9 @@ impl<'a> Engine<'a> {
             last_id: None,
             spin_window_start: Instant::now(),
             spin_spent: Duration::ZERO,
+            busy_window_start: Instant::now(),
+            busy_window_packets: 0,
+            busy: false,
             due_now: Vec::new(),
         }
     }
@@ -505,11 +560,17 @@ impl<'a> Engine<'a> {
             if self.receive(RECEIVE_BURST).is_err() || self.release_due().is_err() {
                 break;
             }
-            let Some(due) = self.heap.peek().map(|Reverse(h)| h.due) else {
+            let now = Instant::now();
+            self.update_busy(now);
+            let next_due = self.heap.peek().map(|Reverse(h)| h.due);
+            if self.busy {
+                self.sleep_on_timer(BUSY_TICK);
+                continue;
+            }
+            let Some(due) = next_due else {
                 self.sleep(None);
                 continue;
             };
-            let now = Instant::now();
             if due <= now {
                 continue;
             }
@@ -527,11 +588,21 @@ impl<'a> Engine<'a> {
     fn receive(&mut self, limit: usize) -> io::Result<usize> {
         let mut packets = 0;
         let mut stats = lock(&self.shared.counters);
+        let mut clocks: Option<Clocks> = None;
         for _ in 0..limit {
             match self.q.recv()? {
                 None => break,
                 Some(Message::Packet(p)) => {
-                    let received = arrival(p.timestamp);
+                    // Clocks read before a stamp taken later (a long drain) would
+                    // reject it: read them again then.
+                    if clocks
+                        .as_ref()
+                        .zip(p.enqueued_ns)
+                        .is_some_and(|(c, ns)| ns > c.monotonic_ns)
+                    {
+                        clocks = None;
+                    }
+                    let received = arrival(&p, clocks.get_or_insert_with(Clocks::read));
                     if received.1 {
                         stats.kernel_stamped += 1;
                     }
@@ -554,6 +625,7 @@ impl<'a> Engine<'a> {
             }
         }
         stats.seen += packets as u64;
+        self.busy_window_packets += packets as u64;
         stats.held = self.heap.len() as u64;
         stats.max_held = stats.max_held.max(stats.held);
         Ok(packets)
@@ -595,6 +667,14 @@ impl<'a> Engine<'a> {
         Ok(())
     }
 
+    fn update_busy(&mut self, now: Instant) {
+        if now - self.busy_window_start >= BUSY_WINDOW {
+            self.busy = self.busy_window_packets >= BUSY_PACKETS;
+            self.busy_window_start = now;
+            self.busy_window_packets = 0;
+        }
+    }
+
     fn may_spin(&mut self, now: Instant) -> bool {
         if now - self.spin_window_start >= SPIN_WINDOW {
             self.spin_window_start = now;
@@ -617,6 +697,15 @@ impl<'a> Engine<'a> {
 
     /// Sleep until a packet arrives, the stop signal, or `timeout`.
     fn sleep(&self, timeout: Option<Duration>) {
+        self.poll(true, timeout);
+    }
+
+    /// Sleep `timeout` (or until the stop signal), whatever arrives meanwhile.
+    fn sleep_on_timer(&self, timeout: Duration) {
+        self.poll(false, Some(timeout));
+    }
+
+    fn poll(&self, on_packets: bool, timeout: Option<Duration>) {
         let mut fds = [
             libc::pollfd {
                 fd: self.q.as_raw_fd(),
@@ -634,8 +723,14 @@ impl<'a> Engine<'a> {
             tv_nsec: t.subsec_nanos() as libc::c_long,
         });
         let ts_ptr = ts.as_ref().map_or(std::ptr::null(), |t| t as *const _);
-        // SAFETY: two valid pollfds; ts_ptr is null or points at a live timespec.
-        unsafe { libc::ppoll(fds.as_mut_ptr(), 2, ts_ptr, std::ptr::null()) };
+        // The wake-up eventfd is last, so dropping the socket leaves just it.
+        let (fds, count) = if on_packets {
+            (&mut fds[..], 2)
+        } else {
+            (&mut fds[1..], 1)
+        };
+        // SAFETY: `count` valid pollfds; ts_ptr is null or points at a live timespec.
+        unsafe { libc::ppoll(fds.as_mut_ptr(), count, ts_ptr, std::ptr::null()) };
     }
 
     /// Accept everything, held or still unread, then unbind. Setting maxlen 0 first makes
@@ -1095,7 +1190,7 @@ mod tests {
     /// Echoes every TCP connection (and UDP datagram) it gets until dropped.
     pub(super) struct EchoServer {
         pub(super) tcp: SocketAddr,
-        udp: SocketAddr,
+        pub(super) udp: SocketAddr,
         stop: Arc<AtomicBool>,
         threads: Vec<JoinHandle<()>>,
     }

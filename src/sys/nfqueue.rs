@@ -114,6 +114,11 @@ pub struct PacketMeta {
     /// Other timestamp kinds (e.g. TCP's monotonic departure time) come through the same
     /// attribute, so callers must check plausibility.
     pub timestamp: Option<Duration>,
+    /// When the kernel queued this packet's message to our socket (`CLOCK_MONOTONIC` ns, the
+    /// clock `Instant` uses), from the socket filter [`NfQueue::stamp_enqueue_times`]
+    /// attaches. That is within microseconds of the packet reaching the NFQUEUE rule, on
+    /// every hook, whereas `timestamp` is absent for locally generated packets.
+    pub enqueued_ns: Option<u64>,
 }
 
 /// One message read from the socket.
@@ -138,7 +143,10 @@ pub struct NfQueue {
     bound: bool,
     seq: u32,
     pending: VecDeque<Message>,
+    /// `RECV_BATCH` slots of `RECV_SLOT` bytes: one `recvmmsg` fills several.
     recv_buf: Vec<u8>,
+    /// Present once `stamp_enqueue_times` succeeded.
+    stamps: Option<EnqueueStamps>,
     /// Verdicts waiting for `flush`: many nlmsgs in one datagram, one syscall.
     out: Vec<u8>,
 }
@@ -151,6 +159,13 @@ const OUT_FLUSH_BYTES: usize = 32 * 1024;
 /// The receive buffer we ask for: at ~150 bytes per metadata message, room for ~400k packets
 /// arriving while the thread is busy.
 const RCVBUF_BYTES: libc::c_int = 64 << 20;
+/// Datagrams read per `recvmmsg`. The kernel sends one datagram per queued packet, so
+/// without this every packet costs a syscall.
+const RECV_BATCH: usize = 64;
+/// Room per datagram. A metadata-only packet message is ~100-200 bytes and the error
+/// replies echo requests of < 100 bytes; a datagram that still does not fit is reported as
+/// `Overrun` (its packet, if any, is accepted by the next batch verdict or at stop).
+const RECV_SLOT: usize = 4096;
 
 impl NfQueue {
     /// Open the socket and bind `queue` (metadata copy, FAIL_OPEN, GSO, `maxlen`).
@@ -228,7 +243,8 @@ impl NfQueue {
             bound: false,
             seq: 0,
             pending: VecDeque::new(),
-            recv_buf: vec![0; 64 * 1024],
+            recv_buf: vec![0; RECV_BATCH * RECV_SLOT],
+            stamps: None,
             out: Vec::with_capacity(OUT_FLUSH_BYTES + 64),
         })
     }
@@ -257,15 +273,27 @@ impl NfQueue {
         }
     }
 
-    /// Read one datagram into `pending`. `false` when there was nothing to read.
+    /// Read up to `RECV_BATCH` datagrams into `pending`, with one syscall. `false` when
+    /// there was nothing to read.
     fn fill(&mut self) -> io::Result<bool> {
-        // SAFETY: recv into our own buffer of the stated length.
+        // SAFETY: zeroed iovec/mmsghdr are valid; every pointer set below is into
+        // `recv_buf`, which outlives the call and is not otherwise borrowed meanwhile.
+        let mut iovecs: [libc::iovec; RECV_BATCH] = unsafe { std::mem::zeroed() };
+        let mut headers: [libc::mmsghdr; RECV_BATCH] = unsafe { std::mem::zeroed() };
+        for (i, (iov, hdr)) in iovecs.iter_mut().zip(headers.iter_mut()).enumerate() {
+            iov.iov_base = self.recv_buf[i * RECV_SLOT..].as_mut_ptr().cast();
+            iov.iov_len = RECV_SLOT;
+            hdr.msg_hdr.msg_iov = iov;
+            hdr.msg_hdr.msg_iovlen = 1;
+        }
+        // SAFETY: RECV_BATCH valid headers, each pointing at its own iovec and slot.
         let n = unsafe {
-            libc::recv(
+            libc::recvmmsg(
                 self.fd.as_raw_fd(),
-                self.recv_buf.as_mut_ptr().cast(),
-                self.recv_buf.len(),
+                headers.as_mut_ptr(),
+                RECV_BATCH as libc::c_uint,
                 libc::MSG_DONTWAIT,
+                std::ptr::null_mut(),
             )
         };
         if n < 0 {
@@ -280,9 +308,34 @@ impl NfQueue {
                 _ => Err(e),
             };
         }
-        self.pending
-            .extend(parse_messages(&self.recv_buf[..n as usize]));
+        for (i, hdr) in headers.iter().take(n as usize).enumerate() {
+            if hdr.msg_hdr.msg_flags & libc::MSG_TRUNC != 0 {
+                self.pending.push_back(Message::Overrun);
+                continue;
+            }
+            let len = (hdr.msg_len as usize).min(RECV_SLOT);
+            let datagram = &self.recv_buf[i * RECV_SLOT..i * RECV_SLOT + len];
+            for mut message in parse_messages(datagram) {
+                if let (Message::Packet(p), Some(stamps)) = (&mut message, &self.stamps) {
+                    p.enqueued_ns = stamps.get(p.id);
+                }
+                self.pending.push_back(message);
+            }
+        }
         Ok(true)
+    }
+
+    /// Attach a socket filter that records, for every packet message the kernel queues to
+    /// this socket, the packet id and `CLOCK_MONOTONIC` time in a memory-mapped BPF array,
+    /// so each packet's delay can run from when it entered the queue rather than from when
+    /// this thread got round to reading it (an idle vCPU's wake-up later). Nothing else
+    /// records the enqueue time: `NFQA_TIMESTAMP` is absent for locally sent packets, and
+    /// netlink sockets ignore `SO_TIMESTAMP*` (both checked on kernel 6.18). The filter
+    /// never drops or trims a message. Needs `CAP_BPF` (or `CAP_SYS_ADMIN`); on failure the
+    /// socket is unchanged and packets carry no `enqueued_ns`.
+    pub fn stamp_enqueue_times(&mut self) -> io::Result<()> {
+        self.stamps = Some(EnqueueStamps::attach(self.fd.as_raw_fd())?);
+        Ok(())
     }
 
     /// Queue a verdict for one packet; sent by `flush` (or when the buffer fills).
@@ -468,6 +521,218 @@ fn poll_readable(fd: RawFd, timeout: Duration) -> io::Result<()> {
         }
     }
     Ok(())
+}
+
+// ---- enqueue stamps (a BPF socket filter) -------------------------------------------------
+
+/// Slots in the stamp ring, indexed by `id % STAMP_SLOTS`. A slot is overwritten only after
+/// this many later packets were queued, far more than are ever waiting unread.
+const STAMP_SLOTS: u32 = 1 << 16;
+/// `struct { u32 id; u32 pad; u64 ns; }`
+const STAMP_SLOT_BYTES: usize = 16;
+
+const BPF_MAP_CREATE: libc::c_long = 0;
+const BPF_PROG_LOAD: libc::c_long = 5;
+const BPF_MAP_TYPE_ARRAY: u32 = 2;
+const BPF_PROG_TYPE_SOCKET_FILTER: u32 = 1;
+const BPF_F_MMAPABLE: u32 = 1 << 10;
+const SO_ATTACH_BPF: libc::c_int = 50;
+
+/// The ring the socket filter writes, mapped read-only into this process. Both fds may be
+/// closed once attached (the socket keeps the program, the program the map), but the map fd
+/// is kept so the mapping's owner is obvious.
+struct EnqueueStamps {
+    _map: OwnedFd,
+    base: *const u8,
+    len: usize,
+}
+
+// SAFETY: the mapping is read-only for us and lives as long as the value; the raw pointer
+// is only read through `get`.
+unsafe impl Send for EnqueueStamps {}
+
+impl EnqueueStamps {
+    fn attach(socket: RawFd) -> io::Result<EnqueueStamps> {
+        let map = bpf_map_create(STAMP_SLOT_BYTES as u32, STAMP_SLOTS)?;
+        let program = bpf_prog_load(&stamp_program(map.as_raw_fd(), STAMP_SLOTS - 1))?;
+        let len = STAMP_SLOT_BYTES * STAMP_SLOTS as usize;
+        // SAFETY: mapping a BPF_F_MMAPABLE array read-only, shared, at offset 0, for its
+        // whole size; the result is checked before use.
+        let base = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                len,
+                libc::PROT_READ,
+                libc::MAP_SHARED,
+                map.as_raw_fd(),
+                0,
+            )
+        };
+        if base == libc::MAP_FAILED {
+            return Err(io::Error::last_os_error());
+        }
+        let stamps = EnqueueStamps {
+            _map: map,
+            base: base.cast(),
+            len,
+        };
+        setsockopt_int(socket, SO_ATTACH_BPF, program.as_raw_fd())?;
+        Ok(stamps)
+    }
+
+    /// The enqueue time of packet `id`, if its slot still holds it.
+    fn get(&self, id: u32) -> Option<u64> {
+        let offset = (id % STAMP_SLOTS) as usize * STAMP_SLOT_BYTES;
+        // SAFETY: offset + 16 <= len; the kernel writes these words concurrently, so they
+        // are read with volatile loads of naturally aligned values.
+        let (id_before, ns, id_after) = unsafe {
+            let slot = self.base.add(offset);
+            (
+                std::ptr::read_volatile(slot.cast::<u32>()),
+                std::ptr::read_volatile(slot.add(8).cast::<u64>()),
+                std::ptr::read_volatile(slot.cast::<u32>()),
+            )
+        };
+        (id_before == id && id_after == id && ns != 0).then_some(ns)
+    }
+}
+
+impl Drop for EnqueueStamps {
+    fn drop(&mut self) {
+        // SAFETY: unmapping exactly what attach mapped.
+        unsafe { libc::munmap(self.base as *mut libc::c_void, self.len) };
+    }
+}
+
+/// One eBPF instruction: opcode, dst/src registers, offset, immediate.
+fn insn(code: u8, dst: u8, src: u8, off: i16, imm: i32) -> u64 {
+    u64::from(code)
+        | u64::from(dst & 0xf) << 8
+        | u64::from(src & 0xf) << 12
+        | u64::from(off as u16) << 16
+        | u64::from(imm as u32) << 32
+}
+
+/// The socket filter. In C:
+///
+/// ```c
+/// char head[28];                      // nlmsghdr, nfgenmsg, NFQA_PACKET_HDR's nlattr + id
+/// if (bpf_skb_load_bytes(skb, 0, head, 28) == 0
+///     && *(u16 *)(head + 4) == (NFNL_SUBSYS_QUEUE << 8 | NFQNL_MSG_PACKET)) {
+///     u32 id = be32toh(*(u32 *)(head + 24)), key = id & mask;
+///     struct slot *s = bpf_map_lookup_elem(&map, &key);
+///     if (s) { s->ns = bpf_ktime_get_ns(); s->id = id; }
+/// }
+/// return 0xffffffff;                  // keep the whole message, always
+/// ```
+///
+/// The kernel puts `NFQA_PACKET_HDR` first in every packet message
+/// (`nfqnl_build_packet_message`), so the id is at a fixed offset.
+fn stamp_program(map_fd: RawFd, mask: u32) -> Vec<u64> {
+    const R0: u8 = 0;
+    const R1: u8 = 1;
+    const R2: u8 = 2;
+    const R3: u8 = 3;
+    const R4: u8 = 4;
+    const R6: u8 = 6;
+    const R7: u8 = 7;
+    const FP: u8 = 10;
+    const MOV64_REG: u8 = 0xbf;
+    const MOV64_IMM: u8 = 0xb7;
+    const MOV32_IMM: u8 = 0xb4;
+    const ADD64_IMM: u8 = 0x07;
+    const AND64_IMM: u8 = 0x57;
+    const TO_BE: u8 = 0xdc;
+    const LDX_H: u8 = 0x69;
+    const LDX_W: u8 = 0x61;
+    const STX_W: u8 = 0x63;
+    const STX_DW: u8 = 0x7b;
+    const LD_IMM64: u8 = 0x18;
+    const PSEUDO_MAP_FD: u8 = 1;
+    const JNE_IMM: u8 = 0x55;
+    const JEQ_IMM: u8 = 0x15;
+    const CALL: u8 = 0x85;
+    const EXIT: u8 = 0x95;
+    const MAP_LOOKUP_ELEM: i32 = 1;
+    const KTIME_GET_NS: i32 = 5;
+    const SKB_LOAD_BYTES: i32 = 26;
+    const PACKET_MSG: i32 = ((NFNL_SUBSYS_QUEUE << 8) | NFQNL_MSG_PACKET) as i32;
+    const KEEP: i16 = 26; // index of the final `w0 = -1`
+    let jump_to_keep = |at: i16| KEEP - at - 1;
+    let program = vec![
+        insn(MOV64_REG, R6, 1, 0, 0),                      // 0: r6 = skb
+        insn(MOV64_REG, R1, R6, 0, 0),                     // 1
+        insn(MOV64_IMM, R2, 0, 0, 0),                      // 2: offset 0
+        insn(MOV64_REG, R3, FP, 0, 0),                     // 3
+        insn(ADD64_IMM, R3, 0, 0, -32),                    // 4: head = fp - 32
+        insn(MOV64_IMM, R4, 0, 0, 28),                     // 5
+        insn(CALL, 0, 0, 0, SKB_LOAD_BYTES),               // 6
+        insn(JNE_IMM, R0, 0, jump_to_keep(7), 0),          // 7: too short
+        insn(LDX_H, R1, FP, -28, 0),                       // 8: nlmsg_type
+        insn(JNE_IMM, R1, 0, jump_to_keep(9), PACKET_MSG), // 9: not a packet
+        insn(LDX_W, R1, FP, -8, 0),                        // 10: packet id, big-endian
+        insn(TO_BE, R1, 0, 0, 32),                         // 11: to host order
+        insn(STX_W, FP, R1, -40, 0),                       // 12: keep id at fp - 40
+        insn(AND64_IMM, R1, 0, 0, mask as i32),            // 13
+        insn(STX_W, FP, R1, -36, 0),                       // 14: key at fp - 36
+        insn(LD_IMM64, R1, PSEUDO_MAP_FD, 0, map_fd),      // 15: r1 = &map
+        0,                                                 // 16: (second half)
+        insn(MOV64_REG, R2, FP, 0, 0),                     // 17
+        insn(ADD64_IMM, R2, 0, 0, -36),                    // 18
+        insn(CALL, 0, 0, 0, MAP_LOOKUP_ELEM),              // 19
+        insn(JEQ_IMM, R0, 0, jump_to_keep(20), 0),         // 20: no slot
+        insn(MOV64_REG, R7, R0, 0, 0),                     // 21
+        insn(CALL, 0, 0, 0, KTIME_GET_NS),                 // 22
+        insn(STX_DW, R7, R0, 8, 0),                        // 23: slot.ns
+        insn(LDX_W, R1, FP, -40, 0),                       // 24
+        insn(STX_W, R7, R1, 0, 0),                         // 25: slot.id, written last
+        insn(MOV32_IMM, R0, 0, 0, -1),                     // 26 (KEEP): keep it all
+        insn(EXIT, 0, 0, 0, 0),                            // 27
+    ];
+    debug_assert_eq!(program[KEEP as usize], insn(MOV32_IMM, R0, 0, 0, -1));
+    program
+}
+
+/// `bpf(cmd, attr)` with a zeroed 128-byte `union bpf_attr` the caller fills in.
+fn bpf(cmd: libc::c_long, attr: &[u8; 128]) -> io::Result<OwnedFd> {
+    // SAFETY: attr is a valid, fully initialised bpf_attr of the stated size; every
+    // pointer in it points at memory that outlives the call.
+    let fd = unsafe { libc::syscall(libc::SYS_bpf, cmd, attr.as_ptr(), attr.len() as u32) };
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: a fresh fd the kernel just gave us.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd as RawFd) })
+}
+
+fn put_u32(attr: &mut [u8; 128], at: usize, v: u32) {
+    attr[at..at + 4].copy_from_slice(&v.to_ne_bytes());
+}
+
+fn put_u64(attr: &mut [u8; 128], at: usize, v: u64) {
+    attr[at..at + 8].copy_from_slice(&v.to_ne_bytes());
+}
+
+fn bpf_map_create(value_size: u32, entries: u32) -> io::Result<OwnedFd> {
+    // map_type, key_size, value_size, max_entries, map_flags
+    let mut attr = [0u8; 128];
+    put_u32(&mut attr, 0, BPF_MAP_TYPE_ARRAY);
+    put_u32(&mut attr, 4, 4);
+    put_u32(&mut attr, 8, value_size);
+    put_u32(&mut attr, 12, entries);
+    put_u32(&mut attr, 16, BPF_F_MMAPABLE);
+    bpf(BPF_MAP_CREATE, &attr)
+}
+
+fn bpf_prog_load(program: &[u64]) -> io::Result<OwnedFd> {
+    let license = b"GPL\0";
+    // prog_type, insn_cnt, insns, license (log_level etc. stay 0)
+    let mut attr = [0u8; 128];
+    put_u32(&mut attr, 0, BPF_PROG_TYPE_SOCKET_FILTER);
+    put_u32(&mut attr, 4, program.len() as u32);
+    put_u64(&mut attr, 8, program.as_ptr() as u64);
+    put_u64(&mut attr, 16, license.as_ptr() as u64);
+    bpf(BPF_PROG_LOAD, &attr)
 }
 
 // ---- the kernel's queue table ----------------------------------------------------------
@@ -679,6 +944,7 @@ fn parse_packet(body: &[u8]) -> Option<PacketMeta> {
                     hook: payload[6],
                     len: None,
                     timestamp: None,
+                    enqueued_ns: None,
                 });
             }
             // struct nfqnl_msg_packet_timestamp { __be64 sec; __be64 usec; }
@@ -825,6 +1091,7 @@ mod tests {
                     hook: 1,
                     len: Some(60),
                     timestamp: Some(Duration::new(1_700_000_000, 123_456_000)),
+                    enqueued_ns: None,
                 }),
                 Message::Packet(PacketMeta {
                     id: 0xfffffffe,
@@ -832,6 +1099,7 @@ mod tests {
                     hook: 1,
                     len: Some(65226),
                     timestamp: None,
+                    enqueued_ns: None,
                 }),
                 Message::Ack { seq: 12, errno: 0 },
                 Message::Ack {
@@ -859,5 +1127,94 @@ mod tests {
         let mut no_hdr = whole;
         no_hdr[22..24].copy_from_slice(&ne16(99));
         assert!(parse_messages(&no_hdr).is_empty());
+    }
+
+    /// The socket filter loads, and stamps every packet of a locally sent UDP stream with
+    /// its enqueue time: after the send, before our read, and within a millisecond of the
+    /// send even though we read only 50 ms later.
+    #[test]
+    fn enqueue_stamps_are_taken_when_the_packet_is_queued_not_when_read() {
+        use crate::sys::netns::{TestNet, command_in, run_in};
+        let net = TestNet::new().expect("test net (needs root)");
+        let queue = 0x46f0;
+        let to = format!("{}:9", net.ip_b);
+        let out = command_in(
+            &net.a,
+            &[
+                "iptables",
+                "-A",
+                "OUTPUT",
+                "-p",
+                "udp",
+                "--dport",
+                "9",
+                "-j",
+                "NFQUEUE",
+                "--queue-num",
+                "18160",
+                "--queue-bypass",
+            ],
+        )
+        .output()
+        .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let (stamps, sends, read_at) = run_in(&net.a, move || {
+            let mut q = NfQueue::bind(queue, 1024).unwrap();
+            q.stamp_enqueue_times().expect("attach the socket filter");
+            let s = std::net::UdpSocket::bind("0.0.0.0:0").unwrap();
+            let mut sends = Vec::new();
+            for _ in 0..5 {
+                sends.push(monotonic_ns());
+                s.send_to(&[0; 8], &to).unwrap();
+                std::thread::sleep(Duration::from_millis(2));
+            }
+            std::thread::sleep(Duration::from_millis(50));
+            let read_at = monotonic_ns();
+            let mut stamps = Vec::new();
+            let deadline = Instant::now() + Duration::from_secs(2);
+            while stamps.len() < 5 && Instant::now() < deadline {
+                match q.recv().unwrap() {
+                    Some(Message::Packet(p)) => {
+                        stamps.push(p.enqueued_ns);
+                        q.verdict(p.id, Verdict::Accept).unwrap();
+                    }
+                    Some(_) => {}
+                    None => poll_readable(q.as_raw_fd(), Duration::from_millis(10)).unwrap(),
+                }
+            }
+            q.flush().unwrap();
+            (stamps, sends, read_at)
+        })
+        .unwrap();
+        assert_eq!(stamps.len(), 5, "{stamps:?}");
+        let lags: Vec<_> = stamps
+            .iter()
+            .zip(&sends)
+            .map(|(st, s)| st.map(|st| st as i64 - *s as i64))
+            .collect();
+        eprintln!("stamp - send (ns): {lags:?}");
+        for (stamp, sent) in stamps.iter().zip(&sends) {
+            let stamp = stamp.expect("every packet stamped");
+            assert!(stamp > *sent && stamp < read_at, "{stamp} {sent} {read_at}");
+            assert!(
+                stamp - sent < 1_000_000,
+                "stamped {} µs after the send",
+                (stamp - sent) / 1000
+            );
+        }
+    }
+
+    fn monotonic_ns() -> u64 {
+        let mut ts = libc::timespec {
+            tv_sec: 0,
+            tv_nsec: 0,
+        };
+        // SAFETY: valid timespec out-pointer.
+        unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+        ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
     }
 }
