@@ -93,7 +93,7 @@ fn cpu_limit_holds_a_busy_process_to_its_quota_and_puts_it_back() {
     );
     let free = cpu_share(busy.pid(), Duration::from_secs(1));
     assert!(
-        free > 0.8,
+        free > 0.6,
         "unthrottled after the revert: {:.1}%",
         free * 100.0
     );
