@@ -76,7 +76,7 @@ pub fn build(spec: &FaultSpec, plan: &Plan, action: &ResourceAction) -> Box<dyn 
                 IoRate::Iops(n) => disk::IoTarget::Iops(*n),
             },
             workers: *workers,
-            file_size: disk::DEFAULT_FILE_SIZE.max(u64::from(*workers) * *block_size),
+            file_size: work_file_size(path, *workers, *block_size),
         }))),
         ResourceAction::CpuPressure {
             load,
@@ -153,6 +153,16 @@ impl Fault for Pressure {
             _ => Err(FaultError::Failed("recipe of another fault kind".into())),
         }
     }
+}
+
+/// The work file: the default size, but never more than half the free space (an I/O fault
+/// must not turn into a disk-fill fault), and at least one block per worker.
+fn work_file_size(path: &std::path::Path, workers: u32, block_size: u64) -> u64 {
+    let floor = u64::from(workers) * block_size;
+    let half_free =
+        disk::FsSpace::of(path).map_or(disk::DEFAULT_FILE_SIZE, |space| space.available / 2);
+    let size = disk::DEFAULT_FILE_SIZE.min(half_free);
+    (size - size % block_size.max(1)).max(floor)
 }
 
 /// `disk-fill` and `disk-io-pressure`: files of faultline's, recorded before they exist.

@@ -302,3 +302,104 @@ fn kill_9_of_the_runner_takes_its_memory_hog_with_it() {
     );
     assert_eq!(ws.state_records(), 0);
 }
+
+#[test]
+fn kill_9_during_cpu_limit_leaves_a_cgroup_that_recover_undoes_exactly() {
+    let _serial = util::serial();
+    let ws = Workspace::new();
+    let busy = Busy::start();
+    let cgroups_before = std::fs::read_to_string(format!("/proc/{}/cgroup", busy.pid())).unwrap();
+    let file = ws.write(
+        "limit.yaml",
+        &format!(
+            "apiVersion: faultline/v1\nmetadata: {{name: limit-crash}}\nmax_duration: 1m\n\
+             targets: {{busy: {{process: {{pid: {}}}}}}}\n\
+             faults: [{{id: squeeze, kind: cpu-limit, target: busy, params: {{quota: 20%}}, duration: 50s}}]\n",
+            busy.pid()
+        ),
+    );
+    let mut runner = Runner::spawn(&ws, &[&file]);
+    assert!(wait_for(Duration::from_secs(5), || !events_of(
+        &ws.journal(),
+        "fault_injected"
+    )
+    .is_empty()));
+    runner.signal(nix::sys::signal::Signal::SIGKILL);
+    runner.wait(Duration::from_secs(5));
+    let during = std::fs::read_to_string(format!("/proc/{}/cgroup", busy.pid())).unwrap();
+    assert!(
+        during.contains("faultline-"),
+        "the crash left the process in faultline's cgroup: {during}"
+    );
+
+    let out = util::faultline(&ws).arg("recover").output().unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let after = std::fs::read_to_string(format!("/proc/{}/cgroup", busy.pid())).unwrap();
+    assert_eq!(cgroups_before, after, "recover moved it back exactly");
+    let leftover = std::fs::read_dir("/sys/fs/cgroup/cpu")
+        .map(|d| {
+            d.filter_map(Result::ok)
+                .any(|e| e.file_name().to_string_lossy().starts_with("faultline-"))
+        })
+        .unwrap_or(false);
+    assert!(!leftover, "no faultline cgroup is left");
+}
+
+#[test]
+fn kill_9_during_disk_io_pressure_stops_the_io_and_recover_deletes_the_work_file() {
+    let _serial = util::serial();
+    let ws = Workspace::new();
+    let fs =
+        faultline::sys::loopdev::LoopFs::ext4(128 << 20).expect("loop-mounted ext4 (needs root)");
+    let dir = fs.mount_point().to_path_buf();
+    let file = ws.write(
+        "io.yaml",
+        &format!(
+            "apiVersion: faultline/v1\nmetadata: {{name: io-crash}}\nmax_duration: 1m\n\
+             faults: [{{id: churn, kind: disk-io-pressure, params: {{path: '{}', throughput: 20MiB}}, duration: 50s}}]\n",
+            dir.display()
+        ),
+    );
+    let mut runner = Runner::spawn(&ws, &[&file]);
+    assert!(
+        wait_for(Duration::from_secs(10), || !events_of(
+            &ws.journal(),
+            "fault_injected"
+        )
+        .is_empty()),
+        "{}",
+        runner.stderr()
+    );
+    runner.signal(nix::sys::signal::Signal::SIGKILL);
+    runner.wait(Duration::from_secs(5));
+    let work_files = || {
+        std::fs::read_dir(&dir)
+            .unwrap()
+            .filter_map(Result::ok)
+            .filter(|e| {
+                e.file_name()
+                    .to_string_lossy()
+                    .starts_with(".faultline-io-")
+            })
+            .count()
+    };
+    assert_eq!(
+        work_files(),
+        1,
+        "the crash left the work file (its writers died with the process)"
+    );
+    let out = util::faultline(&ws).arg("recover").output().unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(work_files(), 0);
+    assert_eq!(ws.state_records(), 0);
+}
