@@ -220,6 +220,36 @@ pub fn examine(netns: Option<&str>) -> Report {
         });
     }
 
+    backends.push(BackendChoice {
+        kind: "cpu-pressure, disk-io-pressure, disk-fill",
+        backend: Some("threads / files".into()),
+        detail: "worker threads inside faultline; files recorded before they exist".into(),
+    });
+    backends.push(BackendChoice {
+        kind: "memory-pressure",
+        backend: Some("hog process".into()),
+        detail: "a child with oom_score_adj 1000 that dies with faultline".into(),
+    });
+    let cgroups = crate::sys::cgroup::Mounts::detect();
+    for (kind, controller) in [
+        ("cpu-limit", crate::sys::cgroup::Controller::Cpu),
+        ("disk-io-limit", crate::sys::cgroup::Controller::Io),
+    ] {
+        let found = cgroups.as_ref().map_err(|e| e.to_string()).and_then(|m| {
+            m.find(controller)
+                .map(|h| format!("cgroup {:?} at {}", h.version, h.mount.display()).to_lowercase())
+                .map_err(|e| e.to_string())
+        });
+        backends.push(BackendChoice {
+            kind,
+            backend: found.as_ref().ok().map(|_| "cgroup".to_string()),
+            detail: match found {
+                Ok(where_) => where_,
+                Err(e) => e,
+            },
+        });
+    }
+
     let mut leftovers = iptables::leftovers(netns);
     match tc::leftovers(netns) {
         Ok(found) => leftovers.extend(found),
