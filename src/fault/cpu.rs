@@ -74,9 +74,11 @@ pub struct CpuRecipe {
     pub ramp_ms: u64,
 }
 
-/// The duty-cycle period. 10 ms measured smoothest here (see the report's table): 5 ms
-/// gives the same 100 ms-window spread with twice the wake-ups, 20 ms and longer show the
-/// slices in each window.
+/// The duty-cycle period. Measured at 50 % of one idle core (100 ms windows, thread run
+/// time from schedstat): stdev 0.5-0.75 points at 5 ms, 1.0-1.4 at 10 ms, 2.1-2.5 at 20 ms,
+/// 3.8 at 50 ms, and 2 ms undershoots by 0.5 points (sleep overhead). 10 ms is well inside
+/// the 3-point target at half the wake-ups of 5 ms, and matches stress-ng's
+/// `--cpu-load-slice 10` for comparison.
 pub const DEFAULT_SLICE: Duration = Duration::from_millis(10);
 
 /// How often `total` mode reads `/proc/stat`.
