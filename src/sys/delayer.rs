@@ -1388,11 +1388,14 @@ mod tests {
             (Distribution::Normal, 20.0),
         ] {
             let spec = spec(60, 20, distribution);
-            let (r, _) = delayed_rtts(&net, &server, queue, spec, Tuning::default(), 160);
+            let (r, _) = delayed_rtts(&net, &server, queue, spec, Tuning::default(), 200);
             let (mean, sd) = mean_stdev(&r);
             eprintln!("{distribution:?}: mean {mean:.2} sd {sd:.2} (expected {expected_sd:.2})");
+            // 200 draws: the sample sd is within ±15 % about 97 % of the time; ±30 % leaves
+            // room for scheduling noise and still tells the two distributions apart (their
+            // sds differ by a factor of 1.7).
             assert!(
-                (sd / expected_sd - 1.0).abs() <= 0.25,
+                (sd / expected_sd - 1.0).abs() <= 0.30,
                 "{distribution:?} sd {sd}"
             );
             assert!((mean - 60.0).abs() < 4.0, "{distribution:?} mean {mean}");

@@ -57,11 +57,7 @@ fn a_partition_cuts_the_flow_and_its_revert_restores_the_ruleset_byte_for_byte()
         ),
     );
     let mut runner = Runner::spawn(&ws, &[&file]);
-    assert!(
-        wait_for(Duration::from_secs(5), || injected(&ws)),
-        "{}",
-        runner.stderr()
-    );
+    util::until_injected(&ws, &runner, Duration::from_secs(5));
     assert_eq!(connects(&net.a, addr, 5), 0, "the partitioned flow is cut");
     assert_eq!(
         connects(&net.a, other, 3),
@@ -110,13 +106,8 @@ fn kill_9_during_a_partition_leaves_rules_that_recover_removes_exactly() {
         ),
     );
     let mut runner = Runner::spawn(&ws, &[&file]);
-    assert!(
-        wait_for(Duration::from_secs(5), || injected(&ws)),
-        "{}",
-        runner.stderr()
-    );
-    runner.signal(nix::sys::signal::Signal::SIGKILL);
-    runner.wait(Duration::from_secs(5));
+    util::until_injected(&ws, &runner, Duration::from_secs(5));
+    runner.crash();
     assert_eq!(
         connects(&net.a, addr, 3),
         0,
@@ -124,13 +115,7 @@ fn kill_9_during_a_partition_leaves_rules_that_recover_removes_exactly() {
     );
     assert!(!iptables::leftovers(Some(&net.a)).is_empty());
 
-    let out = util::faultline(&ws).arg("recover").output().unwrap();
-    assert_eq!(
-        out.status.code(),
-        Some(0),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    util::recover_ok(&ws);
     assert_eq!(connects(&net.a, addr, 3), 3);
     assert!(iptables::leftovers(Some(&net.a)).is_empty());
     assert_eq!(
@@ -212,11 +197,7 @@ fn a_delay_adds_exactly_the_requested_latency_and_goes_away_on_revert() {
         ),
     );
     let mut runner = Runner::spawn(&ws, &[&file]);
-    assert!(
-        wait_for(Duration::from_secs(5), || injected(&ws)),
-        "{}",
-        runner.stderr()
-    );
+    util::until_injected(&ws, &runner, Duration::from_secs(5));
     let rtts = echo_rtts(&net.a, addr, 60, Duration::from_millis(10));
     let (p50, p99) = (percentile(&rtts, 50.0), percentile(&rtts, 99.0));
     println!("baseline p50 {baseline:.3} ms; delayed p50 {p50:.3} ms, p99 {p99:.3} ms");
@@ -262,13 +243,8 @@ fn kill_9_during_an_nfqueue_delay_keeps_traffic_flowing_and_recover_restores_the
         ),
     );
     let mut runner = Runner::spawn(&ws, &[&file]);
-    assert!(
-        wait_for(Duration::from_secs(5), || injected(&ws)),
-        "{}",
-        runner.stderr()
-    );
-    runner.signal(nix::sys::signal::Signal::SIGKILL);
-    runner.wait(Duration::from_secs(5));
+    util::until_injected(&ws, &runner, Duration::from_secs(5));
+    runner.crash();
     // The delayer died with the runner; `--queue-bypass` lets packets through undelayed.
     let rtts = echo_rtts(&net.a, addr, 10, Duration::from_millis(5));
     assert!(
@@ -280,13 +256,7 @@ fn kill_9_during_an_nfqueue_delay_keeps_traffic_flowing_and_recover_restores_the
         "the crash left the rules"
     );
 
-    let out = util::faultline(&ws).arg("recover").output().unwrap();
-    assert_eq!(
-        out.status.code(),
-        Some(0),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    util::recover_ok(&ws);
     assert!(iptables::leftovers(Some(&net.a)).is_empty());
     assert_eq!(
         before,
@@ -355,11 +325,7 @@ fn ipv6_traffic_is_delayed_too() {
         ),
     );
     let mut runner = Runner::spawn(&ws, &[&file]);
-    assert!(
-        wait_for(Duration::from_secs(5), || injected(&ws)),
-        "{}",
-        runner.stderr()
-    );
+    util::until_injected(&ws, &runner, Duration::from_secs(5));
     let p50 = percentile(
         &echo_rtts(&net.a, addr, 30, Duration::from_millis(10)),
         50.0,

@@ -63,15 +63,7 @@ fn cpu_limit_holds_a_busy_process_to_its_quota_and_puts_it_back() {
         ),
     );
     let mut runner = Runner::spawn(&ws, &[&file]);
-    assert!(
-        wait_for(Duration::from_secs(5), || !events_of(
-            &ws.journal(),
-            "fault_injected"
-        )
-        .is_empty()),
-        "{}",
-        runner.stderr()
-    );
+    util::until_injected(&ws, &runner, Duration::from_secs(5));
     let limited = cpu_share(busy.pid(), Duration::from_secs(4));
     println!("busy process under a 25% quota: {:.1}%", limited * 100.0);
     assert!(
@@ -139,15 +131,7 @@ fn disk_fill_makes_writes_fail_with_enospc_until_it_is_reverted() {
         ),
     );
     let mut runner = Runner::spawn(&ws, &[&file]);
-    assert!(
-        wait_for(Duration::from_secs(5), || !events_of(
-            &ws.journal(),
-            "fault_injected"
-        )
-        .is_empty()),
-        "{}",
-        runner.stderr()
-    );
+    util::until_injected(&ws, &runner, Duration::from_secs(5));
     assert_eq!(
         write_64k(&dir),
         Err(libc::ENOSPC),
@@ -183,25 +167,10 @@ fn kill_9_during_disk_fill_leaves_a_file_that_recover_deletes() {
         ),
     );
     let mut runner = Runner::spawn(&ws, &[&file]);
-    assert!(
-        wait_for(Duration::from_secs(5), || !events_of(
-            &ws.journal(),
-            "fault_injected"
-        )
-        .is_empty()),
-        "{}",
-        runner.stderr()
-    );
-    runner.signal(nix::sys::signal::Signal::SIGKILL);
-    runner.wait(Duration::from_secs(5));
+    util::until_injected(&ws, &runner, Duration::from_secs(5));
+    runner.crash();
     assert_eq!(fill_files(&dir), 1, "the crash left the fill file");
-    let out = util::faultline(&ws).arg("recover").output().unwrap();
-    assert_eq!(
-        out.status.code(),
-        Some(0),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    util::recover_ok(&ws);
     assert_eq!(fill_files(&dir), 0, "recover deleted it");
     assert_eq!(ws.state_records(), 0);
 }
@@ -229,15 +198,7 @@ fn memory_pressure_holds_the_memory_resident_in_a_hog_the_oom_killer_takes_first
          faults: [{id: hog, kind: memory-pressure, params: {size: 256MiB}, duration: 4s}]\n",
     );
     let mut runner = Runner::spawn(&ws, &[&file]);
-    assert!(
-        wait_for(Duration::from_secs(10), || !events_of(
-            &ws.journal(),
-            "fault_injected"
-        )
-        .is_empty()),
-        "{}",
-        runner.stderr()
-    );
+    util::until_injected(&ws, &runner, Duration::from_secs(10));
     let events = ws.journal();
     let hog = events_of(&events, "fault_injected")[0]["details"]["hog"]["pid"]
         .as_u64()
@@ -275,17 +236,12 @@ fn kill_9_of_the_runner_takes_its_memory_hog_with_it() {
          faults: [{id: hog, kind: memory-pressure, params: {size: 128MiB}, duration: 50s}]\n",
     );
     let mut runner = Runner::spawn(&ws, &[&file]);
-    assert!(wait_for(Duration::from_secs(10), || !events_of(
-        &ws.journal(),
-        "fault_injected"
-    )
-    .is_empty()));
+    util::until_injected(&ws, &runner, Duration::from_secs(10));
     let events = ws.journal();
     let hog = events_of(&events, "fault_injected")[0]["details"]["hog"]["pid"]
         .as_u64()
         .unwrap() as u32;
-    runner.signal(nix::sys::signal::Signal::SIGKILL);
-    runner.wait(Duration::from_secs(5));
+    runner.crash();
     assert!(
         wait_for(Duration::from_secs(5), || matches!(
             util::proc_state(hog),
@@ -293,13 +249,7 @@ fn kill_9_of_the_runner_takes_its_memory_hog_with_it() {
         )),
         "the hog outlived its parent"
     );
-    let out = util::faultline(&ws).arg("recover").output().unwrap();
-    assert_eq!(
-        out.status.code(),
-        Some(0),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    util::recover_ok(&ws);
     assert_eq!(ws.state_records(), 0);
 }
 
@@ -319,26 +269,15 @@ fn kill_9_during_cpu_limit_leaves_a_cgroup_that_recover_undoes_exactly() {
         ),
     );
     let mut runner = Runner::spawn(&ws, &[&file]);
-    assert!(wait_for(Duration::from_secs(5), || !events_of(
-        &ws.journal(),
-        "fault_injected"
-    )
-    .is_empty()));
-    runner.signal(nix::sys::signal::Signal::SIGKILL);
-    runner.wait(Duration::from_secs(5));
+    util::until_injected(&ws, &runner, Duration::from_secs(5));
+    runner.crash();
     let during = std::fs::read_to_string(format!("/proc/{}/cgroup", busy.pid())).unwrap();
     assert!(
         during.contains("faultline-"),
         "the crash left the process in faultline's cgroup: {during}"
     );
 
-    let out = util::faultline(&ws).arg("recover").output().unwrap();
-    assert_eq!(
-        out.status.code(),
-        Some(0),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    util::recover_ok(&ws);
     let after = std::fs::read_to_string(format!("/proc/{}/cgroup", busy.pid())).unwrap();
     assert_eq!(cgroups_before, after, "recover moved it back exactly");
     let leftover = std::fs::read_dir("/sys/fs/cgroup/cpu")
@@ -366,17 +305,8 @@ fn kill_9_during_disk_io_pressure_stops_the_io_and_recover_deletes_the_work_file
         ),
     );
     let mut runner = Runner::spawn(&ws, &[&file]);
-    assert!(
-        wait_for(Duration::from_secs(10), || !events_of(
-            &ws.journal(),
-            "fault_injected"
-        )
-        .is_empty()),
-        "{}",
-        runner.stderr()
-    );
-    runner.signal(nix::sys::signal::Signal::SIGKILL);
-    runner.wait(Duration::from_secs(5));
+    util::until_injected(&ws, &runner, Duration::from_secs(10));
+    runner.crash();
     let work_files = || {
         std::fs::read_dir(&dir)
             .unwrap()
@@ -393,13 +323,7 @@ fn kill_9_during_disk_io_pressure_stops_the_io_and_recover_deletes_the_work_file
         1,
         "the crash left the work file (its writers died with the process)"
     );
-    let out = util::faultline(&ws).arg("recover").output().unwrap();
-    assert_eq!(
-        out.status.code(),
-        Some(0),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    util::recover_ok(&ws);
     assert_eq!(work_files(), 0);
     assert_eq!(ws.state_records(), 0);
 }

@@ -250,6 +250,12 @@ impl Runner {
         None
     }
 
+    /// `kill -9` the runner, as a crash would, and reap it.
+    pub fn crash(&mut self) {
+        self.signal(nix::sys::signal::Signal::SIGKILL);
+        self.wait(Duration::from_secs(5));
+    }
+
     pub fn stderr(&self) -> String {
         std::fs::read_to_string(&self.stderr_path).unwrap_or_default()
     }
@@ -260,4 +266,29 @@ impl Drop for Runner {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// Wait (at most `limit`) until the run's journal says a fault was injected.
+pub fn until_injected(ws: &Workspace, runner: &Runner, limit: Duration) {
+    assert!(
+        wait_for(limit, || !events_of(&ws.journal(), "fault_injected")
+            .is_empty()),
+        "no fault was injected within {limit:?}:\n{}",
+        runner.stderr()
+    );
+}
+
+/// `faultline recover` in this workspace, which must succeed.
+pub fn recover_ok(ws: &Workspace) -> std::process::Output {
+    let out = faultline(ws)
+        .arg("recover")
+        .output()
+        .expect("run faultline recover");
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "recover failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out
 }
