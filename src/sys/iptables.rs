@@ -17,6 +17,7 @@ use std::process::{Command, Output};
 
 use serde::{Deserialize, Serialize};
 
+pub use crate::net::Family;
 use crate::net::{IpNet, PortRange, Protocol, Traffic};
 use crate::sys::netns;
 
@@ -73,13 +74,6 @@ pub enum Variant {
     Legacy,
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Family {
-    V4,
-    V6,
-}
-
 impl Variant {
     /// `iptables-nft`, `ip6tables-legacy`, ...
     pub fn binary(self, family: Family) -> String {
@@ -100,16 +94,7 @@ impl Variant {
 }
 
 impl Family {
-    const BOTH: [Family; 2] = [Family::V4, Family::V6];
-
-    fn of(net: &IpNet) -> Family {
-        if net.is_ipv4() {
-            Family::V4
-        } else {
-            Family::V6
-        }
-    }
-
+    /// The nft table family (`ip`, `ip6`).
     fn nft_name(self) -> &'static str {
         match self {
             Family::V4 => "ip",

@@ -21,7 +21,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-use crate::net::{IpNet, PortRange, Protocol, Traffic};
+use crate::net::{Family, IpNet, PortRange, Protocol, Traffic};
 use crate::sys::netns;
 
 /// faultline's root qdisc handle on a shaped interface or IFB.
@@ -928,20 +928,8 @@ impl U32Filter {
     }
 }
 
-#[derive(Clone, Copy, PartialEq)]
-enum Family {
-    V4,
-    V6,
-}
-
 impl Family {
-    fn of(net: &IpNet) -> Family {
-        if net.is_ipv4() {
-            Family::V4
-        } else {
-            Family::V6
-        }
-    }
+    /// The `tc filter ... protocol` name.
     fn protocol(self) -> &'static str {
         match self {
             Family::V4 => "ip",
