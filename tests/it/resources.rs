@@ -327,3 +327,32 @@ fn kill_9_during_disk_io_pressure_stops_the_io_and_recover_deletes_the_work_file
     assert_eq!(work_files(), 0);
     assert_eq!(ws.state_records(), 0);
 }
+
+#[test]
+fn kill_9_during_disk_io_limit_leaves_a_cgroup_that_recover_undoes_exactly() {
+    let _serial = util::serial();
+    let ws = Workspace::new();
+    let victim = util::Proc::sleep("858585");
+    let cgroups_before = std::fs::read_to_string(format!("/proc/{}/cgroup", victim.pid())).unwrap();
+    let file = ws.write(
+        "iolimit.yaml",
+        &format!(
+            "apiVersion: faultline/v1\nmetadata: {{name: io-limit-crash}}\nmax_duration: 1m\n\
+             targets: {{writer: {{process: {{pid: {}}}}}}}\n\
+             faults: [{{id: slow-disk, kind: disk-io-limit, target: writer, params: {{path: /var/tmp, write_throughput: 10MiB}}, duration: 50s}}]\n",
+            victim.pid()
+        ),
+    );
+    let mut runner = Runner::spawn(&ws, &[&file]);
+    util::until_injected(&ws, &runner, Duration::from_secs(5));
+    runner.crash();
+    let during = std::fs::read_to_string(format!("/proc/{}/cgroup", victim.pid())).unwrap();
+    assert!(
+        during.contains("faultline-"),
+        "the crash left the limit in place: {during}"
+    );
+    util::recover_ok(&ws);
+    let after = std::fs::read_to_string(format!("/proc/{}/cgroup", victim.pid())).unwrap();
+    assert_eq!(cgroups_before, after, "recover moved it back exactly");
+    assert_eq!(ws.state_records(), 0);
+}
