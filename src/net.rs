@@ -213,6 +213,22 @@ pub struct Traffic {
 }
 
 impl Traffic {
+    /// Every packet going `direction`, in faultline's own namespace, unprotected.
+    pub fn everything(direction: Direction) -> Traffic {
+        Traffic {
+            netns: None,
+            interfaces: Vec::new(),
+            direction,
+            protocol: Protocol::All,
+            remote: Vec::new(),
+            local: Vec::new(),
+            remote_ports: Vec::new(),
+            local_ports: Vec::new(),
+            cgroup: None,
+            protected: Vec::new(),
+        }
+    }
+
     /// Which IP families the selection can match: a family with no remote/local address of
     /// its own is still matched when no addresses are given at all.
     pub fn families(&self) -> (bool, bool) {

@@ -1008,18 +1008,7 @@ mod tests {
     }
 
     fn any_traffic(direction: Direction) -> Traffic {
-        Traffic {
-            netns: None,
-            interfaces: vec![],
-            direction,
-            protocol: Protocol::All,
-            remote: vec![],
-            local: vec![],
-            remote_ports: vec![],
-            local_ports: vec![],
-            cgroup: None,
-            protected: vec![],
-        }
+        Traffic::everything(direction)
     }
 
     fn nets(list: &[&str]) -> Vec<IpNet> {

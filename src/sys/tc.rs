@@ -1360,14 +1360,7 @@ mod tests {
         Traffic {
             netns: Some(netns.into()),
             interfaces: vec![dev.into()],
-            direction,
-            protocol: Protocol::All,
-            remote: vec![],
-            local: vec![],
-            remote_ports: vec![],
-            local_ports: vec![],
-            cgroup: None,
-            protected: vec![],
+            ..Traffic::everything(direction)
         }
     }
 

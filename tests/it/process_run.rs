@@ -20,6 +20,21 @@ fn experiment(
     )
 }
 
+/// An experiment that SIGSTOPs the `Proc::sleep(tag)` child for 50 s.
+fn freeze_for_50s(ws: &Workspace, name: &str, tag: &str) -> std::path::PathBuf {
+    ws.write(
+        "stop.yaml",
+        &experiment(
+            name,
+            &format!("targets: {{victim: {{process: {{cmdline: '^sleep 300\\.{tag}$'}}}}}}\n"),
+            "",
+            "",
+            "faults: [{id: freeze, kind: process-stop, target: victim, duration: 50s}]\n",
+            "",
+        ),
+    )
+}
+
 fn run_to_end(ws: &Workspace, file: &std::path::Path) -> (i32, String) {
     let output = faultline(ws)
         .arg("run")
@@ -206,17 +221,7 @@ fn sigint_mid_run_reverts_and_exits_130() {
     let _serial = util::serial();
     let ws = Workspace::new();
     let victim = Proc::sleep("929292");
-    let file = ws.write(
-        "stop.yaml",
-        &experiment(
-            "interrupted",
-            "targets: {victim: {process: {cmdline: '^sleep 300\\.929292$'}}}\n",
-            "",
-            "",
-            "faults: [{id: freeze, kind: process-stop, target: victim, duration: 50s}]\n",
-            "",
-        ),
-    );
+    let file = freeze_for_50s(&ws, "interrupted", "929292");
     let mut runner = Runner::spawn(&ws, &[&file]);
     assert!(wait_for(Duration::from_secs(5), || victim.state() == Some('T')));
     runner.signal(Signal::SIGINT);
@@ -238,17 +243,7 @@ fn kill_9_of_the_runner_leaves_a_state_file_that_recover_turns_into_a_clean_host
     let _serial = util::serial();
     let ws = Workspace::new();
     let victim = Proc::sleep("616161");
-    let file = ws.write(
-        "stop.yaml",
-        &experiment(
-            "crashed",
-            "targets: {victim: {process: {cmdline: '^sleep 300\\.616161$'}}}\n",
-            "",
-            "",
-            "faults: [{id: freeze, kind: process-stop, target: victim, duration: 50s}]\n",
-            "",
-        ),
-    );
+    let file = freeze_for_50s(&ws, "crashed", "616161");
     let mut runner = Runner::spawn(&ws, &[&file]);
     assert!(wait_for(Duration::from_secs(5), || victim.state() == Some('T')));
     runner.signal(Signal::SIGKILL);
@@ -290,17 +285,7 @@ fn the_next_run_restores_what_a_crashed_run_left_behind() {
     let _serial = util::serial();
     let ws = Workspace::new();
     let victim = Proc::sleep("626262");
-    let stop = ws.write(
-        "stop.yaml",
-        &experiment(
-            "crashed",
-            "targets: {victim: {process: {cmdline: '^sleep 300\\.626262$'}}}\n",
-            "",
-            "",
-            "faults: [{id: freeze, kind: process-stop, target: victim, duration: 50s}]\n",
-            "",
-        ),
-    );
+    let stop = freeze_for_50s(&ws, "crashed", "626262");
     let mut runner = Runner::spawn(&ws, &[&stop]);
     assert!(wait_for(Duration::from_secs(5), || victim.state() == Some('T')));
     runner.signal(Signal::SIGKILL);
