@@ -2,9 +2,9 @@
 //! abort path, outcomes and revert order, exactly and without sleeping.
 
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
-use std::sync::{Arc, Mutex};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 
 use faultline::engine::interrupt::{self, Interrupt};
@@ -257,10 +257,6 @@ impl Finished {
         }
         assert_eq!(self.state_records(), 0, "state records left behind");
     }
-}
-
-fn marker_exists(path: &Path) -> bool {
-    path.exists()
 }
 
 #[tokio::test(start_paused = true)]
@@ -648,14 +644,4 @@ async fn a_slow_probe_does_not_delay_the_abort() {
     assert_eq!(f.report.outcome, Outcome::Aborted);
     let breach = f.events_of("abort")[0]["breach_t_ms"].as_f64().unwrap();
     assert!(breach < 1_200.0, "breach detected at {breach} ms");
-}
-
-#[test]
-fn marker_helper_sees_files() {
-    let tmp = tempfile::tempdir().unwrap();
-    let p = tmp.path().join("x");
-    assert!(!marker_exists(&p));
-    std::fs::write(&p, b"").unwrap();
-    assert!(marker_exists(&p));
-    let _ = Mutex::new(AtomicBool::new(false));
 }
