@@ -639,6 +639,16 @@ pub fn revert(recipe: &LimitRecipe) -> Result<Reverted, FaultError> {
             }
         }
     }
+    // A process that leaves while its group is throttled can stay parked until the group's
+    // next refill; lift the quota first so it runs at full speed the moment it is back.
+    if let LimitSetting::Cpu { period_us, .. } = &recipe.setting {
+        for group in recipe.groups.iter().filter(|g| g.dir.exists()) {
+            match cgroup::clear_cpu_limit(&recipe.hierarchy, &group.dir, *period_us) {
+                Err(e) if !e.is_gone() => failures.push(e.to_string()),
+                _ => {}
+            }
+        }
+    }
     let mut restored = 0;
     for moved in &recipe.processes {
         let pid = moved.process.pid;

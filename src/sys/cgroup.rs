@@ -433,6 +433,19 @@ pub fn set_cpu_limit(
     }
 }
 
+/// Lift a CPU quota (`max` / `-1`). Done before the processes leave a throttled group, so
+/// none of them stays parked until the group's next period refill.
+pub fn clear_cpu_limit(
+    hierarchy: &Hierarchy,
+    dir: &Path,
+    period_us: u64,
+) -> Result<(), CgroupError> {
+    match hierarchy.version {
+        Version::V2 => write_file(&dir.join("cpu.max"), &cpu_max_line(None, period_us)),
+        Version::V1 => write_file(&dir.join("cpu.cfs_quota_us"), "-1"),
+    }
+}
+
 /// A block device number, `MAJ:MIN`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub struct DeviceNumber {
