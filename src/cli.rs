@@ -66,6 +66,18 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Make the JUnit and HTML reports again from journals (also of a run that crashed).
+    Report {
+        /// Journals (`*.jsonl`) written by `faultline run`; several make one game-day report.
+        #[arg(required = true)]
+        journals: Vec<PathBuf>,
+        /// Where to write the reports [default: the first journal's directory].
+        #[arg(long, value_name = "DIR")]
+        out: Option<PathBuf>,
+        /// The reports' title and file name stem [default: the journal's name, or `game-day`].
+        #[arg(long)]
+        name: Option<String>,
+    },
     /// A tiny HTTP service with a worker child process, for trying faultline out.
     DemoTarget(DemoArgs),
 }
@@ -92,7 +104,7 @@ pub struct RunArgs {
     pub files: Vec<PathBuf>,
     #[command(flatten)]
     pub vars: VarArgs,
-    /// Where journals are written [default: ./faultline-reports].
+    /// Where journals and reports (JUnit XML, HTML) are written [default: ./faultline-reports].
     #[arg(long, value_name = "DIR")]
     pub report_dir: Option<PathBuf>,
     #[command(flatten)]

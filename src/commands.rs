@@ -10,6 +10,7 @@ use crate::experiment::{self, Diagnostics, Overrides, Source};
 use crate::outcome::{EXIT_ERROR, EXIT_INVALID_INPUT, Outcome};
 use crate::plan::Plan;
 use crate::report::journal::Journal;
+use crate::report::{self, RunRecord, RunView};
 use crate::state::{StateDir, recover};
 
 pub async fn dispatch(command: Command) -> u8 {
@@ -48,8 +49,62 @@ pub async fn dispatch(command: Command) -> u8 {
             }
             0
         }
+        Command::Report {
+            journals,
+            out,
+            name,
+        } => report_command(&journals, out, name),
         Command::DemoTarget(args) => demo(args).await,
     }
+}
+
+fn report_command(journals: &[PathBuf], out: Option<PathBuf>, name: Option<String>) -> u8 {
+    let mut runs = Vec::new();
+    for path in journals {
+        match RunRecord::read(path) {
+            Ok(record) => runs.push(RunView::from_record(&record)),
+            Err(e) => {
+                eprintln!("faultline: cannot read the journal {}: {e}", path.display());
+                return EXIT_INVALID_INPUT;
+            }
+        }
+    }
+    let stem = name.unwrap_or_else(|| match journals {
+        [one] => one
+            .file_stem()
+            .map_or("report".into(), |s| s.to_string_lossy().into_owned()),
+        _ => "game-day".into(),
+    });
+    let dir = out.unwrap_or_else(|| {
+        journals[0]
+            .parent()
+            .map_or_else(|| PathBuf::from("."), Path::to_path_buf)
+    });
+    match write_reports(&dir, &stem, &runs) {
+        Ok(paths) => {
+            for path in paths {
+                println!("{}", path.display());
+            }
+            0
+        }
+        Err(message) => {
+            eprintln!("faultline: {message}");
+            EXIT_ERROR
+        }
+    }
+}
+
+/// Every report format for `runs`, as `<dir>/<stem>.<extension>`; returns the paths.
+fn write_reports(dir: &Path, stem: &str, runs: &[RunView]) -> Result<Vec<PathBuf>, String> {
+    let mut written = Vec::new();
+    for reporter in report::reporters() {
+        let path = dir.join(format!("{stem}.{}", reporter.extension()));
+        std::fs::create_dir_all(dir)
+            .and_then(|()| std::fs::write(&path, reporter.render(stem, runs)))
+            .map_err(|e| format!("cannot write the report {}: {e}", path.display()))?;
+        written.push(path);
+    }
+    Ok(written)
 }
 
 fn state_dir(args: &StateArgs) -> StateDir {
@@ -374,6 +429,29 @@ async fn run(args: RunArgs) -> u8 {
             &summary_path,
             serde_json::to_vec_pretty(&summary).expect("serialises"),
         );
+    }
+    if !reports.is_empty() {
+        // Derived from the journals just written, exactly as `faultline report` would.
+        let views: Vec<RunView> = reports
+            .iter()
+            .filter_map(|(_, journal)| RunRecord::read(journal).ok())
+            .map(|record| RunView::from_record(&record))
+            .collect();
+        let stem = match reports.as_slice() {
+            [(_, journal)] => journal
+                .file_stem()
+                .map_or_else(|| game_day.clone(), |s| s.to_string_lossy().into_owned()),
+            _ => format!("{game_day}-game-day"),
+        };
+        match write_reports(&report_dir, &stem, &views) {
+            Ok(paths) => {
+                for path in paths {
+                    eprintln!("   report: {}", path.display());
+                }
+            }
+            // The outcome stays the run's: a missing report must not hide an abort.
+            Err(message) => eprintln!("faultline: warning: {message}"),
+        }
     }
     let worst = Outcome::worst(reports.iter().map(|(r, _)| r.outcome));
     let interrupted_before_any = reports.is_empty() && interrupt.level() >= interrupt::Level::Abort;

@@ -1,0 +1,432 @@
+//! One experiment's run as the reports see it, rebuilt from its journal alone: the journal
+//! is the record, every other report is derived from it (so a journal left by a crashed run
+//! still gives a report, one that says the run never ended).
+
+use std::io;
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+
+/// A journal as read back: its path and its events in order.
+#[derive(Clone, Debug)]
+pub struct RunRecord {
+    pub journal: PathBuf,
+    pub events: Vec<serde_json::Value>,
+}
+
+impl RunRecord {
+    /// Read a journal. A last line cut short by a crash is skipped, not an error.
+    pub fn read(path: &Path) -> io::Result<RunRecord> {
+        let text = std::fs::read_to_string(path)?;
+        let events = text
+            .lines()
+            .filter_map(|line| serde_json::from_str(line).ok())
+            .collect();
+        Ok(RunRecord {
+            journal: path.to_path_buf(),
+            events,
+        })
+    }
+}
+
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct RunView {
+    pub name: String,
+    pub run_id: String,
+    pub host: String,
+    pub started_at: String,
+    pub tool_version: String,
+    pub journal: PathBuf,
+    /// `None` when the journal ends without an outcome: the run crashed or was killed.
+    pub outcome: Option<OutcomeView>,
+    /// The last `t_ms` in the journal.
+    pub end_ms: f64,
+    /// Each phase and when it began, in order.
+    pub phases: Vec<(String, f64)>,
+    pub commands: Vec<CommandView>,
+    pub gates: Vec<GateView>,
+    /// One entry per injection (a repeated fault has several), in intent order.
+    pub faults: Vec<FaultView>,
+    /// Probes in the order they first sampled.
+    pub probes: Vec<ProbeView>,
+    pub abort: Option<AbortView>,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct OutcomeView {
+    pub outcome: String,
+    pub exit_code: u8,
+    pub reason: String,
+    pub t_ms: f64,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct CommandView {
+    pub t_ms: f64,
+    pub phase: String,
+    pub name: String,
+    pub exit_code: Option<i32>,
+    pub background: bool,
+    pub duration_ms: f64,
+    pub error: Option<String>,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct GateView {
+    pub t_ms: f64,
+    /// `before` or `after`.
+    pub phase: String,
+    pub passed: bool,
+    pub attempts: u32,
+    pub reason: Option<String>,
+}
+
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct FaultView {
+    /// The fault's id in the experiment.
+    pub fault: String,
+    /// The state record of this injection (`None` when it failed before one was written).
+    pub record: Option<String>,
+    pub summary: String,
+    pub intent_ms: f64,
+    pub injected_ms: Option<f64>,
+    pub reverted_ms: Option<f64>,
+    /// Why it was reverted: `duration_elapsed`, `abort`, `end_of_faults`.
+    pub revert_cause: Option<String>,
+    /// What the fault achieved (counters, measured delays...), from its revert.
+    pub achieved: serde_json::Value,
+    pub injection_error: Option<String>,
+    pub revert_error: Option<String>,
+    pub revert_remedy: Option<String>,
+}
+
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct ProbeView {
+    pub name: String,
+    pub samples: Vec<SampleView>,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct SampleView {
+    pub t_ms: f64,
+    pub phase: String,
+    pub ok: bool,
+    pub latency_ms: f64,
+    pub error: Option<String>,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct AbortView {
+    /// `probe_failure`, `max_duration`, `injection_failed`, `interrupted`.
+    pub trigger: String,
+    pub probe: Option<String>,
+    pub reason: String,
+    pub breach_ms: f64,
+    pub all_reverted_ms: f64,
+    pub breach_to_all_reverted_ms: f64,
+    pub faults_reverted: u64,
+}
+
+impl ProbeView {
+    pub fn failed(&self) -> usize {
+        self.samples.iter().filter(|s| !s.ok).count()
+    }
+
+    /// Latency percentile (0-100) of the samples taken in `phase` (all phases if `None`).
+    pub fn latency_percentile(&self, phase: Option<&str>, p: f64) -> Option<f64> {
+        let mut latencies: Vec<f64> = self
+            .samples
+            .iter()
+            .filter(|s| phase.is_none_or(|ph| s.phase == ph))
+            .map(|s| s.latency_ms)
+            .collect();
+        if latencies.is_empty() {
+            return None;
+        }
+        latencies.sort_by(f64::total_cmp);
+        let rank = ((p / 100.0) * latencies.len() as f64).ceil().max(1.0) as usize;
+        Some(latencies[rank.min(latencies.len()) - 1])
+    }
+}
+
+impl RunView {
+    pub fn from_record(record: &RunRecord) -> RunView {
+        let mut view = RunView {
+            journal: record.journal.clone(),
+            ..RunView::default()
+        };
+        for value in &record.events {
+            if let Some(t) = value.get("t_ms").and_then(serde_json::Value::as_f64) {
+                view.end_ms = view.end_ms.max(t);
+            }
+            // Events this version does not know (a newer journal) are skipped.
+            if let Ok(event) = Recorded::deserialize(value) {
+                view.apply(event);
+            }
+        }
+        view
+    }
+
+    /// Wall time the run took, as far as the journal knows.
+    pub fn duration_ms(&self) -> f64 {
+        self.outcome.as_ref().map_or(self.end_ms, |o| o.t_ms)
+    }
+
+    pub fn gate(&self, phase: &str) -> Option<&GateView> {
+        self.gates.iter().rev().find(|g| g.phase == phase)
+    }
+
+    fn fault_mut(&mut self, record: &str) -> Option<&mut FaultView> {
+        self.faults
+            .iter_mut()
+            .rev()
+            .find(|f| f.record.as_deref() == Some(record))
+    }
+
+    fn apply(&mut self, event: Recorded) {
+        match event {
+            Recorded::RunStarted {
+                run_id,
+                experiment_name,
+                host,
+                started_at,
+                tool_version,
+            } => {
+                self.run_id = run_id;
+                self.name = experiment_name;
+                self.host = host;
+                self.started_at = started_at;
+                self.tool_version = tool_version;
+            }
+            Recorded::Phase { t_ms, phase } => self.phases.push((phase, t_ms)),
+            Recorded::Command {
+                t_ms,
+                phase,
+                name,
+                exit_code,
+                background,
+                duration_ms,
+                error,
+            } => self.commands.push(CommandView {
+                t_ms,
+                phase,
+                name,
+                exit_code,
+                background,
+                duration_ms,
+                error,
+            }),
+            Recorded::ProbeSample {
+                t_ms,
+                phase,
+                probe,
+                ok,
+                latency,
+                error,
+            } => {
+                let sample = SampleView {
+                    t_ms,
+                    phase,
+                    ok,
+                    latency_ms: latency,
+                    error,
+                };
+                match self.probes.iter_mut().find(|p| p.name == probe) {
+                    Some(p) => p.samples.push(sample),
+                    None => self.probes.push(ProbeView {
+                        name: probe,
+                        samples: vec![sample],
+                    }),
+                }
+            }
+            Recorded::Gate {
+                t_ms,
+                phase,
+                passed,
+                attempts,
+                reason,
+            } => self.gates.push(GateView {
+                t_ms,
+                phase,
+                passed,
+                attempts,
+                reason,
+            }),
+            Recorded::FaultIntent {
+                t_ms,
+                fault,
+                record,
+                summary,
+            } => self.faults.push(FaultView {
+                fault,
+                record: Some(record),
+                summary,
+                intent_ms: t_ms,
+                ..FaultView::default()
+            }),
+            Recorded::FaultInjected { t_ms, record, .. } => {
+                if let Some(f) = self.fault_mut(&record) {
+                    f.injected_ms = Some(t_ms);
+                }
+            }
+            Recorded::FaultInjectionFailed {
+                t_ms,
+                fault,
+                record,
+                error,
+            } => match record.as_deref().and_then(|r| self.fault_mut(r)) {
+                Some(f) => f.injection_error = Some(error),
+                None => self.faults.push(FaultView {
+                    fault,
+                    record,
+                    intent_ms: t_ms,
+                    injection_error: Some(error),
+                    ..FaultView::default()
+                }),
+            },
+            Recorded::FaultReverted {
+                t_ms,
+                record,
+                cause,
+                achieved,
+                ..
+            } => {
+                if let Some(f) = self.fault_mut(&record) {
+                    f.reverted_ms = Some(t_ms);
+                    f.revert_cause = Some(cause);
+                    f.achieved = achieved;
+                }
+            }
+            Recorded::FaultRevertFailed {
+                t_ms,
+                record,
+                error,
+                remedy,
+            } => {
+                if let Some(f) = self.fault_mut(&record) {
+                    f.reverted_ms.get_or_insert(t_ms);
+                    f.revert_error = Some(error);
+                    f.revert_remedy = Some(remedy);
+                }
+            }
+            Recorded::Abort {
+                trigger,
+                probe,
+                reason,
+                breach_t_ms,
+                all_reverted_t_ms,
+                breach_to_all_reverted_ms,
+                faults_reverted,
+            } => {
+                self.abort = Some(AbortView {
+                    trigger,
+                    probe,
+                    reason,
+                    breach_ms: breach_t_ms,
+                    all_reverted_ms: all_reverted_t_ms,
+                    breach_to_all_reverted_ms,
+                    faults_reverted,
+                })
+            }
+            Recorded::Outcome {
+                t_ms,
+                outcome,
+                exit_code,
+                reason,
+            } => {
+                self.outcome = Some(OutcomeView {
+                    outcome,
+                    exit_code,
+                    reason,
+                    t_ms,
+                })
+            }
+        }
+    }
+}
+
+/// The journal's events as read back (the writing side is `engine::events::Event`): only
+/// the fields the reports use; unknown fields are ignored.
+#[derive(Deserialize)]
+#[serde(tag = "event", rename_all = "snake_case")]
+enum Recorded {
+    RunStarted {
+        run_id: String,
+        experiment_name: String,
+        host: String,
+        started_at: String,
+        tool_version: String,
+    },
+    Phase {
+        t_ms: f64,
+        phase: String,
+    },
+    Command {
+        t_ms: f64,
+        phase: String,
+        name: String,
+        exit_code: Option<i32>,
+        background: bool,
+        duration_ms: f64,
+        error: Option<String>,
+    },
+    ProbeSample {
+        t_ms: f64,
+        phase: String,
+        probe: String,
+        ok: bool,
+        latency: f64,
+        error: Option<String>,
+    },
+    Gate {
+        t_ms: f64,
+        phase: String,
+        passed: bool,
+        attempts: u32,
+        reason: Option<String>,
+    },
+    FaultIntent {
+        t_ms: f64,
+        fault: String,
+        record: String,
+        summary: String,
+    },
+    FaultInjected {
+        t_ms: f64,
+        record: String,
+    },
+    FaultInjectionFailed {
+        t_ms: f64,
+        fault: String,
+        record: Option<String>,
+        error: String,
+    },
+    FaultReverted {
+        t_ms: f64,
+        record: String,
+        cause: String,
+        #[serde(default)]
+        achieved: serde_json::Value,
+    },
+    FaultRevertFailed {
+        t_ms: f64,
+        record: String,
+        error: String,
+        remedy: String,
+    },
+    Abort {
+        trigger: String,
+        probe: Option<String>,
+        reason: String,
+        breach_t_ms: f64,
+        all_reverted_t_ms: f64,
+        breach_to_all_reverted_ms: f64,
+        faults_reverted: u64,
+    },
+    Outcome {
+        t_ms: f64,
+        outcome: String,
+        exit_code: u8,
+        reason: String,
+    },
+}
