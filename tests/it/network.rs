@@ -190,7 +190,7 @@ fn a_delay_adds_exactly_the_requested_latency_and_goes_away_on_revert() {
         &format!(
             "apiVersion: faultline/v1\nmetadata: {{name: delay}}\nmax_duration: 1m\n\
              targets: {{server: {{network: {{netns: {}, remote: ['{}'], remote_ports: [{}], protocol: tcp}}}}}}\n\
-             faults: [{{id: slow, kind: network-delay, target: server, params: {{delay: 50ms}}, duration: 6s}}]\n",
+             faults: [{{id: slow, kind: network-delay, target: server, params: {{delay: 50ms}}, duration: 12s}}]\n",
             net.a,
             net.ip_b,
             addr.port()
@@ -198,7 +198,9 @@ fn a_delay_adds_exactly_the_requested_latency_and_goes_away_on_revert() {
     );
     let mut runner = Runner::spawn(&ws, &[&file]);
     util::until_injected(&ws, &runner, Duration::from_secs(5));
-    let rtts = echo_rtts(&net.a, addr, 60, Duration::from_millis(10));
+    // 150 echoes (~8 s): p99 is then the second-worst, not the single worst sample, which
+    // one stray scheduling hiccup on a shared 2-vCPU host can push past the bound.
+    let rtts = echo_rtts(&net.a, addr, 150, Duration::from_millis(5));
     let (p50, p99) = (percentile(&rtts, 50.0), percentile(&rtts, 99.0));
     println!("baseline p50 {baseline:.3} ms; delayed p50 {p50:.3} ms, p99 {p99:.3} ms");
     assert!(
