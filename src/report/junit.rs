@@ -98,7 +98,7 @@ fn fault_case(fault: &FaultView) -> TestCase {
             &format!("revert failed: {error}. {remedy}"),
             "revert_failed",
         )
-    } else if fault.injected_ms.is_some() && fault.reverted_ms.is_none() {
+    } else if fault.left_behind() {
         failure(
             NonSuccessKind::Error,
             "injected but never reverted in this journal: run `faultline status` / `faultline recover`",
@@ -199,4 +199,171 @@ fn millis(ms: f64) -> Duration {
 
 fn seconds(ms: f64) -> String {
     format!("{:.3} s", ms / 1000.0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::report::RunRecord;
+    use quick_junit::Report;
+    use serde_json::json;
+
+    fn view(events: Vec<serde_json::Value>) -> RunView {
+        RunView::from_record(&RunRecord {
+            journal: "reports/run-checkout.jsonl".into(),
+            events,
+        })
+    }
+
+    fn started() -> serde_json::Value {
+        json!({"event": "run_started", "t_ms": 0.0, "run_id": "run-1", "experiment_name": "checkout",
+               "host": "box", "started_at": "2026-11-23T10:00:00Z", "tool_version": "0.1.0",
+               "source": "x.yaml", "pid": 1, "experiment": {}})
+    }
+
+    fn sample(t: f64, phase: &str, ok: bool) -> serde_json::Value {
+        let mut s = json!({"event": "probe_sample", "t_ms": t, "phase": phase, "probe": "health",
+                           "ok": ok, "latency": 2.5});
+        if !ok {
+            s["error"] = json!("timed out after 80ms");
+        }
+        s
+    }
+
+    /// A run whose `health` probe breached during the fault: aborted, reverted at once.
+    fn aborted_run() -> Vec<serde_json::Value> {
+        vec![
+            started(),
+            json!({"event": "gate", "t_ms": 5.0, "phase": "before", "passed": true, "attempts": 1}),
+            json!({"event": "fault_intent", "t_ms": 10.0, "fault": "freeze", "record": "run-1-freeze-0",
+                   "summary": "SIGSTOP 1 process", "details": {},
+                   "revert": {"recipe": "resume_processes", "processes": []}}),
+            json!({"event": "fault_injected", "t_ms": 11.0, "fault": "freeze", "record": "run-1-freeze-0",
+                   "summary": "SIGSTOP 1 process", "details": {}}),
+            sample(100.0, "during", true),
+            sample(300.0, "during", false),
+            json!({"event": "fault_reverted", "t_ms": 301.5, "fault": "freeze", "record": "run-1-freeze-0",
+                   "summary": "SIGCONT 1 process", "cause": "abort", "achieved": {"resumed": 1}}),
+            json!({"event": "abort", "trigger": "probe_failure", "probe": "health",
+                   "reason": "probe health failed 1 time(s) in a row", "breach_t_ms": 300.2,
+                   "all_reverted_t_ms": 301.5, "breach_to_all_reverted_ms": 1.3, "faults_reverted": 1}),
+            sample(500.0, "after", true),
+            json!({"event": "gate", "t_ms": 500.0, "phase": "after", "passed": true, "attempts": 1}),
+            json!({"event": "outcome", "t_ms": 600.0, "outcome": "aborted", "exit_code": 2,
+                   "reason": "probe health breached its SLO", "finished_at": "2026-11-23T10:00:01Z"}),
+        ]
+    }
+
+    fn parse(xml: &str) -> Report {
+        Report::deserialize_from_str(xml).expect("well-formed JUnit")
+    }
+
+    fn status_of<'a>(report: &'a Report, case: &str) -> &'a TestCaseStatus {
+        &report.test_suites[0]
+            .test_cases
+            .iter()
+            .find(|c| c.name.as_str() == case)
+            .unwrap_or_else(|| panic!("no test case {case}"))
+            .status
+    }
+
+    fn kind_and_type(status: &TestCaseStatus) -> Option<(NonSuccessKind, String)> {
+        match status {
+            TestCaseStatus::NonSuccess { kind, ty, .. } => {
+                Some((*kind, ty.as_ref().unwrap().as_str().to_string()))
+            }
+            _ => None,
+        }
+    }
+
+    #[test]
+    fn an_slo_breach_fails_the_slo_case_and_the_outcome_only() {
+        let xml = Junit.render("checkout", &[view(aborted_run())]);
+        let report = parse(&xml);
+        assert_eq!(report.tests, 5, "{xml}");
+        assert_eq!(report.failures, 2, "{xml}");
+        assert_eq!(report.errors, 0, "{xml}");
+        assert!(matches!(
+            status_of(&report, "steady state before"),
+            TestCaseStatus::Success { .. }
+        ));
+        assert!(matches!(
+            status_of(&report, "fault freeze (run-1-freeze-0)"),
+            TestCaseStatus::Success { .. }
+        ));
+        assert_eq!(
+            kind_and_type(status_of(&report, "SLO health")),
+            Some((NonSuccessKind::Failure, "slo_breach".into()))
+        );
+        assert_eq!(
+            kind_and_type(status_of(&report, "outcome")),
+            Some((NonSuccessKind::Failure, "aborted".into()))
+        );
+        insta::assert_snapshot!(xml);
+    }
+
+    #[test]
+    fn a_failed_revert_is_an_error_that_says_what_to_do() {
+        let mut events = aborted_run();
+        events.retain(|e| e["event"] != "fault_reverted");
+        events.push(
+            json!({"event": "fault_revert_failed", "t_ms": 302.0, "fault": "freeze",
+                           "record": "run-1-freeze-0", "error": "ESRCH",
+                           "remedy": "run `faultline recover`"}),
+        );
+        let outcome = events.iter_mut().find(|e| e["event"] == "outcome").unwrap();
+        *outcome = json!({"event": "outcome", "t_ms": 600.0, "outcome": "revert_failed",
+                          "exit_code": 5, "reason": "1 revert failed", "finished_at": "x"});
+        let report = parse(&Junit.render("checkout", &[view(events)]));
+        assert_eq!(
+            kind_and_type(status_of(&report, "fault freeze (run-1-freeze-0)")),
+            Some((NonSuccessKind::Error, "revert_failed".into()))
+        );
+        assert_eq!(
+            kind_and_type(status_of(&report, "outcome")),
+            Some((NonSuccessKind::Error, "revert_failed".into()))
+        );
+    }
+
+    #[test]
+    fn a_journal_cut_short_by_a_crash_reports_the_live_fault_and_no_outcome() {
+        let events: Vec<_> = aborted_run().into_iter().take(5).collect();
+        let report = parse(&Junit.render("checkout", &[view(events)]));
+        assert_eq!(
+            kind_and_type(status_of(&report, "fault freeze (run-1-freeze-0)")),
+            Some((NonSuccessKind::Error, "not_reverted".into()))
+        );
+        assert_eq!(
+            kind_and_type(status_of(&report, "outcome")),
+            Some((NonSuccessKind::Error, "incomplete".into()))
+        );
+    }
+
+    #[test]
+    fn a_kill_has_nothing_to_revert_and_passes_without_a_revert_event() {
+        let events = vec![
+            started(),
+            json!({"event": "fault_intent", "t_ms": 10.0, "fault": "kill", "record": "run-1-kill-0",
+                   "summary": "SIGKILL 1 process", "details": {}, "revert": {"recipe": "nothing"}}),
+            json!({"event": "fault_injected", "t_ms": 11.0, "fault": "kill", "record": "run-1-kill-0",
+                   "summary": "SIGKILL 1 process", "details": {}}),
+            json!({"event": "outcome", "t_ms": 600.0, "outcome": "passed", "exit_code": 0,
+                   "reason": "all checks passed", "finished_at": "x"}),
+        ];
+        let report = parse(&Junit.render("kill", &[view(events)]));
+        assert_eq!((report.tests, report.failures, report.errors), (2, 0, 0));
+    }
+
+    #[test]
+    fn a_game_day_has_one_suite_per_experiment() {
+        let mut passed = aborted_run();
+        passed.retain(|e| e["event"] != "abort" && e["ok"] != false);
+        let outcome = passed.iter_mut().find(|e| e["event"] == "outcome").unwrap();
+        outcome["outcome"] = json!("passed");
+        outcome["exit_code"] = json!(0);
+        let report = parse(&Junit.render("game day", &[view(passed), view(aborted_run())]));
+        assert_eq!(report.test_suites.len(), 2);
+        assert_eq!(report.test_suites[0].failures, 0);
+        assert_eq!(report.test_suites[1].failures, 2);
+    }
 }

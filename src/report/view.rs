@@ -88,6 +88,8 @@ pub struct FaultView {
     /// The state record of this injection (`None` when it failed before one was written).
     pub record: Option<String>,
     pub summary: String,
+    /// False for a fault with nothing to undo (a kill): it has no revert to wait for.
+    pub needs_revert: bool,
     pub intent_ms: f64,
     pub injected_ms: Option<f64>,
     pub reverted_ms: Option<f64>,
@@ -98,6 +100,17 @@ pub struct FaultView {
     pub injection_error: Option<String>,
     pub revert_error: Option<String>,
     pub revert_remedy: Option<String>,
+}
+
+impl FaultView {
+    /// Injected, needed a revert, and the journal never saw one: still on the host unless
+    /// `faultline recover` (or the next run) reverted it.
+    pub fn left_behind(&self) -> bool {
+        self.needs_revert
+            && self.injected_ms.is_some()
+            && self.reverted_ms.is_none()
+            && self.revert_error.is_none()
+    }
 }
 
 #[derive(Clone, Debug, Default, PartialEq)]
@@ -257,10 +270,12 @@ impl RunView {
                 fault,
                 record,
                 summary,
+                revert,
             } => self.faults.push(FaultView {
                 fault,
                 record: Some(record),
                 summary,
+                needs_revert: revert["recipe"] != "nothing",
                 intent_ms: t_ms,
                 ..FaultView::default()
             }),
@@ -390,6 +405,9 @@ enum Recorded {
         fault: String,
         record: String,
         summary: String,
+        /// The revert recipe (`{"recipe": "nothing", ...}` for a kill).
+        #[serde(default)]
+        revert: serde_json::Value,
     },
     FaultInjected {
         t_ms: f64,

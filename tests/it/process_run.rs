@@ -252,6 +252,31 @@ fn kill_9_of_the_runner_leaves_a_state_file_that_recover_turns_into_a_clean_host
     assert_eq!(victim.state(), Some('T'));
     assert_eq!(ws.state_records(), 1);
 
+    // The journal still gives a report, one that says the run never ended and the fault
+    // was never reverted.
+    assert!(
+        ws.reports("junit.xml").is_empty(),
+        "a killed run writes no report"
+    );
+    let journal = ws
+        .reports("jsonl")
+        .pop()
+        .expect("the crashed run's journal");
+    let report = faultline(&ws).arg("report").arg(&journal).output().unwrap();
+    assert_eq!(report.status.code(), Some(0), "{report:?}");
+    let junit = ws.junit();
+    assert_eq!(junit.errors, 2, "{junit:?}");
+    let fault = junit.test_suites[0]
+        .test_cases
+        .iter()
+        .find(|c| c.name.as_str().starts_with("fault freeze"))
+        .expect("a test case for the fault");
+    assert!(
+        format!("{:?}", fault.status).contains("not_reverted"),
+        "{fault:?}"
+    );
+    assert!(format!("{:?}", util::junit_case(&junit, "outcome").status).contains("incomplete"));
+
     let status = faultline(&ws).arg("status").output().unwrap();
     let listed = String::from_utf8_lossy(&status.stdout);
     assert!(

@@ -74,6 +74,11 @@ fn the_quickstart_passes_and_leaves_nothing_running() {
         "the demo service was stopped at cleanup"
     );
     assert_eq!(ws.state_records(), 0);
+    // A pipeline reading the JUnit report sees every check green: the gate, three kills,
+    // the health SLO, the recovery, the outcome.
+    let junit = ws.junit();
+    assert_eq!((junit.tests, junit.failures, junit.errors), (7, 0, 0));
+    assert_eq!(ws.reports("html").len(), 1);
 }
 
 #[test]
@@ -125,6 +130,22 @@ fn a_breach_aborts_within_one_probe_interval_plus_100ms_and_thaws_the_worker() {
     // By now cleanup stopped the demo (and its worker) — nothing is left frozen.
     assert_ne!(util::proc_state(worker as u32), Some('T'));
     assert_eq!(ws.state_records(), 0);
+    // The JUnit report blames the SLO that broke (a test failure, not an error), and
+    // nothing else.
+    let junit = ws.junit();
+    assert_eq!((junit.failures, junit.errors), (2, 0));
+    for case in ["SLO health", "outcome"] {
+        assert!(
+            matches!(
+                &util::junit_case(&junit, case).status,
+                quick_junit::TestCaseStatus::NonSuccess {
+                    kind: quick_junit::NonSuccessKind::Failure,
+                    ..
+                }
+            ),
+            "{case}"
+        );
+    }
 }
 
 #[test]

@@ -88,6 +88,37 @@ impl Workspace {
     }
 }
 
+impl Workspace {
+    /// The report files `faultline run` wrote next to its journals, by extension
+    /// (`junit.xml`, `html`).
+    pub fn reports(&self, extension: &str) -> Vec<PathBuf> {
+        let suffix = format!(".{extension}");
+        let mut found: Vec<PathBuf> = std::fs::read_dir(self.report_dir())
+            .map(|d| d.filter_map(Result::ok).map(|e| e.path()).collect())
+            .unwrap_or_default();
+        found.retain(|p| p.to_string_lossy().ends_with(&suffix));
+        found.sort();
+        found
+    }
+
+    /// The only JUnit report in the report dir, parsed.
+    pub fn junit(&self) -> quick_junit::Report {
+        let reports = self.reports("junit.xml");
+        assert_eq!(reports.len(), 1, "one JUnit report: {reports:?}");
+        let xml = std::fs::read_to_string(&reports[0]).expect("read the JUnit report");
+        quick_junit::Report::deserialize_from_str(&xml).expect("well-formed JUnit")
+    }
+}
+
+/// The status of the test case `name` in the first suite of a JUnit report.
+pub fn junit_case<'a>(report: &'a quick_junit::Report, name: &str) -> &'a quick_junit::TestCase {
+    report.test_suites[0]
+        .test_cases
+        .iter()
+        .find(|c| c.name.as_str() == name)
+        .unwrap_or_else(|| panic!("no test case {name:?} in the JUnit report"))
+}
+
 pub fn events_of<'a>(events: &'a [Value], kind: &str) -> Vec<&'a Value> {
     events.iter().filter(|e| e["event"] == kind).collect()
 }
