@@ -160,6 +160,38 @@ fn a_game_day_runs_in_order_and_exits_with_the_worst_outcome() {
         serde_json::from_slice(&std::fs::read(summary.path()).unwrap()).unwrap();
     assert_eq!(summary[0]["outcome"], "passed");
     assert_eq!(summary[1]["outcome"], "not_ready");
+    // One JUnit report for the whole game day: a suite per experiment, the second one
+    // failing its steady-state gate.
+    let junit = ws.junit();
+    let suites: Vec<_> = junit.test_suites.iter().map(|s| s.name.as_str()).collect();
+    assert_eq!(suites, ["minimal", "not-ready"]);
+    assert_eq!(junit.test_suites[0].failures, 0);
+    let gate = junit.test_suites[1]
+        .test_cases
+        .iter()
+        .find(|c| c.name.as_str() == "steady state before")
+        .expect("the gate's test case");
+    assert!(
+        format!("{:?}", gate.status).contains("steady_state"),
+        "{gate:?}"
+    );
+    assert_eq!(ws.reports("html").len(), 1);
+}
+
+#[test]
+fn report_of_a_missing_journal_is_invalid_input_and_writes_nothing() {
+    let ws = Workspace::new();
+    let out = faultline(&ws)
+        .arg("report")
+        .arg(ws.path().join("nope.jsonl"))
+        .arg("--out")
+        .arg(ws.report_dir())
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(64));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("nope.jsonl"), "{stderr}");
+    assert!(!ws.report_dir().exists());
 }
 
 #[test]
