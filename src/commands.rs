@@ -343,6 +343,15 @@ async fn run(args: RunArgs) -> u8 {
     }
 
     let state = state_dir(&args.state);
+    let report_dir = args
+        .report_dir
+        .clone()
+        .unwrap_or_else(|| PathBuf::from("faultline-reports"));
+    for plan in &plans {
+        for warning in fills_own_records(plan, state.root(), &report_dir) {
+            eprintln!("faultline: warning: {warning}");
+        }
+    }
     if let Err((outcome, message)) = settle_leftovers(&state) {
         eprintln!("faultline: refusing to start: {message}");
         return outcome.exit_code();
@@ -356,10 +365,6 @@ async fn run(args: RunArgs) -> u8 {
         return EXIT_ERROR;
     }
 
-    let report_dir = args
-        .report_dir
-        .clone()
-        .unwrap_or_else(|| PathBuf::from("faultline-reports"));
     let stamp = jiff::Timestamp::now()
         .strftime("%Y%m%dT%H%M%SZ")
         .to_string();
@@ -460,6 +465,46 @@ async fn run(args: RunArgs) -> u8 {
     } else {
         worst.exit_code()
     }
+}
+
+/// `disk-fill` faults whose filesystem also holds the state directory or the reports: while
+/// it is full, later injections cannot be recorded (they fail safely, as injection_failed)
+/// and the journal stops growing. Said before the run, not discovered after it.
+fn fills_own_records(plan: &Plan, state_dir: &Path, report_dir: &Path) -> Vec<String> {
+    use std::os::unix::fs::MetadataExt;
+    // The nearest existing ancestor: the report dir may not exist yet.
+    let device = |path: &Path| {
+        path.ancestors()
+            .find_map(|p| std::fs::metadata(p).ok())
+            .map(|m| m.dev())
+    };
+    let mut warnings = Vec::new();
+    for fault in &plan.faults {
+        let crate::plan::FaultAction::Resource(crate::plan::ResourceAction::DiskFill {
+            path, ..
+        }) = &fault.action
+        else {
+            continue;
+        };
+        let Some(filled) = device(path) else { continue };
+        for (what, dir) in [
+            ("state directory", state_dir),
+            ("report directory", report_dir),
+        ] {
+            if device(dir) == Some(filled) {
+                warnings.push(format!(
+                    "{}: disk-fill `{}` fills the filesystem of the {what} {}; while it is \
+                     full, faultline cannot record further injections (they fail as \
+                     injection_failed) or extend the journal. Put `--state-dir` / \
+                     `--report-dir` on another filesystem to avoid this.",
+                    plan.name,
+                    fault.id,
+                    dir.display()
+                ));
+            }
+        }
+    }
+    warnings
 }
 
 fn file_safe(name: &str) -> String {

@@ -149,6 +149,29 @@ fn disk_fill_makes_writes_fail_with_enospc_until_it_is_reverted() {
         "writes succeed again after the revert"
     );
     assert_eq!(fill_files(&dir), 0, "the fill file is gone");
+    assert!(!runner.stderr().contains("warning"), "{}", runner.stderr());
+
+    // Filling the filesystem that holds faultline's own state is allowed, but said first.
+    let own_state = dir.join("state");
+    let out = util::faultline(&ws)
+        .arg("run")
+        .arg(&file)
+        .arg("--state-dir")
+        .arg(&own_state)
+        .arg("--report-dir")
+        .arg(ws.report_dir())
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "{stderr}");
+    assert!(
+        stderr.contains(&format!(
+            "disk-fill `full` fills the filesystem of the state directory {}",
+            own_state.display()
+        )),
+        "{stderr}"
+    );
+    assert_eq!(fill_files(&dir), 0, "the fill file is gone");
 }
 
 #[test]
