@@ -98,7 +98,7 @@ fn fault_case(fault: &FaultView) -> TestCase {
             &format!("revert failed: {error}. {remedy}"),
             "revert_failed",
         )
-    } else if fault.left_behind() {
+    } else if fault.never_reverted() {
         failure(
             NonSuccessKind::Error,
             "injected but never reverted in this journal: run `faultline status` / `faultline recover`",

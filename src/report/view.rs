@@ -88,9 +88,9 @@ pub struct FaultView {
     /// The state record of this injection (`None` when it failed before one was written).
     pub record: Option<String>,
     pub summary: String,
-    /// False for a fault with nothing to undo (a kill): it has no revert to wait for.
-    pub needs_revert: bool,
     pub intent_ms: f64,
+    /// Nothing to undo (a kill): such a fault is never reverted, and rightly so.
+    pub nothing_to_revert: bool,
     pub injected_ms: Option<f64>,
     pub reverted_ms: Option<f64>,
     /// Why it was reverted: `duration_elapsed`, `abort`, `end_of_faults`.
@@ -100,17 +100,6 @@ pub struct FaultView {
     pub injection_error: Option<String>,
     pub revert_error: Option<String>,
     pub revert_remedy: Option<String>,
-}
-
-impl FaultView {
-    /// Injected, needed a revert, and the journal never saw one: still on the host unless
-    /// `faultline recover` (or the next run) reverted it.
-    pub fn left_behind(&self) -> bool {
-        self.needs_revert
-            && self.injected_ms.is_some()
-            && self.reverted_ms.is_none()
-            && self.revert_error.is_none()
-    }
 }
 
 #[derive(Clone, Debug, Default, PartialEq)]
@@ -138,6 +127,14 @@ pub struct AbortView {
     pub all_reverted_ms: f64,
     pub breach_to_all_reverted_ms: f64,
     pub faults_reverted: u64,
+}
+
+impl FaultView {
+    /// Injected, something to undo, and no revert in this journal: the host may still
+    /// carry it.
+    pub fn never_reverted(&self) -> bool {
+        self.injected_ms.is_some() && self.reverted_ms.is_none() && !self.nothing_to_revert
+    }
 }
 
 impl ProbeView {
@@ -275,8 +272,8 @@ impl RunView {
                 fault,
                 record: Some(record),
                 summary,
-                needs_revert: revert["recipe"] != "nothing",
                 intent_ms: t_ms,
+                nothing_to_revert: revert.recipe == "nothing",
                 ..FaultView::default()
             }),
             Recorded::FaultInjected { t_ms, record, .. } => {
@@ -405,9 +402,8 @@ enum Recorded {
         fault: String,
         record: String,
         summary: String,
-        /// The revert recipe (`{"recipe": "nothing", ...}` for a kill).
         #[serde(default)]
-        revert: serde_json::Value,
+        revert: RecipeName,
     },
     FaultInjected {
         t_ms: f64,
@@ -447,4 +443,41 @@ enum Recorded {
         exit_code: u8,
         reason: String,
     },
+}
+
+/// Which revert recipe a fault intent carries (`recipe` tags `fault::RevertRecipe`).
+#[derive(Default, Deserialize)]
+struct RecipeName {
+    #[serde(default)]
+    recipe: String,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn view_of(lines: &[&str]) -> RunView {
+        RunView::from_record(&RunRecord {
+            journal: PathBuf::from("test.jsonl"),
+            events: lines
+                .iter()
+                .map(|l| serde_json::from_str(l).unwrap())
+                .collect(),
+        })
+    }
+
+    #[test]
+    fn a_kill_has_nothing_to_revert_but_a_freeze_does() {
+        let view = view_of(&[
+            r#"{"event":"fault_intent","t_ms":1.0,"fault":"kill","record":"r-kill","summary":"SIGKILL","revert":{"recipe":"nothing"}}"#,
+            r#"{"event":"fault_injected","t_ms":2.0,"fault":"kill","record":"r-kill"}"#,
+            r#"{"event":"fault_intent","t_ms":3.0,"fault":"freeze","record":"r-freeze","summary":"SIGSTOP","revert":{"recipe":"resume_processes","processes":[]}}"#,
+            r#"{"event":"fault_injected","t_ms":4.0,"fault":"freeze","record":"r-freeze"}"#,
+        ]);
+        let [kill, freeze] = &view.faults[..] else {
+            panic!("two faults: {:?}", view.faults)
+        };
+        assert!(kill.nothing_to_revert && !kill.never_reverted());
+        assert!(!freeze.nothing_to_revert && freeze.never_reverted());
+    }
 }
