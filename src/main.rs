@@ -37,11 +37,11 @@ fn main() -> ExitCode {
         .with_writer(std::io::stderr)
         .init();
 
-    if let Command::DemoTarget(args) = &cli.command {
-        if args.worker {
-            // Name the process before the runtime starts threads, so /proc/PID/comm shows it.
-            faultline::demo::set_process_name(faultline::demo::WORKER_NAME);
-        }
+    if let Command::DemoTarget(args) = &cli.command
+        && args.worker
+    {
+        // Name the process before the runtime starts threads, so /proc/PID/comm shows it.
+        faultline::demo::set_process_name(faultline::demo::WORKER_NAME);
     }
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)

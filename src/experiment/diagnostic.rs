@@ -149,10 +149,10 @@ fn byte_offset(line: &str, column: u32) -> usize {
 fn token_end(line: &str, start: usize) -> usize {
     let rest = &line[start..];
     // A `${vars.x}` reference is one token, closing brace included.
-    if rest.starts_with("${") {
-        if let Some(close) = rest.find('}') {
-            return start + close + 1;
-        }
+    if rest.starts_with("${")
+        && let Some(close) = rest.find('}')
+    {
+        return start + close + 1;
     }
     let mut chars = rest.char_indices();
     let Some((_, first)) = chars.next() else {

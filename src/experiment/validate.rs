@@ -413,17 +413,21 @@ impl<'a> Checker<'a> {
                     .with_hint("PIDs start at 1; give the PID of the process to act on"),
             );
         }
-        if let Some(name) = &selector.name {
-            if name.chars().count() > 15 {
-                let short: String = name.chars().take(15).collect();
-                self.report(
-                    Diagnostic::at(pos, format!("{owner}: `name: {name}` can never match"), "name too long")
-                        .with_hint(format!(
-                            "the kernel keeps at most 15 characters of a process name (`/proc/PID/comm`); \
+        if let Some(name) = &selector.name
+            && name.chars().count() > 15
+        {
+            let short: String = name.chars().take(15).collect();
+            self.report(
+                Diagnostic::at(
+                    pos,
+                    format!("{owner}: `name: {name}` can never match"),
+                    "name too long",
+                )
+                .with_hint(format!(
+                    "the kernel keeps at most 15 characters of a process name (`/proc/PID/comm`); \
                              write `name: {short}` or match the command line with `cmdline`"
-                        )),
-                );
-            }
+                )),
+            );
         }
         if let Some(pattern) = &selector.cmdline {
             self.regex(pattern, "cmdline");
@@ -437,25 +441,25 @@ impl<'a> Checker<'a> {
                     .with_hint("`count` picks a fixed number of matches and `percent` a share of them; keep one"),
             );
         }
-        if let Some(percent) = &selector.percent {
-            if !(1..=100).contains(&percent.value) {
-                self.report(
-                    Diagnostic::at(
-                        percent.pos,
-                        format!("`percent: {}` is out of range", percent.value),
-                        "not 1-100",
-                    )
-                    .with_hint("give a share of the matches from 1 to 100"),
-                );
-            }
+        if let Some(percent) = &selector.percent
+            && !(1..=100).contains(&percent.value)
+        {
+            self.report(
+                Diagnostic::at(
+                    percent.pos,
+                    format!("`percent: {}` is out of range", percent.value),
+                    "not 1-100",
+                )
+                .with_hint("give a share of the matches from 1 to 100"),
+            );
         }
-        if let Some(count) = &selector.count {
-            if count.value == 0 {
-                self.report(
-                    Diagnostic::at(count.pos, "`count: 0` selects nothing", "zero")
-                        .with_hint("give at least 1, or leave `count` out to act on every match"),
-                );
-            }
+        if let Some(count) = &selector.count
+            && count.value == 0
+        {
+            self.report(
+                Diagnostic::at(count.pos, "`count: 0` selects nothing", "zero")
+                    .with_hint("give at least 1, or leave `count` out to act on every match"),
+            );
         }
         if selector.seed.is_some() && !selector.random {
             self.report(
@@ -844,21 +848,21 @@ impl<'a> Checker<'a> {
             .map(|(key, _, _)| format!("`{key}`"))
             .collect();
         for (key, pos, kinds) in keys {
-            if let Some(pos) = pos {
-                if !kinds.contains(&kind) {
-                    fits = false;
-                    self.report(
-                        Diagnostic::at(
-                            pos,
-                            format!("`expect.{key}` does not apply to {kind} probe `{name}`"),
-                            format!("only for {} probes", kinds.join(" and ")),
-                        )
-                        .with_hint(format!(
-                            "remove it; the `expect` of a {kind} probe takes {}",
-                            accepted.join(", ")
-                        )),
-                    );
-                }
+            if let Some(pos) = pos
+                && !kinds.contains(&kind)
+            {
+                fits = false;
+                self.report(
+                    Diagnostic::at(
+                        pos,
+                        format!("`expect.{key}` does not apply to {kind} probe `{name}`"),
+                        format!("only for {} probes", kinds.join(" and ")),
+                    )
+                    .with_hint(format!(
+                        "remove it; the `expect` of a {kind} probe takes {}",
+                        accepted.join(", ")
+                    )),
+                );
             }
         }
         if !fits {
@@ -902,9 +906,10 @@ impl<'a> Checker<'a> {
             }
             "process" => {
                 let min = expect.min_count.as_ref().map_or(1, |m| m.value);
-                if let Some(max) = &expect.max_count {
-                    if max.value < min {
-                        self.report(
+                if let Some(max) = &expect.max_count
+                    && max.value < min
+                {
+                    self.report(
                             Diagnostic::at(
                                 max.pos,
                                 format!("`max_count` {} is below `min_count` {min}", max.value),
@@ -912,7 +917,6 @@ impl<'a> Checker<'a> {
                             )
                             .with_hint("no number of processes could pass; raise `max_count` or lower `min_count`"),
                         );
-                    }
                 }
                 check.min_count = Some(min);
                 check.max_count = expect.max_count.as_ref().map(|m| m.value);
@@ -952,25 +956,26 @@ impl<'a> Checker<'a> {
             "slo.window",
             "the window holds the samples judged",
         );
-        if let Some(ratio) = &slo.success_ratio {
-            if !(ratio.value > 0.0 && ratio.value <= 1.0) {
-                let hint = if ratio.value > 1.0 && ratio.value <= 100.0 {
-                    format!(
-                        "it is a fraction, not a percentage: did you mean `{}`?",
-                        ratio.value / 100.0
-                    )
-                } else {
-                    "give the share of samples that must pass, above 0 and at most 1 (0.99 means 99%)".to_string()
-                };
-                self.report(
-                    Diagnostic::at(
-                        ratio.pos,
-                        format!("`success_ratio: {}` is out of range", ratio.value),
-                        "not in (0, 1]",
-                    )
-                    .with_hint(hint),
-                );
-            }
+        if let Some(ratio) = &slo.success_ratio
+            && !(ratio.value > 0.0 && ratio.value <= 1.0)
+        {
+            let hint = if ratio.value > 1.0 && ratio.value <= 100.0 {
+                format!(
+                    "it is a fraction, not a percentage: did you mean `{}`?",
+                    ratio.value / 100.0
+                )
+            } else {
+                "give the share of samples that must pass, above 0 and at most 1 (0.99 means 99%)"
+                    .to_string()
+            };
+            self.report(
+                Diagnostic::at(
+                    ratio.pos,
+                    format!("`success_ratio: {}` is out of range", ratio.value),
+                    "not in (0, 1]",
+                )
+                .with_hint(hint),
+            );
         }
         if let Some(latency) = &slo.latency {
             let percentile = &latency.percentile;

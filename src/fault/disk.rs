@@ -457,7 +457,10 @@ pub const DEFAULT_FILE_SIZE: u64 = 256 * MIB;
 impl DiskIoParams {
     /// What validation should reject before any run; the message names the field.
     pub fn check(&self) -> Result<(), String> {
-        if self.block_size < 512 || self.block_size % 512 != 0 || self.block_size > 64 * MIB {
+        if self.block_size < 512
+            || !self.block_size.is_multiple_of(512)
+            || self.block_size > 64 * MIB
+        {
             return Err(format!(
                 "block_size must be a multiple of 512 bytes between 512 and 64 MiB, not {}",
                 self.block_size

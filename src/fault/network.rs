@@ -494,10 +494,10 @@ fn socket_addrs(endpoint: &str) -> Vec<SocketAddr> {
         return vec![addr];
     }
     // `host:port` with a bare IPv6 host (from a URL) or a host name.
-    if let Some((host, port)) = endpoint.rsplit_once(':') {
-        if let (Ok(ip), Ok(port)) = (host.parse::<IpAddr>(), port.parse::<u16>()) {
-            return vec![SocketAddr::new(ip, port)];
-        }
+    if let Some((host, port)) = endpoint.rsplit_once(':')
+        && let (Ok(ip), Ok(port)) = (host.parse::<IpAddr>(), port.parse::<u16>())
+    {
+        return vec![SocketAddr::new(ip, port)];
     }
     endpoint
         .to_socket_addrs()

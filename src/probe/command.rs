@@ -94,10 +94,10 @@ impl CommandProbe {
             }
             failures.push(failure);
         }
-        if let Some(needle) = &self.check.stdout_contains {
-            if !stdout.contains(needle.as_str()) {
-                failures.push(format!("stdout does not contain `{needle}`"));
-            }
+        if let Some(needle) = &self.check.stdout_contains
+            && !stdout.contains(needle.as_str())
+        {
+            failures.push(format!("stdout does not contain `{needle}`"));
         }
         if let Some(pattern) = &self.check.stdout_matches {
             // Like `$(...)` in a shell, ignore the final newline, so `^ok$` matches `echo ok`.

@@ -82,10 +82,10 @@ impl HttpProbe {
             ));
         }
         failures.extend(exceeds_max_latency(latency, self.check.max_latency));
-        if let Some(needle) = &self.check.body_contains {
-            if !String::from_utf8_lossy(&response.body).contains(needle.as_str()) {
-                failures.push(format!("body does not contain `{needle}`"));
-            }
+        if let Some(needle) = &self.check.body_contains
+            && !String::from_utf8_lossy(&response.body).contains(needle.as_str())
+        {
+            failures.push(format!("body does not contain `{needle}`"));
         }
         if let Some((path_text, path, expected)) = &self.json_path {
             let outcome = match path {

@@ -68,10 +68,10 @@ impl Journal {
         if let Some(file) = sink.file.as_mut() {
             let mut line = serde_json::to_vec(&value).expect("a Value serialises");
             line.push(b'\n');
-            if let Err(e) = file.write_all(&line).and_then(|()| file.flush()) {
-                if sink.error.is_none() {
-                    sink.error = Some(e);
-                }
+            if let Err(e) = file.write_all(&line).and_then(|()| file.flush())
+                && sink.error.is_none()
+            {
+                sink.error = Some(e);
             }
         }
         sink.lines.push(value);

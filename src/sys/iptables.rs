@@ -304,12 +304,12 @@ fn validate(traffic: &Traffic, action: Action, id: &str) -> Result<(), IptablesE
             "fault id `{id}` must be 1 to {longest} characters of letters, digits and `_`"
         ));
     }
-    if let Action::Loss { probability } = action {
-        if !(0.0..=1.0).contains(&probability) {
-            return invalid(format!(
-                "loss probability {probability} is not between 0 and 1"
-            ));
-        }
+    if let Action::Loss { probability } = action
+        && !(0.0..=1.0).contains(&probability)
+    {
+        return invalid(format!(
+            "loss probability {probability} is not between 0 and 1"
+        ));
     }
     for iface in &traffic.interfaces {
         // IFNAMSIZ - 1; `+` is iptables' wildcard and is fine.
@@ -868,11 +868,11 @@ impl RuleSet {
     /// iptables-nft created for it and that hold nothing else.
     pub fn remove(&self) -> Result<(), IptablesError> {
         let netns = self.netns.as_deref();
-        if let Some(name) = netns {
-            if !netns::path(name).exists() {
-                // The namespace, and everything in it, is gone.
-                return Ok(());
-            }
+        if let Some(name) = netns
+            && !netns::path(name).exists()
+        {
+            // The namespace, and everything in it, is gone.
+            return Ok(());
         }
         for family in self.families() {
             let saved = parse_save(&run_save(netns, self.variant, family)?);

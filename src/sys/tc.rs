@@ -393,7 +393,7 @@ pub fn netem_args(spec: &NetemSpec) -> Vec<String> {
 /// asks for nanoseconds of delay).
 fn tc_time(d: Duration) -> String {
     let us = d.as_micros();
-    if us % 1000 == 0 {
+    if us.is_multiple_of(1000) {
         format!("{}ms", us / 1000)
     } else {
         format!("{us}us")

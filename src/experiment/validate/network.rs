@@ -184,21 +184,20 @@ pub fn port_range(spec: &PortSpec) -> Result<PortRange, String> {
 
 impl<'a> Checker<'a> {
     pub(super) fn network_selector(&mut self, selector: &NetworkSelector, owner: &str) {
-        if let Some(netns) = &selector.netns {
-            if netns.is_empty()
+        if let Some(netns) = &selector.netns
+            && (netns.is_empty()
                 || netns.contains('/')
                 || netns.as_str() == "."
-                || netns.as_str() == ".."
-            {
-                self.report(
-                    Diagnostic::at(
-                        netns.pos,
-                        format!("{owner}: `{}` is not a network namespace name", netns.value),
-                        "not a name",
-                    )
-                    .with_hint("give the name `ip netns list` shows (a file under /run/netns)"),
-                );
-            }
+                || netns.as_str() == "..")
+        {
+            self.report(
+                Diagnostic::at(
+                    netns.pos,
+                    format!("{owner}: `{}` is not a network namespace name", netns.value),
+                    "not a name",
+                )
+                .with_hint("give the name `ip netns list` shows (a file under /run/netns)"),
+            );
         }
         for interface in &selector.interfaces {
             let name = interface.as_str();
@@ -392,13 +391,13 @@ impl<'a> Checker<'a> {
                     .distribution
                     .as_ref()
                     .is_some_and(|d| d.value == JitterDistribution::Normal);
-                if let (Some(j), false) = (&p.jitter, normal) {
-                    if jitter > delay {
-                        self.report(
+                if let (Some(j), false) = (&p.jitter, normal)
+                    && jitter > delay
+                {
+                    self.report(
                             Diagnostic::at(j.pos, format!("jitter {} is larger than the delay {}", j.value, dur(delay)), "negative delays")
                                 .with_hint("uniform jitter spreads delays over delay ± jitter; keep jitter at most the delay"),
                         );
-                    }
                 }
                 if let (Some(d), true) = (&p.distribution, p.jitter.is_none()) {
                     self.report(

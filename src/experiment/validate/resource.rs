@@ -175,20 +175,20 @@ impl<'a> Checker<'a> {
             );
         }
         let ramp = p.ramp.as_ref().map_or(Duration::ZERO, |r| r.get());
-        if let (Some(r), Some(d)) = (&p.ramp, &fault.duration) {
-            if r.get() > d.get() {
-                self.report(
-                    Diagnostic::at(
-                        r.pos,
-                        format!(
-                            "ramp {} is longer than the fault's duration {}",
-                            r.value, d.value
-                        ),
-                        "never reaches the target",
-                    )
-                    .with_hint("make the ramp shorter than the duration"),
-                );
-            }
+        if let (Some(r), Some(d)) = (&p.ramp, &fault.duration)
+            && r.get() > d.get()
+        {
+            self.report(
+                Diagnostic::at(
+                    r.pos,
+                    format!(
+                        "ramp {} is longer than the fault's duration {}",
+                        r.value, d.value
+                    ),
+                    "never reaches the target",
+                )
+                .with_hint("make the ramp shorter than the duration"),
+            );
         }
         match fault.kind.value {
             FaultKind::CpuPressure => {
