@@ -283,7 +283,7 @@ fn describe_ranges(ranges: &[(u16, u16)]) -> String {
 /// The innermost cause of a request failure, which is the part that says what happened
 /// ("connection refused", "invalid peer certificate: UnknownIssuer"); the outer layers only
 /// repeat the URL.
-pub(super) fn describe_request_error(error: &reqwest::Error) -> String {
+fn describe_request_error(error: &reqwest::Error) -> String {
     let mut innermost: &(dyn std::error::Error + 'static) = error;
     while let Some(source) = innermost.source() {
         innermost = source;
