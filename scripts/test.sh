@@ -6,16 +6,31 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 # iproute2: ip, tc, nsenter-free namespaces; iptables (legacy + nft variants) and nftables: the
-# network faults; iputils-ping: a cgroup-scoped network test; util-linux: nsenter.
-packages=(coreutils procps iproute2 iptables nftables iputils-ping util-linux mount e2fsprogs python3)
+# network faults; iputils-ping: a cgroup-scoped network test; util-linux: nsenter; prometheus:
+# the server the prometheus probe's tests start on their own ports.
+packages=(coreutils procps iproute2 iptables nftables iputils-ping util-linux mount e2fsprogs python3 prometheus)
+installed() {
+  dpkg-query -W -f='${Status}' "$1" 2>/dev/null | grep -q "install ok installed"
+}
 missing=()
 for p in "${packages[@]}"; do
-  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+  installed "$p" || missing+=("$p")
 done
+# The prometheus package starts a server on :9090 (and its recommended node exporter on :9100)
+# as system services; the tests need only the binary. Stop what this install starts, and
+# nothing that was there before.
+services=()
+if [[ " ${missing[*]} " == *" prometheus "* ]]; then
+  services+=(prometheus.service)
+  installed prometheus-node-exporter || services+=(prometheus-node-exporter.service)
+fi
 if [ "${#missing[@]}" -gt 0 ]; then
   echo "installing: ${missing[*]}"
   apt-get update -qq
   DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}"
+  if [ "${#services[@]}" -gt 0 ] && [ -d /run/systemd/system ]; then
+    systemctl disable --now "${services[@]}" || true
+  fi
 fi
 
 cargo build --locked --all-targets

@@ -78,7 +78,8 @@ pub enum Command {
         #[arg(long)]
         name: Option<String>,
     },
-    /// A tiny HTTP service with a worker child process, for trying faultline out.
+    /// A tiny HTTP service (`/health`, `/work`, `/metrics`) with a worker child process, for
+    /// trying faultline out.
     DemoTarget(DemoArgs),
 }
 

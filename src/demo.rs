@@ -5,11 +5,20 @@
 //! when it is gone, and a hang when it is frozen — exactly what a real service does when
 //! its backend is killed or stopped. The supervisor restarts a dead worker after a short
 //! delay and keeps its PID in `--pidfile`.
+//!
+//! `GET /metrics` is for Prometheus: the requests the service answered
+//! (`demo_requests_total{path,code}`) and whether the worker answers right now
+//! (`demo_worker_up`). The supervisor serves it, not the worker, so that a frozen or dead
+//! worker shows as a number (0) in a scrape that still succeeds, the way a service reports the
+//! health of its own dependency; a scrape target that stopped answering would only make the
+//! series go stale.
 
+use std::collections::BTreeMap;
+use std::fmt::Write;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::Stdio;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
@@ -19,6 +28,43 @@ use tokio::sync::RwLock;
 
 /// The worker's process name (`/proc/PID/comm`), for targets such as `name: demo-worker`.
 pub const WORKER_NAME: &str = "demo-worker";
+
+/// How long `/health` waits for the worker: long enough that a frozen worker shows as a hung
+/// request, the way a real dependency that stopped answering does.
+const HEALTH_PING_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// How long a scrape of `/metrics` waits for the worker before reporting it down. A healthy
+/// worker answers in well under a millisecond; this stays far below any sane scrape timeout.
+const METRICS_PING_TIMEOUT: Duration = Duration::from_millis(250);
+
+/// Requests answered, by route and status code, for `/metrics`. Routes are the known paths
+/// (anything else counts as `other`), so a scanner cannot grow the label set without bound.
+#[derive(Default)]
+struct RequestCounts(Mutex<BTreeMap<(&'static str, u16), u64>>);
+
+impl RequestCounts {
+    /// Both outcomes of `/health` exist from the start, at 0, so an error-ratio query has
+    /// series to divide before the first failure.
+    fn new() -> RequestCounts {
+        let counts = BTreeMap::from([(("/health", 200), 0), (("/health", 503), 0)]);
+        RequestCounts(Mutex::new(counts))
+    }
+
+    fn add(&self, route: &'static str, status: u16) {
+        let mut counts = self
+            .0
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        *counts.entry((route, status)).or_insert(0) += 1;
+    }
+
+    fn snapshot(&self) -> BTreeMap<(&'static str, u16), u64> {
+        self.0
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .clone()
+    }
+}
 
 #[derive(Clone, Debug)]
 pub struct DemoOptions {
@@ -37,6 +83,7 @@ pub async fn serve(options: DemoOptions) -> std::io::Result<()> {
     eprintln!("demo-target listening on http://{}", listener.local_addr()?);
 
     let supervisor = tokio::spawn(supervise(options.clone(), worker_port.clone()));
+    let counts = Arc::new(RequestCounts::new());
     let server = async {
         loop {
             let (stream, _) = match listener.accept().await {
@@ -44,8 +91,9 @@ pub async fn serve(options: DemoOptions) -> std::io::Result<()> {
                 Err(_) => continue,
             };
             let worker_port = worker_port.clone();
+            let counts = counts.clone();
             tokio::spawn(async move {
-                let _ = handle(stream, worker_port).await;
+                let _ = handle(stream, worker_port, &counts).await;
             });
         }
     };
@@ -121,6 +169,7 @@ async fn read_port(child: &mut Child) -> Option<u16> {
 async fn handle(
     mut stream: TcpStream,
     worker_port: Arc<RwLock<Option<u16>>>,
+    counts: &RequestCounts,
 ) -> std::io::Result<()> {
     let mut buf = vec![0u8; 4096];
     let mut read = 0;
@@ -137,33 +186,80 @@ async fn handle(
     }
     let head = String::from_utf8_lossy(&buf[..read]);
     let path = head.split_whitespace().nth(1).unwrap_or("/").to_string();
-    let (status, body) = match path.as_str() {
+    let json = "application/json";
+    let (route, status, content_type, body): (&'static str, u16, &str, String) = match path.as_str()
+    {
         "/health" => {
-            let port = *worker_port.read().await;
-            match port {
-                Some(port) if ping_worker(port).await => (200, r#"{"status":"ok","worker":"up"}"#),
-                _ => (503, r#"{"status":"degraded","worker":"down"}"#),
+            if worker_answers(&worker_port, HEALTH_PING_TIMEOUT).await {
+                (
+                    "/health",
+                    200,
+                    json,
+                    r#"{"status":"ok","worker":"up"}"#.into(),
+                )
+            } else {
+                let body = r#"{"status":"degraded","worker":"down"}"#;
+                ("/health", 503, json, body.into())
             }
         }
         // A request that needs CPU: 4 ms of computation, so CPU pressure shows in latency.
         "/work" => {
             let _ = tokio::task::spawn_blocking(|| burn_cpu(Duration::from_millis(4))).await;
-            (200, r#"{"work":"done"}"#)
+            ("/work", 200, json, r#"{"work":"done"}"#.into())
         }
-        "/" => (200, r#"{"service":"faultline demo-target"}"#),
-        _ => (404, r#"{"error":"not found"}"#),
+        "/metrics" => {
+            let worker_up = worker_answers(&worker_port, METRICS_PING_TIMEOUT).await;
+            let body = render_metrics(&counts.snapshot(), worker_up);
+            ("/metrics", 200, METRICS_CONTENT_TYPE, body)
+        }
+        "/" => (
+            "/",
+            200,
+            json,
+            r#"{"service":"faultline demo-target"}"#.into(),
+        ),
+        _ => ("other", 404, json, r#"{"error":"not found"}"#.into()),
     };
+    // Scrapes are not traffic: counting them would dilute every ratio of the service's own.
+    if route != "/metrics" {
+        counts.add(route, status);
+    }
     let reason = match status {
         200 => "OK",
         404 => "Not Found",
         _ => "Service Unavailable",
     };
     let response = format!(
-        "HTTP/1.1 {status} {reason}\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+        "HTTP/1.1 {status} {reason}\r\ncontent-type: {content_type}\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
         body.len()
     );
     stream.write_all(response.as_bytes()).await?;
     stream.shutdown().await
+}
+
+/// The Prometheus text exposition format, version 0.0.4.
+const METRICS_CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
+
+fn render_metrics(counts: &BTreeMap<(&'static str, u16), u64>, worker_up: bool) -> String {
+    let mut text = String::from(
+        "# HELP demo_requests_total Requests answered, by path and status code (scrapes of /metrics not counted).\n\
+         # TYPE demo_requests_total counter\n",
+    );
+    for ((route, status), count) in counts {
+        let _ = writeln!(
+            text,
+            "demo_requests_total{{path=\"{route}\",code=\"{status}\"}} {count}"
+        );
+    }
+    let _ = write!(
+        text,
+        "# HELP demo_worker_up Whether the worker answered a ping within {}ms during this scrape.\n\
+         # TYPE demo_worker_up gauge\n\
+         demo_worker_up {}\n",
+        METRICS_PING_TIMEOUT.as_millis(),
+        u8::from(worker_up)
+    );
+    text
 }
 
 /// Spin for `cpu` of this thread's CPU time (not wall time), as real request work would.
@@ -187,9 +283,18 @@ fn burn_cpu(cpu: Duration) -> u64 {
     std::hint::black_box(x)
 }
 
-/// A frozen worker accepts the connection (the kernel does) but never answers: the request
-/// hangs for up to 5 s, as a real dependency would.
-async fn ping_worker(port: u16) -> bool {
+/// False while no worker runs (it died and is not restarted yet).
+async fn worker_answers(worker_port: &RwLock<Option<u16>>, limit: Duration) -> bool {
+    let port = *worker_port.read().await;
+    match port {
+        Some(port) => ping_worker(port, limit).await,
+        None => false,
+    }
+}
+
+/// A frozen worker accepts the connection (the kernel does) but never answers, so the ping
+/// waits until `limit`.
+async fn ping_worker(port: u16, limit: Duration) -> bool {
     let attempt = async {
         let mut conn = TcpStream::connect(("127.0.0.1", port)).await.ok()?;
         conn.write_all(b"ping\n").await.ok()?;
@@ -197,10 +302,7 @@ async fn ping_worker(port: u16) -> bool {
         conn.read_exact(&mut reply).await.ok()?;
         (&reply == b"pong\n").then_some(())
     };
-    matches!(
-        tokio::time::timeout(Duration::from_secs(5), attempt).await,
-        Ok(Some(()))
-    )
+    matches!(tokio::time::timeout(limit, attempt).await, Ok(Some(())))
 }
 
 /// The worker (named `demo-worker` by `main` before the runtime starts): dies with its
@@ -233,5 +335,31 @@ pub fn set_process_name(name: &str) {
     // SAFETY: PR_SET_NAME reads a NUL-terminated buffer of at most 16 bytes.
     unsafe {
         libc::prctl(libc::PR_SET_NAME, bytes.as_ptr());
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn metrics_are_prometheus_text_with_health_outcomes_from_the_start() {
+        let counts = RequestCounts::new();
+        counts.add("/health", 200);
+        counts.add("/health", 200);
+        counts.add("other", 404);
+        let text = render_metrics(&counts.snapshot(), false);
+        assert_eq!(
+            text,
+            "# HELP demo_requests_total Requests answered, by path and status code (scrapes of /metrics not counted).\n\
+             # TYPE demo_requests_total counter\n\
+             demo_requests_total{path=\"/health\",code=\"200\"} 2\n\
+             demo_requests_total{path=\"/health\",code=\"503\"} 0\n\
+             demo_requests_total{path=\"other\",code=\"404\"} 1\n\
+             # HELP demo_worker_up Whether the worker answered a ping within 250ms during this scrape.\n\
+             # TYPE demo_worker_up gauge\n\
+             demo_worker_up 0\n"
+        );
+        assert!(render_metrics(&counts.snapshot(), true).ends_with("demo_worker_up 1\n"));
     }
 }

@@ -178,7 +178,8 @@ pub struct ProcessExclude {
 // ---------------------------------------------------------------------------------------------
 // Probes
 
-/// A named SLO check: one kind key (`http`, `tcp`, `command`, `process`) plus how to judge it.
+/// A named SLO check: one kind key (`http`, `tcp`, `command`, `process`, `prometheus`) plus
+/// how to judge it.
 #[derive(Clone, Debug, Deserialize, Serialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ProbeDef {
@@ -190,8 +191,10 @@ pub struct ProbeDef {
     pub command: Option<CommandProbe>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub process: Option<ProcessProbe>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub prometheus: Option<PrometheusProbe>,
     /// What a passing sample looks like. Defaults per kind: HTTP 2xx, TCP connects,
-    /// command exits 0, process count at least 1.
+    /// command exits 0, process count at least 1; a Prometheus probe names its comparison.
     #[serde(default)]
     pub expect: Expect,
     /// Time between samples (default 1s).
@@ -248,6 +251,20 @@ pub struct ProcessProbe {
     pub select: Option<ProcessSelector>,
 }
 
+/// An instant query against a Prometheus server's HTTP API; every number it returns is judged.
+#[derive(Clone, Debug, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct PrometheusProbe {
+    /// The server's base URL (`http://127.0.0.1:9090`, or with its route prefix:
+    /// `https://monitoring.internal/prometheus`); faultline adds `/api/v1/query`.
+    pub url: Sp<String>,
+    /// PromQL, evaluated at the moment of each sample.
+    pub query: Sp<String>,
+    /// Sent with every query (for example `Authorization`).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub headers: BTreeMap<String, String>,
+}
+
 /// Expectations for one sample. Only the keys that fit the probe's kind may be given.
 #[derive(Clone, Debug, Default, Deserialize, Serialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
@@ -255,7 +272,7 @@ pub struct Expect {
     /// HTTP status: a code (`200`), a range (`"200-299"`), or a list of either.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub status: Option<Sp<StatusSet>>,
-    /// HTTP/TCP: the sample fails when it takes longer than this.
+    /// HTTP/TCP/Prometheus: the sample fails when it takes longer than this.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_latency: Option<Sp<Dur>>,
     /// HTTP: the body must contain this text.
@@ -279,6 +296,37 @@ pub struct Expect {
     /// Process: at most this many live matches.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_count: Option<Sp<u32>>,
+    /// Prometheus: every value is below this (`<`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub below: Option<Sp<f64>>,
+    /// Prometheus: every value is at most this (`<=`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub at_most: Option<Sp<f64>>,
+    /// Prometheus: every value is above this (`>`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub above: Option<Sp<f64>>,
+    /// Prometheus: every value is at least this (`>=`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub at_least: Option<Sp<f64>>,
+    /// Prometheus: every value equals this (`==`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub equals: Option<Sp<f64>>,
+    /// Prometheus: what a result without any series means: `fail` (default) or `pass`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub no_data: Option<Sp<NoData>>,
+}
+
+/// What a Prometheus query that returns no series means for the sample.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize, Serialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum NoData {
+    /// The sample fails: a missing metric (a target no longer scraped, a typo in a label)
+    /// must not look healthy.
+    #[default]
+    Fail,
+    /// The sample passes: for queries that return series only when something is wrong
+    /// (`rate(errors_total[1m]) > 0`).
+    Pass,
 }
 
 /// `200`, `"200-299"`, or a list such as `[200, "300-399"]`.

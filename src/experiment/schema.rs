@@ -73,5 +73,16 @@ mod tests {
             );
         }
         assert!(text.contains("process-kill"), "fault kinds are listed");
+        let probe_kinds = definitions["ProbeDef"]["properties"]
+            .as_object()
+            .expect("probes have properties");
+        for kind in ["http", "tcp", "command", "process", "prometheus"] {
+            assert!(
+                probe_kinds.contains_key(kind),
+                "schema lacks probe kind `{kind}`"
+            );
+        }
+        let prometheus = &definitions["PrometheusProbe"];
+        assert_eq!(prometheus["required"], serde_json::json!(["url", "query"]));
     }
 }

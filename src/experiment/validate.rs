@@ -12,8 +12,8 @@ use nix::sys::signal::Signal;
 use serde_saphyr::{Error as YamlError, MessageFormatter, UserMessageFormatter};
 
 use super::model::{
-    Command, Expect, FaultDef, FaultKind, ProbeDef, ProcessSelector, SignalSpec, StatusItem,
-    StatusSet, WindowSlo,
+    Command, Expect, FaultDef, FaultKind, NoData, ProbeDef, ProcessSelector, SignalSpec,
+    StatusItem, StatusSet, WindowSlo,
 };
 use super::vars::{self, ColumnMap, Overrides};
 use super::{Diagnostic, Diagnostics, Dur, Experiment, Pos, Source, Sp, model};
@@ -24,6 +24,7 @@ use crate::plan::{
 use crate::probe::jsonpath::JsonPath;
 
 mod network;
+mod prometheus;
 mod resource;
 
 pub use network::{parse_bytes, parse_rate, port_range};
@@ -514,6 +515,7 @@ impl<'a> Checker<'a> {
             ("tcp", def.tcp.is_some()),
             ("command", def.command.is_some()),
             ("process", def.process.is_some()),
+            ("prometheus", def.prometheus.is_some()),
         ]
         .into_iter()
         .filter_map(|(kind, given)| given.then_some(kind))
@@ -527,7 +529,7 @@ impl<'a> Checker<'a> {
                         format!("probe `{name}` has no kind"),
                         "no kind key",
                     )
-                    .with_hint("add one of `http`, `tcp`, `command` or `process`"),
+                    .with_hint("add one of `http`, `tcp`, `command`, `process` or `prometheus`"),
                 );
                 None
             }
@@ -618,6 +620,9 @@ impl<'a> Checker<'a> {
         if let Some(process) = &def.process {
             kinds.push(self.process_probe(name, process, def.pos));
         }
+        if let Some(prometheus) = &def.prometheus {
+            kinds.push(self.prometheus_probe(prometheus));
+        }
         match kinds.len() {
             1 => kinds.pop().flatten(),
             _ => None,
@@ -625,35 +630,9 @@ impl<'a> Checker<'a> {
     }
 
     fn http(&mut self, http: &model::HttpProbe) -> Option<ProbeKind> {
-        let mut valid = true;
-        match reqwest::Url::parse(&http.url) {
-            Ok(url) if !matches!(url.scheme(), "http" | "https") => {
-                valid = false;
-                self.report(
-                    Diagnostic::at(
-                        http.url.pos,
-                        format!("`{}` is not an HTTP URL", http.url.value),
-                        "scheme",
-                    )
-                    .with_hint(format!(
-                        "use `http://` or `https://` (not `{}://`)",
-                        url.scheme()
-                    )),
-                );
-            }
-            Ok(_) => {}
-            Err(error) => {
-                valid = false;
-                self.report(
-                    Diagnostic::at(
-                        http.url.pos,
-                        format!("`{}` is not a valid URL", http.url.value),
-                        error.to_string(),
-                    )
-                    .with_hint("write a full URL such as `http://127.0.0.1:8080/health`"),
-                );
-            }
-        }
+        let mut valid = self
+            .http_url(&http.url, "http://127.0.0.1:8080/health")
+            .is_some();
         let method = match &http.method {
             Some(method) => {
                 let token = !method.is_empty()
@@ -675,23 +654,63 @@ impl<'a> Checker<'a> {
             }
             None => "GET".to_string(),
         };
-        for (header, value) in &http.headers {
-            let name_ok = reqwest::header::HeaderName::from_bytes(header.as_bytes()).is_ok();
-            let value_ok = reqwest::header::HeaderValue::from_str(value).is_ok();
-            if !(name_ok && value_ok) {
-                valid = false;
-                self.report(
-                    Diagnostic::at(http.url.pos, format!("header `{header}` cannot be sent"), "in this probe")
-                        .with_hint("header names are letters, digits and `-`; values are visible text on one line"),
-                );
-            }
-        }
+        valid &= self.headers(&http.headers, http.url.pos);
         valid.then(|| ProbeKind::Http {
             url: http.url.value.clone(),
             method,
             headers: http.headers.clone(),
             body: http.body.clone(),
         })
+    }
+
+    /// An `http://` or `https://` URL; `example` shows a good one in the hint.
+    fn http_url(&mut self, url: &Sp<String>, example: &str) -> Option<reqwest::Url> {
+        match reqwest::Url::parse(url) {
+            Ok(parsed) if !matches!(parsed.scheme(), "http" | "https") => {
+                self.report(
+                    Diagnostic::at(
+                        url.pos,
+                        format!("`{}` is not an HTTP URL", url.value),
+                        "scheme",
+                    )
+                    .with_hint(format!(
+                        "use `http://` or `https://` (not `{}://`)",
+                        parsed.scheme()
+                    )),
+                );
+                None
+            }
+            Ok(parsed) => Some(parsed),
+            Err(error) => {
+                self.report(
+                    Diagnostic::at(
+                        url.pos,
+                        format!("`{}` is not a valid URL", url.value),
+                        error.to_string(),
+                    )
+                    .with_hint(format!("write a full URL such as `{example}`")),
+                );
+                None
+            }
+        }
+    }
+
+    /// Headers that can be sent as written; a header map carries no positions, so problems
+    /// point at `pos` (the probe's URL).
+    fn headers(&mut self, headers: &BTreeMap<String, String>, pos: Pos) -> bool {
+        let mut valid = true;
+        for (header, value) in headers {
+            let name_ok = reqwest::header::HeaderName::from_bytes(header.as_bytes()).is_ok();
+            let value_ok = reqwest::header::HeaderValue::from_str(value).is_ok();
+            if !(name_ok && value_ok) {
+                valid = false;
+                self.report(
+                    Diagnostic::at(pos, format!("header `{header}` cannot be sent"), "in this probe")
+                        .with_hint("header names are letters, digits and `-`; values are visible text on one line"),
+                );
+            }
+        }
+        valid
     }
 
     fn tcp_address(&mut self, address: &Sp<String>) -> bool {
@@ -819,9 +838,13 @@ impl<'a> Checker<'a> {
 
     fn check(&mut self, name: &str, kind: &str, expect: &Expect, probe_pos: Pos) -> Check {
         let mut fits = true;
-        let keys: [(&str, Option<Pos>, &[&str]); 9] = [
+        let keys: [(&str, Option<Pos>, &[&str]); 15] = [
             ("status", pos_of(&expect.status), &["http"]),
-            ("max_latency", pos_of(&expect.max_latency), &["http", "tcp"]),
+            (
+                "max_latency",
+                pos_of(&expect.max_latency),
+                &["http", "tcp", "prometheus"],
+            ),
             (
                 "body_contains",
                 expect.body_contains.as_ref().map(|_| probe_pos),
@@ -841,6 +864,12 @@ impl<'a> Checker<'a> {
             ),
             ("min_count", pos_of(&expect.min_count), &["process"]),
             ("max_count", pos_of(&expect.max_count), &["process"]),
+            ("below", pos_of(&expect.below), &["prometheus"]),
+            ("at_most", pos_of(&expect.at_most), &["prometheus"]),
+            ("above", pos_of(&expect.above), &["prometheus"]),
+            ("at_least", pos_of(&expect.at_least), &["prometheus"]),
+            ("equals", pos_of(&expect.equals), &["prometheus"]),
+            ("no_data", pos_of(&expect.no_data), &["prometheus"]),
         ];
         let accepted: Vec<String> = keys
             .iter()
@@ -920,6 +949,13 @@ impl<'a> Checker<'a> {
                 }
                 check.min_count = Some(min);
                 check.max_count = expect.max_count.as_ref().map(|m| m.value);
+            }
+            "prometheus" => {
+                check.comparisons = self.comparisons(name, expect, probe_pos);
+                check.no_data = expect
+                    .no_data
+                    .as_ref()
+                    .map_or_else(NoData::default, |n| n.value);
             }
             _ => {}
         }

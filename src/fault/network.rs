@@ -465,13 +465,15 @@ pub fn protected_flows(plan: &Plan) -> Vec<Protected> {
     }
     for (name, probe) in &plan.probes {
         let endpoint = match &probe.kind {
-            ProbeKind::Http { url, .. } => reqwest::Url::parse(url).ok().and_then(|u| {
-                let port = u.port_or_known_default()?;
-                Some(format!(
-                    "{}:{port}",
-                    u.host_str()?.trim_start_matches('[').trim_end_matches(']')
-                ))
-            }),
+            ProbeKind::Http { url, .. } | ProbeKind::Prometheus { url, .. } => {
+                reqwest::Url::parse(url).ok().and_then(|u| {
+                    let port = u.port_or_known_default()?;
+                    Some(format!(
+                        "{}:{port}",
+                        u.host_str()?.trim_start_matches('[').trim_end_matches(']')
+                    ))
+                })
+            }
             ProbeKind::Tcp { address } => Some(address.clone()),
             ProbeKind::Command { .. } | ProbeKind::Process { .. } => None,
         };

@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use serde::Serialize;
 
-use crate::experiment::model::{Experiment, FaultKind, NetworkSelector, ProcessSelector};
+use crate::experiment::model::{Experiment, FaultKind, NetworkSelector, NoData, ProcessSelector};
 
 pub mod render;
 
@@ -246,6 +246,12 @@ pub enum ProbeKind {
     Process {
         selector: ProcessSelector,
     },
+    Prometheus {
+        /// The server's base URL, as written.
+        url: String,
+        query: String,
+        headers: BTreeMap<String, String>,
+    },
 }
 
 /// Compiled expectations for one sample, defaults applied for the probe's kind.
@@ -266,6 +272,62 @@ pub struct Check {
     /// Process only; default min 1.
     pub min_count: Option<u32>,
     pub max_count: Option<u32>,
+    /// Prometheus only: every number the query returns must pass all of these (at least one).
+    pub comparisons: Vec<Comparison>,
+    /// Prometheus only: whether a result without any series passes.
+    pub no_data: NoData,
+}
+
+/// One bound on a number. The threshold is finite: the YAML parser refuses `.nan` and `.inf`.
+#[derive(Clone, Copy, Debug, PartialEq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Comparison {
+    Below(f64),
+    AtMost(f64),
+    Above(f64),
+    AtLeast(f64),
+    Equals(f64),
+}
+
+impl Comparison {
+    /// NaN never holds: IEEE comparisons with NaN are all false, which is what a probe wants
+    /// (a 0/0 error ratio says nothing about health, so it must not pass).
+    pub fn holds(self, value: f64) -> bool {
+        match self {
+            Comparison::Below(bound) => value < bound,
+            Comparison::AtMost(bound) => value <= bound,
+            Comparison::Above(bound) => value > bound,
+            Comparison::AtLeast(bound) => value >= bound,
+            Comparison::Equals(bound) => value == bound,
+        }
+    }
+
+    pub fn operator(self) -> &'static str {
+        match self {
+            Comparison::Below(_) => "<",
+            Comparison::AtMost(_) => "<=",
+            Comparison::Above(_) => ">",
+            Comparison::AtLeast(_) => ">=",
+            Comparison::Equals(_) => "==",
+        }
+    }
+
+    pub fn bound(self) -> f64 {
+        match self {
+            Comparison::Below(bound)
+            | Comparison::AtMost(bound)
+            | Comparison::Above(bound)
+            | Comparison::AtLeast(bound)
+            | Comparison::Equals(bound) => bound,
+        }
+    }
+}
+
+/// `< 0.01`
+impl std::fmt::Display for Comparison {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} {}", self.operator(), self.bound())
+    }
 }
 
 fn serialize_regex<S: serde::Serializer>(

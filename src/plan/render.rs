@@ -5,7 +5,7 @@ use std::fmt::Write;
 use std::time::Duration;
 
 use super::{Check, FaultAction, Plan, ProbeKind, ProbeSpec, TargetSpec};
-use crate::experiment::model::ProcessSelector;
+use crate::experiment::model::{NoData, ProcessSelector};
 use crate::sys::proc;
 
 fn dur(d: Duration) -> String {
@@ -61,6 +61,15 @@ fn describe_probe(p: &ProbeSpec) -> String {
         ProbeKind::Command { argv, .. } => format!("command {argv:?}"),
         ProbeKind::Process { selector } => {
             format!("process count of [{}]", describe_selector(selector))
+        }
+        ProbeKind::Prometheus { url, query, .. } => {
+            let comparisons: Vec<String> =
+                p.check.comparisons.iter().map(|c| c.to_string()).collect();
+            format!(
+                "prometheus {}: {query} {}",
+                describe_server(url),
+                comparisons.join(" and ")
+            )
         }
     };
     let mut line = format!(
@@ -133,7 +142,17 @@ fn describe_check(c: &Check, kind: &ProbeKind) -> String {
     if let Some(n) = c.max_count {
         parts.push(format!("count <= {n}"));
     }
+    if matches!(kind, ProbeKind::Prometheus { .. }) && c.no_data == NoData::Pass {
+        parts.push("no data passes".to_string());
+    }
     parts.join(", ")
+}
+
+/// `127.0.0.1:9090`, `monitoring.internal/prometheus`; the scheme only when it is https, the
+/// one thing about the transport a reader of the plan needs to know.
+fn describe_server(url: &str) -> String {
+    let without_http = url.strip_prefix("http://").unwrap_or(url);
+    without_http.trim_end_matches('/').to_string()
 }
 
 /// The human-readable plan.

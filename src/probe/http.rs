@@ -7,10 +7,11 @@
 //! status to judge like any other. Proxies from the environment (`HTTP_PROXY`, `NO_PROXY`)
 //! apply, as they do for curl.
 
+use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 use reqwest::header::{HeaderMap, HeaderName, HeaderValue};
-use reqwest::{Client, Method, Response, Url};
+use reqwest::{Client, Method, RequestBuilder, Response, Url};
 use serde_json::{Value, json};
 
 use super::jsonpath::JsonPath;
@@ -42,10 +43,11 @@ struct PreparedRequest {
     body: Option<String>,
 }
 
-struct CappedResponse {
-    status: u16,
-    body: Vec<u8>,
-    truncated: bool,
+pub(super) struct CappedResponse {
+    pub status: u16,
+    pub body: Vec<u8>,
+    /// The body was longer than the cap and was cut there.
+    pub truncated: bool,
 }
 
 impl HttpProbe {
@@ -111,15 +113,19 @@ fn prepare(kind: &ProbeKind) -> Result<PreparedRequest, String> {
     let url = Url::parse(url).map_err(|e| format!("invalid URL `{url}`: {e}"))?;
     let method = Method::from_bytes(method.to_ascii_uppercase().as_bytes())
         .map_err(|_| format!("invalid HTTP method `{method}`"))?;
-    let mut header_map = HeaderMap::new();
-    for (name, value) in headers {
-        let header_name = HeaderName::from_bytes(name.as_bytes())
-            .map_err(|_| format!("invalid header name `{name}`"))?;
-        let header_value = HeaderValue::from_str(value)
-            .map_err(|_| format!("header `{name}` has an invalid value"))?;
-        header_map.append(header_name, header_value);
-    }
-    let client = Client::builder()
+    Ok(PreparedRequest {
+        client: probe_client()?,
+        method,
+        url,
+        headers: header_map(headers)?,
+        body: body.clone(),
+    })
+}
+
+/// The client of every probe that speaks HTTP: no pooled connections, no redirects, and a
+/// user agent that names faultline in the server's logs.
+pub(super) fn probe_client() -> Result<Client, String> {
+    Client::builder()
         .redirect(reqwest::redirect::Policy::none())
         .pool_max_idle_per_host(0)
         .user_agent(concat!("faultline/", env!("CARGO_PKG_VERSION"), " (probe)"))
@@ -129,53 +135,67 @@ fn prepare(kind: &ProbeKind) -> Result<PreparedRequest, String> {
                 "cannot set up the HTTP client: {}",
                 describe_request_error(&e)
             )
-        })?;
-    Ok(PreparedRequest {
-        client,
-        method,
-        url,
-        headers: header_map,
-        body: body.clone(),
-    })
+        })
+}
+
+pub(super) fn header_map(headers: &BTreeMap<String, String>) -> Result<HeaderMap, String> {
+    let mut header_map = HeaderMap::new();
+    for (name, value) in headers {
+        let header_name = HeaderName::from_bytes(name.as_bytes())
+            .map_err(|_| format!("invalid header name `{name}`"))?;
+        let header_value = HeaderValue::from_str(value)
+            .map_err(|_| format!("header `{name}` has an invalid value"))?;
+        header_map.append(header_name, header_value);
+    }
+    Ok(header_map)
+}
+
+/// Send `request` (or the reason the spec could not make one) and read at most `cap` bytes of
+/// the body, all within `timeout`. The response and the sample's latency, or the failed sample,
+/// whose error says what went wrong and in which phase.
+pub(super) async fn exchange(
+    request: Result<RequestBuilder, &String>,
+    timeout: Duration,
+    cap: usize,
+) -> Result<(CappedResponse, Duration), Sample> {
+    let started = Instant::now();
+    let request = request.map_err(|error| Sample::fail(Duration::ZERO, None, error.clone()))?;
+    let mut got_headers = false;
+    let round_trip = async {
+        let response = request.send().await?;
+        got_headers = true;
+        read_capped(response, cap).await
+    };
+    let error = match tokio::time::timeout(timeout, round_trip).await {
+        Ok(Ok(response)) => return Ok((response, started.elapsed())),
+        Ok(Err(error)) => {
+            let cause = describe_request_error(&error);
+            if got_headers {
+                format!("reading the body: {cause}")
+            } else {
+                cause
+            }
+        }
+        Err(_) => {
+            let phase = if got_headers {
+                "reading the body"
+            } else {
+                "waiting for the response"
+            };
+            format!("timed out after {} {phase}", Dur(timeout))
+        }
+    };
+    Err(Sample::fail(started.elapsed(), None, error))
 }
 
 #[async_trait::async_trait]
 impl Probe for HttpProbe {
     async fn sample(&self) -> Sample {
-        let started = Instant::now();
-        let request = match &self.request {
-            Ok(request) => request,
-            Err(error) => return Sample::fail(Duration::ZERO, None, error.clone()),
+        let request = self.request.as_ref().map(PreparedRequest::builder);
+        let (response, latency) = match exchange(request, self.timeout, BODY_CAP).await {
+            Ok(answer) => answer,
+            Err(failed) => return failed,
         };
-        let mut got_headers = false;
-        let exchange = async {
-            let response = request.send().await?;
-            got_headers = true;
-            read_capped(response).await
-        };
-        let outcome = tokio::time::timeout(self.timeout, exchange).await;
-        let response = match outcome {
-            Ok(Ok(response)) => response,
-            Ok(Err(error)) => {
-                let cause = describe_request_error(&error);
-                let error = if got_headers {
-                    format!("reading the body: {cause}")
-                } else {
-                    cause
-                };
-                return Sample::fail(started.elapsed(), None, error);
-            }
-            Err(_) => {
-                let phase = if got_headers {
-                    "reading the body"
-                } else {
-                    "waiting for the response"
-                };
-                let error = format!("timed out after {} {phase}", Dur(self.timeout));
-                return Sample::fail(started.elapsed(), None, error);
-            }
-        };
-        let latency = started.elapsed();
         let mut value = json!({ "status": response.status, "bytes": response.body.len() });
         if response.truncated {
             value["truncated"] = json!(true);
@@ -190,23 +210,23 @@ impl Probe for HttpProbe {
 }
 
 impl PreparedRequest {
-    async fn send(&self) -> reqwest::Result<Response> {
-        let mut builder = self
+    fn builder(&self) -> RequestBuilder {
+        let builder = self
             .client
             .request(self.method.clone(), self.url.clone())
             .headers(self.headers.clone());
-        if let Some(body) = &self.body {
-            builder = builder.body(body.clone());
+        match &self.body {
+            Some(body) => builder.body(body.clone()),
+            None => builder,
         }
-        builder.send().await
     }
 }
 
-async fn read_capped(mut response: Response) -> reqwest::Result<CappedResponse> {
+async fn read_capped(mut response: Response, cap: usize) -> reqwest::Result<CappedResponse> {
     let status = response.status().as_u16();
     let mut body = Vec::new();
     while let Some(chunk) = response.chunk().await? {
-        let room = BODY_CAP - body.len();
+        let room = cap - body.len();
         if chunk.len() > room {
             body.extend_from_slice(&chunk[..room]);
             return Ok(CappedResponse {
@@ -285,7 +305,6 @@ fn describe_request_error(error: &reqwest::Error) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::collections::BTreeMap;
     use std::net::SocketAddr;
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     use tokio::net::{TcpListener, TcpStream};

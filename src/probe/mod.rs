@@ -11,6 +11,7 @@ pub mod command;
 pub mod http;
 pub mod jsonpath;
 pub mod process;
+pub mod prometheus;
 pub mod sim;
 pub mod slo;
 pub mod tcp;
@@ -67,5 +68,6 @@ pub fn build(spec: &ProbeSpec) -> Box<dyn Probe> {
         ProbeKind::Tcp { .. } => Box::new(tcp::TcpProbe::new(spec)),
         ProbeKind::Command { .. } => Box::new(command::CommandProbe::new(spec)),
         ProbeKind::Process { .. } => Box::new(process::ProcessProbe::new(spec)),
+        ProbeKind::Prometheus { .. } => Box::new(prometheus::PrometheusProbe::new(spec)),
     }
 }

@@ -2,6 +2,7 @@ mod cli;
 mod engine;
 mod network;
 mod process_run;
+mod prometheus;
 mod quickstart;
 mod resources;
 mod util;

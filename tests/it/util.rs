@@ -239,12 +239,18 @@ pub struct Runner {
 
 impl Runner {
     pub fn spawn(ws: &Workspace, files: &[&Path]) -> Runner {
+        Runner::spawn_with(ws, files, &[])
+    }
+
+    /// With more arguments for `run`, such as `--var NAME=VALUE`.
+    pub fn spawn_with(ws: &Workspace, files: &[&Path], args: &[String]) -> Runner {
         // Output goes to a file: a pipe nobody reads could fill and stall the runner.
         let stderr_path = ws.path().join(format!("runner-{}.stderr", files.len()));
         let stderr = std::fs::File::create(&stderr_path).expect("create stderr file");
         let child = faultline(ws)
             .arg("run")
             .args(files)
+            .args(args)
             .arg("--report-dir")
             .arg(ws.report_dir())
             .stdin(Stdio::null())

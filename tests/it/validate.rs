@@ -4,8 +4,11 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use faultline::experiment::model::NoData;
 use faultline::experiment::{self, Diagnostics, Overrides, Pos, Source};
-use faultline::plan::{FaultAction, Plan, ProbeKind};
+use faultline::fault::network::protected_flows;
+use faultline::plan::render::render;
+use faultline::plan::{Comparison, FaultAction, Plan, ProbeKind};
 
 use crate::util::{Workspace, faultline};
 
@@ -77,6 +80,8 @@ bad_files! {
     network_selector_mistakes => "network-selector-mistakes",
     multiple_problems => "multiple-problems",
     offset_beyond_max_duration => "offset-beyond-max-duration",
+    prometheus_expect_key_wrong_kind => "prometheus-expect-key-wrong-kind",
+    prometheus_mistakes => "prometheus-mistakes",
     repeat_without_duration => "repeat-without-duration",
     resource_mistakes => "resource-mistakes",
     selector_without_filter => "selector-without-filter",
@@ -227,6 +232,99 @@ max_duration: 1m
     assert_eq!(plan.after.as_ref().unwrap().within, Duration::from_secs(30));
     assert_eq!(plan.revert_timeout, Duration::from_secs(10));
     assert!(plan.abort_on_probe_failure);
+}
+
+#[test]
+fn a_prometheus_probe_compiles_describes_itself_and_its_server_is_protected() {
+    let plan = plan_of(
+        "apiVersion: faultline/v1
+metadata: {name: slo}
+probes:
+  errors:
+    prometheus:
+      url: 'http://127.0.0.1:9090/'
+      query: 'sum(rate(errors_total[1m]))'
+      headers: {Authorization: 'Bearer t'}
+    expect: {below: 0.01}
+  replicas:
+    prometheus: {url: 'http://127.0.0.1:9091', query: 'count(up{job=\"api\"} == 1)'}
+    expect: {at_most: 5, at_least: 2, no_data: pass, max_latency: 250ms}
+    interval: 5s
+max_duration: 1m
+",
+    );
+    let errors = &plan.probes["errors"];
+    assert_eq!(errors.check.comparisons, vec![Comparison::Below(0.01)]);
+    assert_eq!(errors.check.no_data, NoData::Fail);
+    assert_eq!(errors.check.status, Vec::new(), "no HTTP status check");
+    match &errors.kind {
+        ProbeKind::Prometheus { url, headers, .. } => {
+            assert_eq!(url, "http://127.0.0.1:9090/");
+            assert_eq!(headers["Authorization"], "Bearer t");
+        }
+        other => panic!("{other:?}"),
+    }
+    let replicas = &plan.probes["replicas"];
+    assert_eq!(
+        replicas.check.comparisons,
+        vec![Comparison::AtLeast(2.0), Comparison::AtMost(5.0)]
+    );
+    assert_eq!(replicas.check.no_data, NoData::Pass);
+    assert_eq!(replicas.check.max_latency, Some(Duration::from_millis(250)));
+    assert_eq!(replicas.timeout, Duration::from_secs(2));
+
+    let rendered = render(&plan);
+    assert!(
+        rendered.contains(
+            "errors: prometheus 127.0.0.1:9090: sum(rate(errors_total[1m])) < 0.01; every 1s"
+        ),
+        "{rendered}"
+    );
+    assert!(
+        rendered.contains(
+            "replicas: prometheus 127.0.0.1:9091: count(up{job=\"api\"} == 1) >= 2 and <= 5; \
+             every 5s, timeout 2s, fails after 1 consecutive failure; \
+             expect latency <= 250ms, no data passes"
+        ),
+        "{rendered}"
+    );
+
+    // A network fault must not cut faultline off from the server its SLOs are read from.
+    let protected = protected_flows(&plan);
+    for (port, probe) in [(9090, "probe errors"), (9091, "probe replicas")] {
+        assert!(
+            protected
+                .iter()
+                .any(|flow| flow.addr.to_string() == "127.0.0.1"
+                    && flow.remote_port == Some(port)
+                    && flow.reason == probe),
+            "{protected:?}"
+        );
+    }
+}
+
+#[test]
+fn prometheus_thresholds_are_finite_numbers() {
+    for threshold in [".nan", ".inf", "-.inf", "1e400"] {
+        let text = format!(
+            "apiVersion: faultline/v1
+metadata: {{name: finite}}
+probes:
+  errors:
+    prometheus: {{url: 'http://127.0.0.1:9090', query: up}}
+    expect: {{below: {threshold}}}
+max_duration: 1m
+"
+        );
+        let diagnostics = compile_text(&text).expect_err(threshold);
+        assert!(
+            diagnostics.items[0]
+                .message
+                .contains("is not a finite number"),
+            "{threshold}: {}",
+            diagnostics.render(false)
+        );
+    }
 }
 
 #[test]
