@@ -28,8 +28,17 @@ if [ "${#missing[@]}" -gt 0 ]; then
   echo "installing: ${missing[*]}"
   apt-get update -qq
   DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}"
-  if [ "${#services[@]}" -gt 0 ] && [ -d /run/systemd/system ]; then
-    systemctl disable --now "${services[@]}" || true
+  if [ "${#services[@]}" -gt 0 ]; then
+    if [ -d /run/systemd/system ]; then
+      systemctl disable --now "${services[@]}" || true
+    else
+      # No systemd: the package's init script may have started it (unless policy-rc.d
+      # forbade it, as in most containers).
+      for service in "${services[@]}"; do
+        script="/etc/init.d/${service%.service}"
+        if [ -x "$script" ]; then "$script" stop >/dev/null 2>&1 || true; fi
+      done
+    fi
   fi
 fi
 

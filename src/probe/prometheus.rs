@@ -200,10 +200,10 @@ fn evaluate(response: &CappedResponse, check: &Check) -> Judgement {
         )),
         None => Judgement::failed("the response has no `data`".to_string()),
     };
-    if !answer.warnings.is_empty() {
-        if let Some(Value::Object(value)) = &mut judgement.value {
-            value.insert("warnings".into(), json!(answer.warnings));
-        }
+    if !answer.warnings.is_empty()
+        && let Some(Value::Object(value)) = &mut judgement.value
+    {
+        value.insert("warnings".into(), json!(answer.warnings));
     }
     judgement
 }

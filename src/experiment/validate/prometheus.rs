@@ -126,20 +126,20 @@ impl<'a> Checker<'a> {
                 );
             }
         }
-        if let Some((_, equals, _)) = given.iter().find(|(key, _, _)| *key == "equals") {
-            if given.len() > 1 {
-                valid = false;
-                self.report(
-                    Diagnostic::at(
-                        equals.pos,
-                        format!("`expect.equals` of probe `{name}` comes with another comparison"),
-                        "not alone",
-                    )
-                    .with_hint(
-                        "`equals` says which one value passes; remove it or the other comparisons",
-                    ),
-                );
-            }
+        if let Some((_, equals, _)) = given.iter().find(|(key, _, _)| *key == "equals")
+            && given.len() > 1
+        {
+            valid = false;
+            self.report(
+                Diagnostic::at(
+                    equals.pos,
+                    format!("`expect.equals` of probe `{name}` comes with another comparison"),
+                    "not alone",
+                )
+                .with_hint(
+                    "`equals` says which one value passes; remove it or the other comparisons",
+                ),
+            );
         }
         if let ([(_, _, high)], [(_, _, low)]) = (upper.as_slice(), lower.as_slice()) {
             let (high, low) = (*high, *low);
