@@ -52,7 +52,7 @@ pub struct RunView {
     pub abort: Option<AbortView>,
 }
 
-#[derive(Clone, Debug, PartialEq)]
+#[derive(Clone, Debug, PartialEq, Deserialize)]
 pub struct OutcomeView {
     pub outcome: String,
     pub exit_code: u8,
@@ -60,7 +60,7 @@ pub struct OutcomeView {
     pub t_ms: f64,
 }
 
-#[derive(Clone, Debug, PartialEq)]
+#[derive(Clone, Debug, PartialEq, Deserialize)]
 pub struct CommandView {
     pub t_ms: f64,
     pub phase: String,
@@ -71,7 +71,7 @@ pub struct CommandView {
     pub error: Option<String>,
 }
 
-#[derive(Clone, Debug, PartialEq)]
+#[derive(Clone, Debug, PartialEq, Deserialize)]
 pub struct GateView {
     pub t_ms: f64,
     /// `before` or `after`.
@@ -108,22 +108,25 @@ pub struct ProbeView {
     pub samples: Vec<SampleView>,
 }
 
-#[derive(Clone, Debug, PartialEq)]
+#[derive(Clone, Debug, PartialEq, Deserialize)]
 pub struct SampleView {
     pub t_ms: f64,
     pub phase: String,
     pub ok: bool,
+    #[serde(rename = "latency")]
     pub latency_ms: f64,
     pub error: Option<String>,
 }
 
-#[derive(Clone, Debug, PartialEq)]
+#[derive(Clone, Debug, PartialEq, Deserialize)]
 pub struct AbortView {
     /// `probe_failure`, `max_duration`, `injection_failed`, `interrupted`.
     pub trigger: String,
     pub probe: Option<String>,
     pub reason: String,
+    #[serde(rename = "breach_t_ms")]
     pub breach_ms: f64,
+    #[serde(rename = "all_reverted_t_ms")]
     pub all_reverted_ms: f64,
     pub breach_to_all_reverted_ms: f64,
     pub faults_reverted: u64,
@@ -209,38 +212,8 @@ impl RunView {
                 self.tool_version = tool_version;
             }
             Recorded::Phase { t_ms, phase } => self.phases.push((phase, t_ms)),
-            Recorded::Command {
-                t_ms,
-                phase,
-                name,
-                exit_code,
-                background,
-                duration_ms,
-                error,
-            } => self.commands.push(CommandView {
-                t_ms,
-                phase,
-                name,
-                exit_code,
-                background,
-                duration_ms,
-                error,
-            }),
-            Recorded::ProbeSample {
-                t_ms,
-                phase,
-                probe,
-                ok,
-                latency,
-                error,
-            } => {
-                let sample = SampleView {
-                    t_ms,
-                    phase,
-                    ok,
-                    latency_ms: latency,
-                    error,
-                };
+            Recorded::Command(command) => self.commands.push(command),
+            Recorded::ProbeSample { probe, sample } => {
                 match self.probes.iter_mut().find(|p| p.name == probe) {
                     Some(p) => p.samples.push(sample),
                     None => self.probes.push(ProbeView {
@@ -249,19 +222,7 @@ impl RunView {
                     }),
                 }
             }
-            Recorded::Gate {
-                t_ms,
-                phase,
-                passed,
-                attempts,
-                reason,
-            } => self.gates.push(GateView {
-                t_ms,
-                phase,
-                passed,
-                attempts,
-                reason,
-            }),
+            Recorded::Gate(gate) => self.gates.push(gate),
             Recorded::FaultIntent {
                 t_ms,
                 fault,
@@ -321,38 +282,8 @@ impl RunView {
                     f.revert_remedy = Some(remedy);
                 }
             }
-            Recorded::Abort {
-                trigger,
-                probe,
-                reason,
-                breach_t_ms,
-                all_reverted_t_ms,
-                breach_to_all_reverted_ms,
-                faults_reverted,
-            } => {
-                self.abort = Some(AbortView {
-                    trigger,
-                    probe,
-                    reason,
-                    breach_ms: breach_t_ms,
-                    all_reverted_ms: all_reverted_t_ms,
-                    breach_to_all_reverted_ms,
-                    faults_reverted,
-                })
-            }
-            Recorded::Outcome {
-                t_ms,
-                outcome,
-                exit_code,
-                reason,
-            } => {
-                self.outcome = Some(OutcomeView {
-                    outcome,
-                    exit_code,
-                    reason,
-                    t_ms,
-                })
-            }
+            Recorded::Abort(abort) => self.abort = Some(abort),
+            Recorded::Outcome(outcome) => self.outcome = Some(outcome),
         }
     }
 }
@@ -373,30 +304,13 @@ enum Recorded {
         t_ms: f64,
         phase: String,
     },
-    Command {
-        t_ms: f64,
-        phase: String,
-        name: String,
-        exit_code: Option<i32>,
-        background: bool,
-        duration_ms: f64,
-        error: Option<String>,
-    },
+    Command(CommandView),
     ProbeSample {
-        t_ms: f64,
-        phase: String,
         probe: String,
-        ok: bool,
-        latency: f64,
-        error: Option<String>,
+        #[serde(flatten)]
+        sample: SampleView,
     },
-    Gate {
-        t_ms: f64,
-        phase: String,
-        passed: bool,
-        attempts: u32,
-        reason: Option<String>,
-    },
+    Gate(GateView),
     FaultIntent {
         t_ms: f64,
         fault: String,
@@ -428,21 +342,8 @@ enum Recorded {
         error: String,
         remedy: String,
     },
-    Abort {
-        trigger: String,
-        probe: Option<String>,
-        reason: String,
-        breach_t_ms: f64,
-        all_reverted_t_ms: f64,
-        breach_to_all_reverted_ms: f64,
-        faults_reverted: u64,
-    },
-    Outcome {
-        t_ms: f64,
-        outcome: String,
-        exit_code: u8,
-        reason: String,
-    },
+    Abort(AbortView),
+    Outcome(OutcomeView),
 }
 
 /// Which revert recipe a fault intent carries (`recipe` tags `fault::RevertRecipe`).
