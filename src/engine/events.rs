@@ -98,7 +98,11 @@ pub enum Event<'a> {
         /// What to do about it.
         remedy: String,
     },
-    Abort(&'a AbortRecord),
+    Abort {
+        t_ms: f64,
+        #[serde(flatten)]
+        record: &'a AbortRecord,
+    },
     Outcome {
         t_ms: f64,
         outcome: Outcome,

@@ -465,6 +465,9 @@ impl Runner {
             self.verdict.injection_failed = Some(reason);
             return;
         }
+        // T0 marks the instant the schedule starts from (and the preflight); `during` is the
+        // window the faults and during-probes live in, as the samples' phase says.
+        self.phase(Phase::During);
 
         let cancel = CancellationToken::new();
         let (fault_tx, mut fault_rx) = mpsc::unbounded_channel();
@@ -598,7 +601,10 @@ impl Runner {
                 breach_to_all_reverted_ms: ms(all_reverted_at.duration_since(breach_at)),
                 faults_reverted: reverted,
             };
-            shared.journal.write(&Event::Abort(&record));
+            shared.journal.write(&Event::Abort {
+                t_ms: shared.t_ms(),
+                record: &record,
+            });
             shared.ui.line(format!(
                 "ABORT   {reverted} fault{} reverted {:.1} ms after the breach",
                 plural(reverted),

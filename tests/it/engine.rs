@@ -298,6 +298,13 @@ async fn a_clean_run_passes_and_reverts_at_the_end_of_the_duration() {
         .filter(|e| e["event"] == "probe_sample" && e["phase"] == "during")
         .collect();
     assert!(during.len() >= 10, "only {} during samples", during.len());
+    // The journal walks through every phase once, in order.
+    let phases: Vec<_> = f
+        .events_of("phase")
+        .iter()
+        .map(|e| e["phase"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(phases, ["before", "t0", "during", "revert", "after"]);
 }
 
 #[tokio::test(start_paused = true)]
@@ -355,6 +362,11 @@ async fn a_breach_aborts_at_once_instead_of_waiting_for_the_fault_to_end() {
     let breach = abort["breach_t_ms"].as_f64().unwrap();
     assert!((5_000.0..5_100.0).contains(&breach), "breach at {breach}");
     assert!(abort["breach_to_all_reverted_ms"].as_f64().unwrap() < 1.0);
+    // Every event is placed in time, the abort record too (written once all is reverted).
+    for event in &f.events {
+        assert!(event["t_ms"].is_number(), "no t_ms: {event}");
+    }
+    assert!(abort["t_ms"].as_f64().unwrap() >= abort["all_reverted_t_ms"].as_f64().unwrap());
     assert!(
         f.virtual_elapsed < Duration::from_secs(6),
         "{:?}",
