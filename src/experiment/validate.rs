@@ -888,7 +888,7 @@ impl<'a> Checker<'a> {
                         format!("only for {} probes", kinds.join(" and ")),
                     )
                     .with_hint(format!(
-                        "remove it; the `expect` of a {kind} probe takes {}",
+                        "remove it; the `expect` of this {kind} probe takes {}",
                         accepted.join(", ")
                     )),
                 );
