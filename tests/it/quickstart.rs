@@ -32,6 +32,22 @@ fn assert_journal_used(events: &[serde_json::Value], listen: &str) {
     assert!(url.starts_with(&format!("http://{listen}/")), "{url}");
 }
 
+/// Run it to the end: the exit code must be `code`; returns the journal's events (checked to
+/// use this run's address) and stderr.
+fn finish(
+    ws: &Workspace,
+    mut run: Command,
+    listen: &str,
+    code: i32,
+) -> (Vec<serde_json::Value>, String) {
+    let out = run.output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert_eq!(out.status.code(), Some(code), "{stderr}");
+    let events = ws.journal();
+    assert_journal_used(&events, listen);
+    (events, stderr)
+}
+
 fn no_demo_left(pid: Option<u64>) -> bool {
     let Some(pid) = pid else { return true };
     util::proc_state(pid as u32).is_none()
@@ -41,13 +57,9 @@ fn no_demo_left(pid: Option<u64>) -> bool {
 fn the_quickstart_passes_and_leaves_nothing_running() {
     let _serial = util::serial();
     let ws = Workspace::new();
-    let (mut run, listen) = run_on_free_port(&ws, "experiments/quickstart.yaml");
-    let out = run.output().unwrap();
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(0), "{stderr}");
+    let (run, listen) = run_on_free_port(&ws, "experiments/quickstart.yaml");
+    let (events, stderr) = finish(&ws, run, &listen, 0);
     assert!(stderr.contains("PASSED"), "{stderr}");
-    let events = ws.journal();
-    assert_journal_used(&events, &listen);
     // Three kills, each of a different worker (the supervisor restarted it in between).
     let pids: Vec<u64> = events_of(&events, "fault_intent")
         .iter()
@@ -85,13 +97,8 @@ fn the_quickstart_passes_and_leaves_nothing_running() {
 fn a_breach_aborts_within_one_probe_interval_plus_100ms_and_thaws_the_worker() {
     let _serial = util::serial();
     let ws = Workspace::new();
-    let (mut run, listen) = run_on_free_port(&ws, "experiments/demo-freeze-aborts.yaml");
-    let out = run.output().unwrap();
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(2), "aborted: {stderr}");
-
-    let events = ws.journal();
-    assert_journal_used(&events, &listen);
+    let (run, listen) = run_on_free_port(&ws, "experiments/demo-freeze-aborts.yaml");
+    let (events, _) = finish(&ws, run, &listen, 2);
     let injected = events_of(&events, "fault_injected")[0]["t_ms"]
         .as_f64()
         .unwrap();
@@ -155,11 +162,7 @@ fn a_slow_dependency_breaks_the_latency_slo_and_the_delay_is_removed_at_once() {
     let (mut run, listen) = run_on_free_port(&ws, "experiments/dependency-latency-aborts.yaml");
     run.arg("--var")
         .arg(format!("worker_port={}", util::free_port()));
-    let out = run.output().unwrap();
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(2), "aborted: {stderr}");
-    let events = ws.journal();
-    assert_journal_used(&events, &listen);
+    let (events, _) = finish(&ws, run, &listen, 2);
     let abort = events_of(&events, "abort")[0];
     assert_eq!(abort["trigger"], "probe_failure");
     assert!(
@@ -182,12 +185,8 @@ fn a_slow_dependency_breaks_the_latency_slo_and_the_delay_is_removed_at_once() {
 fn cpu_pressure_breaks_the_latency_slo_and_the_burners_stop_at_once() {
     let _serial = util::serial();
     let ws = Workspace::new();
-    let (mut run, listen) = run_on_free_port(&ws, "experiments/cpu-pressure-aborts.yaml");
-    let out = run.output().unwrap();
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(2), "aborted: {stderr}");
-    let events = ws.journal();
-    assert_journal_used(&events, &listen);
+    let (run, listen) = run_on_free_port(&ws, "experiments/cpu-pressure-aborts.yaml");
+    let (events, _) = finish(&ws, run, &listen, 2);
     let abort = events_of(&events, "abort")[0];
     assert!(
         abort["reason"].as_str().unwrap().contains("p99 latency"),
