@@ -200,8 +200,8 @@ def main():
 
     print(f"\nfault left on the host after the SLO broke (worker frozen, {FREEZE_SECONDS} s fault, "
           f"200 ms probe interval, {args.runs} runs each)\n")
-    print(f"| tool | frozen ms mean | min | max | thawed | exit codes | wall s mean | vs faultline |")
-    print(f"|---|---|---|---|---|---|---|---|")
+    print("| tool | frozen ms mean | min | max | thawed | exit codes | wall s mean | vs faultline |")
+    print("|---|---|---|---|---|---|---|---|")
     base = None
     for tool in tools:
         rs = results[tool]

@@ -42,6 +42,8 @@ import sys
 import tempfile
 import time
 
+from benchlib import FaultlineRun, in_ns, interrupted, run, stop
+
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 DELAYS_MS = [1, 10, 50, 100]
 RATES_PPS = [50_000, 100_000, 125_000, 150_000, 200_000]
@@ -148,29 +150,6 @@ for seq in range(-5, n):
 """
 
 
-def run(argv, timeout=30, check=True):
-    return subprocess.run(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                          timeout=timeout, check=check)
-
-
-def in_ns(ns, argv):
-    return ["nsenter", f"--net=/run/netns/{ns}", *argv]
-
-
-def stop(proc, sig=signal.SIGTERM, grace=5):
-    """Stop one process we started, by PID, and reap it."""
-    if proc is None or proc.poll() is not None:
-        return
-    try:
-        os.kill(proc.pid, sig)
-        proc.wait(grace)
-    except subprocess.TimeoutExpired:
-        os.kill(proc.pid, signal.SIGKILL)
-        proc.wait()
-    except ProcessLookupError:
-        pass
-
-
 class Net:
     """Namespaces A and B joined by a veth pair; `close` deletes both (and so the veth)."""
 
@@ -267,15 +246,8 @@ def percentile(values, p):
     return ordered[int(rank) - 1]
 
 
-class Fault:
-    """One `faultline run` of a network-delay fault, stopped with SIGINT (which reverts it)."""
-
-    def __init__(self, faultline, net, workdir, name, delay_ms, backend, protocol, port,
-                 duration_s):
-        self.dir = workdir / name
-        self.dir.mkdir()
-        exp = self.dir / "delay.yaml"
-        exp.write_text(f"""apiVersion: faultline/v1
+def delay_experiment(net, name, delay_ms, backend, protocol, port, duration_s):
+    return f"""apiVersion: faultline/v1
 metadata: {{name: bench-{name}}}
 max_duration: {duration_s + 60}s
 targets:
@@ -284,61 +256,7 @@ targets:
 faults:
   - {{id: slow, kind: network-delay, target: server, duration: {duration_s}s,
      params: {{delay: {delay_ms}ms, backend: {backend}}}}}
-""")
-        self.reports = self.dir / "reports"
-        env = dict(os.environ, FAULTLINE_STATE_DIR=str(self.dir / "state"))
-        env.pop("FAULTLINE_LOG", None)
-        self.stderr = open(self.dir / "stderr", "w+")
-        self.proc = subprocess.Popen(
-            [faultline, "run", str(exp), "--quiet", "--report-dir", str(self.reports)],
-            env=env, cwd=self.dir, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-            stderr=self.stderr)
-
-    def journal(self):
-        files = sorted(self.reports.glob("*.jsonl")) if self.reports.exists() else []
-        if not files:
-            return []
-        events = []
-        for line in files[-1].read_text().splitlines():
-            try:
-                events.append(json.loads(line))
-            except json.JSONDecodeError:
-                pass  # a line still being written
-        return events
-
-    def events(self, kind):
-        return [e for e in self.journal() if e.get("event") == kind]
-
-    def wait_injected(self, timeout=15):
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.events("fault_injected"):
-                return
-            if self.proc.poll() is not None or self.events("fault_injection_failed"):
-                break
-            time.sleep(0.02)
-        raise RuntimeError(f"fault not injected within {timeout} s: {self.error()}")
-
-    def error(self):
-        failed = self.events("fault_injection_failed")
-        if failed:
-            return failed[0].get("error")
-        self.stderr.seek(0)
-        return self.stderr.read().strip()[-500:] or "no error output"
-
-    def finish(self):
-        """SIGINT (faultline reverts and ends `interrupted`); returns the revert's `achieved`."""
-        stop(self.proc, signal.SIGINT, grace=20)
-        self.stderr.close()
-        reverted = self.events("fault_reverted")
-        if not reverted:
-            raise RuntimeError(f"no fault_reverted event (exit {self.proc.returncode})")
-        return reverted[0].get("achieved") or []
-
-    def kill(self):
-        stop(self.proc, signal.SIGINT, grace=20)
-        if not self.stderr.closed:
-            self.stderr.close()
+"""
 
 
 def achieved_counts(achieved):
@@ -365,15 +283,19 @@ def loadavg():
 
 
 def delayed(faultline, net, workdir, name, delay, backend, protocol, port, seconds, measure):
-    """Run `measure()` while one delay fault is live; returns (its result, revert record)."""
-    fault = Fault(faultline, net, workdir, name, delay, backend, protocol, port, seconds)
+    """Run `measure()` while one delay fault is live, then SIGINT (faultline reverts); returns
+    (its result, the revert record's `achieved`)."""
+    fault = FaultlineRun(faultline, workdir, name,
+                         delay_experiment(net, name, delay, backend, protocol, port, seconds))
     try:
         fault.wait_injected()
         measured = measure()
-        achieved = fault.finish()
     finally:
-        fault.kill()
-    return measured, achieved
+        fault.close()
+    reverted = fault.reverted()
+    if not reverted:
+        raise RuntimeError(f"no fault_reverted event (exit {fault.proc.returncode})")
+    return measured, reverted.get("achieved") or []
 
 
 def accuracy(faultline, net, workdir, backends, samples, load):
@@ -580,11 +502,6 @@ def print_throughput(rows, runs):
         print(f"\nThe delayer itself dropped and bypassed nothing in every run up to {own:,} pps "
               f"offered (it delayed at least {min(delayer_pps[own]):,.0f} pps there); losses "
               "counted elsewhere happened after it released the packets.")
-
-
-def interrupted(_signum, _frame):
-    # SIGTERM takes the same cleanup path as Ctrl-C.
-    raise KeyboardInterrupt
 
 
 def main():

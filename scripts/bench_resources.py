@@ -46,6 +46,8 @@ import sys
 import tempfile
 import time
 
+from benchlib import FaultlineRun, interrupted, run, stop
+
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 LOADS = [20, 50, 80]
 CORE_COUNTS = [1, 2]
@@ -59,25 +61,6 @@ DISK_WARMUP_S = 0.5
 MIB = 1024 * 1024
 SECTOR = 512
 INSTALL_HINT = "apt-get install -y stress-ng fio"
-
-
-def run(argv, timeout=60, check=True):
-    return subprocess.run(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                          timeout=timeout, check=check)
-
-
-def stop(proc, sig=signal.SIGTERM, grace=10):
-    """Stop one process we started, by PID, and reap it."""
-    if proc is None or proc.poll() is not None:
-        return
-    try:
-        os.kill(proc.pid, sig)
-        proc.wait(grace)
-    except subprocess.TimeoutExpired:
-        os.kill(proc.pid, signal.SIGKILL)
-        proc.wait()
-    except ProcessLookupError:
-        pass
 
 
 # ---------------------------------------------------------------- sampling
@@ -168,86 +151,34 @@ def background(cores, seconds=1.0):
 
 # ---------------------------------------------------------------- faultline
 
-class Faultline:
-    """One `faultline run` of a one-fault experiment; its journal read as it is written."""
-
-    def __init__(self, faultline, workdir, name, fault_yaml, duration_s):
-        self.dir = workdir / name
-        self.dir.mkdir()
-        exp = self.dir / "exp.yaml"
-        exp.write_text(f"""apiVersion: faultline/v1
+def one_fault(faultline, workdir, name, fault_yaml, duration_s):
+    """A `faultline run` of a one-fault experiment."""
+    return FaultlineRun(faultline, workdir, name, f"""apiVersion: faultline/v1
 metadata: {{name: bench-{name}}}
 max_duration: {duration_s + 60}s
 faults:
   - {fault_yaml}
 """)
-        self.reports = self.dir / "reports"
-        env = dict(os.environ, FAULTLINE_STATE_DIR=str(self.dir / "state"))
-        env.pop("FAULTLINE_LOG", None)
-        self.stderr = open(self.dir / "stderr", "w+")
-        self.proc = subprocess.Popen(
-            [faultline, "run", str(exp), "--quiet", "--report-dir", str(self.reports)],
-            env=env, cwd=self.dir, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-            stderr=self.stderr)
 
-    def journal(self):
-        files = sorted(self.reports.glob("*.jsonl")) if self.reports.exists() else []
-        events = []
-        for line in (files[-1].read_text().splitlines() if files else []):
-            try:
-                events.append(json.loads(line))
-            except json.JSONDecodeError:
-                pass  # a line still being written
-        return events
 
-    def events(self, kind):
-        return [e for e in self.journal() if e.get("event") == kind]
-
-    def wait_injected(self, timeout=20):
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            injected = self.events("fault_injected")
-            if injected:
-                return injected[0]
-            if self.proc.poll() is not None or self.events("fault_injection_failed"):
-                break
-            time.sleep(0.01)
-        raise RuntimeError(f"fault not injected within {timeout} s: {self.error()}")
-
-    def error(self):
-        failed = self.events("fault_injection_failed")
-        if failed:
-            return failed[0].get("error")
-        self.stderr.seek(0)
-        return self.stderr.read().strip()[-500:] or "no error output"
-
-    def finish(self, timeout=30):
-        """Wait for the run to end by itself; returns the fault_reverted record."""
-        try:
-            self.proc.wait(timeout)
-        except subprocess.TimeoutExpired:
-            pass
-        self.close()
-        reverted = self.events("fault_reverted")
-        return reverted[0] if reverted else {}
-
-    def close(self):
-        stop(self.proc, signal.SIGINT, grace=20)
-        if not self.stderr.closed:
-            self.stderr.close()
+def finish(run_, timeout=30):
+    """Let the run end by itself; its fault_reverted record."""
+    run_.wait(timeout)
+    run_.close()
+    return run_.reverted()
 
 
 # ---------------------------------------------------------------- CPU
 
 def cpu_faultline(faultline, workdir, load, ncores):
-    run_ = Faultline(faultline, workdir, f"cpu-{load}-{ncores}",
+    run_ = one_fault(faultline, workdir, f"cpu-{load}-{ncores}",
                      f"{{id: burn, kind: cpu-pressure, duration: {CPU_SECONDS}s, "
                      f"params: {{load: {load}%, cores: {ncores}}}}}", CPU_SECONDS)
     try:
         injected = run_.wait_injected()
         cores = injected["details"]["cores"]
         windows = sample(cores, CPU_SECONDS, run_.proc.pid)
-        reverted = run_.finish()
+        reverted = finish(run_)
         return cores, windows, reverted.get("achieved", {})
     finally:
         run_.close()
@@ -377,7 +308,7 @@ def measure_writes(fs, seconds):
 
 def disk_faultline(faultline, workdir, fs, index):
     duration = DISK_MEASURE_S + 2
-    run_ = Faultline(faultline, workdir, f"disk-{index}",
+    run_ = one_fault(faultline, workdir, f"disk-{index}",
                      f"{{id: io, kind: disk-io-pressure, duration: {duration}s, params: "
                      f"{{path: '{fs.mnt}', mode: write, block_size: 1MiB, workers: 1}}}}",
                      duration)
@@ -385,7 +316,7 @@ def disk_faultline(faultline, workdir, fs, index):
         injected = run_.wait_injected()
         time.sleep(DISK_WARMUP_S)
         mibs, iops = measure_writes(fs, DISK_MEASURE_S)
-        reverted = run_.finish()
+        reverted = finish(run_)
         achieved = reverted.get("achieved") or {}
         own = achieved.get("achieved", achieved)
         own_mibs = None
@@ -464,11 +395,6 @@ def print_disk(rows, runs, fio_missing):
 
 
 # ---------------------------------------------------------------- main
-
-def interrupted(_signum, _frame):
-    # SIGTERM takes the same cleanup path as Ctrl-C.
-    raise KeyboardInterrupt
-
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
