@@ -370,6 +370,8 @@ async fn run(args: RunArgs) -> u8 {
         .to_string();
     let game_day = format!("{stamp}-{}", std::process::id());
     let mut reports: Vec<(RunReport, PathBuf)> = Vec::new();
+    // What the JUnit and HTML reports are made from: the journals' events.
+    let mut views: Vec<RunView> = Vec::new();
     let total = plans.len();
     for (index, plan) in plans.into_iter().enumerate() {
         if interrupt.level() >= interrupt::Level::Abort {
@@ -411,6 +413,12 @@ async fn run(args: RunArgs) -> u8 {
             );
         }
         print_summary(&report, &journal_path);
+        // From the events kept in memory, so a journal file that could not be written in
+        // full (a disk-fill of its filesystem) still gives complete reports.
+        views.push(RunView::from_record(&RunRecord {
+            journal: journal_path.clone(),
+            events: journal.events(),
+        }));
         reports.push((report, journal_path));
     }
 
@@ -436,12 +444,6 @@ async fn run(args: RunArgs) -> u8 {
         );
     }
     if !reports.is_empty() {
-        // Derived from the journals just written, exactly as `faultline report` would.
-        let views: Vec<RunView> = reports
-            .iter()
-            .filter_map(|(_, journal)| RunRecord::read(journal).ok())
-            .map(|record| RunView::from_record(&record))
-            .collect();
         let stem = match reports.as_slice() {
             [(_, journal)] => journal
                 .file_stem()
