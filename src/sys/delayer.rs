@@ -508,11 +508,11 @@ const SPIN_BUDGET: Duration = Duration::from_millis(20);
 /// each arrival and each due time: it sleeps `BUSY_TICK` at a time on a timer alone, then
 /// reads everything that came (`recvmmsg`) and releases everything due within half a
 /// release cycle (one batch verdict), so each release lands within about ±`BUSY_TICK`/2 of
-/// its due time and the mean error stays near zero. Delays still run from each packet's enqueue stamp.
-/// Per-packet wake-ups and the pre-due spin cost most of a vCPU at 100k pps, which starved
-/// the senders and receivers sharing it; a 50 µs tick still cost 53-57 % of a vCPU at 125k
-/// pps (and the iperf3 receiver sharing the 2 vCPUs lost 3-14 %), a 200 µs tick 38-42 %
-/// (receiver loss 0-0.2 %).
+/// its due time and the mean error stays near zero. Delays still run from each packet's
+/// enqueue stamp. Per-packet wake-ups and the pre-due spin cost most of a vCPU at 100k pps,
+/// which starved the senders and receivers sharing it; a 50 µs tick still cost 53-57 % of a
+/// vCPU at 125k pps (and the iperf3 receiver sharing the 2 vCPUs lost 3-14 %), a 200 µs
+/// tick 38-42 % (receiver loss 0-0.2 %).
 const BUSY_WINDOW: Duration = Duration::from_millis(1);
 const BUSY_PACKETS: u64 = 16;
 const BUSY_TICK: Duration = Duration::from_micros(200);
