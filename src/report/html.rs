@@ -161,12 +161,8 @@ impl FaultRow {
             let remedy = fault.revert_remedy.as_deref().unwrap_or("");
             errors.push(format!("revert failed: {error}. {remedy}"));
         }
-        if fault.never_reverted() {
-            errors.push(
-                "injected but never reverted in this journal: run `faultline status` / \
-                 `faultline recover`"
-                    .into(),
-            );
+        if let Some(message) = fault.never_reverted_message() {
+            errors.push(message.into());
         }
         FaultRow {
             fault: fault.fault.clone(),

@@ -98,12 +98,8 @@ fn fault_case(fault: &FaultView) -> TestCase {
             &format!("revert failed: {error}. {remedy}"),
             "revert_failed",
         )
-    } else if fault.never_reverted() {
-        failure(
-            NonSuccessKind::Error,
-            "injected but never reverted in this journal: run `faultline status` / `faultline recover`",
-            "not_reverted",
-        )
+    } else if let Some(message) = fault.never_reverted_message() {
+        failure(NonSuccessKind::Error, message, "not_reverted")
     } else {
         TestCaseStatus::success()
     };
@@ -337,6 +333,21 @@ mod tests {
             kind_and_type(status_of(&report, "outcome")),
             Some((NonSuccessKind::Error, "incomplete".into()))
         );
+    }
+
+    /// faultline killed between writing the intent (the SIGSTOP may already be sent) and
+    /// confirming the injection: the fault may be live, and the report must say so.
+    #[test]
+    fn a_journal_cut_short_between_intent_and_injection_reports_the_fault_as_maybe_live() {
+        let events: Vec<_> = aborted_run().into_iter().take(3).collect();
+        let report = parse(&Junit.render("checkout", &[view(events)]));
+        let status = status_of(&report, "fault freeze (run-1-freeze-0)");
+        assert_eq!(
+            kind_and_type(status),
+            Some((NonSuccessKind::Error, "not_reverted".into()))
+        );
+        assert!(format!("{status:?}").contains("never confirmed"), "{status:?}");
+        assert_eq!(report.errors, 2);
     }
 
     #[test]

@@ -133,10 +133,29 @@ pub struct AbortView {
 }
 
 impl FaultView {
-    /// Injected, something to undo, and no revert in this journal: the host may still
-    /// carry it.
+    /// A state record was written (so the fault may be on the host, even when the
+    /// journal ends before confirming the injection), there is something to undo, and
+    /// no revert in this journal: the host may still carry it.
     pub fn never_reverted(&self) -> bool {
-        self.injected_ms.is_some() && self.reverted_ms.is_none() && !self.nothing_to_revert
+        self.record.is_some() && self.reverted_ms.is_none() && !self.nothing_to_revert
+    }
+
+    /// What to tell the reader about a fault that was never reverted, if it was not.
+    pub fn never_reverted_message(&self) -> Option<&'static str> {
+        if !self.never_reverted() {
+            None
+        } else if self.injected_ms.is_some() {
+            Some(
+                "injected but never reverted in this journal: run `faultline status` / \
+                 `faultline recover`",
+            )
+        } else {
+            Some(
+                "about to be injected when the journal ends (injection never confirmed, \
+                 never reverted): it may be in place; run `faultline status` / \
+                 `faultline recover`",
+            )
+        }
     }
 }
 
