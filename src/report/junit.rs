@@ -346,7 +346,10 @@ mod tests {
             kind_and_type(status),
             Some((NonSuccessKind::Error, "not_reverted".into()))
         );
-        assert!(format!("{status:?}").contains("never confirmed"), "{status:?}");
+        assert!(
+            format!("{status:?}").contains("never confirmed"),
+            "{status:?}"
+        );
         assert_eq!(report.errors, 2);
     }
 
