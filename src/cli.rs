@@ -32,6 +32,11 @@ pub enum Command {
         #[command(flatten)]
         vars: VarArgs,
     },
+    /// One fault now, from the command line: `faultline inject network-delay delay=200ms
+    /// --interface eth0 --remote-port 5432 --for 30s --dry-run`. Same engine, state file,
+    /// journal and reports as `run`; reverted when `--for` is over, on an SLO breach of an
+    /// `--abort-if-*` probe, or at Ctrl-C.
+    Inject(Box<InjectArgs>),
     /// Show what a run would do and which processes each target matches now. Injects nothing.
     Plan {
         file: PathBuf,
@@ -105,6 +110,107 @@ pub struct RunArgs {
     pub files: Vec<PathBuf>,
     #[command(flatten)]
     pub vars: VarArgs,
+    /// Where journals and reports (JUnit XML, HTML) are written [default: ./faultline-reports].
+    #[arg(long, value_name = "DIR")]
+    pub report_dir: Option<PathBuf>,
+    #[command(flatten)]
+    pub state: StateArgs,
+    /// Only the final summary, no progress lines.
+    #[arg(short, long)]
+    pub quiet: bool,
+}
+
+#[derive(Debug, Args)]
+#[command(
+    after_help = "PARAM=VALUE sets one of the fault's params, as in an experiment file \
+    (`faultline schema` lists them): delay=200ms jitter=20ms distribution=normal, \
+    probability=30%, rate=10mbit, load=60%, quota=50%, size=1GiB, path=/srv, signal=TERM. \
+    Values are YAML scalars or flow collections (cores=[0,1])."
+)]
+pub struct InjectArgs {
+    /// The fault kind: process-kill, process-stop, network-delay, network-loss,
+    /// network-partition, network-bandwidth, cpu-pressure, cpu-limit, memory-pressure,
+    /// disk-io-pressure, disk-io-limit, disk-fill, ...
+    pub kind: String,
+    /// The fault's params.
+    #[arg(value_name = "PARAM=VALUE")]
+    pub params: Vec<String>,
+    /// How long the fault stays (required except for process-kill).
+    #[arg(long = "for", value_name = "DURATION")]
+    pub duration: Option<String>,
+    /// Print the plan and the equivalent experiment file; inject nothing (needs no root).
+    #[arg(long)]
+    pub dry_run: bool,
+    /// Write the equivalent experiment file here (to edit, review or run again with `run`).
+    #[arg(long, value_name = "FILE")]
+    pub save: Option<PathBuf>,
+
+    /// Process target: this PID.
+    #[arg(long, help_heading = "Process target")]
+    pub pid: Option<u32>,
+    /// Process target: the PID in this file.
+    #[arg(long, value_name = "FILE", help_heading = "Process target")]
+    pub pidfile: Option<String>,
+    /// Process target: processes with this name (/proc/PID/comm).
+    #[arg(long, help_heading = "Process target")]
+    pub name: Option<String>,
+    /// Process target: processes whose command line matches this regex.
+    #[arg(long, value_name = "REGEX", help_heading = "Process target")]
+    pub cmdline: Option<String>,
+    /// Process target: of the matching processes, act on this many.
+    #[arg(long, value_name = "N", help_heading = "Process target")]
+    pub count: Option<u32>,
+    /// Process target: allow PID 1, faultline itself and its ancestors (refused otherwise).
+    #[arg(long, help_heading = "Process target")]
+    pub force: bool,
+
+    /// Network target: interface (repeatable; default all but loopback).
+    #[arg(long = "interface", value_name = "IF", help_heading = "Network target")]
+    pub interfaces: Vec<String>,
+    /// Network target: egress (default), ingress or both.
+    #[arg(long, help_heading = "Network target")]
+    pub direction: Option<String>,
+    /// Network target: tcp, udp, icmp or all.
+    #[arg(long, help_heading = "Network target")]
+    pub protocol: Option<String>,
+    /// Network target: remote address, CIDR or hostname (repeatable).
+    #[arg(long, value_name = "ADDR", help_heading = "Network target")]
+    pub remote: Vec<String>,
+    /// Network target: remote port or range `8000-8100` (repeatable).
+    #[arg(long, value_name = "PORT", help_heading = "Network target")]
+    pub remote_port: Vec<String>,
+    /// Network target: local address or CIDR (repeatable).
+    #[arg(long, value_name = "ADDR", help_heading = "Network target")]
+    pub local: Vec<String>,
+    /// Network target: local port or range (repeatable).
+    #[arg(long, value_name = "PORT", help_heading = "Network target")]
+    pub local_port: Vec<String>,
+    /// Network target: act inside this network namespace (`/run/netns/NAME`).
+    #[arg(long, help_heading = "Network target")]
+    pub netns: Option<String>,
+    /// Process or network target: only processes / traffic of this cgroup.
+    #[arg(long, value_name = "PATH")]
+    pub cgroup: Option<String>,
+    /// Network target: also hit the operator's SSH connection and the probes' endpoints.
+    #[arg(long, help_heading = "Network target")]
+    pub no_lockout_protection: bool,
+
+    /// Abort (and revert at once) when this URL stops answering 2xx.
+    #[arg(long, value_name = "URL", help_heading = "Abort when")]
+    pub abort_if_http: Vec<String>,
+    /// Abort when a TCP connect to HOST:PORT fails.
+    #[arg(long, value_name = "HOST:PORT", help_heading = "Abort when")]
+    pub abort_if_tcp: Vec<String>,
+    /// With --abort-if-http: also fail a check slower than this.
+    #[arg(long, value_name = "DURATION", help_heading = "Abort when")]
+    pub max_latency: Option<String>,
+    /// How often the abort probes check [default: 1s].
+    #[arg(long, value_name = "DURATION", help_heading = "Abort when")]
+    pub probe_interval: Option<String>,
+    /// Abort after this many failed checks in a row [default: 1].
+    #[arg(long, value_name = "N", help_heading = "Abort when")]
+    pub failures: Option<u32>,
+
     /// Where journals and reports (JUnit XML, HTML) are written [default: ./faultline-reports].
     #[arg(long, value_name = "DIR")]
     pub report_dir: Option<PathBuf>,

@@ -4,7 +4,8 @@
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use crate::cli::{Command, DemoArgs, RunArgs, StateArgs, VarArgs};
+use crate::adhoc;
+use crate::cli::{Command, DemoArgs, InjectArgs, RunArgs, StateArgs, VarArgs};
 use crate::engine::{self, RealBackend, RunContext, RunReport, interrupt};
 use crate::experiment::{self, Diagnostics, Overrides, Source};
 use crate::outcome::{EXIT_ERROR, EXIT_INVALID_INPUT, Outcome};
@@ -16,6 +17,7 @@ use crate::state::{StateDir, recover};
 pub async fn dispatch(command: Command) -> u8 {
     match command {
         Command::Run(args) => run(args).await,
+        Command::Inject(args) => inject(*args).await,
         Command::Validate { files, vars } => match overrides(&vars) {
             Ok(overrides) => validate(&files, &overrides),
             Err(code) => code,
@@ -341,12 +343,27 @@ async fn run(args: RunArgs) -> u8 {
         eprintln!("faultline: invalid input; nothing was run");
         return EXIT_INVALID_INPUT;
     }
+    let options = RunOptions {
+        state: &args.state,
+        report_dir: args.report_dir.as_deref(),
+        quiet: args.quiet,
+    };
+    run_plans(plans, &options).await
+}
 
-    let state = state_dir(&args.state);
-    let report_dir = args
+/// Where and how `run` and `inject` run their plans.
+struct RunOptions<'a> {
+    state: &'a StateArgs,
+    report_dir: Option<&'a Path>,
+    quiet: bool,
+}
+
+/// Run validated plans in order (a game day when there are several) and write the reports.
+async fn run_plans(plans: Vec<Plan>, options: &RunOptions<'_>) -> u8 {
+    let state = state_dir(options.state);
+    let report_dir = options
         .report_dir
-        .clone()
-        .unwrap_or_else(|| PathBuf::from("faultline-reports"));
+        .map_or_else(|| PathBuf::from("faultline-reports"), Path::to_path_buf);
     for plan in &plans {
         for warning in fills_own_records(plan, state.root(), &report_dir) {
             eprintln!("faultline: warning: {warning}");
@@ -403,7 +420,7 @@ async fn run(args: RunArgs) -> u8 {
             journal: journal.clone(),
             run_id,
             interrupt: interrupt.clone(),
-            quiet: args.quiet,
+            quiet: options.quiet,
         };
         let report = engine::run(Arc::new(plan), context).await;
         if let Some(e) = journal.take_error() {
@@ -467,6 +484,56 @@ async fn run(args: RunArgs) -> u8 {
     } else {
         worst.exit_code()
     }
+}
+
+/// `faultline inject`: the command line becomes an experiment, checked like a file; a dry run
+/// shows it and its plan, otherwise it runs like `faultline run` would run the file.
+async fn inject(args: InjectArgs) -> u8 {
+    let command_line =
+        adhoc::quoted_command_line(adhoc::without_output_flags(std::env::args().skip(1)));
+    let source = match adhoc::experiment_source(&args, &format!("faultline {command_line}")) {
+        Ok(source) => source,
+        Err(e) => {
+            eprintln!("faultline inject: {e}; nothing was run");
+            return EXIT_INVALID_INPUT;
+        }
+    };
+    let plan = match experiment::plan_source(&source, &Overrides::none()) {
+        Ok(plan) => plan,
+        Err(diagnostics) => {
+            print_diagnostics(&diagnostics);
+            eprintln!(
+                "faultline inject: the command line above makes this experiment:\n{}",
+                source.text
+            );
+            return EXIT_INVALID_INPUT;
+        }
+    };
+    if let Some(path) = &args.save {
+        if let Err(e) = std::fs::write(path, &source.text) {
+            eprintln!(
+                "faultline inject: cannot write {}: {e}; nothing was run",
+                path.display()
+            );
+            return EXIT_ERROR;
+        }
+        eprintln!(
+            "saved: {} (run it with `faultline run {}`)",
+            path.display(),
+            path.display()
+        );
+    }
+    if args.dry_run {
+        println!("{}", source.text);
+        print!("{}", crate::plan::render::render(&plan));
+        return 0;
+    }
+    let options = RunOptions {
+        state: &args.state,
+        report_dir: args.report_dir.as_deref(),
+        quiet: args.quiet,
+    };
+    run_plans(vec![plan], &options).await
 }
 
 /// `disk-fill` faults whose filesystem also holds the state directory or the reports: while

@@ -3,6 +3,7 @@
 //! Data flows one way: experiment file → [`experiment::Experiment`] → [`plan::Plan`] →
 //! [`engine`] → faults and probes → events → state file and reports.
 
+pub mod adhoc;
 pub mod cli;
 pub mod commands;
 pub mod demo;

@@ -168,19 +168,31 @@ fn missing_key_example(field: &str) -> String {
 // ---------------------------------------------------------------------------------------------
 // Names: "did you mean"
 
+/// Edits between two names, where swapping two neighbouring letters (`dealy`) is one edit
+/// like a wrong, missing or extra letter: the optimal-string-alignment distance.
 fn edit_distance(a: &str, b: &str) -> usize {
+    let a: Vec<char> = a.chars().collect();
     let b: Vec<char> = b.chars().collect();
-    let mut row: Vec<usize> = (0..=b.len()).collect();
-    for (i, ca) in a.chars().enumerate() {
-        let mut diagonal = row[0];
-        row[0] = i + 1;
-        for (j, cb) in b.iter().enumerate() {
-            let substitution = diagonal + usize::from(ca != *cb);
-            diagonal = row[j + 1];
-            row[j + 1] = substitution.min(row[j] + 1).min(row[j + 1] + 1);
+    let mut d = vec![vec![0usize; b.len() + 1]; a.len() + 1];
+    for (i, row) in d.iter_mut().enumerate() {
+        row[0] = i;
+    }
+    for (j, cell) in d[0].iter_mut().enumerate() {
+        *cell = j;
+    }
+    for i in 1..=a.len() {
+        for j in 1..=b.len() {
+            let cost = usize::from(a[i - 1] != b[j - 1]);
+            let mut best = (d[i - 1][j] + 1)
+                .min(d[i][j - 1] + 1)
+                .min(d[i - 1][j - 1] + cost);
+            if i > 1 && j > 1 && a[i - 1] == b[j - 2] && a[i - 2] == b[j - 1] {
+                best = best.min(d[i - 2][j - 2] + 1);
+            }
+            d[i][j] = best;
         }
     }
-    row[b.len()]
+    d[a.len()][b.len()]
 }
 
 /// The closest candidate, if it is close enough to be a plausible typo.
@@ -1620,6 +1632,10 @@ mod tests {
             Some("process-kill")
         );
         assert_eq!(nearest("zzz", ["duration", "delay"]), None);
+        // Two neighbouring letters swapped is one slip of the fingers, not two.
+        assert_eq!(nearest("dealy", ["delay", "ramp"]), Some("delay"));
+        assert_eq!(edit_distance("dealy", "delay"), 1);
+        assert_eq!(edit_distance("kitten", "sitting"), 3);
     }
 
     #[test]

@@ -1,5 +1,6 @@
 mod cli;
 mod engine;
+mod inject;
 mod network;
 mod process_run;
 mod prometheus;

@@ -244,12 +244,20 @@ impl Runner {
 
     /// With more arguments for `run`, such as `--var NAME=VALUE`.
     pub fn spawn_with(ws: &Workspace, files: &[&Path], args: &[String]) -> Runner {
+        let mut all = vec!["run".to_string()];
+        all.extend(files.iter().map(|f| f.display().to_string()));
+        all.extend(args.iter().cloned());
+        Runner::spawn_command(ws, &all)
+    }
+
+    /// `faultline ARGS... --report-dir <the workspace's>`, for `run` and `inject`.
+    pub fn spawn_command(ws: &Workspace, args: &[String]) -> Runner {
         // Output goes to a file: a pipe nobody reads could fill and stall the runner.
-        let stderr_path = ws.path().join(format!("runner-{}.stderr", files.len()));
+        static RUNNERS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+        let nth = RUNNERS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let stderr_path = ws.path().join(format!("runner-{nth}.stderr"));
         let stderr = std::fs::File::create(&stderr_path).expect("create stderr file");
         let child = faultline(ws)
-            .arg("run")
-            .args(files)
             .args(args)
             .arg("--report-dir")
             .arg(ws.report_dir())
