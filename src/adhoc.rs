@@ -237,12 +237,12 @@ fn process_selector(args: &InjectArgs) -> Map<String, Value> {
             selector.insert(key.to_string(), value);
         }
     };
-    put("pid", args.pid.map(Value::from));
-    put("pidfile", args.pidfile.clone().map(Value::from));
-    put("name", args.name.clone().map(Value::from));
-    put("cmdline", args.cmdline.clone().map(Value::from));
-    put("count", args.count.map(Value::from));
-    put("force", args.force.then_some(Value::Bool(true)));
+    put("pid", args.process.pid.map(Value::from));
+    put("pidfile", args.process.pidfile.clone().map(Value::from));
+    put("name", args.process.name.clone().map(Value::from));
+    put("cmdline", args.process.cmdline.clone().map(Value::from));
+    put("count", args.process.count.map(Value::from));
+    put("force", args.process.force.then_some(Value::Bool(true)));
     put("cgroup", args.cgroup.clone().map(Value::from));
     selector
 }
@@ -263,18 +263,20 @@ fn network_selector(args: &InjectArgs) -> Map<String, Value> {
                 .collect::<Value>()
         })
     };
-    put("netns", args.netns.clone().map(Value::from));
-    put("interfaces", list(&args.interfaces));
-    put("direction", args.direction.clone().map(Value::from));
-    put("protocol", args.protocol.clone().map(Value::from));
-    put("remote", list(&args.remote));
-    put("remote_ports", ports(&args.remote_port));
-    put("local", list(&args.local));
-    put("local_ports", ports(&args.local_port));
+    put("netns", args.network.netns.clone().map(Value::from));
+    put("interfaces", list(&args.network.interfaces));
+    put("direction", args.network.direction.clone().map(Value::from));
+    put("protocol", args.network.protocol.clone().map(Value::from));
+    put("remote", list(&args.network.remote));
+    put("remote_ports", ports(&args.network.remote_port));
+    put("local", list(&args.network.local));
+    put("local_ports", ports(&args.network.local_port));
     put("cgroup", args.cgroup.clone().map(Value::from));
     put(
         "lockout_protection",
-        args.no_lockout_protection.then_some(Value::Bool(false)),
+        args.network
+            .no_lockout_protection
+            .then_some(Value::Bool(false)),
     );
     selector
 }
@@ -296,7 +298,7 @@ fn flags_given(selector: &Map<String, Value>) -> Vec<String> {
 }
 
 fn probes(args: &InjectArgs) -> Result<BTreeMap<String, Value>, InjectError> {
-    if args.max_latency.is_some() && args.abort_if_http.is_empty() {
+    if args.abort.max_latency.is_some() && args.abort.abort_if_http.is_empty() {
         return Err(InjectError::LatencyWithoutHttp);
     }
     let mut probes = BTreeMap::new();
@@ -310,22 +312,23 @@ fn probes(args: &InjectArgs) -> Result<BTreeMap<String, Value>, InjectError> {
         if let Some(expect) = expect {
             probe.insert("expect".into(), expect);
         }
-        if let Some(interval) = &args.probe_interval {
+        if let Some(interval) = &args.abort.probe_interval {
             probe.insert("interval".into(), json!(interval));
         }
-        if let Some(failures) = args.failures {
+        if let Some(failures) = args.abort.failures {
             probe.insert("failure_threshold".into(), json!(failures));
         }
         probes.insert(name, Value::Object(probe));
     };
-    for (index, url) in args.abort_if_http.iter().enumerate() {
+    for (index, url) in args.abort.abort_if_http.iter().enumerate() {
         let expect = args
+            .abort
             .max_latency
             .as_ref()
             .map(|latency| json!({ "max_latency": latency }));
         add("http", index, json!({ "url": url }), expect);
     }
-    for (index, address) in args.abort_if_tcp.iter().enumerate() {
+    for (index, address) in args.abort.abort_if_tcp.iter().enumerate() {
         add("tcp", index, json!({ "address": address }), None);
     }
     Ok(probes)

@@ -144,73 +144,6 @@ pub struct InjectArgs {
     /// Write the equivalent experiment file here (to edit, review or run again with `run`).
     #[arg(long, value_name = "FILE")]
     pub save: Option<PathBuf>,
-
-    /// Process target: this PID.
-    #[arg(long, help_heading = "Process target")]
-    pub pid: Option<u32>,
-    /// Process target: the PID in this file.
-    #[arg(long, value_name = "FILE", help_heading = "Process target")]
-    pub pidfile: Option<String>,
-    /// Process target: processes with this name (/proc/PID/comm).
-    #[arg(long, help_heading = "Process target")]
-    pub name: Option<String>,
-    /// Process target: processes whose command line matches this regex.
-    #[arg(long, value_name = "REGEX", help_heading = "Process target")]
-    pub cmdline: Option<String>,
-    /// Process target: of the matching processes, act on this many.
-    #[arg(long, value_name = "N", help_heading = "Process target")]
-    pub count: Option<u32>,
-    /// Process target: allow PID 1, faultline itself and its ancestors (refused otherwise).
-    #[arg(long, help_heading = "Process target")]
-    pub force: bool,
-
-    /// Network target: interface (repeatable; default all but loopback).
-    #[arg(long = "interface", value_name = "IF", help_heading = "Network target")]
-    pub interfaces: Vec<String>,
-    /// Network target: egress (default), ingress or both.
-    #[arg(long, help_heading = "Network target")]
-    pub direction: Option<String>,
-    /// Network target: tcp, udp, icmp or all.
-    #[arg(long, help_heading = "Network target")]
-    pub protocol: Option<String>,
-    /// Network target: remote address, CIDR or hostname (repeatable).
-    #[arg(long, value_name = "ADDR", help_heading = "Network target")]
-    pub remote: Vec<String>,
-    /// Network target: remote port or range `8000-8100` (repeatable).
-    #[arg(long, value_name = "PORT", help_heading = "Network target")]
-    pub remote_port: Vec<String>,
-    /// Network target: local address or CIDR (repeatable).
-    #[arg(long, value_name = "ADDR", help_heading = "Network target")]
-    pub local: Vec<String>,
-    /// Network target: local port or range (repeatable).
-    #[arg(long, value_name = "PORT", help_heading = "Network target")]
-    pub local_port: Vec<String>,
-    /// Network target: act inside this network namespace (`/run/netns/NAME`).
-    #[arg(long, help_heading = "Network target")]
-    pub netns: Option<String>,
-    /// Process or network target: only processes / traffic of this cgroup.
-    #[arg(long, value_name = "PATH")]
-    pub cgroup: Option<String>,
-    /// Network target: also hit the operator's SSH connection and the probes' endpoints.
-    #[arg(long, help_heading = "Network target")]
-    pub no_lockout_protection: bool,
-
-    /// Abort (and revert at once) when this URL stops answering 2xx.
-    #[arg(long, value_name = "URL", help_heading = "Abort when")]
-    pub abort_if_http: Vec<String>,
-    /// Abort when a TCP connect to HOST:PORT fails.
-    #[arg(long, value_name = "HOST:PORT", help_heading = "Abort when")]
-    pub abort_if_tcp: Vec<String>,
-    /// With --abort-if-http: also fail a check slower than this.
-    #[arg(long, value_name = "DURATION", help_heading = "Abort when")]
-    pub max_latency: Option<String>,
-    /// How often the abort probes check [default: 1s].
-    #[arg(long, value_name = "DURATION", help_heading = "Abort when")]
-    pub probe_interval: Option<String>,
-    /// Abort after this many failed checks in a row [default: 1].
-    #[arg(long, value_name = "N", help_heading = "Abort when")]
-    pub failures: Option<u32>,
-
     /// Where journals and reports (JUnit XML, HTML) are written [default: ./faultline-reports].
     #[arg(long, value_name = "DIR")]
     pub report_dir: Option<PathBuf>,
@@ -219,6 +152,95 @@ pub struct InjectArgs {
     /// Only the final summary, no progress lines.
     #[arg(short, long)]
     pub quiet: bool,
+
+    // The groups below set their own help headings, which carry on to any later argument.
+    #[command(flatten)]
+    pub process: ProcessTargetArgs,
+    #[command(flatten)]
+    pub network: NetworkTargetArgs,
+    /// Process or network target: only processes / traffic of this cgroup.
+    #[arg(long, value_name = "PATH")]
+    pub cgroup: Option<String>,
+    #[command(flatten)]
+    pub abort: AbortArgs,
+}
+
+/// `inject`: which processes a process fault acts on.
+#[derive(Debug, Args)]
+#[command(next_help_heading = "Process target")]
+pub struct ProcessTargetArgs {
+    /// This PID.
+    #[arg(long)]
+    pub pid: Option<u32>,
+    /// The PID in this file.
+    #[arg(long, value_name = "FILE")]
+    pub pidfile: Option<String>,
+    /// Processes with this name (/proc/PID/comm).
+    #[arg(long)]
+    pub name: Option<String>,
+    /// Processes whose command line matches this regex.
+    #[arg(long, value_name = "REGEX")]
+    pub cmdline: Option<String>,
+    /// Of the matching processes, act on this many.
+    #[arg(long, value_name = "N")]
+    pub count: Option<u32>,
+    /// Allow PID 1, faultline itself and its ancestors (refused otherwise).
+    #[arg(long)]
+    pub force: bool,
+}
+
+/// `inject`: which traffic a network fault acts on.
+#[derive(Debug, Args)]
+#[command(next_help_heading = "Network target")]
+pub struct NetworkTargetArgs {
+    /// Interface (repeatable; default all but loopback).
+    #[arg(long = "interface", value_name = "IF")]
+    pub interfaces: Vec<String>,
+    /// Egress (default), ingress or both.
+    #[arg(long)]
+    pub direction: Option<String>,
+    /// Protocol: tcp, udp, icmp or all.
+    #[arg(long)]
+    pub protocol: Option<String>,
+    /// Remote address, CIDR or hostname (repeatable).
+    #[arg(long, value_name = "ADDR")]
+    pub remote: Vec<String>,
+    /// Remote port or range `8000-8100` (repeatable).
+    #[arg(long, value_name = "PORT")]
+    pub remote_port: Vec<String>,
+    /// Local address or CIDR (repeatable).
+    #[arg(long, value_name = "ADDR")]
+    pub local: Vec<String>,
+    /// Local port or range (repeatable).
+    #[arg(long, value_name = "PORT")]
+    pub local_port: Vec<String>,
+    /// Act inside this network namespace (`/run/netns/NAME`).
+    #[arg(long)]
+    pub netns: Option<String>,
+    /// Also hit the operator's SSH connection and the probes' endpoints.
+    #[arg(long)]
+    pub no_lockout_protection: bool,
+}
+
+/// `inject`: the probes that abort the fault.
+#[derive(Debug, Args)]
+#[command(next_help_heading = "Abort when")]
+pub struct AbortArgs {
+    /// Abort (and revert at once) when this URL stops answering 2xx.
+    #[arg(long, value_name = "URL")]
+    pub abort_if_http: Vec<String>,
+    /// Abort when a TCP connect to HOST:PORT fails.
+    #[arg(long, value_name = "HOST:PORT")]
+    pub abort_if_tcp: Vec<String>,
+    /// With --abort-if-http: also fail a check slower than this.
+    #[arg(long, value_name = "DURATION")]
+    pub max_latency: Option<String>,
+    /// How often the abort probes check [default: 1s].
+    #[arg(long, value_name = "DURATION")]
+    pub probe_interval: Option<String>,
+    /// Abort after this many failed checks in a row [default: 1].
+    #[arg(long, value_name = "N")]
+    pub failures: Option<u32>,
 }
 
 #[derive(Debug, Args)]

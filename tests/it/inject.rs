@@ -330,3 +330,40 @@ fn an_injected_partition_refuses_exactly_the_selected_port_until_it_is_over() {
     assert!(connects(hit_addr), "reverted after --for");
     assert_eq!(iptables_save(), before, "the ruleset is as it was");
 }
+
+/// Ad-hoc faults are the ones an SRE ends with Ctrl-C: the fault goes with the run.
+#[test]
+fn ctrl_c_ends_an_injection_and_reverts_it() {
+    let _serial = util::serial();
+    let ws = Workspace::new();
+    let victim = Proc::sleep("535353");
+    let mut runner = Runner::spawn_command(
+        &ws,
+        &strings(&[
+            "inject",
+            "process-stop",
+            "--cmdline",
+            "^sleep 300\\.535353$",
+            "--for",
+            "10m",
+        ]),
+    );
+    assert!(
+        wait_for(Duration::from_secs(5), || victim.state() == Some('T')),
+        "{}",
+        runner.stderr()
+    );
+    runner.signal(nix::sys::signal::Signal::SIGINT);
+    assert_eq!(
+        runner.wait(Duration::from_secs(5)),
+        Some(130),
+        "{}",
+        runner.stderr()
+    );
+    assert!(victim.running(), "{:?}", victim.state());
+    assert_eq!(ws.state_records(), 0);
+    assert_eq!(
+        events_of(&ws.journal(), "outcome")[0]["outcome"],
+        "interrupted"
+    );
+}
