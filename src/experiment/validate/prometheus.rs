@@ -1,6 +1,7 @@
 //! Checks for `prometheus` probes: the server's base URL, the query, and the comparisons
-//! its numbers are judged by. Nothing here talks to the server: PromQL is checked by
-//! Prometheus when the first sample runs (its error is the sample's error).
+//! its numbers are judged by. Nothing here talks to the server: the query is parsed with
+//! the PromQL grammar (`promql-parser`, which follows Prometheus 3), so a typo fails
+//! `validate` in CI rather than the first sample of a run.
 
 use super::Checker;
 use crate::experiment::model::{Expect, PrometheusProbe};
@@ -26,6 +27,8 @@ impl<'a> Checker<'a> {
                          `sum(rate(http_requests_total{code=~\"5..\"}[1m]))`",
                 ),
             );
+        } else {
+            valid &= self.promql(&prometheus.query);
         }
         valid &= self.headers(&prometheus.headers, url.pos);
         valid.then(|| ProbeKind::Prometheus {
@@ -33,6 +36,40 @@ impl<'a> Checker<'a> {
             query: prometheus.query.value.clone(),
             headers: prometheus.headers.clone(),
         })
+    }
+
+    /// The query parses, and gives numbers: an instant vector or a scalar, not a range
+    /// vector (`x[5m]`) or a string, which no threshold can judge.
+    fn promql(&mut self, query: &Sp<String>) -> bool {
+        use promql_parser::parser::{self, value::ValueType};
+        let problem = match parser::parse(&query.value) {
+            Err(error) => Some((
+                format!("`query` is not valid PromQL: {error}"),
+                "checked with Prometheus 3's PromQL grammar; try the query in Prometheus's \
+                 expression browser"
+                    .to_string(),
+            )),
+            Ok(expr) => match expr.value_type() {
+                ValueType::Vector | ValueType::Scalar => None,
+                ValueType::Matrix => Some((
+                    "`query` returns a range vector, not numbers".to_string(),
+                    "wrap the range in a function that gives one value per series, for \
+                     example `rate(...[1m])` or `max_over_time(...[1m])`"
+                        .to_string(),
+                )),
+                ValueType::String => Some((
+                    "`query` returns a string, not numbers".to_string(),
+                    "write an expression whose value is a number per series".to_string(),
+                )),
+            },
+        };
+        match problem {
+            None => true,
+            Some((message, hint)) => {
+                self.report(Diagnostic::at(query.pos, message, "this query").with_hint(hint));
+                false
+            }
+        }
     }
 
     /// The URL names the server, not an API call: faultline appends the API path and the
