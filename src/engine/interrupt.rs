@@ -1,5 +1,5 @@
-//! Operator interrupts, injected into the runner (SIGINT/SIGTERM in production, a handle in
-//! tests). Level 1: abort and revert. Level 2: skip probes and cleanup, but still revert.
+//! Operator interrupts, injected into the runner (SIGINT/SIGTERM/SIGHUP in production, a
+//! handle in tests). Level 1: abort and revert. Level 2: skip probes and cleanup, but still revert.
 
 use tokio::sync::watch;
 
@@ -40,6 +40,55 @@ impl InterruptHandle {
     }
 }
 
+impl InterruptHandle {
+    /// At least Abort, without escalating an abort already under way: a hangup is one event
+    /// however many SIGHUPs it sends.
+    pub fn abort(&self) {
+        self.0.send_if_modified(|level| {
+            let raised = *level == Level::None;
+            if raised {
+                *level = Level::Abort;
+            }
+            raised
+        });
+    }
+}
+
+/// Is SIGHUP ignored (`nohup`, or a parent that wants the run to outlive its terminal)?
+fn hangup_ignored() -> bool {
+    // SAFETY: a null new action only reads the current disposition.
+    unsafe {
+        let mut current: libc::sigaction = std::mem::zeroed();
+        libc::sigaction(libc::SIGHUP, std::ptr::null(), &mut current) == 0
+            && current.sa_sigaction == libc::SIG_IGN
+    }
+}
+
+/// The terminal is gone: writing to it fails (EIO), and a failed `eprintln!` panics in the
+/// middle of a revert. Point standard input and output that are terminals at /dev/null; a
+/// log file stays a log file. The journal and the reports still say everything.
+fn detach_from_terminal() {
+    use std::os::fd::AsRawFd;
+    let Ok(null) = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open("/dev/null")
+    else {
+        return;
+    };
+    for fd in [0, 1, 2] {
+        // SAFETY: isatty and dup2 on the process's own standard descriptors.
+        unsafe {
+            // A terminal that hung up answers EIO instead of saying it is one.
+            let terminal = libc::isatty(fd) == 1
+                || std::io::Error::last_os_error().raw_os_error() == Some(libc::EIO);
+            if terminal {
+                libc::dup2(null.as_raw_fd(), fd);
+            }
+        }
+    }
+}
+
 impl Interrupt {
     /// An interrupt that never fires.
     pub fn never() -> Interrupt {
@@ -62,16 +111,36 @@ impl Interrupt {
     }
 }
 
-/// Install SIGINT/SIGTERM handlers that raise `handle` and tell the operator what happens.
+/// Install SIGINT/SIGTERM handlers that raise `handle` and tell the operator what happens,
+/// and a SIGHUP handler (unless SIGHUP is ignored, as under `nohup`): a hangup is the
+/// operator's SSH session or terminal going away, and it aborts and reverts like SIGTERM
+/// instead of killing faultline with its faults in place.
 pub fn install_signal_handlers(handle: InterruptHandle) -> std::io::Result<()> {
     use tokio::signal::unix::{SignalKind, signal};
     let mut sigint = signal(SignalKind::interrupt())?;
     let mut sigterm = signal(SignalKind::terminate())?;
+    // Registering a handler would override `nohup`'s SIG_IGN, so look first.
+    let mut sighup = if hangup_ignored() {
+        None
+    } else {
+        Some(signal(SignalKind::hangup())?)
+    };
     tokio::spawn(async move {
         loop {
+            let hangup = async {
+                match sighup.as_mut() {
+                    Some(sighup) => sighup.recv().await,
+                    None => std::future::pending().await,
+                }
+            };
             let name = tokio::select! {
                 _ = sigint.recv() => "SIGINT",
                 _ = sigterm.recv() => "SIGTERM",
+                _ = hangup => {
+                    detach_from_terminal();
+                    handle.abort();
+                    continue;
+                }
             };
             match handle.raise() {
                 Level::Abort => eprintln!(

@@ -238,6 +238,99 @@ fn sigint_mid_run_reverts_and_exits_130() {
     assert_eq!(events_of(&events, "abort")[0]["trigger"], "interrupted");
 }
 
+/// The operator's SSH session drops: the kernel hangs up the run's terminal (SIGHUP, and
+/// every later write to it fails with EIO). The run must abort and revert, not die with the
+/// fault in place or panic on its next progress line.
+#[test]
+fn a_hangup_of_the_operators_terminal_aborts_and_reverts() {
+    use std::os::unix::process::CommandExt;
+    use std::process::Stdio;
+    let _serial = util::serial();
+    let ws = Workspace::new();
+    let victim = Proc::sleep("646464");
+    let file = freeze_for_50s(&ws, "hangup", "646464");
+    let terminal = nix::pty::openpty(None, None).expect("a pseudo-terminal");
+    // openpty's descriptors are inheritable: a master the runner inherited would keep the
+    // terminal from ever hanging up.
+    for fd in [&terminal.master, &terminal.slave] {
+        nix::fcntl::fcntl(
+            fd,
+            nix::fcntl::FcntlArg::F_SETFD(nix::fcntl::FdFlag::FD_CLOEXEC),
+        )
+        .expect("FD_CLOEXEC");
+    }
+    let mut command = faultline(&ws);
+    command
+        .arg("run")
+        .arg(&file)
+        .arg("--report-dir")
+        .arg(ws.report_dir())
+        .stdin(Stdio::from(terminal.slave.try_clone().unwrap()))
+        .stdout(Stdio::from(terminal.slave.try_clone().unwrap()))
+        .stderr(Stdio::from(terminal.slave.try_clone().unwrap()));
+    // SAFETY: setsid and ioctl only, between fork and exec.
+    unsafe {
+        command.pre_exec(|| {
+            // A session of its own whose controlling terminal is the pty, as a login shell's.
+            if libc::setsid() < 0 || libc::ioctl(0, libc::TIOCSCTTY, 0) < 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    let mut runner = Runner::adopt(command.spawn().expect("spawn faultline run"));
+    drop(terminal.slave);
+    assert!(wait_for(Duration::from_secs(5), || victim.state() == Some('T')));
+
+    drop(terminal.master);
+    let code = runner.wait(Duration::from_secs(10));
+    assert_eq!(code, Some(130), "interrupted, not killed by the hangup");
+    assert!(victim.running(), "{:?}", victim.state());
+    assert_eq!(ws.state_records(), 0);
+    let events = ws.journal();
+    assert_eq!(events_of(&events, "outcome")[0]["outcome"], "interrupted");
+    assert_eq!(
+        ws.reports("junit.xml").len(),
+        1,
+        "reports are still written"
+    );
+}
+
+/// `nohup faultline run ...` asks for the run to outlive the terminal: SIGHUP stays ignored.
+#[test]
+fn under_nohup_a_hangup_does_not_end_the_run() {
+    use std::os::unix::process::CommandExt;
+    let _serial = util::serial();
+    let ws = Workspace::new();
+    let victim = Proc::sleep("656565");
+    let file = freeze_for_50s(&ws, "nohup", "656565");
+    let mut command = faultline(&ws);
+    command
+        .arg("run")
+        .arg(&file)
+        .arg("--report-dir")
+        .arg(ws.report_dir());
+    // SAFETY: signal() only, between fork and exec, as nohup does before exec.
+    unsafe {
+        command.pre_exec(|| {
+            libc::signal(libc::SIGHUP, libc::SIG_IGN);
+            Ok(())
+        });
+    }
+    let mut runner = Runner::adopt(command.spawn().expect("spawn faultline run"));
+    assert!(wait_for(Duration::from_secs(5), || victim.state() == Some('T')));
+    runner.signal(Signal::SIGHUP);
+    assert_eq!(
+        runner.wait(Duration::from_millis(500)),
+        None,
+        "still running"
+    );
+    assert_eq!(victim.state(), Some('T'), "the fault is still live");
+    runner.signal(Signal::SIGINT);
+    assert_eq!(runner.wait(Duration::from_secs(5)), Some(130));
+    assert!(victim.running(), "{:?}", victim.state());
+}
+
 #[test]
 fn kill_9_of_the_runner_leaves_a_state_file_that_recover_turns_into_a_clean_host() {
     let _serial = util::serial();

@@ -269,6 +269,14 @@ impl Runner {
         Runner { child, stderr_path }
     }
 
+    /// A runner the test spawned itself (on a terminal of its own, say); no stderr file.
+    pub fn adopt(child: Child) -> Runner {
+        Runner {
+            child,
+            stderr_path: PathBuf::new(),
+        }
+    }
+
     pub fn pid(&self) -> u32 {
         self.child.id()
     }
