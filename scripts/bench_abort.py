@@ -30,6 +30,9 @@ import tempfile
 import threading
 import time
 
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
+from benchlib import proc_state  # noqa: E402
+
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 FREEZE_SECONDS = 10
 VENV = pathlib.Path(os.environ.get("FAULTLINE_BENCH_VENV", "/tmp/faultline-bench-venv"))
@@ -39,15 +42,6 @@ def free_port():
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
-
-
-def proc_state(pid):
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            stat = f.read()
-    except OSError:
-        return None
-    return stat[stat.rfind(")") + 2]
 
 
 class FreezeMonitor(threading.Thread):

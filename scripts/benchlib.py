@@ -33,6 +33,16 @@ def stop(proc, sig=signal.SIGTERM, grace=10):
         pass
 
 
+def proc_state(pid):
+    """The one-letter state of a process (`T` when stopped), or None when it is gone."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            stat = f.read()
+    except OSError:
+        return None
+    return stat[stat.rfind(")") + 2]
+
+
 def interrupted(_signum, _frame):
     """SIGTERM handler: the same cleanup path as Ctrl-C."""
     raise KeyboardInterrupt
@@ -42,7 +52,7 @@ class FaultlineRun:
     """One `faultline run` of `experiment` (YAML text) in its own directory under `workdir`,
     with its own state directory; its journal read as it is written."""
 
-    def __init__(self, faultline, workdir, name, experiment):
+    def __init__(self, faultline, workdir, name, experiment, extra_args=()):
         self.dir = workdir / name
         self.dir.mkdir()
         exp = self.dir / "experiment.yaml"
@@ -52,7 +62,8 @@ class FaultlineRun:
         env.pop("FAULTLINE_LOG", None)
         self.stderr = open(self.dir / "stderr", "w+")
         self.proc = subprocess.Popen(
-            [faultline, "run", str(exp), "--quiet", "--report-dir", str(self.reports)],
+            [faultline, "run", str(exp), "--quiet", "--report-dir", str(self.reports),
+             *extra_args],
             env=env, cwd=self.dir, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
             stderr=self.stderr)
 

@@ -118,6 +118,17 @@ pub struct RunArgs {
     /// Only the final summary, no progress lines.
     #[arg(short, long)]
     pub quiet: bool,
+    #[command(flatten)]
+    pub watchdog: WatchdogArgs,
+}
+
+/// Whether a crashed run's faults are reverted at once by its watchdog.
+#[derive(Debug, Args)]
+pub struct WatchdogArgs {
+    /// Start no watchdog: if faultline is killed (kill -9, OOM), its faults stay until
+    /// `faultline recover` or the next run (to inspect a crash's leftovers).
+    #[arg(long)]
+    pub no_watchdog: bool,
 }
 
 #[derive(Debug, Args)]
@@ -152,6 +163,8 @@ pub struct InjectArgs {
     /// Only the final summary, no progress lines.
     #[arg(short, long)]
     pub quiet: bool,
+    #[command(flatten)]
+    pub watchdog: WatchdogArgs,
 
     // The groups below set their own help headings, which carry on to any later argument.
     #[command(flatten)]

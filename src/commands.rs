@@ -13,6 +13,7 @@ use crate::plan::Plan;
 use crate::report::journal::Journal;
 use crate::report::{self, RunRecord, RunView};
 use crate::state::{StateDir, recover};
+use crate::watchdog::Watchdog;
 
 pub async fn dispatch(command: Command) -> u8 {
     match command {
@@ -347,6 +348,7 @@ async fn run(args: RunArgs) -> u8 {
         state: &args.state,
         report_dir: args.report_dir.as_deref(),
         quiet: args.quiet,
+        watchdog: !args.watchdog.no_watchdog,
     };
     run_plans(plans, &options).await
 }
@@ -356,6 +358,8 @@ struct RunOptions<'a> {
     state: &'a StateArgs,
     report_dir: Option<&'a Path>,
     quiet: bool,
+    /// Start a watchdog that reverts this run's faults if faultline dies mid-run.
+    watchdog: bool,
 }
 
 /// Run validated plans in order (a game day when there are several) and write the reports.
@@ -381,6 +385,22 @@ async fn run_plans(plans: Vec<Plan>, options: &RunOptions<'_>) -> u8 {
         );
         return EXIT_ERROR;
     }
+    // After the leftovers are settled (so it never sees another run's records as ours) and
+    // before the first fault.
+    let mut watchdog = if options.watchdog {
+        match Watchdog::start(&state) {
+            Ok(watchdog) => Some(watchdog),
+            Err(e) => {
+                eprintln!(
+                    "faultline: warning: no watchdog ({e}): if faultline is killed, its faults \
+                     stay until `faultline recover`"
+                );
+                None
+            }
+        }
+    } else {
+        None
+    };
 
     let stamp = jiff::Timestamp::now()
         .strftime("%Y%m%dT%H%M%SZ")
@@ -414,6 +434,9 @@ async fn run_plans(plans: Vec<Plan>, options: &RunOptions<'_>) -> u8 {
                 return EXIT_ERROR;
             }
         };
+        if let Some(watchdog) = watchdog.as_mut() {
+            watchdog.journal(&journal_path);
+        }
         let context = RunContext {
             backend: Arc::new(RealBackend),
             state: state.clone(),
@@ -437,6 +460,11 @@ async fn run_plans(plans: Vec<Plan>, options: &RunOptions<'_>) -> u8 {
             events: journal.events(),
         }));
         reports.push((report, journal_path));
+    }
+
+    // Every experiment ended by itself, its faults reverted or their failures reported.
+    if let Some(watchdog) = watchdog {
+        watchdog.stand_down();
     }
 
     if reports.len() > 1 {
@@ -532,6 +560,7 @@ async fn inject(args: InjectArgs) -> u8 {
         state: &args.state,
         report_dir: args.report_dir.as_deref(),
         quiet: args.quiet,
+        watchdog: !args.watchdog.no_watchdog,
     };
     run_plans(vec![plan], &options).await
 }

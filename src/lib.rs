@@ -18,5 +18,6 @@ pub mod probe;
 pub mod report;
 pub mod state;
 pub mod sys;
+pub mod watchdog;
 
 pub use outcome::Outcome;

@@ -11,6 +11,10 @@ fn main() -> ExitCode {
     if args.get(1).map(String::as_str) == Some(faultline::fault::memory::HOG_SUBCOMMAND) {
         return ExitCode::from(faultline::fault::memory::hog_main(&args[2..]));
     }
+    // Likewise the run's watchdog: small, synchronous, and alive after the runner is gone.
+    if args.get(1).map(String::as_str) == Some(faultline::watchdog::SUBCOMMAND) {
+        return ExitCode::from(faultline::watchdog::watchdog_main(&args[2..]));
+    }
     // Usage errors are invalid input (64), not clap's default 2 — which is `aborted` here.
     let cli = match Cli::try_parse() {
         Ok(cli) => cli,

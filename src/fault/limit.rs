@@ -923,9 +923,8 @@ mod tests {
         for dir in &origins.0 {
             cgroup::create(dir).expect("create a test cgroup");
         }
-        let busy: Vec<Guarded> = (0..2)
-            .map(|_| Guarded::spawn("python3", &["-c", "while True: pass", &tag]))
-            .collect();
+        // `yes` into /dev/null: busy, and one process whatever wraps `python3` on this host.
+        let busy: Vec<Guarded> = (0..2).map(|_| Guarded::spawn("yes", &[&tag])).collect();
         for (process, origin) in busy.iter().zip(&origins.0) {
             cgroup::move_process(origin, process.pid()).expect("move into a test cgroup");
         }
@@ -936,7 +935,7 @@ mod tests {
             },
             "busy",
             ProcessSelector {
-                cmdline: Some(crate::experiment::spanned::Sp::new(format!("{tag}$"))),
+                cmdline: Some(crate::experiment::spanned::Sp::new(format!("^yes {tag}$"))),
                 ..ProcessSelector::default()
             },
         );

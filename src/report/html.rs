@@ -82,9 +82,7 @@ impl<'a> RunSection<'a> {
                 .map_or("—".into(), |o| o.exit_code.to_string()),
             reason: match &run.outcome {
                 Some(o) => o.reason.clone(),
-                None => "the journal ends without an outcome: faultline crashed or was \
-                         killed; `faultline recover` reverts what it left"
-                    .into(),
+                None => super::view::NO_OUTCOME.into(),
             },
             duration: seconds(run.duration_ms()),
             abort: run.abort.as_ref().map(abort_summary),

@@ -158,12 +158,7 @@ fn slo_case(run: &RunView, probe: &ProbeView) -> TestCase {
 
 fn outcome_case(run: &RunView) -> TestCase {
     let status = match &run.outcome {
-        None => failure(
-            NonSuccessKind::Error,
-            "the journal ends without an outcome: faultline crashed or was killed; \
-             `faultline recover` reverts what it left",
-            "incomplete",
-        ),
+        None => failure(NonSuccessKind::Error, super::view::NO_OUTCOME, "incomplete"),
         Some(o) if o.outcome == "passed" => TestCaseStatus::success(),
         // The system under test misbehaved: a test failure.
         Some(o) if matches!(o.outcome.as_str(), "deviated" | "aborted" | "not_ready") => {

@@ -29,6 +29,11 @@ impl RunRecord {
     }
 }
 
+/// What a report says of a journal without an outcome.
+pub const NO_OUTCOME: &str = "the journal ends without an outcome: faultline crashed or was \
+     killed. Each fault says whether it was reverted (by the run's watchdog, if it had one); \
+     `faultline recover` reverts any that were not";
+
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct RunView {
     pub name: String,

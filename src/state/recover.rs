@@ -3,6 +3,7 @@
 //! revert succeeded, and is idempotent.
 
 use super::{FaultRecord, StateDir, StateError, owner_alive};
+use crate::fault::ProcRef;
 
 /// What `recover` did.
 #[derive(Debug, Default)]
@@ -24,6 +25,22 @@ impl RecoverReport {
 /// Revert every orphaned record (owner gone); with `include_active`, also those of runs
 /// that are still alive (for a run that hangs).
 pub fn recover(state: &StateDir, include_active: bool) -> Result<RecoverReport, StateError> {
+    recover_where(state, |record| {
+        include_active || !owner_alive(&record.owner)
+    })
+}
+
+/// Revert the records of one run's process, alive or not: its watchdog acts the moment the
+/// run died, when the process may still be a zombie.
+pub fn recover_owned_by(state: &StateDir, owner: ProcRef) -> Result<RecoverReport, StateError> {
+    recover_where(state, |record| record.owner == owner)
+}
+
+/// Revert the records `revertible` accepts, newest first; the others are reported active.
+fn recover_where(
+    state: &StateDir,
+    revertible: impl Fn(&FaultRecord) -> bool,
+) -> Result<RecoverReport, StateError> {
     let mut report = RecoverReport::default();
     let mut records = Vec::new();
     for entry in state.list()? {
@@ -35,7 +52,7 @@ pub fn recover(state: &StateDir, include_active: bool) -> Result<RecoverReport, 
     // Newest first: undo in the reverse of the order things were done.
     records.reverse();
     for record in records {
-        if !include_active && owner_alive(&record.owner) {
+        if !revertible(&record) {
             report.active.push(record);
             continue;
         }

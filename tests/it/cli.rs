@@ -313,7 +313,7 @@ fn kill_9_of_the_runner_also_stops_the_services_its_setup_started() {
          faults: [{id: freeze, kind: process-stop, target: svc, duration: 50s}]\n\
          setup: [{argv: [sleep, '300.191919'], background: true}]\n",
     );
-    let mut runner = Runner::spawn(&ws, &[&file]);
+    let mut runner = Runner::spawn_unwatched(&ws, &[&file]);
     assert!(
         wait_for(Duration::from_secs(5), || ws.state_records() == 1),
         "{}",

@@ -105,7 +105,7 @@ fn kill_9_during_a_partition_leaves_rules_that_recover_removes_exactly() {
             net.a, net.ip_b
         ),
     );
-    let mut runner = Runner::spawn(&ws, &[&file]);
+    let mut runner = Runner::spawn_unwatched(&ws, &[&file]);
     util::until_injected(&ws, &runner, Duration::from_secs(5));
     runner.crash();
     assert_eq!(
@@ -244,7 +244,7 @@ fn kill_9_during_an_nfqueue_delay_keeps_traffic_flowing_and_recover_restores_the
             net.a, net.ip_b
         ),
     );
-    let mut runner = Runner::spawn(&ws, &[&file]);
+    let mut runner = Runner::spawn_unwatched(&ws, &[&file]);
     util::until_injected(&ws, &runner, Duration::from_secs(5));
     runner.crash();
     // The delayer died with the runner; `--queue-bypass` lets packets through undelayed.
@@ -264,6 +264,41 @@ fn kill_9_during_an_nfqueue_delay_keeps_traffic_flowing_and_recover_restores_the
         before,
         iptables::save(Some(&net.a), variant, Family::V4).unwrap()
     );
+}
+
+/// With its watchdog (the default), a killed runner's rules are gone without anyone running
+/// `recover`, and the ruleset is exactly what it was.
+#[test]
+fn kill_9_during_a_delay_leaves_no_rule_behind_with_the_watchdog() {
+    let _serial = util::serial();
+    let ws = Workspace::new();
+    let net = TestNet::new().expect("test network (needs root)");
+    let variant = iptables::detect(Some(&net.a)).unwrap();
+    let before = iptables::save(Some(&net.a), variant, Family::V4).unwrap();
+    let file = ws.write(
+        "delay.yaml",
+        &format!(
+            "apiVersion: faultline/v1\nmetadata: {{name: watched-delay}}\nmax_duration: 1m\n\
+             targets: {{server: {{network: {{netns: {}, remote: ['{}'], protocol: tcp}}}}}}\n\
+             faults: [{{id: slow, kind: network-delay, target: server, params: {{delay: 100ms, backend: nfqueue}}, duration: 50s}}]\n",
+            net.a, net.ip_b
+        ),
+    );
+    let mut runner = Runner::spawn(&ws, &[&file]);
+    util::until_injected(&ws, &runner, Duration::from_secs(5));
+    assert!(!iptables::leftovers(Some(&net.a)).is_empty());
+    runner.crash();
+    assert!(
+        util::wait_for(Duration::from_secs(3), || iptables::leftovers(Some(&net.a))
+            .is_empty()),
+        "the watchdog removed the rules: {}",
+        runner.stderr()
+    );
+    assert_eq!(
+        before,
+        iptables::save(Some(&net.a), variant, Family::V4).unwrap()
+    );
+    assert_eq!(ws.state_records(), 0);
 }
 
 #[test]

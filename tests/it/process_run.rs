@@ -331,13 +331,58 @@ fn under_nohup_a_hangup_does_not_end_the_run() {
     assert!(victim.running(), "{:?}", victim.state());
 }
 
+/// The dead-man's switch: a runner killed with SIGKILL cannot revert, so its watchdog does,
+/// at once, and says so on the runner's standard error and in its journal.
+#[test]
+fn kill_9_of_the_runner_is_reverted_at_once_by_its_watchdog() {
+    let _serial = util::serial();
+    let ws = Workspace::new();
+    let victim = Proc::sleep("676767");
+    let file = freeze_for_50s(&ws, "watched", "676767");
+    let mut runner = Runner::spawn(&ws, &[&file]);
+    util::until_injected(&ws, &runner, Duration::from_secs(5));
+    assert_eq!(victim.state(), Some('T'));
+    runner.signal(Signal::SIGKILL);
+    assert_eq!(runner.wait(Duration::from_secs(5)), Some(128 + 9));
+    assert!(
+        wait_for(Duration::from_secs(2), || victim.running()),
+        "the watchdog resumed the stopped process: {:?}",
+        victim.state()
+    );
+    assert!(wait_for(Duration::from_secs(2), || ws.state_records() == 0));
+    assert!(
+        wait_for(Duration::from_secs(2), || runner
+            .stderr()
+            .contains("faultline watchdog: the run")),
+        "{}",
+        runner.stderr()
+    );
+
+    let events = ws.journal();
+    let reverted = events_of(&events, "fault_reverted");
+    assert_eq!(reverted.len(), 1, "{events:?}");
+    assert_eq!(reverted[0]["cause"], "watchdog");
+    assert!(
+        events_of(&events, "outcome").is_empty(),
+        "the run itself never ended"
+    );
+    // The report says the run crashed, and that its fault was reverted.
+    let journal = ws.reports("jsonl").pop().expect("the journal");
+    let report = faultline(&ws).arg("report").arg(&journal).output().unwrap();
+    assert_eq!(report.status.code(), Some(0), "{report:?}");
+    let junit = ws.junit();
+    assert_eq!(junit.errors, 1, "only the outcome: {junit:?}");
+    let recover = util::recover_ok(&ws);
+    assert!(String::from_utf8_lossy(&recover.stdout).contains("nothing to recover"));
+}
+
 #[test]
 fn kill_9_of_the_runner_leaves_a_state_file_that_recover_turns_into_a_clean_host() {
     let _serial = util::serial();
     let ws = Workspace::new();
     let victim = Proc::sleep("616161");
     let file = freeze_for_50s(&ws, "crashed", "616161");
-    let mut runner = Runner::spawn(&ws, &[&file]);
+    let mut runner = Runner::spawn_unwatched(&ws, &[&file]);
     assert!(wait_for(Duration::from_secs(5), || victim.state() == Some('T')));
     runner.signal(Signal::SIGKILL);
     assert_eq!(runner.wait(Duration::from_secs(5)), Some(128 + 9));
@@ -404,7 +449,7 @@ fn the_next_run_restores_what_a_crashed_run_left_behind() {
     let ws = Workspace::new();
     let victim = Proc::sleep("626262");
     let stop = freeze_for_50s(&ws, "crashed", "626262");
-    let mut runner = Runner::spawn(&ws, &[&stop]);
+    let mut runner = Runner::spawn_unwatched(&ws, &[&stop]);
     assert!(wait_for(Duration::from_secs(5), || victim.state() == Some('T')));
     runner.signal(Signal::SIGKILL);
     runner.wait(Duration::from_secs(5));

@@ -189,7 +189,7 @@ fn kill_9_during_disk_fill_leaves_a_file_that_recover_deletes() {
             dir.display()
         ),
     );
-    let mut runner = Runner::spawn(&ws, &[&file]);
+    let mut runner = Runner::spawn_unwatched(&ws, &[&file]);
     util::until_injected(&ws, &runner, Duration::from_secs(5));
     runner.crash();
     assert_eq!(fill_files(&dir), 1, "the crash left the fill file");
@@ -258,7 +258,7 @@ fn kill_9_of_the_runner_takes_its_memory_hog_with_it() {
         "apiVersion: faultline/v1\nmetadata: {name: memory-crash}\nmax_duration: 1m\n\
          faults: [{id: hog, kind: memory-pressure, params: {size: 128MiB}, duration: 50s}]\n",
     );
-    let mut runner = Runner::spawn(&ws, &[&file]);
+    let mut runner = Runner::spawn_unwatched(&ws, &[&file]);
     util::until_injected(&ws, &runner, Duration::from_secs(10));
     let events = ws.journal();
     let hog = events_of(&events, "fault_injected")[0]["details"]["hog"]["pid"]
@@ -291,7 +291,7 @@ fn kill_9_during_cpu_limit_leaves_a_cgroup_that_recover_undoes_exactly() {
             busy.pid()
         ),
     );
-    let mut runner = Runner::spawn(&ws, &[&file]);
+    let mut runner = Runner::spawn_unwatched(&ws, &[&file]);
     util::until_injected(&ws, &runner, Duration::from_secs(5));
     runner.crash();
     let during = std::fs::read_to_string(format!("/proc/{}/cgroup", busy.pid())).unwrap();
@@ -327,7 +327,7 @@ fn kill_9_during_disk_io_pressure_stops_the_io_and_recover_deletes_the_work_file
             dir.display()
         ),
     );
-    let mut runner = Runner::spawn(&ws, &[&file]);
+    let mut runner = Runner::spawn_unwatched(&ws, &[&file]);
     util::until_injected(&ws, &runner, Duration::from_secs(10));
     runner.crash();
     let work_files = || {
@@ -366,7 +366,7 @@ fn kill_9_during_disk_io_limit_leaves_a_cgroup_that_recover_undoes_exactly() {
             victim.pid()
         ),
     );
-    let mut runner = Runner::spawn(&ws, &[&file]);
+    let mut runner = Runner::spawn_unwatched(&ws, &[&file]);
     util::until_injected(&ws, &runner, Duration::from_secs(5));
     runner.crash();
     let during = std::fs::read_to_string(format!("/proc/{}/cgroup", victim.pid())).unwrap();

@@ -242,6 +242,11 @@ impl Runner {
         Runner::spawn_with(ws, files, &[])
     }
 
+    /// Without the watchdog, for tests of what a crash leaves for `recover` and the next run.
+    pub fn spawn_unwatched(ws: &Workspace, files: &[&Path]) -> Runner {
+        Runner::spawn_with(ws, files, &["--no-watchdog".to_string()])
+    }
+
     /// With more arguments for `run`, such as `--var NAME=VALUE`.
     pub fn spawn_with(ws: &Workspace, files: &[&Path], args: &[String]) -> Runner {
         let mut all = vec!["run".to_string()];
