@@ -358,6 +358,12 @@ fn kill_9_of_the_runner_is_reverted_at_once_by_its_watchdog() {
         runner.stderr()
     );
 
+    // The journal is written last, after the revert and the message.
+    assert!(wait_for(Duration::from_secs(2), || !events_of(
+        &ws.journal(),
+        "fault_reverted"
+    )
+    .is_empty()));
     let events = ws.journal();
     let reverted = events_of(&events, "fault_reverted");
     assert_eq!(reverted.len(), 1, "{events:?}");
