@@ -183,20 +183,20 @@ fn command_line_mistakes_exit_64_before_anything_runs() {
     assert_eq!(ws.state_records(), 0);
 }
 
-#[test]
-fn an_injected_freeze_stops_the_process_for_its_duration_and_resumes_it() {
-    let _serial = util::serial();
-    let ws = Workspace::new();
-    let victim = Proc::sleep("525252");
-    let mut runner = Runner::spawn_command(
-        &ws,
+/// A `sleep` tagged `tag`, frozen by `faultline inject process-stop --for duration`; returns
+/// once the kernel shows it stopped.
+fn freeze_by_inject(ws: &Workspace, tag: &str, duration: &str) -> (Proc, Runner) {
+    let victim = Proc::sleep(tag);
+    let cmdline = format!("^sleep 300\\.{tag}$");
+    let runner = Runner::spawn_command(
+        ws,
         &strings(&[
             "inject",
             "process-stop",
             "--cmdline",
-            "^sleep 300\\.525252$",
+            &cmdline,
             "--for",
-            "2s",
+            duration,
         ]),
     );
     assert!(
@@ -204,6 +204,14 @@ fn an_injected_freeze_stops_the_process_for_its_duration_and_resumes_it() {
         "{}",
         runner.stderr()
     );
+    (victim, runner)
+}
+
+#[test]
+fn an_injected_freeze_stops_the_process_for_its_duration_and_resumes_it() {
+    let _serial = util::serial();
+    let ws = Workspace::new();
+    let (victim, mut runner) = freeze_by_inject(&ws, "525252", "2s");
     assert_eq!(ws.state_records(), 1, "the fault is recorded while live");
     assert_eq!(
         runner.wait(Duration::from_secs(15)),
@@ -227,14 +235,16 @@ fn an_abort_probe_ends_the_injection_at_the_first_failed_check() {
     let _serial = util::serial();
     let ws = Workspace::new();
     let listen = format!("127.0.0.1:{}", util::free_port());
-    let mut demo = Command::new(util::faultline_bin())
-        .args(["demo-target", "--listen", &listen])
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("start the demo service");
-    let _demo_guard = KillOnDrop(&mut demo);
+    // Killed by PID on drop; its worker dies with it (PR_SET_PDEATHSIG).
+    let _demo = Runner::adopt(
+        Command::new(util::faultline_bin())
+            .args(["demo-target", "--listen", &listen])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start the demo service"),
+    );
     let worker = format!("demo-target --worker .*--listen {listen}$");
     let health = format!("http://{listen}/health");
     let mut runner = Runner::spawn_command(
@@ -271,19 +281,6 @@ fn an_abort_probe_ends_the_injection_at_the_first_failed_check() {
         "the worker was thawed"
     );
     assert_eq!(ws.state_records(), 0);
-}
-
-struct KillOnDrop<'a>(&'a mut std::process::Child);
-
-impl Drop for KillOnDrop<'_> {
-    fn drop(&mut self) {
-        // The demo supervisor's SIGTERM handler also stops its worker.
-        let _ = nix::sys::signal::kill(
-            nix::unistd::Pid::from_raw(self.0.id() as i32),
-            nix::sys::signal::Signal::SIGTERM,
-        );
-        let _ = self.0.wait();
-    }
 }
 
 /// The network flags reach the kernel as the selector they name: a reject partition of one
@@ -336,23 +333,7 @@ fn an_injected_partition_refuses_exactly_the_selected_port_until_it_is_over() {
 fn ctrl_c_ends_an_injection_and_reverts_it() {
     let _serial = util::serial();
     let ws = Workspace::new();
-    let victim = Proc::sleep("535353");
-    let mut runner = Runner::spawn_command(
-        &ws,
-        &strings(&[
-            "inject",
-            "process-stop",
-            "--cmdline",
-            "^sleep 300\\.535353$",
-            "--for",
-            "10m",
-        ]),
-    );
-    assert!(
-        wait_for(Duration::from_secs(5), || victim.state() == Some('T')),
-        "{}",
-        runner.stderr()
-    );
+    let (victim, mut runner) = freeze_by_inject(&ws, "535353", "10m");
     runner.signal(nix::sys::signal::Signal::SIGINT);
     assert_eq!(
         runner.wait(Duration::from_secs(5)),
