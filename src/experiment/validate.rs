@@ -102,6 +102,15 @@ pub(super) fn yaml_diagnostic(error: &YamlError) -> Diagnostic {
             "wrong type",
         ),
         YamlError::Message { msg, .. } => message_diagnostic(pos, strip_location(msg)),
+        YamlError::NonFiniteFloat { value, .. } => Diagnostic::at(
+            pos,
+            format!("`{value}` is not a finite number"),
+            "not finite",
+        )
+        .with_hint(
+            "write a finite number such as `0.5`: NaN passes no comparison, and an infinite \
+             bound is no bound (leave the key out instead)",
+        ),
         other => {
             let text = UserMessageFormatter.format_message(other);
             Diagnostic::at(pos, strip_location(&text).to_string(), "")

@@ -78,6 +78,7 @@ bad_files! {
     network_fault_on_process_target => "network-fault-on-process-target",
     network_param_wrong_kind => "network-param-wrong-kind",
     network_selector_mistakes => "network-selector-mistakes",
+    non_finite_threshold => "non-finite-threshold",
     multiple_problems => "multiple-problems",
     offset_beyond_max_duration => "offset-beyond-max-duration",
     prometheus_expect_key_wrong_kind => "prometheus-expect-key-wrong-kind",
