@@ -48,6 +48,8 @@ pub enum InjectError {
     },
     #[error("--max-latency needs --abort-if-http")]
     LatencyWithoutHttp,
+    #[error("{0} needs --abort-if-http or --abort-if-tcp")]
+    ProbeFlagWithoutProbe(&'static str),
 }
 
 /// The experiment an `inject` command line stands for, as YAML text.
@@ -71,6 +73,16 @@ pub fn experiment_source(args: &InjectArgs, command_line: &str) -> Result<Source
                     kind,
                     "acts on traffic",
                 ));
+            }
+            // An empty selection is every packet on every interface but loopback: in a file
+            // that is written out; on a command line it would be a flag forgotten.
+            if !network.keys().any(|key| key != "lockout_protection") {
+                return Err(InjectError::NoTarget {
+                    kind: name,
+                    takes: "traffic",
+                    hint: "--interface, --remote, --remote-port, --local-port, --protocol, \
+                           --netns or --cgroup (for all traffic say so: --remote 0.0.0.0/0)",
+                });
             }
             targets.insert("traffic", json!({ "network": network }));
         } else if kind.takes_target() {
@@ -300,6 +312,13 @@ fn flags_given(selector: &Map<String, Value>) -> Vec<String> {
 fn probes(args: &InjectArgs) -> Result<BTreeMap<String, Value>, InjectError> {
     if args.abort.max_latency.is_some() && args.abort.abort_if_http.is_empty() {
         return Err(InjectError::LatencyWithoutHttp);
+    }
+    let no_probe = args.abort.abort_if_http.is_empty() && args.abort.abort_if_tcp.is_empty();
+    if no_probe && args.abort.probe_interval.is_some() {
+        return Err(InjectError::ProbeFlagWithoutProbe("--probe-interval"));
+    }
+    if no_probe && args.abort.failures.is_some() {
+        return Err(InjectError::ProbeFlagWithoutProbe("--failures"));
     }
     let mut probes = BTreeMap::new();
     let mut add = |kind: &str, index: usize, check: Value, expect: Option<Value>| {

@@ -67,7 +67,7 @@ fn report_command(journals: &[PathBuf], out: Option<PathBuf>, name: Option<Strin
         match RunRecord::read(path) {
             Ok(record) => runs.push(RunView::from_record(&record)),
             Err(e) => {
-                eprintln!("faultline: cannot read the journal {}: {e}", path.display());
+                crate::say!("faultline: cannot read the journal {}: {e}", path.display());
                 return EXIT_INVALID_INPUT;
             }
         }
@@ -91,7 +91,7 @@ fn report_command(journals: &[PathBuf], out: Option<PathBuf>, name: Option<Strin
             0
         }
         Err(message) => {
-            eprintln!("faultline: {message}");
+            crate::say!("faultline: {message}");
             EXIT_ERROR
         }
     }
@@ -125,7 +125,7 @@ fn load(path: &Path, overrides: &Overrides) -> Result<Plan, Diagnostics> {
 /// The `--var` arguments, or the exit code after saying what is wrong with them.
 fn overrides(args: &VarArgs) -> Result<Overrides, u8> {
     Overrides::from_assignments(&args.vars).map_err(|e| {
-        eprintln!("faultline: {e}; nothing was run");
+        crate::say!("faultline: {e}; nothing was run");
         EXIT_INVALID_INPUT
     })
 }
@@ -188,7 +188,7 @@ fn recover_command(args: &StateArgs, include_active: bool) -> u8 {
             }
         }
         Err(e) => {
-            eprintln!("faultline recover: {e}");
+            crate::say!("faultline recover: {e}");
             EXIT_ERROR
         }
     }
@@ -208,7 +208,7 @@ fn print_recover_report(state: &StateDir, report: &recover::RecoverReport) {
         );
     }
     for (record, error) in &report.failed {
-        eprintln!(
+        crate::say!(
             "REVERT FAILED {} (fault {} of {}): {error}\n  the host still carries: {}\n  fix the cause and run `faultline recover --state-dir {}` again",
             record.id,
             record.fault_id,
@@ -218,7 +218,7 @@ fn print_recover_report(state: &StateDir, report: &recover::RecoverReport) {
         );
     }
     for problem in &report.unreadable {
-        eprintln!(
+        crate::say!(
             "UNREADABLE {problem}\n  inspect it by hand; delete it once the host is known to be clean"
         );
     }
@@ -268,7 +268,7 @@ fn status(args: &StateArgs, json: bool) -> u8 {
             0
         }
         Err(e) => {
-            eprintln!("faultline status: {e}");
+            crate::say!("faultline status: {e}");
             EXIT_ERROR
         }
     }
@@ -292,7 +292,7 @@ fn settle_leftovers(state: &StateDir) -> Result<(), (Outcome, String)> {
     if live.is_empty() && unreadable.is_empty() {
         return Ok(());
     }
-    eprintln!(
+    crate::say!(
         "faultline: {} fault(s) left behind by an earlier run that did not finish; reverting them first",
         live.len() + unreadable.len()
     );
@@ -341,7 +341,7 @@ async fn run(args: RunArgs) -> u8 {
         }
     }
     if invalid {
-        eprintln!("faultline: invalid input; nothing was run");
+        crate::say!("faultline: invalid input; nothing was run");
         return EXIT_INVALID_INPUT;
     }
     let options = RunOptions {
@@ -370,17 +370,17 @@ async fn run_plans(plans: Vec<Plan>, options: &RunOptions<'_>) -> u8 {
         .map_or_else(|| PathBuf::from("faultline-reports"), Path::to_path_buf);
     for plan in &plans {
         for warning in fills_own_records(plan, state.root(), &report_dir) {
-            eprintln!("faultline: warning: {warning}");
+            crate::say!("faultline: warning: {warning}");
         }
     }
     if let Err((outcome, message)) = settle_leftovers(&state) {
-        eprintln!("faultline: refusing to start: {message}");
+        crate::say!("faultline: refusing to start: {message}");
         return outcome.exit_code();
     }
 
     let (handle, interrupt) = interrupt::channel();
     if let Err(e) = interrupt::install_signal_handlers(handle) {
-        eprintln!(
+        crate::say!(
             "faultline: cannot install signal handlers, so Ctrl-C could not revert faults: {e}"
         );
         return EXIT_ERROR;
@@ -391,7 +391,7 @@ async fn run_plans(plans: Vec<Plan>, options: &RunOptions<'_>) -> u8 {
         match Watchdog::start(&state) {
             Ok(watchdog) => Some(watchdog),
             Err(e) => {
-                eprintln!(
+                crate::say!(
                     "faultline: warning: no watchdog ({e}): if faultline is killed, its faults \
                      stay until `faultline recover`"
                 );
@@ -412,7 +412,7 @@ async fn run_plans(plans: Vec<Plan>, options: &RunOptions<'_>) -> u8 {
     let total = plans.len();
     for (index, plan) in plans.into_iter().enumerate() {
         if interrupt.level() >= interrupt::Level::Abort {
-            eprintln!(
+            crate::say!(
                 "faultline: interrupted; {} experiment(s) not started",
                 total - index
             );
@@ -427,15 +427,20 @@ async fn run_plans(plans: Vec<Plan>, options: &RunOptions<'_>) -> u8 {
         let journal = match Journal::create(&journal_path) {
             Ok(j) => j,
             Err(e) => {
-                eprintln!(
+                crate::say!(
                     "faultline: cannot write the journal {}: {e}; nothing was run",
                     journal_path.display()
                 );
+                // Ended by itself: earlier experiments' leftovers (a failed revert) were
+                // reported, and are for a person, not for the watchdog.
+                if let Some(watchdog) = watchdog.take() {
+                    watchdog.stand_down();
+                }
                 return EXIT_ERROR;
             }
         };
         if let Some(watchdog) = watchdog.as_mut() {
-            watchdog.journal(&journal_path);
+            watchdog.journal(&run_id, &journal_path);
         }
         let context = RunContext {
             backend: Arc::new(RealBackend),
@@ -447,7 +452,7 @@ async fn run_plans(plans: Vec<Plan>, options: &RunOptions<'_>) -> u8 {
         };
         let report = engine::run(Arc::new(plan), context).await;
         if let Some(e) = journal.take_error() {
-            eprintln!(
+            crate::say!(
                 "faultline: warning: the journal {} is incomplete: {e}",
                 journal_path.display()
             );
@@ -498,11 +503,11 @@ async fn run_plans(plans: Vec<Plan>, options: &RunOptions<'_>) -> u8 {
         match write_reports(&report_dir, &stem, &views) {
             Ok(paths) => {
                 for path in paths {
-                    eprintln!("   report: {}", path.display());
+                    crate::say!("   report: {}", path.display());
                 }
             }
             // The outcome stays the run's: a missing report must not hide an abort.
-            Err(message) => eprintln!("faultline: warning: {message}"),
+            Err(message) => crate::say!("faultline: warning: {message}"),
         }
     }
     let worst = Outcome::worst(reports.iter().map(|(r, _)| r.outcome));
@@ -522,7 +527,7 @@ async fn inject(args: InjectArgs) -> u8 {
     let source = match adhoc::experiment_source(&args, &format!("faultline {command_line}")) {
         Ok(source) => source,
         Err(e) => {
-            eprintln!("faultline inject: {e}; nothing was run");
+            crate::say!("faultline inject: {e}; nothing was run");
             return EXIT_INVALID_INPUT;
         }
     };
@@ -530,7 +535,7 @@ async fn inject(args: InjectArgs) -> u8 {
         Ok(plan) => plan,
         Err(diagnostics) => {
             print_diagnostics(&diagnostics);
-            eprintln!(
+            crate::say!(
                 "faultline inject: the command line above makes this experiment:\n{}",
                 source.text
             );
@@ -539,13 +544,13 @@ async fn inject(args: InjectArgs) -> u8 {
     };
     if let Some(path) = &args.save {
         if let Err(e) = std::fs::write(path, &source.text) {
-            eprintln!(
+            crate::say!(
                 "faultline inject: cannot write {}: {e}; nothing was run",
                 path.display()
             );
             return EXIT_ERROR;
         }
-        eprintln!(
+        crate::say!(
             "saved: {} (run it with `faultline run {}`)",
             path.display(),
             path.display()
@@ -620,35 +625,36 @@ fn file_safe(name: &str) -> String {
 fn print_summary(report: &RunReport, journal: &Path) {
     let outcome = report.outcome;
     if outcome == Outcome::RevertFailed {
-        eprintln!("\n!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!");
-        eprintln!("!! REVERT FAILED — THE HOST MAY STILL CARRY FAULTS");
+        crate::say!("\n!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!");
+        crate::say!("!! REVERT FAILED — THE HOST MAY STILL CARRY FAULTS");
         for failure in &report.revert_failures {
-            eprintln!("!!   {failure}");
+            crate::say!("!!   {failure}");
         }
-        eprintln!("!! `faultline status` lists them; `faultline recover` retries the reverts.");
-        eprintln!("!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!\n");
+        crate::say!("!! `faultline status` lists them; `faultline recover` retries the reverts.");
+        crate::say!("!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!\n");
     }
-    eprintln!(
+    crate::say!(
         "\n== {}: {} (exit {}) in {:.1}s",
         report.name,
         outcome.as_str().to_uppercase(),
         outcome.exit_code(),
         report.duration.as_secs_f64()
     );
-    eprintln!("   {}", report.reason);
+    crate::say!("   {}", report.reason);
     if let Some(abort) = &report.abort {
-        eprintln!(
+        crate::say!(
             "   abort: {} fault(s) reverted {:.1} ms after the breach",
-            abort.faults_reverted, abort.breach_to_all_reverted_ms
+            abort.faults_reverted,
+            abort.breach_to_all_reverted_ms
         );
     }
-    eprintln!("   journal: {}", journal.display());
+    crate::say!("   journal: {}", journal.display());
 }
 
 fn print_game_day(reports: &[(RunReport, PathBuf)]) {
-    eprintln!("\ngame day: {} experiments", reports.len());
+    crate::say!("\ngame day: {} experiments", reports.len());
     for (report, _) in reports {
-        eprintln!(
+        crate::say!(
             "  {:<17} {:<32} {:>7.1}s  {}",
             report.outcome.as_str(),
             report.name,
@@ -657,7 +663,7 @@ fn print_game_day(reports: &[(RunReport, PathBuf)]) {
         );
     }
     let worst = Outcome::worst(reports.iter().map(|(r, _)| r.outcome));
-    eprintln!("  overall: {} (exit {})", worst, worst.exit_code());
+    crate::say!("  overall: {} (exit {})", worst, worst.exit_code());
 }
 
 async fn demo(args: DemoArgs) -> u8 {
@@ -675,7 +681,7 @@ async fn demo(args: DemoArgs) -> u8 {
     match result {
         Ok(()) => 0,
         Err(e) => {
-            eprintln!("faultline demo-target: {e}");
+            crate::say!("faultline demo-target: {e}");
             EXIT_ERROR
         }
     }

@@ -3,6 +3,17 @@
 //! Data flows one way: experiment file → [`experiment::Experiment`] → [`plan::Plan`] →
 //! [`engine`] → faults and probes → events → state file and reports.
 
+/// `eprintln!` that never panics. Standard error may be a terminal or a pipe that is gone (a
+/// dropped SSH session, a `| tee` that died with it), and faultline must go on reverting and
+/// writing its reports; a failed `eprintln!` would panic instead.
+#[macro_export]
+macro_rules! say {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        let _ = writeln!(std::io::stderr().lock(), $($arg)*);
+    }};
+}
+
 pub mod adhoc;
 pub mod cli;
 pub mod commands;

@@ -14,21 +14,29 @@ use std::process::{Command, Stdio};
 
 use serde::{Deserialize, Serialize};
 
+use crate::engine::events::Event;
 use crate::fault::ProcRef;
-use crate::state::{StateDir, recover};
+use crate::state::{FaultRecord, StateDir, recover};
 
 /// `faultline __watchdog`: not a user command, so `main` dispatches it before parsing the
 /// command line.
 pub const SUBCOMMAND: &str = "__watchdog";
 
 /// One line from the runner to its watchdog.
-#[derive(Debug, Serialize, Deserialize)]
+#[derive(Debug, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 enum Message {
-    /// The journal of the experiment that runs now.
-    Journal(PathBuf),
+    /// The experiment that runs now: its run id (in its state records) and its journal.
+    Journal { run_id: String, path: PathBuf },
     /// The run ended by itself, whatever its outcome: stand down.
     Done,
+}
+
+/// The experiment that was running when the runner died.
+#[derive(Debug, PartialEq)]
+struct Current {
+    run_id: String,
+    journal: PathBuf,
 }
 
 /// The runner's end of the watchdog.
@@ -63,15 +71,19 @@ impl Watchdog {
             });
         }
         // Not waited for: it must outlive this process (init reaps it then).
-        command.spawn()?;
+        let child = command.spawn()?;
+        crate::sys::proc::protect_helper(child.id());
         Ok(Watchdog {
             pipe: File::from(write),
         })
     }
 
-    /// The experiment that starts now writes to `journal`.
-    pub fn journal(&mut self, journal: &Path) {
-        self.send(&Message::Journal(journal.to_path_buf()));
+    /// The experiment `run_id` starts now and writes to `journal`.
+    pub fn journal(&mut self, run_id: &str, journal: &Path) {
+        self.send(&Message::Journal {
+            run_id: run_id.to_string(),
+            path: journal.to_path_buf(),
+        });
     }
 
     /// The run ended by itself; whatever it left (a failed revert) is for `recover` and a
@@ -81,7 +93,11 @@ impl Watchdog {
     }
 
     fn send(&mut self, message: &Message) {
-        let mut line = serde_json::to_vec(message).expect("a message serialises");
+        // A path that is not UTF-8 cannot be said in JSON; the watchdog then reverts without
+        // journalling, which beats a runner that panics here.
+        let Ok(mut line) = serde_json::to_vec(message) else {
+            return;
+        };
         line.push(b'\n');
         // A watchdog that died early cannot be helped; the state file still can.
         let _ = self.pipe.write_all(&line);
@@ -101,32 +117,65 @@ pub fn watchdog_main(args: &[String]) -> u8 {
     };
     let owner = ProcRef { pid, start_time };
     protect_from_oom_killer();
-    let (journal, done) = listen(io::stdin().lock());
+    // The runner's signals are the runner's: a SIGTERM to the whole session or unit must not
+    // take the watchdog away while the runner reverts.
+    for signal in [libc::SIGINT, libc::SIGTERM, libc::SIGHUP] {
+        // SAFETY: setting a signal to be ignored.
+        unsafe { libc::signal(signal, libc::SIG_IGN) };
+    }
+    let (current, done) = listen(io::stdin().lock());
     if done {
         return 0;
     }
-    take_over(&StateDir::new(state_dir), owner, journal.as_deref());
+    wait_until_dead(owner);
+    take_over(&StateDir::new(state_dir), owner, current.as_ref());
     0
 }
 
-/// Read the runner's messages until the pipe closes: the last journal named, and whether
+/// Read the runner's messages until the pipe closes: the experiment last named, and whether
 /// the runner said it was done.
-fn listen(input: impl Read) -> (Option<PathBuf>, bool) {
-    let mut journal = None;
+fn listen(input: impl Read) -> (Option<Current>, bool) {
+    let mut current = None;
     for line in BufReader::new(input).lines() {
         let Ok(line) = line else { break };
         match serde_json::from_str(&line) {
-            Ok(Message::Journal(path)) => journal = Some(path),
-            Ok(Message::Done) => return (journal, true),
+            Ok(Message::Journal { run_id, path }) => {
+                current = Some(Current {
+                    run_id,
+                    journal: path,
+                })
+            }
+            Ok(Message::Done) => return (current, true),
             Err(_) => {}
         }
     }
-    (journal, false)
+    (current, false)
+}
+
+/// The pipe closes while the runner exits, a moment before the kernel turns it into a
+/// zombie and sends `PR_SET_PDEATHSIG` to the tools it was running (an `iptables` halfway
+/// through adding a rule). Wait for the zombie — a pidfd turns readable then; the pipe also
+/// closes if the runner merely dropped its end, and then it has not died at all — and give
+/// those tools a moment to die before reverting after them.
+fn wait_until_dead(owner: ProcRef) {
+    use std::os::fd::AsRawFd;
+    if let Ok(pidfd) = crate::sys::pidfd::open(owner) {
+        let mut poll = [libc::pollfd {
+            fd: pidfd.as_raw_fd(),
+            events: libc::POLLIN,
+            revents: 0,
+        }];
+        // SAFETY: poll on one live fd; retried only when a signal interrupted it.
+        while unsafe { libc::poll(poll.as_mut_ptr(), 1, -1) } < 0
+            && io::Error::last_os_error().kind() == io::ErrorKind::Interrupted
+        {}
+    }
+    std::thread::sleep(std::time::Duration::from_millis(50));
 }
 
 /// The runner died without ending its run: revert what it recorded, say so where its output
-/// went, and write the reverts into its journal.
-fn take_over(state: &StateDir, owner: ProcRef, journal: Option<&Path>) {
+/// went, and write the reverts of the experiment that was running into its journal.
+fn take_over(state: &StateDir, owner: ProcRef, current: Option<&Current>) {
     let report = match recover::recover_owned_by(state, owner) {
         Ok(report) => report,
         Err(e) => {
@@ -161,8 +210,8 @@ fn take_over(state: &StateDir, owner: ProcRef, journal: Option<&Path>) {
         lines.push(format!("  FAILED   {}: {error}", record.fault_id));
     }
     say(&lines.join("\n"));
-    if let Some(journal) = journal {
-        append_to_journal(journal, &report);
+    if let Some(current) = current {
+        append_to_journal(current, &report);
     }
 }
 
@@ -171,48 +220,57 @@ fn say(text: &str) {
     let _ = writeln!(io::stderr().lock(), "{text}");
 }
 
-/// The reverts as journal events, with `t_ms` on the run's clock (from its start time).
-fn append_to_journal(path: &Path, report: &recover::RecoverReport) {
-    let Ok(text) = std::fs::read_to_string(path) else {
+/// The reverts of the current experiment's records as journal events, with `t_ms` on the
+/// run's clock (from its start time). Records of an earlier experiment of a game day (a
+/// revert that had failed) are reverted and reported above, not written into this journal.
+fn append_to_journal(current: &Current, report: &recover::RecoverReport) {
+    let Ok(bytes) = std::fs::read(&current.journal) else {
         return;
     };
-    let started: Option<jiff::Timestamp> = text
-        .lines()
+    let started: Option<jiff::Timestamp> = bytes
+        .split(|b| *b == b'\n')
         .next()
-        .and_then(|line| serde_json::from_str::<serde_json::Value>(line).ok())
+        .and_then(|line| serde_json::from_slice::<serde_json::Value>(line).ok())
         .and_then(|event| event["started_at"].as_str().and_then(|t| t.parse().ok()));
     let t_ms = started.map_or(0.0, |started| {
         (jiff::Timestamp::now() - started)
             .total(jiff::Unit::Millisecond)
             .unwrap_or(0.0)
     });
-    let mut events = Vec::new();
-    for (record, summary) in &report.reverted {
-        events.push(serde_json::json!({
-            "event": "fault_reverted", "t_ms": t_ms, "fault": record.fault_id,
-            "record": record.id, "summary": summary, "cause": "watchdog",
-        }));
+    let ours = |record: &&FaultRecord| record.run_id == current.run_id;
+    // A line cut short (a full disk) must not swallow the first event.
+    let mut out = match bytes.last() {
+        Some(b'\n') | None => Vec::new(),
+        Some(_) => b"\n".to_vec(),
+    };
+    let mut push = |event: &Event| {
+        out.extend(serde_json::to_vec(event).expect("events serialise"));
+        out.push(b'\n');
+    };
+    for (record, summary) in report.reverted.iter().filter(|(r, _)| ours(&r)) {
+        push(&Event::FaultReverted {
+            t_ms,
+            fault: &record.fault_id,
+            record: &record.id,
+            summary,
+            cause: "watchdog",
+            achieved: &serde_json::Value::Null,
+        });
     }
-    for (record, error) in &report.failed {
-        events.push(serde_json::json!({
-            "event": "fault_revert_failed", "t_ms": t_ms, "fault": record.fault_id,
-            "record": record.id, "error": error,
-            "remedy": "the run died and its watchdog could not revert this: run `faultline recover`",
-        }));
+    for (record, error) in report.failed.iter().filter(|(r, _)| ours(&r)) {
+        push(&Event::FaultRevertFailed {
+            t_ms,
+            fault: &record.fault_id,
+            record: &record.id,
+            error: error.clone(),
+            remedy: "the run died and its watchdog could not revert this: run \
+                     `faultline recover` (with the run's --state-dir)"
+                .into(),
+        });
     }
-    let Ok(mut file) = OpenOptions::new().append(true).open(path) else {
+    let Ok(mut file) = OpenOptions::new().append(true).open(&current.journal) else {
         return;
     };
-    // A line cut short (a full disk) must not swallow the first event.
-    let mut out = if text.is_empty() || text.ends_with('\n') {
-        Vec::new()
-    } else {
-        b"\n".to_vec()
-    };
-    for event in events {
-        out.extend(serde_json::to_vec(&event).expect("a Value serialises"));
-        out.push(b'\n');
-    }
     let _ = file.write_all(&out).and_then(|()| file.sync_all());
 }
 
@@ -227,17 +285,26 @@ mod tests {
     use super::*;
 
     #[test]
-    fn the_last_journal_counts_and_done_stands_down() {
-        let messages = "{\"journal\":\"/r/a.jsonl\"}\n{\"journal\":\"/r/b.jsonl\"}\n";
-        assert_eq!(
-            listen(messages.as_bytes()),
-            (Some(PathBuf::from("/r/b.jsonl")), false)
-        );
-        let done = format!("{messages}\"done\"\n");
-        assert_eq!(
-            listen(done.as_bytes()),
-            (Some(PathBuf::from("/r/b.jsonl")), true)
-        );
+    fn the_last_experiment_counts_and_done_stands_down() {
+        let message = |run_id: &str| {
+            let mut line = serde_json::to_string(&Message::Journal {
+                run_id: run_id.into(),
+                path: PathBuf::from(format!("/r/{run_id}.jsonl")),
+            })
+            .unwrap();
+            line.push('\n');
+            line
+        };
+        let messages = message("a") + &message("b");
+        let b = Current {
+            run_id: "b".into(),
+            journal: PathBuf::from("/r/b.jsonl"),
+        };
+        let (current, done) = listen(messages.as_bytes());
+        assert_eq!((current.as_ref(), done), (Some(&b), false));
+        let with_done = format!("{messages}\"done\"\n");
+        let (current, done) = listen(with_done.as_bytes());
+        assert_eq!((current.as_ref(), done), (Some(&b), true));
         // A line cut short when the runner died is no message.
         assert_eq!(listen("\"do".as_bytes()), (None, false));
     }

@@ -64,31 +64,6 @@ fn hangup_ignored() -> bool {
     }
 }
 
-/// The terminal is gone: writing to it fails (EIO), and a failed `eprintln!` panics in the
-/// middle of a revert. Point standard input and output that are terminals at /dev/null; a
-/// log file stays a log file. The journal and the reports still say everything.
-fn detach_from_terminal() {
-    use std::os::fd::AsRawFd;
-    let Ok(null) = std::fs::OpenOptions::new()
-        .read(true)
-        .write(true)
-        .open("/dev/null")
-    else {
-        return;
-    };
-    for fd in [0, 1, 2] {
-        // SAFETY: isatty and dup2 on the process's own standard descriptors.
-        unsafe {
-            // A terminal that hung up answers EIO instead of saying it is one.
-            let terminal = libc::isatty(fd) == 1
-                || std::io::Error::last_os_error().raw_os_error() == Some(libc::EIO);
-            if terminal {
-                libc::dup2(null.as_raw_fd(), fd);
-            }
-        }
-    }
-}
-
 impl Interrupt {
     /// An interrupt that never fires.
     pub fn never() -> Interrupt {
@@ -136,17 +111,18 @@ pub fn install_signal_handlers(handle: InterruptHandle) -> std::io::Result<()> {
             let name = tokio::select! {
                 _ = sigint.recv() => "SIGINT",
                 _ = sigterm.recv() => "SIGTERM",
+                // Output to the dead terminal now fails; every write to it ignores that
+                // (`say!`), so the run reverts and writes its journal and reports.
                 _ = hangup => {
-                    detach_from_terminal();
                     handle.abort();
                     continue;
                 }
             };
             match handle.raise() {
-                Level::Abort => eprintln!(
+                Level::Abort => crate::say!(
                     "\nfaultline: {name}: aborting — reverting every fault (again to skip checks and cleanup)"
                 ),
-                _ => eprintln!(
+                _ => crate::say!(
                     "\nfaultline: {name}: skipping checks and cleanup; still reverting (kill -9 would leave the host for `faultline recover`)"
                 ),
             }

@@ -86,9 +86,14 @@ fn fault_case(fault: &FaultView) -> TestCase {
         None => format!("fault {}", fault.fault),
     };
     let status = if let Some(error) = &fault.injection_error {
+        // A failed injection may have been partly applied; unreverted, it may still be live.
+        let left = fault
+            .never_reverted_message()
+            .map(|message| format!("; {message}"))
+            .unwrap_or_default();
         failure(
             NonSuccessKind::Error,
-            &format!("injection failed: {error}"),
+            &format!("injection failed: {error}{left}"),
             "injection_failed",
         )
     } else if let Some(error) = &fault.revert_error {
@@ -346,6 +351,25 @@ mod tests {
             "{status:?}"
         );
         assert_eq!(report.errors, 2);
+    }
+
+    #[test]
+    fn a_failed_injection_never_reverted_says_it_may_be_live() {
+        let mut events: Vec<_> = aborted_run().into_iter().take(3).collect();
+        events.push(
+            json!({"event": "fault_injection_failed", "t_ms": 12.0, "fault": "freeze",
+                           "record": "run-1-freeze-0", "error": "EPERM on pid 7"}),
+        );
+        let report = parse(&Junit.render("checkout", &[view(events)]));
+        let status = status_of(&report, "fault freeze (run-1-freeze-0)");
+        assert_eq!(
+            kind_and_type(status),
+            Some((NonSuccessKind::Error, "injection_failed".into()))
+        );
+        assert!(
+            format!("{status:?}").contains("partly applied"),
+            "{status:?}"
+        );
     }
 
     #[test]

@@ -149,6 +149,11 @@ impl FaultView {
     pub fn never_reverted_message(&self) -> Option<&'static str> {
         if !self.never_reverted() {
             None
+        } else if self.injection_error.is_some() {
+            Some(
+                "its failed injection may have been partly applied and was never reverted in \
+                 this journal: run `faultline status` / `faultline recover`",
+            )
         } else if self.injected_ms.is_some() {
             Some(
                 "injected but never reverted in this journal: run `faultline status` / \

@@ -640,6 +640,7 @@ fn run(netns: Option<&str>, program: &str, args: &[String]) -> Result<Output, Ip
         }
     };
     cmd.args(args);
+    super::dies_with_us(&mut cmd);
     cmd.output().map_err(|source| IptablesError::Spawn {
         command: display_command(netns, program, args),
         source,

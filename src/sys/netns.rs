@@ -39,7 +39,7 @@ pub fn command_in(name: &str, argv: &[&str]) -> Command {
 
 /// Run `ip` (argv) and fail loudly with its stderr.
 pub fn ip(args: &[&str]) -> std::io::Result<()> {
-    let out = Command::new("ip").args(args).output()?;
+    let out = super::dies_with_us(Command::new("ip").args(args)).output()?;
     if out.status.success() {
         Ok(())
     } else {

@@ -428,9 +428,20 @@ fn read_pidfile(path: &Path) -> Result<u32, SelectError> {
     })
 }
 
-/// PID 1, faultline itself and its ancestors: never touched without `force`.
+/// faultline's own helper processes (the run's watchdog), protected like faultline itself:
+/// a broad selector (`cgroup`, `uid`, a `cmdline` matching `faultline`) must not stop the
+/// process that would revert the run after a crash.
+static HELPERS: std::sync::Mutex<Vec<u32>> = std::sync::Mutex::new(Vec::new());
+
+/// Protect one of faultline's helper processes from selection.
+pub fn protect_helper(pid: u32) {
+    HELPERS.lock().unwrap_or_else(|p| p.into_inner()).push(pid);
+}
+
+/// PID 1, faultline itself, its helpers and its ancestors: never touched without `force`.
 struct Protection {
     myself: u32,
+    helpers: Vec<u32>,
     /// Ancestor PID → its name.
     ancestors: HashMap<u32, String>,
 }
@@ -450,6 +461,7 @@ impl Protection {
         }
         Protection {
             myself: std::process::id(),
+            helpers: HELPERS.lock().unwrap_or_else(|p| p.into_inner()).clone(),
             ancestors,
         }
     }
@@ -459,6 +471,8 @@ impl Protection {
             Some("pid 1 (init)".into())
         } else if info.pid == self.myself {
             Some("faultline itself".into())
+        } else if self.helpers.contains(&info.pid) {
+            Some("faultline's watchdog".into())
         } else {
             self.ancestors
                 .get(&info.pid)
@@ -891,6 +905,20 @@ mod tests {
             assert_eq!(pids(&forced), vec![pid]);
             assert!(forced.refused.is_empty());
         }
+    }
+
+    #[test]
+    fn the_runs_watchdog_is_refused_unless_forced() {
+        let watchdog = testing::sleep_with_arg("300.919191");
+        protect_helper(watchdog.pid());
+        let refused = select(&by_pid(watchdog.pid(), false)).expect("select");
+        assert!(refused.picked.is_empty());
+        assert_eq!(
+            refused.refused,
+            vec![(watchdog.pid(), "faultline's watchdog".to_string())]
+        );
+        let forced = select(&by_pid(watchdog.pid(), true)).expect("select");
+        assert_eq!(pids(&forced), vec![watchdog.pid()]);
     }
 
     #[test]

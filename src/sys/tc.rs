@@ -1278,6 +1278,7 @@ fn run(ns: Option<&str>, program: &str, args: &[String]) -> Result<String, TcErr
             cmd
         }
     };
+    super::dies_with_us(&mut cmd);
     let out = cmd.output().map_err(|e| TcError::Spawn {
         program: program.into(),
         error: e.to_string(),

@@ -25,6 +25,8 @@ fn strings(args: &[&str]) -> Vec<String> {
 
 #[test]
 fn a_dry_run_prints_the_experiment_and_its_plan_and_touches_nothing() {
+    // Serial: the ruleset compared here must not change under another test.
+    let _serial = util::serial();
     let ws = Workspace::new();
     let before = iptables_save();
     let out = faultline(&ws)
@@ -146,7 +148,7 @@ fn a_mistyped_param_is_pointed_at_with_a_hint_and_nothing_runs() {
 #[test]
 fn command_line_mistakes_exit_64_before_anything_runs() {
     let ws = Workspace::new();
-    let cases: [(&[&str], &str); 5] = [
+    let cases: [(&[&str], &str); 7] = [
         (
             &["inject", "process-stop", "--cmdline", "x"],
             "needs `--for DURATION`",
@@ -168,6 +170,23 @@ fn command_line_mistakes_exit_64_before_anything_runs() {
             "--interface select traffic, but `process-kill` acts on processes",
         ),
         (&["inject", "process-kill"], "give --pid, --pidfile"),
+        (
+            &["inject", "network-partition", "--for", "5s"],
+            "for all traffic say so",
+        ),
+        (
+            &[
+                "inject",
+                "process-stop",
+                "--pid",
+                "1",
+                "--for",
+                "5s",
+                "--failures",
+                "3",
+            ],
+            "--failures needs --abort-if-http or --abort-if-tcp",
+        ),
         (
             &["inject", "cpu-pressure", "load", "--for", "5s"],
             "`load` is not PARAM=VALUE",

@@ -320,11 +320,8 @@ fn under_nohup_a_hangup_does_not_end_the_run() {
     let mut runner = Runner::adopt(command.spawn().expect("spawn faultline run"));
     assert!(wait_for(Duration::from_secs(5), || victim.state() == Some('T')));
     runner.signal(Signal::SIGHUP);
-    assert_eq!(
-        runner.wait(Duration::from_millis(500)),
-        None,
-        "still running"
-    );
+    // An abort would revert and end the run within milliseconds; give it a second.
+    assert_eq!(runner.wait(Duration::from_secs(1)), None, "still running");
     assert_eq!(victim.state(), Some('T'), "the fault is still live");
     runner.signal(Signal::SIGINT);
     assert_eq!(runner.wait(Duration::from_secs(5)), Some(130));

@@ -75,7 +75,8 @@ impl<'a> Checker<'a> {
     /// The URL names the server, not an API call: faultline appends the API path and the
     /// query itself.
     fn base_url(&mut self, url: &Sp<String>, parsed: &reqwest::Url) -> bool {
-        let api_at = parsed.path().find(API_PATH);
+        // `/api/v1/...`, or `/api/v1` at the very end.
+        let api_at = format!("{}/", parsed.path()).find(API_PATH);
         if api_at.is_none() && parsed.query().is_none() && parsed.fragment().is_none() {
             return true;
         }
