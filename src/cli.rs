@@ -110,6 +110,14 @@ pub struct RunArgs {
     pub files: Vec<PathBuf>,
     #[command(flatten)]
     pub vars: VarArgs,
+    #[command(flatten)]
+    pub runner: RunnerArgs,
+}
+
+/// How `run` and `inject` run: where they record and report, how much they say, and
+/// whether a crashed run's faults are reverted at once by its watchdog.
+#[derive(Debug, Args)]
+pub struct RunnerArgs {
     /// Where journals and reports (JUnit XML, HTML) are written [default: ./faultline-reports].
     #[arg(long, value_name = "DIR")]
     pub report_dir: Option<PathBuf>,
@@ -118,13 +126,6 @@ pub struct RunArgs {
     /// Only the final summary, no progress lines.
     #[arg(short, long)]
     pub quiet: bool,
-    #[command(flatten)]
-    pub watchdog: WatchdogArgs,
-}
-
-/// Whether a crashed run's faults are reverted at once by its watchdog.
-#[derive(Debug, Args)]
-pub struct WatchdogArgs {
     /// Start no watchdog: if faultline is killed (kill -9, OOM), its faults stay until
     /// `faultline recover` or the next run (to inspect a crash's leftovers).
     #[arg(long)]
@@ -155,16 +156,8 @@ pub struct InjectArgs {
     /// Write the equivalent experiment file here (to edit, review or run again with `run`).
     #[arg(long, value_name = "FILE")]
     pub save: Option<PathBuf>,
-    /// Where journals and reports (JUnit XML, HTML) are written [default: ./faultline-reports].
-    #[arg(long, value_name = "DIR")]
-    pub report_dir: Option<PathBuf>,
     #[command(flatten)]
-    pub state: StateArgs,
-    /// Only the final summary, no progress lines.
-    #[arg(short, long)]
-    pub quiet: bool,
-    #[command(flatten)]
-    pub watchdog: WatchdogArgs,
+    pub runner: RunnerArgs,
 
     // The groups below set their own help headings, which carry on to any later argument.
     #[command(flatten)]

@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use crate::adhoc;
-use crate::cli::{Command, DemoArgs, InjectArgs, RunArgs, StateArgs, VarArgs};
+use crate::cli::{Command, DemoArgs, InjectArgs, RunArgs, RunnerArgs, StateArgs, VarArgs};
 use crate::engine::{self, RealBackend, RunContext, RunReport, interrupt};
 use crate::experiment::{self, Diagnostics, Overrides, Source};
 use crate::outcome::{EXIT_ERROR, EXIT_INVALID_INPUT, Outcome};
@@ -344,30 +344,16 @@ async fn run(args: RunArgs) -> u8 {
         crate::say!("faultline: invalid input; nothing was run");
         return EXIT_INVALID_INPUT;
     }
-    let options = RunOptions {
-        state: &args.state,
-        report_dir: args.report_dir.as_deref(),
-        quiet: args.quiet,
-        watchdog: !args.watchdog.no_watchdog,
-    };
-    run_plans(plans, &options).await
-}
-
-/// Where and how `run` and `inject` run their plans.
-struct RunOptions<'a> {
-    state: &'a StateArgs,
-    report_dir: Option<&'a Path>,
-    quiet: bool,
-    /// Start a watchdog that reverts this run's faults if faultline dies mid-run.
-    watchdog: bool,
+    run_plans(plans, &args.runner).await
 }
 
 /// Run validated plans in order (a game day when there are several) and write the reports.
-async fn run_plans(plans: Vec<Plan>, options: &RunOptions<'_>) -> u8 {
-    let state = state_dir(options.state);
+async fn run_plans(plans: Vec<Plan>, options: &RunnerArgs) -> u8 {
+    let state = state_dir(&options.state);
     let report_dir = options
         .report_dir
-        .map_or_else(|| PathBuf::from("faultline-reports"), Path::to_path_buf);
+        .clone()
+        .unwrap_or_else(|| PathBuf::from("faultline-reports"));
     for plan in &plans {
         for warning in fills_own_records(plan, state.root(), &report_dir) {
             crate::say!("faultline: warning: {warning}");
@@ -387,7 +373,7 @@ async fn run_plans(plans: Vec<Plan>, options: &RunOptions<'_>) -> u8 {
     }
     // After the leftovers are settled (so it never sees another run's records as ours) and
     // before the first fault.
-    let mut watchdog = if options.watchdog {
+    let mut watchdog = if !options.no_watchdog {
         match Watchdog::start(&state) {
             Ok(watchdog) => Some(watchdog),
             Err(e) => {
@@ -561,13 +547,7 @@ async fn inject(args: InjectArgs) -> u8 {
         print!("{}", crate::plan::render::render(&plan));
         return 0;
     }
-    let options = RunOptions {
-        state: &args.state,
-        report_dir: args.report_dir.as_deref(),
-        quiet: args.quiet,
-        watchdog: !args.watchdog.no_watchdog,
-    };
-    run_plans(vec![plan], &options).await
+    run_plans(vec![plan], &args.runner).await
 }
 
 /// `disk-fill` faults whose filesystem also holds the state directory or the reports: while
