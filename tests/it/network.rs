@@ -227,6 +227,20 @@ fn a_delay_adds_exactly_the_requested_latency_and_goes_away_on_revert() {
     assert!(iptables::leftovers(Some(&net.a)).is_empty());
 }
 
+/// An experiment delaying A's TCP traffic to B by 100 ms through the NFQUEUE delayer for 50 s:
+/// long enough for a test to crash the runner while it is live.
+fn nfqueue_delay_for_50s(ws: &Workspace, net: &TestNet, name: &str) -> std::path::PathBuf {
+    ws.write(
+        "delay.yaml",
+        &format!(
+            "apiVersion: faultline/v1\nmetadata: {{name: {name}}}\nmax_duration: 1m\n\
+             targets: {{server: {{network: {{netns: {}, remote: ['{}'], protocol: tcp}}}}}}\n\
+             faults: [{{id: slow, kind: network-delay, target: server, params: {{delay: 100ms, backend: nfqueue}}, duration: 50s}}]\n",
+            net.a, net.ip_b
+        ),
+    )
+}
+
 #[test]
 fn kill_9_during_an_nfqueue_delay_keeps_traffic_flowing_and_recover_restores_the_ruleset() {
     let _serial = util::serial();
@@ -235,15 +249,7 @@ fn kill_9_during_an_nfqueue_delay_keeps_traffic_flowing_and_recover_restores_the
     let addr = echo_server_in(&net.b, &net.ip_b);
     let variant = iptables::detect(Some(&net.a)).unwrap();
     let before = iptables::save(Some(&net.a), variant, Family::V4).unwrap();
-    let file = ws.write(
-        "delay.yaml",
-        &format!(
-            "apiVersion: faultline/v1\nmetadata: {{name: crashed-delay}}\nmax_duration: 1m\n\
-             targets: {{server: {{network: {{netns: {}, remote: ['{}'], protocol: tcp}}}}}}\n\
-             faults: [{{id: slow, kind: network-delay, target: server, params: {{delay: 100ms, backend: nfqueue}}, duration: 50s}}]\n",
-            net.a, net.ip_b
-        ),
-    );
+    let file = nfqueue_delay_for_50s(&ws, &net, "crashed-delay");
     let mut runner = Runner::spawn_unwatched(&ws, &[&file]);
     util::until_injected(&ws, &runner, Duration::from_secs(5));
     runner.crash();
@@ -275,15 +281,7 @@ fn kill_9_during_a_delay_leaves_no_rule_behind_with_the_watchdog() {
     let net = TestNet::new().expect("test network (needs root)");
     let variant = iptables::detect(Some(&net.a)).unwrap();
     let before = iptables::save(Some(&net.a), variant, Family::V4).unwrap();
-    let file = ws.write(
-        "delay.yaml",
-        &format!(
-            "apiVersion: faultline/v1\nmetadata: {{name: watched-delay}}\nmax_duration: 1m\n\
-             targets: {{server: {{network: {{netns: {}, remote: ['{}'], protocol: tcp}}}}}}\n\
-             faults: [{{id: slow, kind: network-delay, target: server, params: {{delay: 100ms, backend: nfqueue}}, duration: 50s}}]\n",
-            net.a, net.ip_b
-        ),
-    );
+    let file = nfqueue_delay_for_50s(&ws, &net, "watched-delay");
     let mut runner = Runner::spawn(&ws, &[&file]);
     util::until_injected(&ws, &runner, Duration::from_secs(5));
     assert!(!iptables::leftovers(Some(&net.a)).is_empty());
