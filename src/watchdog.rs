@@ -108,11 +108,11 @@ impl Watchdog {
 /// pipe on standard input.
 pub fn watchdog_main(args: &[String]) -> u8 {
     let [pid, start_time, state_dir] = args else {
-        eprintln!("faultline {SUBCOMMAND}: expected OWNER_PID OWNER_START_TIME STATE_DIR");
+        crate::say!("faultline {SUBCOMMAND}: expected OWNER_PID OWNER_START_TIME STATE_DIR");
         return crate::outcome::EXIT_INVALID_INPUT;
     };
     let (Ok(pid), Ok(start_time)) = (pid.parse(), start_time.parse()) else {
-        eprintln!("faultline {SUBCOMMAND}: bad owner {pid} {start_time}");
+        crate::say!("faultline {SUBCOMMAND}: bad owner {pid} {start_time}");
         return crate::outcome::EXIT_INVALID_INPUT;
     };
     let owner = ProcRef { pid, start_time };
@@ -179,11 +179,11 @@ fn take_over(state: &StateDir, owner: ProcRef, current: Option<&Current>) {
     let report = match recover::recover_owned_by(state, owner) {
         Ok(report) => report,
         Err(e) => {
-            say(&format!(
+            crate::say!(
                 "faultline watchdog: the run (pid {}) died; cannot read its state ({e}): run \
                  `faultline recover`",
                 owner.pid
-            ));
+            );
             return;
         }
     };
@@ -209,15 +209,10 @@ fn take_over(state: &StateDir, owner: ProcRef, current: Option<&Current>) {
     for (record, error) in &report.failed {
         lines.push(format!("  FAILED   {}: {error}", record.fault_id));
     }
-    say(&lines.join("\n"));
+    crate::say!("{}", lines.join("\n"));
     if let Some(current) = current {
         append_to_journal(current, &report);
     }
-}
-
-/// Standard error may be a terminal that is gone: never panic on it.
-fn say(text: &str) {
-    let _ = writeln!(io::stderr().lock(), "{text}");
 }
 
 /// The reverts of the current experiment's records as journal events, with `t_ms` on the
