@@ -242,30 +242,29 @@ fn params(pairs: &[String]) -> Result<Map<String, Value>, InjectError> {
     Ok(params)
 }
 
+/// A selector (or probe) mapping of the keys that were given.
+fn given<const N: usize>(entries: [(&str, Option<Value>); N]) -> Map<String, Value> {
+    entries
+        .into_iter()
+        .filter_map(|(key, value)| Some((key.to_string(), value?)))
+        .collect()
+}
+
 fn process_selector(args: &InjectArgs) -> Map<String, Value> {
-    let mut selector = Map::new();
-    let mut put = |key: &str, value: Option<Value>| {
-        if let Some(value) = value {
-            selector.insert(key.to_string(), value);
-        }
-    };
-    put("pid", args.process.pid.map(Value::from));
-    put("pidfile", args.process.pidfile.clone().map(Value::from));
-    put("name", args.process.name.clone().map(Value::from));
-    put("cmdline", args.process.cmdline.clone().map(Value::from));
-    put("count", args.process.count.map(Value::from));
-    put("force", args.process.force.then_some(Value::Bool(true)));
-    put("cgroup", args.cgroup.clone().map(Value::from));
-    selector
+    let process = &args.process;
+    given([
+        ("pid", process.pid.map(Value::from)),
+        ("pidfile", process.pidfile.clone().map(Value::from)),
+        ("name", process.name.clone().map(Value::from)),
+        ("cmdline", process.cmdline.clone().map(Value::from)),
+        ("count", process.count.map(Value::from)),
+        ("force", process.force.then_some(Value::Bool(true))),
+        ("cgroup", args.cgroup.clone().map(Value::from)),
+    ])
 }
 
 fn network_selector(args: &InjectArgs) -> Map<String, Value> {
-    let mut selector = Map::new();
-    let mut put = |key: &str, value: Option<Value>| {
-        if let Some(value) = value {
-            selector.insert(key.to_string(), value);
-        }
-    };
+    let network = &args.network;
     let list = |items: &[String]| (!items.is_empty()).then(|| json!(items));
     let ports = |items: &[String]| {
         (!items.is_empty()).then(|| {
@@ -275,22 +274,21 @@ fn network_selector(args: &InjectArgs) -> Map<String, Value> {
                 .collect::<Value>()
         })
     };
-    put("netns", args.network.netns.clone().map(Value::from));
-    put("interfaces", list(&args.network.interfaces));
-    put("direction", args.network.direction.clone().map(Value::from));
-    put("protocol", args.network.protocol.clone().map(Value::from));
-    put("remote", list(&args.network.remote));
-    put("remote_ports", ports(&args.network.remote_port));
-    put("local", list(&args.network.local));
-    put("local_ports", ports(&args.network.local_port));
-    put("cgroup", args.cgroup.clone().map(Value::from));
-    put(
-        "lockout_protection",
-        args.network
-            .no_lockout_protection
-            .then_some(Value::Bool(false)),
-    );
-    selector
+    given([
+        ("netns", network.netns.clone().map(Value::from)),
+        ("interfaces", list(&network.interfaces)),
+        ("direction", network.direction.clone().map(Value::from)),
+        ("protocol", network.protocol.clone().map(Value::from)),
+        ("remote", list(&network.remote)),
+        ("remote_ports", ports(&network.remote_port)),
+        ("local", list(&network.local)),
+        ("local_ports", ports(&network.local_port)),
+        ("cgroup", args.cgroup.clone().map(Value::from)),
+        (
+            "lockout_protection",
+            network.no_lockout_protection.then_some(Value::Bool(false)),
+        ),
+    ])
 }
 
 /// The command-line flags behind a selector's keys (`--cgroup` fits either kind of target,
