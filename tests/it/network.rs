@@ -1,34 +1,16 @@
 //! End-to-end network faults through the `faultline` binary, in namespaces the tests create
 //! (`TestNet`: two namespaces joined by a veth pair, removed on drop).
 
-use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::net::TcpStream;
 use std::time::Duration;
 
 use faultline::sys::iptables::{self, Family};
 use faultline::sys::netns::{TestNet, run_in};
 
-use crate::util::{self, Runner, Workspace, events_of, wait_for};
-
-/// A listening TCP socket in namespace `ns` (connections complete in the kernel backlog;
-/// nobody needs to accept them).
-fn listen_in(ns: &str, ip: &str) -> (TcpListener, SocketAddr) {
-    let ip = ip.to_string();
-    let listener = run_in(ns, move || TcpListener::bind(format!("{ip}:0")))
-        .expect("enter namespace")
-        .expect("bind");
-    let addr = listener.local_addr().unwrap();
-    (listener, addr)
-}
-
-/// How many of `n` connects from namespace `ns` to `addr` succeed within 300 ms each.
-fn connects(ns: &str, addr: SocketAddr, n: usize) -> usize {
-    run_in(ns, move || {
-        (0..n)
-            .filter(|_| TcpStream::connect_timeout(&addr, Duration::from_millis(300)).is_ok())
-            .count()
-    })
-    .unwrap()
-}
+use crate::util::{
+    self, Runner, Workspace, connects, echo_rtts, echo_server_in, events_of, listen_in, percentile,
+    wait_for,
+};
 
 fn injected(ws: &Workspace) -> bool {
     !events_of(&ws.journal(), "fault_injected").is_empty()
@@ -125,59 +107,7 @@ fn kill_9_during_a_partition_leaves_rules_that_recover_removes_exactly() {
     assert_eq!(ws.state_records(), 0);
 }
 
-/// An echo server in namespace `ns` on a thread of its own; it serves until the test ends
-/// (its socket goes with the namespace).
-fn echo_server_in(ns: &str, ip: &str) -> SocketAddr {
-    use std::io::{Read, Write};
-    let (listener, addr) = listen_in(ns, ip);
-    std::thread::spawn(move || {
-        for stream in listener.incoming().take(16) {
-            let Ok(mut stream) = stream else { return };
-            std::thread::spawn(move || {
-                let mut buf = [0u8; 64];
-                while let Ok(n) = stream.read(&mut buf) {
-                    if n == 0 || stream.write_all(&buf[..n]).is_err() {
-                        return;
-                    }
-                }
-            });
-        }
-    });
-    addr
-}
-
-/// Round-trip times (ms) of `n` 64-byte echoes on one connection from namespace `ns`,
-/// paced `gap` apart; bounded by a 2 s read timeout per echo.
-fn echo_rtts(ns: &str, addr: SocketAddr, n: usize, gap: Duration) -> Vec<f64> {
-    use std::io::{Read, Write};
-    run_in(ns, move || {
-        let mut stream =
-            TcpStream::connect_timeout(&addr, Duration::from_secs(2)).expect("connect");
-        stream.set_nodelay(true).unwrap();
-        stream
-            .set_read_timeout(Some(Duration::from_secs(2)))
-            .unwrap();
-        let mut rtts = Vec::with_capacity(n);
-        let mut buf = [0u8; 64];
-        for _ in 0..n {
-            let start = std::time::Instant::now();
-            stream.write_all(&[7u8; 64]).unwrap();
-            stream.read_exact(&mut buf).expect("echo");
-            rtts.push(start.elapsed().as_secs_f64() * 1000.0);
-            std::thread::sleep(gap);
-        }
-        rtts
-    })
-    .unwrap()
-}
-
-fn percentile(samples: &[f64], p: f64) -> f64 {
-    let mut sorted = samples.to_vec();
-    sorted.sort_by(f64::total_cmp);
-    let rank = ((p / 100.0) * sorted.len() as f64).ceil() as usize;
-    sorted[rank.clamp(1, sorted.len()) - 1]
-}
-
+/// The NFQUEUE delayer, also on kernels with netem (whose delays the stock-kernel lane tests).
 #[test]
 fn a_delay_adds_exactly_the_requested_latency_and_goes_away_on_revert() {
     let _serial = util::serial();
@@ -190,7 +120,7 @@ fn a_delay_adds_exactly_the_requested_latency_and_goes_away_on_revert() {
         &format!(
             "apiVersion: faultline/v1\nmetadata: {{name: delay}}\nmax_duration: 1m\n\
              targets: {{server: {{network: {{netns: {}, remote: ['{}'], remote_ports: [{}], protocol: tcp}}}}}}\n\
-             faults: [{{id: slow, kind: network-delay, target: server, params: {{delay: 50ms}}, duration: 12s}}]\n",
+             faults: [{{id: slow, kind: network-delay, target: server, params: {{delay: 50ms, backend: nfqueue}}, duration: 12s}}]\n",
             net.a,
             net.ip_b,
             addr.port()

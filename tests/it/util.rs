@@ -6,6 +6,9 @@ use std::process::{Child, Command, Stdio};
 use std::sync::{Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
+use std::net::{SocketAddr, TcpListener, TcpStream};
+
+use faultline::sys::netns::run_in;
 use serde_json::Value;
 
 /// Real-process tests measure timings on a 2-core box: run them one at a time.
@@ -79,8 +82,10 @@ impl Workspace {
         let Some(last) = journals.last() else {
             return Vec::new();
         };
-        std::fs::read_to_string(last)
-            .unwrap_or_default()
+        let text = std::fs::read_to_string(last).unwrap_or_default();
+        // A line the runner is still writing has no newline yet: read it next time.
+        let complete = &text[..text.rfind('\n').map_or(0, |end| end + 1)];
+        complete
             .lines()
             .filter(|l| !l.trim().is_empty())
             .map(|l| serde_json::from_str(l).expect("journal lines are JSON"))
@@ -349,4 +354,80 @@ pub fn recover_ok(ws: &Workspace) -> std::process::Output {
         String::from_utf8_lossy(&out.stderr)
     );
     out
+}
+
+// Traffic between the namespaces of a `TestNet`.
+
+/// A listening TCP socket in namespace `ns` (connections complete in the kernel backlog;
+/// nobody needs to accept them).
+pub fn listen_in(ns: &str, ip: &str) -> (TcpListener, SocketAddr) {
+    let ip = ip.to_string();
+    let listener = run_in(ns, move || TcpListener::bind(format!("{ip}:0")))
+        .expect("enter namespace")
+        .expect("bind");
+    let addr = listener.local_addr().unwrap();
+    (listener, addr)
+}
+
+/// How many of `n` connects from namespace `ns` to `addr` succeed within 300 ms each.
+pub fn connects(ns: &str, addr: SocketAddr, n: usize) -> usize {
+    run_in(ns, move || {
+        (0..n)
+            .filter(|_| TcpStream::connect_timeout(&addr, Duration::from_millis(300)).is_ok())
+            .count()
+    })
+    .unwrap()
+}
+
+/// An echo server in namespace `ns` on a thread of its own; it serves until the test ends
+/// (its socket goes with the namespace).
+pub fn echo_server_in(ns: &str, ip: &str) -> SocketAddr {
+    use std::io::{Read, Write};
+    let (listener, addr) = listen_in(ns, ip);
+    std::thread::spawn(move || {
+        for stream in listener.incoming().take(16) {
+            let Ok(mut stream) = stream else { return };
+            std::thread::spawn(move || {
+                let mut buf = [0u8; 64];
+                while let Ok(n) = stream.read(&mut buf) {
+                    if n == 0 || stream.write_all(&buf[..n]).is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    addr
+}
+
+/// Round-trip times (ms) of `n` 64-byte echoes on one connection from namespace `ns`,
+/// paced `gap` apart; bounded by a 2 s read timeout per echo.
+pub fn echo_rtts(ns: &str, addr: SocketAddr, n: usize, gap: Duration) -> Vec<f64> {
+    use std::io::{Read, Write};
+    run_in(ns, move || {
+        let mut stream =
+            TcpStream::connect_timeout(&addr, Duration::from_secs(2)).expect("connect");
+        stream.set_nodelay(true).unwrap();
+        stream
+            .set_read_timeout(Some(Duration::from_secs(2)))
+            .unwrap();
+        let mut rtts = Vec::with_capacity(n);
+        let mut buf = [0u8; 64];
+        for _ in 0..n {
+            let start = std::time::Instant::now();
+            stream.write_all(&[7u8; 64]).unwrap();
+            stream.read_exact(&mut buf).expect("echo");
+            rtts.push(start.elapsed().as_secs_f64() * 1000.0);
+            std::thread::sleep(gap);
+        }
+        rtts
+    })
+    .unwrap()
+}
+
+pub fn percentile(samples: &[f64], p: f64) -> f64 {
+    let mut sorted = samples.to_vec();
+    sorted.sort_by(f64::total_cmp);
+    let rank = ((p / 100.0) * sorted.len() as f64).ceil() as usize;
+    sorted[rank.clamp(1, sorted.len()) - 1]
 }
