@@ -167,11 +167,16 @@ pub struct MovedProcess {
     pub group: PathBuf,
 }
 
-/// A controller faultline enables in a v2 `cgroup.subtree_control` (disabled on revert).
+/// A controller faultline enables in a v2 `cgroup.subtree_control`, and takes away again on
+/// revert once nothing below it uses it any more.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct SubtreeChange {
     pub dir: PathBuf,
     pub controller: String,
+    /// Already enabled by another faultline limit when this one was planned (it carries
+    /// faultline's mark): the two share it, and the one reverted last disables it.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub shared: bool,
 }
 
 /// Everything needed to undo a cpu-limit or disk-io-limit.
@@ -424,8 +429,18 @@ fn v2_subtree_changes(
             chain.push(next);
         }
         for dir in chain {
-            let enabled = cgroup::subtree_control(&dir).map_err(failed)?;
-            if enabled.iter().any(|c| c == name) || changes.iter().any(|c| c.dir == dir) {
+            if changes.iter().any(|c| c.dir == dir) {
+                continue;
+            }
+            if cgroup::hands_on(&dir, name).map_err(failed)? {
+                // Someone else's enable is theirs; faultline's own (marked) is shared.
+                if cgroup::is_marked(&dir, name) == Some(true) {
+                    changes.push(SubtreeChange {
+                        dir,
+                        controller: name.to_string(),
+                        shared: true,
+                    });
+                }
                 continue;
             }
             if !hierarchy.is_top(&dir) {
@@ -449,6 +464,7 @@ fn v2_subtree_changes(
             changes.push(SubtreeChange {
                 dir,
                 controller: name.to_string(),
+                shared: false,
             });
         }
     }
@@ -509,6 +525,9 @@ fn apply(recipe: &LimitRecipe) -> Result<Applied, FaultError> {
     );
     for change in &recipe.enabled {
         cgroup::set_subtree_control(&change.dir, &change.controller, true).map_err(failed)?;
+        // Without the mark (a kernel before 5.7 keeps no attributes on cgroups) the enable
+        // is still undone by this limit's own revert; it just cannot be shared.
+        let _ = cgroup::mark_enabled(&change.dir, &change.controller);
     }
     if !limit_first {
         for group in &recipe.groups {
@@ -625,25 +644,18 @@ fn achieved(recipe: &LimitRecipe, baseline: Option<&Baseline>) -> serde_json::Va
     }
 }
 
-/// Undo a limit: disable what faultline enabled, move each process that is still the same
-/// process and still in faultline's cgroup back to its own cgroup, move any process born in
+/// Undo a limit: lift it, take the controller away from every cgroup faultline handed it to
+/// (bottom up, once nothing below uses it), move each process that is still the same process
+/// and still in faultline's cgroup back to its own cgroup, move any process born in
 /// faultline's cgroup to that cgroup's parent (where its parent came from), remove the
 /// cgroups. Every step runs even when one fails. Idempotent; works after a crash.
+///
+/// The order is v2's: a quota can only be lifted while the controller is enabled, and a
+/// process can only go back into a cgroup that hands no controller on to children.
 pub fn revert(recipe: &LimitRecipe) -> Result<Reverted, FaultError> {
     let baseline = forget(&recipe.id);
     let details = achieved(recipe, baseline.as_ref());
     let mut failures = Vec::new();
-    let any_group_left = recipe.groups.iter().any(|g| g.dir.exists());
-    // Once every group is gone, a previous revert already disabled these; doing it again
-    // could undo what someone else enabled since.
-    if any_group_left {
-        for change in recipe.enabled.iter().rev() {
-            match cgroup::set_subtree_control(&change.dir, &change.controller, false) {
-                Err(e) if !e.is_gone() => failures.push(e.to_string()),
-                _ => {}
-            }
-        }
-    }
     // A process that leaves while its group is throttled can stay parked until the group's
     // next refill; lift the quota first so it runs at full speed the moment it is back.
     if let LimitSetting::Cpu { period_us, .. } = &recipe.setting {
@@ -652,6 +664,17 @@ pub fn revert(recipe: &LimitRecipe) -> Result<Reverted, FaultError> {
                 Err(e) if !e.is_gone() => failures.push(e.to_string()),
                 _ => {}
             }
+        }
+    }
+    let any_group_left = recipe.groups.iter().any(|g| g.dir.exists());
+    let mut still_used = Vec::new();
+    for change in recipe.enabled.iter().rev() {
+        match disable_if_ours(change, any_group_left) {
+            Ok(true) => {}
+            Ok(false) => {
+                still_used.push(format!("{} in {}", change.controller, change.dir.display()))
+            }
+            Err(e) => failures.push(e.to_string()),
         }
     }
     let mut restored = 0;
@@ -700,7 +723,38 @@ pub fn revert(recipe: &LimitRecipe) -> Result<Reverted, FaultError> {
             ", {adopted} born under the limit moved to the parent cgroup"
         ));
     }
+    if !still_used.is_empty() {
+        summary.push_str(&format!(
+            "; left enabled while cgroups below still use it: {}",
+            still_used.join(", ")
+        ));
+    }
     Ok(Reverted { summary, details })
+}
+
+/// Take `change`'s controller away again unless something below still uses it. `Ok(false)`:
+/// left enabled, because a child cgroup still hands it on (another limit sharing the
+/// enable, which disables it when it is reverted, or someone else's).
+fn disable_if_ours(change: &SubtreeChange, any_group_left: bool) -> Result<bool, CgroupError> {
+    let (dir, controller) = (&change.dir, change.controller.as_str());
+    let ours = match cgroup::is_marked(dir, controller) {
+        Some(marked) => marked,
+        // No attributes on cgroups here: the enable is this limit's own until its groups
+        // are gone (then an earlier revert disabled it, and it may be someone else's since).
+        None => !change.shared && any_group_left,
+    };
+    if !ours {
+        return Ok(true);
+    }
+    match cgroup::set_subtree_control(dir, controller, false) {
+        Ok(()) => {
+            cgroup::unmark(dir, controller);
+            Ok(true)
+        }
+        Err(e) if e.is_gone() => Ok(true),
+        Err(e) if e.is_busy() => Ok(false),
+        Err(e) => Err(e),
+    }
 }
 
 /// One line for `faultline status`.
@@ -824,6 +878,7 @@ mod tests {
         let _serial = measuring();
         let busy = Guarded::busy();
         let pid = busy.pid();
+        let _alone = alone_on_v2(Controller::Cpu, &[pid]);
         std::thread::sleep(Duration::from_millis(200));
         let before = cgroup_text(pid);
         let fault = CpuLimitFault::new(
@@ -855,7 +910,11 @@ mod tests {
             .filter(|(old, new)| old != new)
             .map(|(_, new)| new)
             .collect();
-        assert_eq!(changed, vec![line_for(&during, "cpu")], "{during}");
+        let limited_line = match recipe.hierarchy.version {
+            Version::V1 => line_for(&during, "cpu"),
+            Version::V2 => during.lines().find(|l| l.starts_with("0::")).unwrap_or(""),
+        };
+        assert_eq!(changed, vec![limited_line], "{during}");
         assert_eq!(line_for(&before, "memory"), line_for(&during, "memory"));
 
         let limited = measured_cpu_percent(pid, Duration::from_secs(5));
@@ -887,15 +946,44 @@ mod tests {
         assert!(again.summary.contains("0 process"), "{}", again.summary);
     }
 
-    /// Cgroups a test made in the cpu hierarchy, removed on drop (after its processes died).
+    /// Cgroups a test made, removed on drop; a process still in one (the test failed before
+    /// its processes ended) is moved to the hierarchy's top first.
     struct TestCgroups(Vec<PathBuf>);
 
     impl Drop for TestCgroups {
         fn drop(&mut self) {
             for dir in &self.0 {
+                if let Some(top) = dir.parent() {
+                    for pid in cgroup::procs(dir).unwrap_or_default() {
+                        let _ = cgroup::move_process(top, pid);
+                    }
+                }
                 let _ = cgroup::remove(dir, Duration::from_secs(2));
             }
         }
+    }
+
+    /// On cgroup v2 a process can be limited only when its cgroup holds nothing else, and the
+    /// test's own cgroup holds the test: give each of `pids` a cgroup of its own under the top
+    /// of `controller`'s v2 tree, as a service of its own would have. Nothing on v1.
+    fn alone_on_v2(controller: Controller, pids: &[u32]) -> TestCgroups {
+        let mounts = Mounts::detect().expect("cgroup mounts");
+        let hierarchy = mounts
+            .find(controller)
+            .expect("a hierarchy for the controller");
+        if hierarchy.version == Version::V1 {
+            return TestCgroups(Vec::new());
+        }
+        let dirs: Vec<PathBuf> = pids
+            .iter()
+            .map(|pid| hierarchy.mount.join(format!("faultline-test-alone-{pid}")))
+            .collect();
+        let guard = TestCgroups(dirs);
+        for (dir, pid) in guard.0.iter().zip(pids) {
+            cgroup::create(dir).expect("create a test cgroup");
+            cgroup::move_process(dir, *pid).expect("move into a test cgroup");
+        }
+        guard
     }
 
     /// A limit is set per cgroup: processes that came from two cgroups each get the full
@@ -909,12 +997,6 @@ mod tests {
             .find(Controller::Cpu)
             .expect("a cpu hierarchy")
             .clone();
-        if hierarchy.version == Version::V2 {
-            // Moving a process into a fresh v2 sibling needs the whole tree enabled; the
-            // v2 rules have their own test above.
-            eprintln!("skipped: the cpu controller is on cgroup v2 here");
-            return;
-        }
         let tag = format!("faultline-two-origins-{}", std::process::id());
         let origins = TestCgroups(vec![
             hierarchy.mount.join(format!("{tag}-a")),
@@ -978,6 +1060,7 @@ mod tests {
     fn revert_after_the_process_died_and_after_a_crash() {
         let mut first = Guarded::spawn("sleep", &["30"]);
         let second = Guarded::spawn("sleep", &["30"]);
+        let _alone = alone_on_v2(Controller::Cpu, &[first.pid(), second.pid()]);
         let selector = |pid| {
             CpuLimitFault::new(
                 CpuLimitParams {
@@ -1228,6 +1311,7 @@ while True:
             &["-c", DIRECT_WRITER, file.to_str().expect("utf-8")],
         );
         let pid = writer.pid();
+        let _alone = alone_on_v2(Controller::Io, &[pid]);
         std::thread::sleep(Duration::from_millis(500));
         let free_before = measured_write_rate(pid, Duration::from_secs(1));
         let limit: u64 = 20 << 20;

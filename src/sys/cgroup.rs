@@ -42,6 +42,13 @@ impl CgroupError {
             CgroupError::Unsupported(_) => false,
         }
     }
+
+    /// True when the kernel said EBUSY: on v2, a controller a child cgroup still hands on
+    /// cannot be taken from its parent, and a cgroup that hands on controllers cannot take
+    /// processes.
+    pub fn is_busy(&self) -> bool {
+        matches!(self, CgroupError::Io { source, .. } if source.raw_os_error() == Some(libc::EBUSY))
+    }
 }
 
 fn io_error(action: &'static str, path: &Path) -> impl FnOnce(io::Error) -> CgroupError {
@@ -387,6 +394,47 @@ pub fn set_subtree_control(dir: &Path, controller: &str, enabled: bool) -> Resul
         &dir.join("cgroup.subtree_control"),
         &format!("{sign}{controller}"),
     )
+}
+
+/// Whether a v2 `cgroup.subtree_control` lists `controller`.
+pub fn hands_on(dir: &Path, controller: &str) -> Result<bool, CgroupError> {
+    Ok(subtree_control(dir)?.iter().any(|c| c == controller))
+}
+
+/// The extended attribute faultline sets on a v2 cgroup whose `cgroup.subtree_control` it
+/// enabled `controller` in. Another limit that finds the controller enabled and the mark set
+/// knows the enable is faultline's, shares it, and whichever limit is reverted last takes it
+/// away again; an enable without the mark belongs to someone else and is never touched.
+/// cgroupfs keeps `user.*` attributes in memory (Linux 5.7+): they go with the cgroup.
+fn mark_name(controller: &str) -> String {
+    format!("user.faultline.enabled.{controller}")
+}
+
+/// Set faultline's mark for `controller` on `dir`.
+pub fn mark_enabled(dir: &Path, controller: &str) -> Result<(), CgroupError> {
+    rustix::fs::setxattr(
+        dir,
+        mark_name(controller).as_str(),
+        b"1",
+        rustix::fs::XattrFlags::empty(),
+    )
+    .map_err(|e| io_error("mark", dir)(e.into()))
+}
+
+/// `Some(true)` when `dir` carries faultline's mark for `controller`, `None` when this kernel
+/// keeps no attributes on cgroups.
+pub fn is_marked(dir: &Path, controller: &str) -> Option<bool> {
+    let mut value = [0u8; 8];
+    match rustix::fs::getxattr(dir, mark_name(controller).as_str(), &mut value[..]) {
+        Ok(_) => Some(true),
+        Err(rustix::io::Errno::OPNOTSUPP) => None,
+        Err(_) => Some(false),
+    }
+}
+
+/// Remove faultline's mark for `controller` from `dir` (absent is fine).
+pub fn unmark(dir: &Path, controller: &str) {
+    let _ = rustix::fs::removexattr(dir, mark_name(controller).as_str());
 }
 
 /// Remove an empty cgroup. A process just moved out may still be counted for a moment
