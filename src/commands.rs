@@ -429,7 +429,7 @@ async fn run_plans(plans: Vec<Plan>, options: &RunnerArgs) -> u8 {
             watchdog.journal(&run_id, &journal_path);
         }
         let context = RunContext {
-            backend: Arc::new(RealBackend),
+            backend: Arc::new(RealBackend::default()),
             state: state.clone(),
             journal: journal.clone(),
             run_id,

@@ -41,11 +41,14 @@ pub trait Backend: Send + Sync {
 }
 
 /// Faults and probes that act on this host.
-pub struct RealBackend;
+#[derive(Default)]
+pub struct RealBackend {
+    shared: crate::fault::RunShared,
+}
 
 impl Backend for RealBackend {
     fn fault(&self, spec: &FaultSpec, plan: &Plan) -> Box<dyn Fault> {
-        crate::fault::build(spec, plan)
+        crate::fault::build(spec, plan, &self.shared)
     }
 
     fn probe(&self, spec: &ProbeSpec) -> Box<dyn Probe> {

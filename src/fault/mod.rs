@@ -150,10 +150,17 @@ pub enum FaultError {
     Failed(String),
 }
 
+/// What the faults of one run share while it lasts.
+#[derive(Default)]
+pub struct RunShared {
+    /// The tc trees its network faults put on interfaces.
+    pub tc_trees: std::sync::Arc<crate::sys::tc::TcTrees>,
+}
+
 /// Build the fault a plan entry describes.
-pub fn build(spec: &FaultSpec, plan: &Plan) -> Box<dyn Fault> {
+pub fn build(spec: &FaultSpec, plan: &Plan, shared: &RunShared) -> Box<dyn Fault> {
     match &spec.action {
-        FaultAction::Network(_) => network::build(spec, plan),
+        FaultAction::Network(_) => network::build(spec, plan, &shared.tc_trees),
         FaultAction::Resource(action) => resource::build(spec, plan, action),
         FaultAction::Signal { .. } | FaultAction::Stop => process::build(spec, plan),
     }

@@ -3,6 +3,7 @@
 //! picks the backend; `sys::iptables`, `sys::tc` and `sys::delayer` do the work.
 
 use std::net::{IpAddr, SocketAddr, ToSocketAddrs};
+use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
@@ -14,10 +15,12 @@ use crate::plan::DelayBackend;
 use crate::plan::{FaultAction, FaultSpec, NetworkAction, Plan, ProbeKind, TargetSpec};
 use crate::sys::delayer::{self, DelaySpec};
 use crate::sys::iptables::{Action, RuleSet};
-use crate::sys::tc::{self, NetemSpec, Support, TcInstall};
+use crate::sys::tc::legacy::LegacyTcInstall;
+use crate::sys::tc::{self, NetemSpec, Support, TcInstall, TcTrees};
 
-/// Build a network fault. Backends are chosen when it is prepared, from what this host has.
-pub fn build(spec: &FaultSpec, plan: &Plan) -> Box<dyn Fault> {
+/// Build a network fault. Backends are chosen when it is prepared, from what this host has;
+/// `trees` is the run's record of the tc trees its faults share.
+pub fn build(spec: &FaultSpec, plan: &Plan, trees: &Arc<TcTrees>) -> Box<dyn Fault> {
     let target = spec.target.clone().unwrap_or_default();
     let selector = match plan.targets.get(&target) {
         Some(TargetSpec::Network(selector)) => Some(selector.clone()),
@@ -32,6 +35,7 @@ pub fn build(spec: &FaultSpec, plan: &Plan) -> Box<dyn Fault> {
         selector,
         action,
         protected: protected_flows(plan),
+        trees: trees.clone(),
     })
 }
 
@@ -49,8 +53,12 @@ pub enum NetStep {
     },
     /// iptables chains and rules, jumped to from INPUT/OUTPUT.
     Iptables { rules: RuleSet },
-    /// qdiscs, filters and IFB devices.
-    Tc { install: TcInstall },
+    /// This fault's part in faultline's tc tree on each interface (classes, qdiscs, filters;
+    /// the tree itself, its ingress qdisc and IFB device when it is the last one on it).
+    TcTree { install: TcInstall },
+    /// A root qdisc of its own per interface, as faultline installed them before trees were
+    /// shared: only in records written by an older faultline, reverted the old way.
+    Tc { install: LegacyTcInstall },
 }
 
 impl NetStep {
@@ -61,14 +69,15 @@ impl NetStep {
                 let chains: Vec<&str> = rules.chains.iter().map(|c| c.name.as_str()).collect();
                 format!("iptables chains {}", chains.join(", "))
             }
-            NetStep::Tc { install } => {
-                let parts: Vec<String> = install.steps.iter().map(describe_tc_step).collect();
+            NetStep::TcTree { install } => {
+                let parts: Vec<String> = install.members.iter().map(|m| m.describe()).collect();
                 format!("tc {}", parts.join(", "))
             }
+            NetStep::Tc { install } => format!("tc qdiscs in {} step(s)", install.steps.len()),
         }
     }
 
-    fn apply(&self) -> Result<(), FaultError> {
+    fn apply(&self, trees: &TcTrees) -> Result<(), FaultError> {
         let failed = |e: &dyn std::fmt::Display| FaultError::Failed(e.to_string());
         match self {
             NetStep::Delayer { queue, netns, spec } => {
@@ -76,7 +85,10 @@ impl NetStep {
                     .map_err(|e| failed(&e))
             }
             NetStep::Iptables { rules } => rules.apply().map_err(|e| failed(&e)),
-            NetStep::Tc { install } => install.apply().map_err(|e| failed(&e)),
+            NetStep::TcTree { install } => install.apply(trees).map_err(|e| failed(&e)),
+            NetStep::Tc { .. } => Err(FaultError::Failed(
+                "an old-style tc record can only be reverted".into(),
+            )),
         }
     }
 
@@ -95,6 +107,12 @@ impl NetStep {
             // Stopping releases every held packet at once; after a crash there is nothing to stop.
             NetStep::Delayer { queue, .. } => {
                 Ok(serde_json::to_value(delayer::stop(*queue)).unwrap_or_default())
+            }
+            NetStep::TcTree { install } => {
+                install
+                    .remove()
+                    .map_err(|e| FaultError::Failed(e.to_string()))?;
+                Ok(serde_json::Value::Null)
             }
             NetStep::Tc { install } => {
                 install
@@ -118,7 +136,7 @@ pub fn revert_steps(steps: &[NetStep]) -> Result<Reverted, FaultError> {
                 match step {
                     NetStep::Iptables { .. } => steered = details["action"]["packets"].as_u64(),
                     NetStep::Delayer { .. } => delayed = details["packets_seen"].as_u64(),
-                    NetStep::Tc { .. } => {}
+                    NetStep::TcTree { .. } | NetStep::Tc { .. } => {}
                 }
                 achieved.push(serde_json::json!({ "step": step.describe(), "achieved": details }));
             }
@@ -171,6 +189,7 @@ struct NetworkFault {
     selector: Option<NetworkSelector>,
     action: Option<NetworkAction>,
     protected: Vec<Protected>,
+    trees: Arc<TcTrees>,
 }
 
 /// A short id for names faultline creates (chains, queues, devices): unique per injection.
@@ -195,7 +214,7 @@ impl Fault for NetworkFault {
     }
 
     fn apply(&self, prepared: &Prepared) -> Result<Applied, FaultError> {
-        apply_steps(prepared)
+        apply_steps(prepared, &self.trees)
     }
 }
 
@@ -241,7 +260,7 @@ impl NetworkFault {
                     loss_correlation: Some(*correlation),
                     ..NetemSpec::default()
                 };
-                (vec![netem_step(&traffic, &spec, &id)?], "netem")
+                (vec![netem_step(&traffic, &spec, &self.trees)?], "netem")
             }
             NetworkAction::Delay {
                 delay,
@@ -270,7 +289,7 @@ impl NetworkFault {
                         },
                         ..NetemSpec::default()
                     };
-                    (vec![netem_step(&traffic, &spec, &id)?], "netem")
+                    (vec![netem_step(&traffic, &spec, &self.trees)?], "netem")
                 } else {
                     let netns = traffic.netns.clone();
                     let queue = delayer::free_queue_number(netns.as_deref())
@@ -297,9 +316,10 @@ impl NetworkFault {
                 rate_bits_per_sec,
                 burst_bytes,
             } => {
-                let install = TcInstall::bandwidth(&traffic, *rate_bits_per_sec, *burst_bytes, &id)
-                    .map_err(|e| FaultError::Failed(e.to_string()))?;
-                (vec![NetStep::Tc { install }], "tc")
+                let install =
+                    TcInstall::bandwidth(&traffic, *rate_bits_per_sec, *burst_bytes, &self.trees)
+                        .map_err(|e| FaultError::Failed(e.to_string()))?;
+                (vec![NetStep::TcTree { install }], "tc")
             }
             NetworkAction::Duplicate { probability } => {
                 require_netem("network-duplicate")?;
@@ -307,7 +327,7 @@ impl NetworkFault {
                     duplicate: Some(*probability),
                     ..NetemSpec::default()
                 };
-                (vec![netem_step(&traffic, &spec, &id)?], "netem")
+                (vec![netem_step(&traffic, &spec, &self.trees)?], "netem")
             }
             NetworkAction::Corrupt { probability } => {
                 require_netem("network-corrupt")?;
@@ -315,7 +335,7 @@ impl NetworkFault {
                     corrupt: Some(*probability),
                     ..NetemSpec::default()
                 };
-                (vec![netem_step(&traffic, &spec, &id)?], "netem")
+                (vec![netem_step(&traffic, &spec, &self.trees)?], "netem")
             }
             NetworkAction::Reorder {
                 probability,
@@ -329,7 +349,7 @@ impl NetworkFault {
                     reorder_gap: *gap,
                     ..NetemSpec::default()
                 };
-                (vec![netem_step(&traffic, &spec, &id)?], "netem")
+                (vec![netem_step(&traffic, &spec, &self.trees)?], "netem")
             }
         };
         let summary = format!(
@@ -349,12 +369,12 @@ impl NetworkFault {
     }
 }
 
-fn apply_steps(prepared: &Prepared) -> Result<Applied, FaultError> {
+fn apply_steps(prepared: &Prepared, trees: &TcTrees) -> Result<Applied, FaultError> {
     let RevertRecipe::Network { steps } = &prepared.revert else {
         return Err(FaultError::Failed("not a network injection".into()));
     };
     for step in steps {
-        step.apply()?;
+        step.apply(trees)?;
     }
     Ok(Applied {
         summary: prepared.summary.clone(),
@@ -374,19 +394,10 @@ fn require_netem(what: &str) -> Result<(), FaultError> {
     }
 }
 
-fn netem_step(traffic: &Traffic, spec: &NetemSpec, id: &str) -> Result<NetStep, FaultError> {
+fn netem_step(traffic: &Traffic, spec: &NetemSpec, trees: &TcTrees) -> Result<NetStep, FaultError> {
     let install =
-        TcInstall::netem(traffic, spec, id).map_err(|e| FaultError::Failed(e.to_string()))?;
-    Ok(NetStep::Tc { install })
-}
-
-fn describe_tc_step(step: &tc::TcStep) -> String {
-    match step {
-        tc::TcStep::CreateIfb { name } => format!("device {name}"),
-        tc::TcStep::RootQdisc { dev, .. } => format!("root qdisc on {dev}"),
-        tc::TcStep::IngressQdisc { dev, .. } => format!("ingress qdisc on {dev}"),
-        tc::TcStep::InTree { dev, .. } => format!("filters on {dev}"),
-    }
+        TcInstall::netem(traffic, spec, trees).map_err(|e| FaultError::Failed(e.to_string()))?;
+    Ok(NetStep::TcTree { install })
 }
 
 fn iptables_step(traffic: &Traffic, action: Action, id: &str) -> Result<NetStep, FaultError> {

@@ -1,59 +1,48 @@
 //! The `tc` backend: netem (delay, jitter, loss, duplicate, corrupt, reorder) and bandwidth
-//! caps (tbf/htb), egress on the interface and ingress through an IFB device.
+//! caps (tbf), egress on the interface and ingress through an IFB device, in one faultline
+//! tree per interface and direction that every such fault shares ([`tree`]).
 //!
-//! Everything one fault installs is a [`TcInstall`]: a serialisable list of steps computed
-//! (read-only) before anything is touched, so the engine can write it to the state file first
-//! and `recover` can undo it in a fresh process from that value alone.
+//! What one fault installs is a [`TcInstall`]: its part in each tree, computed (read-only)
+//! before anything is touched, so the engine can write it to the state file first and
+//! `recover` can undo it in a fresh process from that value alone.
 //!
 //! Safety rules this module enforces:
 //! - faultline only ever replaces a *default* root qdisc (kernel-attached, handle `0:`), using
 //!   `tc qdisc add` so the kernel itself refuses if someone attached their own meanwhile. A
-//!   custom root qdisc or an existing ingress/clsact qdisc makes the install fail before
+//!   custom root qdisc or someone else's ingress/clsact qdisc makes the install fail before
 //!   anything changes: their filters and classes cannot be snapshot and rebuilt reliably.
-//! - Removal deletes only qdiscs carrying faultline's handles (`fa17:`, `fa18:`), an ingress
-//!   qdisc whose filters redirect only to faultline's IFB, and IFB devices named `flifb<id>-N`;
-//!   then it checks `tc qdisc show dev X` is byte-for-byte what it was before.
+//! - Removal deletes only faultline's own classes and filters, its root qdisc (`fa17:`) once
+//!   no fault uses it, an ingress qdisc whose filters redirect only to faultline's IFB, and
+//!   IFB devices named `flifb*`; then it checks `tc qdisc show dev X` is byte-for-byte what
+//!   it was before faultline's first tree on X.
 
-use std::collections::BTreeSet;
 use std::process::Command;
 use std::sync::OnceLock;
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-use crate::net::{Family, IpNet, PortRange, Protocol, Traffic};
+use crate::net::Traffic;
 use crate::sys::netns;
+
+pub mod filter;
+pub mod legacy;
+pub mod tree;
+
+pub use tree::{Side, TcInstall, TcMember, TcTrees};
 
 /// faultline's root qdisc handle on a shaped interface or IFB.
 pub const ROOT_HANDLE: &str = "fa17:";
-/// The leaf qdisc under the shaped htb class (netem when the selection narrows traffic).
+/// The leaf qdisc of faultline's trees before they were shared (found only in old records).
 pub const LEAF_HANDLE: &str = "fa18:";
 /// IFB devices faultline creates start with this.
 pub const IFB_PREFIX: &str = "flifb";
-const SHAPED_CLASS: &str = "fa17:1";
-/// htb sends packets classified to `MAJOR:0` straight through its direct queue, unshaped.
-const DIRECT_FLOW: &str = "fa17:0";
-/// Classifying to a class id on the ingress qdisc (no action) ends classification: the packet
-/// continues untouched.
-const INGRESS_PASS: &str = "ffff:1";
 /// Worst common kernel tick rate assumption for burst sizing (this kernel: HZ=250).
 const HZ: u64 = 250;
 /// Ethernet header on top of the MTU: the largest frame a shaper must be able to pass.
 const L2_HEADER: u64 = 14;
 /// How long a rate cap may queue packets before dropping (tbf `latency`).
 const SHAPER_LATENCY_MS: u64 = 50;
-/// Rate of the pass-through htb class that carries netem: high enough not to shape.
-const UNSHAPED_RATE: &str = "100gbit";
-/// More u32 filters than this is a selection tc should not carry (each is tried per packet).
-const MAX_FILTERS: usize = 64;
-
-/// Filter priorities: one protocol per priority (the kernel requires it); protected flows
-/// are checked before the selection.
-const PRIO_PROTECTED_V4: u32 = 1;
-const PRIO_PROTECTED_V6: u32 = 2;
-const PRIO_SELECTED_V4: u32 = 3;
-const PRIO_SELECTED_V6: u32 = 4;
-const PRIO_SELECTED_ALL: u32 = 5;
 
 #[derive(Debug, thiserror::Error)]
 pub enum TcError {
@@ -266,19 +255,20 @@ pub enum Distribution {
     Paretonormal,
 }
 
-/// One netem qdisc's parameters. Percentages are 0 to 100.
+/// One netem qdisc's parameters. Probabilities and correlations are fractions (0 to 1), as
+/// everywhere else in faultline; netem's own percent syntax appears only in its argv.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct NetemSpec {
     pub delay: Option<Duration>,
     pub jitter: Option<Duration>,
-    /// Correlation of successive delays, percent.
+    /// Correlation of successive delays.
     pub correlation: Option<f64>,
     pub distribution: Distribution,
     pub loss: Option<f64>,
     pub loss_correlation: Option<f64>,
     pub duplicate: Option<f64>,
     pub corrupt: Option<f64>,
-    /// Percent of packets sent at once (needs a delay; the others wait the delay).
+    /// Share of packets sent at once (needs a delay; the others wait the delay).
     pub reorder: Option<f64>,
     /// With `reorder`: reorder every Nth packet instead of randomly.
     pub reorder_gap: Option<u32>,
@@ -290,7 +280,7 @@ pub struct NetemSpec {
 impl NetemSpec {
     pub fn validate(&self) -> Result<(), TcError> {
         let invalid = |m: &str| Err(TcError::Invalid(format!("netem: {m}")));
-        let percents = [
+        let fractions = [
             ("correlation", self.correlation),
             ("loss", self.loss),
             ("loss correlation", self.loss_correlation),
@@ -298,11 +288,11 @@ impl NetemSpec {
             ("corrupt", self.corrupt),
             ("reorder", self.reorder),
         ];
-        for (name, value) in percents {
+        for (name, value) in fractions {
             if let Some(p) = value
-                && !(0.0..=100.0).contains(&p)
+                && !(0.0..=1.0).contains(&p)
             {
-                return invalid(&format!("{name} must be 0% to 100%, not {p}%"));
+                return invalid(&format!("{name} must be 0% to 100%, not {}", percent(p)));
             }
         }
         if self.delay.is_none() {
@@ -400,8 +390,10 @@ fn tc_time(d: Duration) -> String {
     }
 }
 
-fn percent(p: f64) -> String {
-    format!("{p}%")
+/// A fraction in netem's percent syntax: 0.3 → `30%` (rounded to a millionth of a percent,
+/// so 0.3 × 100 does not print as 30.000000000000004).
+fn percent(fraction: f64) -> String {
+    format!("{}%", (fraction * 100.0 * 1e6).round() / 1e6)
 }
 
 /// The token bucket size for a rate cap: `max(ceil(rate_bytes_per_sec / HZ), MTU + 14)`.
@@ -410,219 +402,6 @@ fn percent(p: f64) -> String {
 /// less); and a bucket smaller than one full frame would never pass that frame.
 pub fn default_burst(rate_bits_per_sec: u64, mtu: u64) -> u64 {
     (rate_bits_per_sec / 8).div_ceil(HZ).max(mtu + L2_HEADER)
-}
-
-/// One change to the kernel's tc state, as faultline will make it and later undo it.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-#[serde(tag = "step", rename_all = "snake_case")]
-pub enum TcStep {
-    /// `ip link add NAME type ifb` + up; undone by deleting the device.
-    CreateIfb { name: String },
-    /// faultline's root qdisc (handle `fa17:`) where the kernel's default one was. `before`
-    /// is `tc qdisc show dev DEV` at planning time; undo deletes ours (the kernel reattaches
-    /// its default) and checks the text is `before` again.
-    RootQdisc {
-        dev: String,
-        tc: Vec<String>,
-        before: String,
-    },
-    /// An ingress qdisc where there was none; it exists to redirect into `ifb`. Undone by
-    /// deleting it while its filters redirect only to `ifb`.
-    IngressQdisc {
-        dev: String,
-        ifb: String,
-        tc: Vec<String>,
-        before: String,
-    },
-    /// A class, leaf qdisc or filter inside one of the above (or on an IFB); it goes away
-    /// with its parent.
-    InTree { dev: String, tc: Vec<String> },
-}
-
-/// Everything one fault installs with tc, in the order it is installed.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-pub struct TcInstall {
-    /// `/run/netns/NAME` to act in; `None` = faultline's own.
-    pub netns: Option<String>,
-    pub steps: Vec<TcStep>,
-}
-
-/// What sits on the shaped path: a netem qdisc, or a rate cap.
-enum Shaper {
-    Netem(Vec<String>),
-    Rate {
-        bits_per_sec: u64,
-        burst: Option<u64>,
-    },
-}
-
-impl TcInstall {
-    /// netem on `traffic` (egress on its interfaces; ingress through an IFB per interface).
-    /// Reads the current state (interfaces, qdiscs) but changes nothing.
-    pub fn netem(traffic: &Traffic, spec: &NetemSpec, id: &str) -> Result<TcInstall, TcError> {
-        spec.validate()?;
-        plan(traffic, &Shaper::Netem(netem_args(spec)), id)
-    }
-
-    /// A bandwidth cap of `rate_bits_per_sec` on `traffic`; `burst_bytes` defaults to
-    /// [`default_burst`]. Reads the current state but changes nothing.
-    pub fn bandwidth(
-        traffic: &Traffic,
-        rate_bits_per_sec: u64,
-        burst_bytes: Option<u64>,
-        id: &str,
-    ) -> Result<TcInstall, TcError> {
-        if rate_bits_per_sec == 0 {
-            return Err(TcError::Invalid(
-                "bandwidth: the rate must be above 0".into(),
-            ));
-        }
-        let shaper = Shaper::Rate {
-            bits_per_sec: rate_bits_per_sec,
-            burst: burst_bytes,
-        };
-        plan(traffic, &shaper, id)
-    }
-
-    /// IFB devices this install creates.
-    pub fn ifbs(&self) -> Vec<&str> {
-        self.steps
-            .iter()
-            .filter_map(|s| match s {
-                TcStep::CreateIfb { name } => Some(name.as_str()),
-                _ => None,
-            })
-            .collect()
-    }
-
-    /// Install every step in order; on failure undo what was done and return the cause.
-    pub fn apply(&self) -> Result<(), TcError> {
-        let ns = self.netns.as_deref();
-        for step in &self.steps {
-            let done = match step {
-                TcStep::CreateIfb { name } => {
-                    run(ns, "ip", &strings(&["link", "add", name, "type", "ifb"]))
-                        .and_then(|_| run(ns, "ip", &strings(&["link", "set", "dev", name, "up"])))
-                }
-                TcStep::RootQdisc { tc, .. }
-                | TcStep::IngressQdisc { tc, .. }
-                | TcStep::InTree { tc, .. } => run(ns, "tc", tc),
-            };
-            if let Err(cause) = done {
-                return match self.remove() {
-                    Ok(()) => Err(cause),
-                    Err(undo) => Err(TcError::UndoFailed {
-                        cause: Box::new(cause),
-                        undo: Box::new(undo),
-                    }),
-                };
-            }
-        }
-        Ok(())
-    }
-
-    /// Undo everything this install may have created, in reverse order, whatever part of it
-    /// exists (idempotent; works from the deserialised value after a crash), then verify.
-    pub fn remove(&self) -> Result<(), TcError> {
-        let ns = self.netns.as_deref();
-        if let Some(name) = ns
-            && !netns::path(name).exists()
-        {
-            // The namespace is gone, and everything inside it went with it.
-            return Ok(());
-        }
-        let mut problems = Vec::new();
-        for step in self.steps.iter().rev() {
-            let undone = match step {
-                TcStep::CreateIfb { name } => remove_ifb(ns, name),
-                TcStep::RootQdisc { dev, .. } => remove_root(ns, dev),
-                TcStep::IngressQdisc { dev, ifb, .. } => remove_ingress(ns, dev, ifb),
-                TcStep::InTree { .. } => Ok(()),
-            };
-            if let Err(e) = undone {
-                problems.push(e.to_string());
-            }
-        }
-        problems.extend(self.still_present(ns));
-        if problems.is_empty() {
-            Ok(())
-        } else {
-            Err(TcError::NotRestored(problems))
-        }
-    }
-
-    /// What remains of this install, and qdisc listings that differ from before it.
-    fn still_present(&self, ns: Option<&str>) -> Vec<String> {
-        let mut problems = Vec::new();
-        let mut checked = BTreeSet::new();
-        for step in &self.steps {
-            match step {
-                TcStep::CreateIfb { name } => {
-                    if link_exists(ns, name) {
-                        problems.push(format!("IFB device {name} still exists"));
-                    }
-                }
-                TcStep::RootQdisc { dev, before, .. }
-                | TcStep::IngressQdisc { dev, before, .. } => {
-                    if !checked.insert(dev.clone()) {
-                        continue;
-                    }
-                    match qdisc_show(ns, dev) {
-                        Ok(Some(now)) if now != *before => problems.push(format!(
-                            "qdiscs on {dev} differ from before the fault: before `{}`, now `{}`",
-                            before.trim(),
-                            now.trim()
-                        )),
-                        Ok(_) => {}
-                        Err(e) => problems.push(e.to_string()),
-                    }
-                }
-                TcStep::InTree { .. } => {}
-            }
-        }
-        problems
-    }
-}
-
-fn remove_ifb(ns: Option<&str>, name: &str) -> Result<(), TcError> {
-    if link_exists(ns, name) {
-        run(ns, "ip", &strings(&["link", "del", "dev", name]))?;
-    }
-    Ok(())
-}
-
-fn remove_root(ns: Option<&str>, dev: &str) -> Result<(), TcError> {
-    let Some(root) = first_qdisc(ns, dev, "root")? else {
-        return Ok(());
-    };
-    if root.handle == ROOT_HANDLE {
-        run(ns, "tc", &strings(&["qdisc", "del", "dev", dev, "root"]))?;
-    }
-    Ok(())
-}
-
-fn remove_ingress(ns: Option<&str>, dev: &str, ifb: &str) -> Result<(), TcError> {
-    if first_qdisc(ns, dev, "ingress")?.is_none() {
-        return Ok(());
-    }
-    let filters = run(
-        ns,
-        "tc",
-        &strings(&["filter", "show", "dev", dev, "ingress"]),
-    )?;
-    let ours = format!("to device {ifb})");
-    let foreign: Vec<&str> = filters
-        .lines()
-        .filter(|l| l.contains("action order") && !l.contains(&ours))
-        .collect();
-    if !foreign.is_empty() {
-        return Err(TcError::NotRestored(vec![format!(
-            "the ingress qdisc on {dev} has filters faultline did not add ({}); left in place",
-            foreign.join(", ").trim()
-        )]));
-    }
-    run(ns, "tc", &strings(&["qdisc", "del", "dev", dev, "ingress"]))?;
-    Ok(())
 }
 
 /// faultline qdiscs and IFB devices present in `netns` (for `doctor` and `status`).
@@ -634,7 +413,10 @@ pub fn leftovers(netns: Option<&str>) -> Result<Vec<String>, TcError> {
         };
         let dev = q.dev.as_deref().unwrap_or("?");
         if q.handle == ROOT_HANDLE || q.handle == LEAF_HANDLE {
-            found.push(format!("qdisc {} {} on {dev}", q.kind, q.handle));
+            found.push(format!(
+                "qdisc {} {} on {dev} (faultline's tree)",
+                q.kind, q.handle
+            ));
         } else if q.kind == "ingress" || q.kind == "clsact" {
             let filters = run(
                 netns,
@@ -656,477 +438,13 @@ pub fn leftovers(netns: Option<&str>) -> Result<Vec<String>, TcError> {
     Ok(found)
 }
 
-fn plan(traffic: &Traffic, shaper: &Shaper, id: &str) -> Result<TcInstall, TcError> {
-    if !id.chars().all(|c| c.is_ascii_alphanumeric()) || id.is_empty() {
-        return Err(TcError::Invalid(format!(
-            "fault id `{id}` must be letters and digits (it names IFB devices)"
-        )));
-    }
-    if traffic.cgroup.is_some() {
-        return Err(TcError::Invalid(
-            "tc cannot select traffic by cgroup; use the iptables/NFQUEUE backend".into(),
-        ));
-    }
-    let ns = traffic.netns.as_deref();
-    if let Some(name) = ns
-        && !netns::path(name).exists()
-    {
-        return Err(TcError::Invalid(format!(
-            "network namespace `{name}` does not exist (no {})",
-            netns::path(name).display()
-        )));
-    }
-    let devices = devices(traffic)?;
-    let mut steps = Vec::new();
-    if traffic.direction.egress() {
-        let selection = selection_filters(traffic, true)?;
-        let protected = protected_filters(traffic, true);
-        for dev in &devices {
-            steps.extend(egress_steps(ns, dev, shaper, &selection, &protected)?);
-        }
-    }
-    if traffic.direction.ingress() {
-        let selection = selection_filters(traffic, false)?;
-        let protected = protected_filters(traffic, false);
-        for (n, dev) in devices.iter().enumerate() {
-            let ifb = format!("{IFB_PREFIX}{id}-{n}");
-            if ifb.len() > 15 {
-                return Err(TcError::Invalid(format!(
-                    "fault id `{id}` is too long: the IFB name `{ifb}` exceeds 15 characters"
-                )));
-            }
-            steps.extend(ingress_steps(
-                ns, dev, &ifb, shaper, &selection, &protected,
-            )?);
-        }
-    }
-    Ok(TcInstall {
-        netns: traffic.netns.clone(),
-        steps,
-    })
-}
-
-fn egress_steps(
-    ns: Option<&str>,
-    dev: &Link,
-    shaper: &Shaper,
-    selection: &Option<Vec<U32Filter>>,
-    protected: &[U32Filter],
-) -> Result<Vec<TcStep>, TcError> {
-    let name = dev.name.as_str();
-    let before = qdisc_show(ns, name)?.unwrap_or_default();
-    let root = first_qdisc(ns, name, "root")?;
-    if let Some(root) = root.filter(|q| !q.is_kernel_default()) {
-        return Err(TcError::ForeignRoot {
-            dev: name.into(),
-            qdisc: format!("{} {}", root.kind, root.handle),
-        });
-    }
-    let tc_on = |words: &[&str], rest: Vec<String>| {
-        let mut tc = strings(words);
-        tc.extend(rest);
-        TcStep::InTree {
-            dev: name.into(),
-            tc,
-        }
-    };
-    let root_add = ["qdisc", "add", "dev", name, "root", "handle", ROOT_HANDLE];
-    if selection.is_none() && protected.is_empty() {
-        let mut tc = strings(&root_add);
-        tc.extend(shaper_args(shaper, dev)?);
-        return Ok(vec![TcStep::RootQdisc {
-            dev: name.into(),
-            tc,
-            before,
-        }]);
-    }
-    // Unclassified traffic goes through htb's direct queue untouched; only what the filters
-    // steer into the class is shaped. direct_qlen: the device's queue, at least 1000, so the
-    // untouched traffic does not see a smaller queue than before.
-    let mut tc = strings(&root_add);
-    tc.extend(strings(&["htb", "direct_qlen"]));
-    tc.push(dev.txqlen.max(1000).to_string());
-    let mut steps = vec![TcStep::RootQdisc {
-        dev: name.into(),
-        tc,
-        before,
-    }];
-    // The class only steers: it passes whatever the filters send it at (practically) any
-    // rate, and its leaf qdisc — the same netem or tbf a whole interface gets — does the
-    // shaping. htb itself would not segment GSO packets the way tbf does.
-    let mut class = strings(&["class", "add", "dev", name, "parent", ROOT_HANDLE]);
-    class.extend(strings(&[
-        "classid",
-        SHAPED_CLASS,
-        "htb",
-        "rate",
-        UNSHAPED_RATE,
-    ]));
-    class.extend(strings(&[
-        "ceil",
-        UNSHAPED_RATE,
-        "burst",
-        "1mb",
-        "cburst",
-        "1mb",
-    ]));
-    class.extend(strings(&["quantum", "200000"]));
-    steps.push(tc_on(&[], class));
-    let mut leaf = strings(&["qdisc", "add", "dev", name, "parent", SHAPED_CLASS]);
-    leaf.extend(strings(&["handle", LEAF_HANDLE]));
-    leaf.extend(shaper_args(shaper, dev)?);
-    steps.push(tc_on(&[], leaf));
-    for filter in protected {
-        steps.push(tc_on(
-            &[],
-            filter.argv(name, ROOT_HANDLE, &["flowid", DIRECT_FLOW]),
-        ));
-    }
-    let all = [U32Filter::everything()];
-    let selected = selection.as_deref().unwrap_or(&all);
-    for filter in selected {
-        steps.push(tc_on(
-            &[],
-            filter.argv(name, ROOT_HANDLE, &["flowid", SHAPED_CLASS]),
-        ));
-    }
-    Ok(steps)
-}
-
-fn ingress_steps(
-    ns: Option<&str>,
-    dev: &Link,
-    ifb: &str,
-    shaper: &Shaper,
-    selection: &Option<Vec<U32Filter>>,
-    protected: &[U32Filter],
-) -> Result<Vec<TcStep>, TcError> {
-    let name = dev.name.as_str();
-    if let Some(q) = first_qdisc(ns, name, "ingress")? {
-        return Err(TcError::ForeignIngress {
-            dev: name.into(),
-            qdisc: format!("{} {}", q.kind, q.handle),
-        });
-    }
-    let before = qdisc_show(ns, name)?.unwrap_or_default();
-    let mut ifb_root = strings(&["qdisc", "add", "dev", ifb, "root", "handle", ROOT_HANDLE]);
-    // The IFB sees what `dev` received, so frames are `dev`-sized.
-    ifb_root.extend(shaper_args(shaper, dev)?);
-    let mut steps = vec![
-        TcStep::CreateIfb { name: ifb.into() },
-        TcStep::InTree {
-            dev: ifb.into(),
-            tc: ifb_root,
-        },
-        TcStep::IngressQdisc {
-            dev: name.into(),
-            ifb: ifb.into(),
-            tc: strings(&["qdisc", "add", "dev", name, "handle", "ffff:", "ingress"]),
-            before,
-        },
-    ];
-    // Narrowing happens here, at the redirect: only selected packets enter the IFB.
-    for filter in protected {
-        steps.push(TcStep::InTree {
-            dev: name.into(),
-            tc: filter.argv(name, "ffff:", &["flowid", INGRESS_PASS]),
-        });
-    }
-    let redirect = ["action", "mirred", "egress", "redirect", "dev", ifb];
-    let all = [U32Filter::everything()];
-    for filter in selection.as_deref().unwrap_or(&all) {
-        steps.push(TcStep::InTree {
-            dev: name.into(),
-            tc: filter.argv(name, "ffff:", &redirect),
-        });
-    }
-    Ok(steps)
-}
-
-/// The qdisc (after `handle X:`) that shapes a whole device.
-fn shaper_args(shaper: &Shaper, dev: &Link) -> Result<Vec<String>, TcError> {
-    Ok(match shaper {
-        Shaper::Netem(args) => {
-            let mut all = vec!["netem".to_string()];
-            all.extend(args.iter().cloned());
-            all
-        }
-        Shaper::Rate {
-            bits_per_sec,
-            burst,
-        } => {
-            // `latency` bounds the queue (limit = rate × latency + burst): enough for TCP
-            // to fill the link, short enough not to add a second fault (bufferbloat).
-            let burst = checked_burst(*bits_per_sec, *burst, dev)?;
-            vec![
-                "tbf".into(),
-                "rate".into(),
-                format!("{bits_per_sec}bit"),
-                "burst".into(),
-                burst.to_string(),
-                "latency".into(),
-                format!("{SHAPER_LATENCY_MS}ms"),
-            ]
-        }
-    })
-}
-
-fn checked_burst(rate: u64, burst: Option<u64>, dev: &Link) -> Result<u64, TcError> {
-    let frame = dev.mtu + L2_HEADER;
-    match burst {
-        None => Ok(default_burst(rate, dev.mtu)),
-        Some(b) if b < frame => Err(TcError::Invalid(format!(
-            "bandwidth: burst {b} bytes is smaller than one full frame on {} ({frame} bytes: \
-             MTU {} + 14); such frames could never pass",
-            dev.name, dev.mtu
-        ))),
-        Some(b) => Ok(b),
-    }
-}
-
-/// One u32 filter: which L3 protocol it applies to and its `match` words.
-#[derive(Clone, Debug, PartialEq)]
-struct U32Filter {
-    /// `ip`, `ipv6`, or `all`.
-    protocol: &'static str,
-    matches: Vec<String>,
-    /// A lockout-protected flow: checked first, never shaped.
-    protected: bool,
-}
-
-impl U32Filter {
-    fn everything() -> U32Filter {
-        U32Filter {
-            protocol: "all",
-            matches: strings(&["match", "u32", "0", "0"]),
-            protected: false,
-        }
-    }
-
-    fn prio(&self) -> u32 {
-        match (self.protocol, self.protected) {
-            ("ip", true) => PRIO_PROTECTED_V4,
-            ("ipv6", true) => PRIO_PROTECTED_V6,
-            ("ip", false) => PRIO_SELECTED_V4,
-            ("ipv6", false) => PRIO_SELECTED_V6,
-            _ => PRIO_SELECTED_ALL,
-        }
-    }
-
-    /// `filter add dev DEV parent PARENT protocol P prio N u32 <matches> <then>`.
-    fn argv(&self, dev: &str, parent: &str, then: &[&str]) -> Vec<String> {
-        let mut argv = strings(&["filter", "add", "dev", dev, "parent", parent, "protocol"]);
-        argv.extend([
-            self.protocol.to_string(),
-            "prio".into(),
-            self.prio().to_string(),
-            "u32".into(),
-        ]);
-        argv.extend(self.matches.iter().cloned());
-        argv.extend(strings(then));
-        argv
-    }
-}
-
-impl Family {
-    /// The `tc filter ... protocol` name.
-    fn protocol(self) -> &'static str {
-        match self {
-            Family::V4 => "ip",
-            Family::V6 => "ipv6",
-        }
-    }
-    /// The u32 match keyword family (`match ip ...` / `match ip6 ...`).
-    fn keyword(self) -> &'static str {
-        match self {
-            Family::V4 => "ip",
-            Family::V6 => "ip6",
-        }
-    }
-}
-
-/// u32 filters matching the selection, or `None` when it selects everything. `egress`: the
-/// remote end is the destination (else the source).
-fn selection_filters(traffic: &Traffic, egress: bool) -> Result<Option<Vec<U32Filter>>, TcError> {
-    let ports_given = !traffic.remote_ports.is_empty() || !traffic.local_ports.is_empty();
-    let narrowed = !traffic.remote.is_empty()
-        || !traffic.local.is_empty()
-        || traffic.protocol != Protocol::All
-        || ports_given;
-    if !narrowed {
-        return Ok(None);
-    }
-    if ports_given && traffic.protocol == Protocol::Icmp {
-        return Err(TcError::Invalid(
-            "ICMP has no ports; drop the port selection".into(),
-        ));
-    }
-    let (remote_dir, local_dir) = if egress {
-        ("dst", "src")
-    } else {
-        ("src", "dst")
-    };
-    let (remote_port_dir, local_port_dir) = if egress {
-        ("dport", "sport")
-    } else {
-        ("sport", "dport")
-    };
-    let remote_blocks = port_options(&traffic.remote_ports);
-    let local_blocks = port_options(&traffic.local_ports);
-    let (v4, v6) = traffic.families();
-    let mut filters = Vec::new();
-    for family in [(v4, Family::V4), (v6, Family::V6)]
-        .into_iter()
-        .filter_map(|(wanted, f)| wanted.then_some(f))
-    {
-        let (Some(remotes), Some(locals)) = (
-            net_options(&traffic.remote, family),
-            net_options(&traffic.local, family),
-        ) else {
-            continue;
-        };
-        let protocols: Vec<Option<u8>> = match traffic.protocol {
-            Protocol::All if ports_given => vec![Some(6), Some(17)],
-            Protocol::All => vec![None],
-            Protocol::Tcp => vec![Some(6)],
-            Protocol::Udp => vec![Some(17)],
-            Protocol::Icmp => vec![Some(if family == Family::V4 { 1 } else { 58 })],
-        };
-        let kw = family.keyword();
-        for remote in &remotes {
-            for local in &locals {
-                for proto in &protocols {
-                    for rport in &remote_blocks {
-                        for lport in &local_blocks {
-                            let mut m = Vec::new();
-                            if let Some(net) = remote {
-                                m.extend(strings(&["match", kw, remote_dir]));
-                                m.push(net.to_string());
-                            }
-                            if let Some(net) = local {
-                                m.extend(strings(&["match", kw, local_dir]));
-                                m.push(net.to_string());
-                            }
-                            if let Some(p) = proto {
-                                m.extend(strings(&["match", kw, "protocol"]));
-                                m.extend([p.to_string(), "0xff".into()]);
-                            }
-                            if let Some((value, mask)) = rport {
-                                m.extend(strings(&["match", kw, remote_port_dir]));
-                                m.extend([value.to_string(), format!("{mask:#06x}")]);
-                            }
-                            if let Some((value, mask)) = lport {
-                                m.extend(strings(&["match", kw, local_port_dir]));
-                                m.extend([value.to_string(), format!("{mask:#06x}")]);
-                            }
-                            filters.push(U32Filter {
-                                protocol: family.protocol(),
-                                matches: m,
-                                protected: false,
-                            });
-                            if filters.len() > MAX_FILTERS {
-                                return Err(TcError::Invalid(format!(
-                                    "the selection needs more than {MAX_FILTERS} u32 filters \
-                                     (addresses × protocols × port-range blocks); list fewer \
-                                     addresses or use aligned port ranges"
-                                )));
-                            }
-                        }
-                    }
-                }
-            }
-        }
-    }
-    if filters.is_empty() {
-        return Err(TcError::Invalid(
-            "the selection matches no packet: its remote and local addresses are of \
-             different IP families"
-                .into(),
-        ));
-    }
-    Ok(Some(filters))
-}
-
-/// `[None]` for "any"; the nets of `family`; `None` when nets were given but none is of
-/// `family` (so this family cannot match).
-fn net_options(nets: &[IpNet], family: Family) -> Option<Vec<Option<IpNet>>> {
-    if nets.is_empty() {
-        return Some(vec![None]);
-    }
-    let of_family: Vec<Option<IpNet>> = nets
-        .iter()
-        .filter(|n| Family::of(n) == family)
-        .map(|n| Some(*n))
-        .collect();
-    (!of_family.is_empty()).then_some(of_family)
-}
-
-fn port_options(ranges: &[PortRange]) -> Vec<Option<(u16, u16)>> {
-    if ranges.is_empty() {
-        return vec![None];
-    }
-    ranges
-        .iter()
-        .flat_map(|r| port_blocks(*r))
-        .map(Some)
-        .collect()
-}
-
-/// An inclusive port range as the fewest aligned (value, mask) blocks u32 can match.
-fn port_blocks(range: PortRange) -> Vec<(u16, u16)> {
-    let mut blocks = Vec::new();
-    let (mut start, end) = (u32::from(range.lo), u32::from(range.hi));
-    while start <= end {
-        let mut size = 1u32;
-        while start % (size * 2) == 0 && start + size * 2 - 1 <= end {
-            size *= 2;
-        }
-        blocks.push((start as u16, (!(size - 1) & 0xffff) as u16));
-        start += size;
-    }
-    blocks
-}
-
-/// Filters matching the lockout-protected flows, checked before the selection.
-fn protected_filters(traffic: &Traffic, egress: bool) -> Vec<U32Filter> {
-    let (addr_dir, remote_port_dir, local_port_dir) = if egress {
-        ("dst", "dport", "sport")
-    } else {
-        ("src", "sport", "dport")
-    };
-    traffic
-        .protected
-        .iter()
-        .map(|p| {
-            let net = IpNet::host(p.addr);
-            let family = Family::of(&net);
-            let kw = family.keyword();
-            let mut m = strings(&["match", kw, addr_dir]);
-            m.push(net.to_string());
-            // No protocol match: sparing a UDP flow on the same ports is harmless.
-            for (port, dir) in [
-                (p.remote_port, remote_port_dir),
-                (p.local_port, local_port_dir),
-            ] {
-                if let Some(port) = port {
-                    m.extend(strings(&["match", kw, dir]));
-                    m.extend([port.to_string(), "0xffff".into()]);
-                }
-            }
-            U32Filter {
-                protocol: family.protocol(),
-                matches: m,
-                protected: true,
-            }
-        })
-        .collect()
-}
-
 /// One network interface as `ip -j link show` describes it.
 #[derive(Clone, Debug, Deserialize)]
 struct Link {
     #[serde(rename = "ifname")]
     name: String,
+    #[serde(default)]
+    ifindex: u32,
     #[serde(default)]
     flags: Vec<String>,
     #[serde(default = "default_mtu")]
@@ -1342,42 +660,10 @@ fn hint_for(stderr: &str) -> Option<&'static str> {
 
 #[cfg(test)]
 mod tests {
-    use std::io::{Read, Write};
-    use std::net::{SocketAddr, TcpListener, TcpStream};
-    use std::sync::Mutex;
-    use std::time::Instant;
-
     use super::*;
-    use crate::net::{Direction, Protected};
-    use crate::sys::netns::{TestNet, command_in, run_in};
-
-    const RATE: u64 = 10_000_000;
 
     fn ms(n: u64) -> Option<Duration> {
         Some(Duration::from_millis(n))
-    }
-
-    fn traffic(netns: &str, dev: &str, direction: Direction) -> Traffic {
-        Traffic {
-            netns: Some(netns.into()),
-            interfaces: vec![dev.into()],
-            ..Traffic::everything(direction)
-        }
-    }
-
-    fn qdiscs(ns: &str, dev: &str) -> String {
-        let out = command_in(ns, &["tc", "qdisc", "show", "dev", dev])
-            .output()
-            .unwrap();
-        assert!(out.status.success());
-        String::from_utf8(out.stdout).unwrap()
-    }
-
-    fn tc_in(ns: &str, args: &[&str]) {
-        let mut argv = vec!["tc"];
-        argv.extend_from_slice(args);
-        let out = command_in(ns, &argv).output().unwrap();
-        assert!(out.status.success(), "tc {args:?}: {out:?}");
     }
 
     #[test]
@@ -1385,9 +671,9 @@ mod tests {
         let spec = NetemSpec {
             delay: ms(100),
             jitter: ms(20),
-            correlation: Some(25.0),
+            correlation: Some(0.25),
             distribution: Distribution::Normal,
-            loss: Some(1.0),
+            loss: Some(0.01),
             ..NetemSpec::default()
         };
         assert_eq!(
@@ -1399,11 +685,11 @@ mod tests {
             delay: Some(Duration::from_micros(1500)),
             jitter: Some(Duration::from_micros(250)),
             distribution: Distribution::Paretonormal,
-            loss: Some(0.5),
-            loss_correlation: Some(10.0),
-            duplicate: Some(2.0),
-            corrupt: Some(0.1),
-            reorder: Some(30.0),
+            loss: Some(0.005),
+            loss_correlation: Some(0.1),
+            duplicate: Some(0.02),
+            corrupt: Some(0.001),
+            reorder: Some(0.3),
             reorder_gap: Some(5),
             rate_bits_per_sec: Some(1_000_000),
             ..NetemSpec::default()
@@ -1441,7 +727,7 @@ mod tests {
         };
         assert_eq!(netem_args(&spec).join(" "), "delay 50ms 10ms");
         let spec = NetemSpec {
-            loss: Some(30.0),
+            loss: Some(0.3),
             ..NetemSpec::default()
         };
         assert_eq!(netem_args(&spec).join(" "), "loss 30%");
@@ -1461,11 +747,11 @@ mod tests {
                 ..NetemSpec::default()
             },
             NetemSpec {
-                loss: Some(101.0),
+                loss: Some(1.01),
                 ..NetemSpec::default()
             },
             NetemSpec {
-                reorder: Some(10.0),
+                reorder: Some(0.1),
                 ..NetemSpec::default()
             },
             NetemSpec {
@@ -1478,103 +764,10 @@ mod tests {
         }
         let good = NetemSpec {
             delay: ms(5),
-            reorder: Some(10.0),
+            reorder: Some(0.1),
             ..NetemSpec::default()
         };
         good.validate().unwrap();
-    }
-
-    #[test]
-    fn port_ranges_become_aligned_masks() {
-        let range = |lo, hi| PortRange { lo, hi };
-        assert_eq!(port_blocks(range(80, 80)), vec![(80, 0xffff)]);
-        assert_eq!(port_blocks(range(8000, 8015)), vec![(8000, 0xfff0)]);
-        assert_eq!(
-            port_blocks(range(8000, 8100)),
-            vec![
-                (8000, 0xffc0),
-                (8064, 0xffe0),
-                (8096, 0xfffc),
-                (8100, 0xffff)
-            ]
-        );
-        assert_eq!(port_blocks(range(1, 65535)).len(), 16);
-        // Every port in and around a range is matched exactly when it is inside.
-        for (lo, hi) in [(1000, 1999), (3, 17), (65530, 65535)] {
-            let blocks = port_blocks(range(lo, hi));
-            for port in lo.saturating_sub(40)..=hi.saturating_add(40) {
-                let hit = blocks.iter().any(|(v, m)| port & m == *v);
-                assert_eq!(hit, (lo..=hi).contains(&port), "port {port} in {lo}-{hi}");
-            }
-        }
-    }
-
-    #[test]
-    fn narrowed_selection_becomes_u32_filters() {
-        let mut t = traffic("x", "eth0", Direction::Egress);
-        t.protocol = Protocol::Tcp;
-        t.remote = vec!["10.1.0.0/16".parse().unwrap(), "fd00::/64".parse().unwrap()];
-        t.remote_ports = vec!["8000-8015".parse().unwrap()];
-        let filters = selection_filters(&t, true).unwrap().unwrap();
-        let argv: Vec<String> = filters
-            .iter()
-            .map(|f| {
-                f.argv("eth0", ROOT_HANDLE, &["flowid", SHAPED_CLASS])
-                    .join(" ")
-            })
-            .collect();
-        assert_eq!(
-            argv,
-            vec![
-                "filter add dev eth0 parent fa17: protocol ip prio 3 u32 match ip dst \
-                 10.1.0.0/16 match ip protocol 6 0xff match ip dport 8000 0xfff0 flowid fa17:1",
-                "filter add dev eth0 parent fa17: protocol ipv6 prio 4 u32 match ip6 dst \
-                 fd00::/64 match ip6 protocol 6 0xff match ip6 dport 8000 0xfff0 flowid fa17:1",
-            ]
-        );
-        // Ingress: the remote end is the source; ports without a protocol mean TCP and UDP.
-        let mut t = traffic("x", "eth0", Direction::Ingress);
-        t.local = vec!["192.0.2.7".parse().unwrap()];
-        t.local_ports = vec!["22".parse().unwrap()];
-        t.protected = vec![Protected {
-            addr: "198.51.100.1".parse().unwrap(),
-            remote_port: Some(40000),
-            local_port: Some(22),
-            reason: "SSH_CONNECTION".into(),
-        }];
-        let argv: Vec<String> = protected_filters(&t, false)
-            .iter()
-            .chain(&selection_filters(&t, false).unwrap().unwrap())
-            .map(|f| f.argv("eth0", "ffff:", &["flowid", "x"]).join(" "))
-            .collect();
-        assert_eq!(
-            argv,
-            vec![
-                "filter add dev eth0 parent ffff: protocol ip prio 1 u32 match ip src \
-                 198.51.100.1/32 match ip sport 40000 0xffff match ip dport 22 0xffff flowid x",
-                "filter add dev eth0 parent ffff: protocol ip prio 3 u32 match ip dst \
-                 192.0.2.7/32 match ip protocol 6 0xff match ip dport 22 0xffff flowid x",
-                "filter add dev eth0 parent ffff: protocol ip prio 3 u32 match ip dst \
-                 192.0.2.7/32 match ip protocol 17 0xff match ip dport 22 0xffff flowid x",
-            ]
-        );
-        // Everything selected: no filters at all.
-        assert_eq!(
-            selection_filters(&traffic("x", "eth0", Direction::Both), true).unwrap(),
-            None
-        );
-        let mut t = traffic("x", "eth0", Direction::Egress);
-        t.protocol = Protocol::Icmp;
-        t.remote_ports = vec!["80".parse().unwrap()];
-        assert!(selection_filters(&t, true).is_err());
-        let mut t = traffic("x", "eth0", Direction::Egress);
-        t.remote_ports = (0..40)
-            .map(|i| PortRange {
-                lo: 2 * i + 1,
-                hi: 2 * i + 1,
-            })
-            .collect();
-        assert!(selection_filters(&t, true).is_err(), "80 filters accepted");
     }
 
     #[test]
@@ -1608,354 +801,5 @@ mod tests {
         }
         // The scratch namespace took its IFB with it.
         assert!(!link_exists(None, "flifbprobe"));
-    }
-
-    /// Bandwidth tests measure throughput: run them one at a time.
-    static SERIAL: Mutex<()> = Mutex::new(());
-
-    fn listen(ns: &str, ip: &str) -> TcpListener {
-        let addr = format!("{ip}:0");
-        run_in(ns, move || TcpListener::bind(addr).unwrap()).unwrap()
-    }
-
-    /// TCP goodput (bits/s) from a sender in `from` to `listener`, measured at the receiver
-    /// over the steady part (`warmup` to `secs` after the first byte) as the least-squares
-    /// slope of bytes received over time: after a loss, in-order data arrives in bursts, and
-    /// the slope is far less sensitive to where those bursts fall than two end points are.
-    fn goodput(from: &str, listener: &TcpListener, warmup: f64, secs: f64) -> f64 {
-        let addr: SocketAddr = listener.local_addr().unwrap();
-        let mut sender = run_in(from, move || {
-            TcpStream::connect_timeout(&addr, Duration::from_secs(2)).unwrap()
-        })
-        .unwrap();
-        let (mut receiver, _) = listener.accept().unwrap();
-        let deadline = Duration::from_secs_f64(secs + 2.0);
-        let writer = std::thread::spawn(move || {
-            sender
-                .set_write_timeout(Some(Duration::from_secs(1)))
-                .unwrap();
-            let chunk = vec![7u8; 64 * 1024];
-            let start = Instant::now();
-            while start.elapsed() < deadline && sender.write_all(&chunk).is_ok() {}
-        });
-        receiver
-            .set_read_timeout(Some(Duration::from_secs(1)))
-            .unwrap();
-        let mut buf = vec![0u8; 256 * 1024];
-        let mut total = 0u64;
-        let mut first: Option<Instant> = None;
-        let mut samples: Vec<(f64, f64)> = Vec::new();
-        loop {
-            let n = receiver.read(&mut buf).expect("receive");
-            assert!(n > 0, "sender closed early");
-            total += n as u64;
-            let now = Instant::now();
-            let elapsed = now.duration_since(*first.get_or_insert(now)).as_secs_f64();
-            if elapsed >= warmup {
-                samples.push((elapsed, total as f64 * 8.0));
-            }
-            if elapsed >= secs {
-                break;
-            }
-        }
-        drop(receiver);
-        writer.join().unwrap();
-        assert!(samples.len() > 10, "too few samples: {}", samples.len());
-        let count = samples.len() as f64;
-        let mean_t = samples.iter().map(|s| s.0).sum::<f64>() / count;
-        let mean_b = samples.iter().map(|s| s.1).sum::<f64>() / count;
-        let cov: f64 = samples
-            .iter()
-            .map(|(t, b)| (t - mean_t) * (b - mean_b))
-            .sum();
-        let var: f64 = samples.iter().map(|(t, _)| (t - mean_t).powi(2)).sum();
-        cov / var
-    }
-
-    /// Goodput from `from` to `listener` is the shaped rate (less L2 overhead, 1448/1514).
-    fn assert_shaped(from: &str, listener: &TcpListener, what: &str) {
-        let ratio = goodput(from, listener, 1.0, 3.5) / RATE as f64;
-        println!("{what}: goodput/rate = {ratio:.4}");
-        assert!((0.93..=1.0).contains(&ratio), "{what}: ratio {ratio:.4}");
-    }
-
-    fn assert_unshaped(from: &str, listener: &TcpListener, what: &str) {
-        let bits = goodput(from, listener, 0.2, 1.0);
-        println!("{what}: unshaped {:.0} Mbit/s", bits / 1e6);
-        assert!(bits > 3.0 * RATE as f64, "{what}: only {bits:.0} bit/s");
-    }
-
-    #[test]
-    fn bandwidth_egress_caps_goodput_and_remove_restores() {
-        let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
-        let net = TestNet::new().unwrap();
-        let before = qdiscs(&net.a, &net.veth_a);
-        let install = TcInstall::bandwidth(
-            &traffic(&net.a, &net.veth_a, Direction::Egress),
-            RATE,
-            None,
-            "eg1",
-        )
-        .unwrap();
-        assert!(matches!(&install.steps[..], [TcStep::RootQdisc { tc, .. }]
-            if tc.join(" ").ends_with("root handle fa17: tbf rate 10000000bit burst 5000 latency 50ms")));
-        install.apply().unwrap();
-        assert!(qdiscs(&net.a, &net.veth_a).contains("qdisc tbf fa17: root"));
-        assert_eq!(
-            leftovers(Some(&net.a)).unwrap(),
-            vec![format!("qdisc tbf fa17: on {}", net.veth_a)]
-        );
-        let listener = listen(&net.b, &net.ip_b);
-        assert_shaped(&net.a, &listener, "egress tbf");
-        install.remove().unwrap();
-        assert_eq!(qdiscs(&net.a, &net.veth_a), before);
-        assert_unshaped(&net.a, &listener, "egress after remove");
-        // Idempotent, and works from the serialised value alone (a fresh process after a crash).
-        install.remove().unwrap();
-        let json = serde_json::to_string(&install).unwrap();
-        let revived: TcInstall = serde_json::from_str(&json).unwrap();
-        assert_eq!(revived, install);
-        revived.remove().unwrap();
-        assert!(leftovers(Some(&net.a)).unwrap().is_empty());
-    }
-
-    #[test]
-    fn bandwidth_ingress_shapes_through_ifb_and_spares_protected_flows() {
-        let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
-        let net = TestNet::new().unwrap();
-        let before = qdiscs(&net.b, &net.veth_b);
-        let shaped = listen(&net.b, &net.ip_b);
-        let spared = listen(&net.b, &net.ip_b);
-        let mut t = traffic(&net.b, &net.veth_b, Direction::Ingress);
-        t.protected = vec![Protected {
-            addr: net.ip_a.parse().unwrap(),
-            remote_port: None,
-            local_port: Some(spared.local_addr().unwrap().port()),
-            reason: "probe".into(),
-        }];
-        let install = TcInstall::bandwidth(&t, RATE, None, "in1").unwrap();
-        assert_eq!(install.ifbs(), vec!["flifbin1-0"]);
-        install.apply().unwrap();
-        let found = leftovers(Some(&net.b)).unwrap();
-        assert!(
-            found.contains(&"IFB device flifbin1-0".to_string()),
-            "{found:?}"
-        );
-        assert_shaped(&net.a, &shaped, "ingress via IFB");
-        assert_unshaped(&net.a, &spared, "ingress, protected flow");
-        // A crash: the next process only has the state file.
-        let revived: TcInstall =
-            serde_json::from_str(&serde_json::to_string(&install).unwrap()).unwrap();
-        revived.remove().unwrap();
-        revived.remove().unwrap();
-        assert_eq!(qdiscs(&net.b, &net.veth_b), before);
-        assert!(!link_exists(Some(&net.b), "flifbin1-0"));
-        assert!(leftovers(Some(&net.b)).unwrap().is_empty());
-        assert_unshaped(&net.a, &shaped, "ingress after remove");
-    }
-
-    #[test]
-    fn bandwidth_narrowed_to_one_port_leaves_another_alone() {
-        let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
-        let net = TestNet::new().unwrap();
-        let before = qdiscs(&net.a, &net.veth_a);
-        let shaped = listen(&net.b, &net.ip_b);
-        let other = listen(&net.b, &net.ip_b);
-        let mut t = traffic(&net.a, &net.veth_a, Direction::Egress);
-        t.protocol = Protocol::Tcp;
-        t.remote = vec![net.ip_b.parse().unwrap()];
-        t.remote_ports = vec![PortRange {
-            lo: shaped.local_addr().unwrap().port(),
-            hi: shaped.local_addr().unwrap().port(),
-        }];
-        let install = TcInstall::bandwidth(&t, RATE, None, "nr1").unwrap();
-        install.apply().unwrap();
-        let tree = qdiscs(&net.a, &net.veth_a);
-        assert!(tree.contains("qdisc htb fa17: root"), "{tree}");
-        assert_shaped(&net.a, &shaped, "egress htb, selected port");
-        assert_unshaped(&net.a, &other, "egress htb, other port");
-        install.remove().unwrap();
-        assert_eq!(qdiscs(&net.a, &net.veth_a), before);
-    }
-
-    #[test]
-    fn someone_elses_qdiscs_are_never_replaced_and_survive_byte_for_byte() {
-        let net = TestNet::new().unwrap();
-        let (a, dev) = (net.a.as_str(), net.veth_a.as_str());
-        // Another tool's shaper on a's root.
-        tc_in(
-            a,
-            &[
-                "qdisc", "add", "dev", dev, "root", "handle", "1:", "tbf", "rate", "50mbit",
-                "burst", "20kb", "latency", "40ms",
-            ],
-        );
-        let before = qdiscs(a, dev);
-        let refused = TcInstall::bandwidth(&traffic(a, dev, Direction::Egress), RATE, None, "fr1")
-            .unwrap_err();
-        assert_eq!(
-            refused.to_string(),
-            format!(
-                "{dev} has a custom root qdisc (tbf 1:); faultline will not replace it. Remove \
-                 it, pick another interface, or use direction: ingress"
-            )
-        );
-        assert_eq!(qdiscs(a, dev), before);
-        // Ingress leaves the foreign root alone, and so does its removal.
-        let install =
-            TcInstall::bandwidth(&traffic(a, dev, Direction::Ingress), RATE, None, "fr2").unwrap();
-        install.apply().unwrap();
-        let during = qdiscs(a, dev);
-        assert!(
-            during.starts_with(before.trim_end()) && during.contains("ingress ffff:"),
-            "{during}"
-        );
-        install.remove().unwrap();
-        assert_eq!(qdiscs(a, dev), before);
-        // Another tool's ingress qdisc: an ingress fault is refused, nothing changes.
-        tc_in(
-            a,
-            &["qdisc", "add", "dev", dev, "handle", "ffff:", "ingress"],
-        );
-        let before = qdiscs(a, dev);
-        let refused = TcInstall::bandwidth(&traffic(a, dev, Direction::Both), RATE, None, "fr3");
-        assert!(matches!(refused, Err(TcError::ForeignRoot { .. })));
-        let refused = TcInstall::bandwidth(&traffic(a, dev, Direction::Ingress), RATE, None, "fr4");
-        assert!(
-            matches!(refused, Err(TcError::ForeignIngress { .. })),
-            "{refused:?}"
-        );
-        assert_eq!(qdiscs(a, dev), before);
-    }
-
-    #[test]
-    fn both_directions_on_every_up_interface_install_and_remove_cleanly() {
-        let net = TestNet::new().unwrap();
-        let (a, dev) = (net.a.as_str(), net.veth_a.as_str());
-        let before = qdiscs(a, dev);
-        let mut t = traffic(a, dev, Direction::Both);
-        t.interfaces.clear();
-        let install = TcInstall::bandwidth(&t, RATE, Some(20_000), "bo1").unwrap();
-        let devs: Vec<&str> = install
-            .steps
-            .iter()
-            .filter_map(|s| match s {
-                TcStep::RootQdisc { dev, .. } | TcStep::IngressQdisc { dev, .. } => {
-                    Some(dev.as_str())
-                }
-                _ => None,
-            })
-            .collect();
-        // Loopback is skipped; the veth gets both directions.
-        assert_eq!(devs, vec![dev, dev]);
-        install.apply().unwrap();
-        let found = leftovers(Some(a)).unwrap();
-        assert_eq!(found.len(), 4, "{found:?}");
-        install.remove().unwrap();
-        assert_eq!(qdiscs(a, dev), before);
-        assert!(leftovers(Some(a)).unwrap().is_empty());
-        // A burst below one full frame could never pass a frame.
-        assert!(TcInstall::bandwidth(&t, RATE, Some(1000), "bo2").is_err());
-    }
-
-    #[test]
-    fn narrowed_netem_plan_is_exact_and_a_failed_apply_undoes_itself() {
-        let net = TestNet::new().unwrap();
-        let (a, dev) = (net.a.as_str(), net.veth_a.as_str());
-        let before = qdiscs(a, dev);
-        let mut t = traffic(a, dev, Direction::Egress);
-        t.protocol = Protocol::Udp;
-        t.remote = vec![net.ip_b.parse().unwrap()];
-        let spec = NetemSpec {
-            delay: ms(50),
-            ..NetemSpec::default()
-        };
-        let install = TcInstall::netem(&t, &spec, "ne1").unwrap();
-        let argv: Vec<String> = install
-            .steps
-            .iter()
-            .map(|s| match s {
-                TcStep::RootQdisc { tc, .. } | TcStep::InTree { tc, .. } => tc.join(" "),
-                other => panic!("unexpected step {other:?}"),
-            })
-            .collect();
-        assert_eq!(
-            argv,
-            vec![
-                format!("qdisc add dev {dev} root handle fa17: htb direct_qlen 1000"),
-                format!(
-                    "class add dev {dev} parent fa17: classid fa17:1 htb rate 100gbit ceil \
-                     100gbit burst 1mb cburst 1mb quantum 200000"
-                ),
-                format!("qdisc add dev {dev} parent fa17:1 handle fa18: netem delay 50ms"),
-                format!(
-                    "filter add dev {dev} parent fa17: protocol ip prio 3 u32 match ip dst \
-                     {}/32 match ip protocol 17 0xff flowid fa17:1",
-                    net.ip_b
-                ),
-            ]
-        );
-        match netem_support() {
-            Support::Available => {
-                install.apply().unwrap();
-                install.remove().unwrap();
-            }
-            Support::Missing { .. } => {
-                // The htb root and class go in, netem is refused, the undo takes them out.
-                let err = install.apply().unwrap_err();
-                assert!(
-                    matches!(&err, TcError::Command { stderr, .. }
-                        if stderr.contains("Specified qdisc kind is unknown")),
-                    "{err}"
-                );
-            }
-        }
-        assert_eq!(qdiscs(a, dev), before);
-        assert!(leftovers(Some(a)).unwrap().is_empty());
-    }
-
-    #[test]
-    fn netem_delay_adds_to_round_trips() {
-        if let Support::Missing { reason } = netem_support() {
-            println!("skipped: {reason}");
-            return;
-        }
-        let net = TestNet::new().unwrap();
-        let echo = listen(&net.b, &net.ip_b);
-        let addr = echo.local_addr().unwrap();
-        let server = std::thread::spawn(move || {
-            let (mut conn, _) = echo.accept().unwrap();
-            conn.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
-            let mut byte = [0u8; 1];
-            while conn.read_exact(&mut byte).is_ok() && conn.write_all(&byte).is_ok() {}
-        });
-        let install = TcInstall::netem(
-            &traffic(&net.a, &net.veth_a, Direction::Egress),
-            &NetemSpec {
-                delay: ms(50),
-                ..NetemSpec::default()
-            },
-            "nd1",
-        )
-        .unwrap();
-        install.apply().unwrap();
-        let mut conn = run_in(&net.a, move || {
-            TcpStream::connect_timeout(&addr, Duration::from_secs(2)).unwrap()
-        })
-        .unwrap();
-        conn.set_nodelay(true).unwrap();
-        let mut rtts = Vec::new();
-        for _ in 0..20 {
-            let start = Instant::now();
-            conn.write_all(&[1]).unwrap();
-            conn.read_exact(&mut [0u8; 1]).unwrap();
-            rtts.push(start.elapsed().as_secs_f64() * 1000.0);
-        }
-        install.remove().unwrap();
-        drop(conn);
-        server.join().unwrap();
-        rtts.sort_by(f64::total_cmp);
-        let p50 = rtts[rtts.len() / 2];
-        assert!((50.0..52.0).contains(&p50), "p50 {p50} ms");
     }
 }
