@@ -46,3 +46,7 @@ cargo build --locked --all-targets
 # One test at a time: the network and timing tests measure real delays and rates on a
 # 2-core box, and parallel tests would measure each other.
 cargo test --locked --all-targets -- --test-threads=1
+
+# What this kernel cannot reach (netem, cgroup v2, tc trees shared by faults) runs on a stock
+# Debian kernel in a VM; skipped with a message where no VM can start.
+scripts/vm-lane.sh

@@ -1,6 +1,7 @@
 mod cli;
 mod engine;
 mod inject;
+mod lane;
 mod network;
 mod process_run;
 mod prometheus;
