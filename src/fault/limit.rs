@@ -173,8 +173,9 @@ pub struct MovedProcess {
 pub struct SubtreeChange {
     pub dir: PathBuf,
     pub controller: String,
-    /// Already enabled by another faultline limit when this one was planned (it carries
-    /// faultline's mark): the two share it, and the one reverted last disables it.
+    /// Already enabled by another faultline limit when this one was planned (the cgroup
+    /// lists faultline's holders of the enable): the two share it, and the one reverted last
+    /// disables it.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub shared: bool,
 }
@@ -433,8 +434,8 @@ fn v2_subtree_changes(
                 continue;
             }
             if cgroup::hands_on(&dir, name).map_err(failed)? {
-                // Someone else's enable is theirs; faultline's own (marked) is shared.
-                if cgroup::is_marked(&dir, name) == Some(true) {
+                // Someone else's enable is theirs; faultline's own (with holders) is shared.
+                if cgroup::enable_holders(&dir, name).is_some_and(|h| !h.is_empty()) {
                     changes.push(SubtreeChange {
                         dir,
                         controller: name.to_string(),
@@ -523,11 +524,21 @@ fn apply(recipe: &LimitRecipe) -> Result<Applied, FaultError> {
             cpu_ticks: cpu_ticks_then,
         },
     );
-    for change in &recipe.enabled {
-        cgroup::set_subtree_control(&change.dir, &change.controller, true).map_err(failed)?;
-        // Without the mark (a kernel before 5.7 keeps no attributes on cgroups) the enable
-        // is still undone by this limit's own revert; it just cannot be shared.
-        let _ = cgroup::mark_enabled(&change.dir, &change.controller);
+    {
+        let _changing = subtree_lock();
+        for change in &recipe.enabled {
+            // Holder first, enable second: a crash in between leaves a holder whose revert
+            // finds nothing to disable. A kernel that keeps no attributes on cgroups (before
+            // 5.7) has no holders: the enable is this limit's own, undone by its revert.
+            if let Some(mut holders) = cgroup::enable_holders(&change.dir, &change.controller) {
+                if !holders.contains(&recipe.id) {
+                    holders.push(recipe.id.clone());
+                }
+                cgroup::set_enable_holders(&change.dir, &change.controller, &holders)
+                    .map_err(failed)?;
+            }
+            cgroup::set_subtree_control(&change.dir, &change.controller, true).map_err(failed)?;
+        }
     }
     if !limit_first {
         for group in &recipe.groups {
@@ -668,13 +679,16 @@ pub fn revert(recipe: &LimitRecipe) -> Result<Reverted, FaultError> {
     }
     let any_group_left = recipe.groups.iter().any(|g| g.dir.exists());
     let mut still_used = Vec::new();
-    for change in recipe.enabled.iter().rev() {
-        match disable_if_ours(change, any_group_left) {
-            Ok(true) => {}
-            Ok(false) => {
-                still_used.push(format!("{} in {}", change.controller, change.dir.display()))
+    {
+        let _changing = subtree_lock();
+        for change in recipe.enabled.iter().rev() {
+            match disable_if_last(recipe, change, any_group_left) {
+                Ok(Disabled::Done) => {}
+                Ok(Disabled::UsedBelow) => {
+                    still_used.push(format!("{} in {}", change.controller, change.dir.display()))
+                }
+                Err(e) => failures.push(e),
             }
-            Err(e) => failures.push(e.to_string()),
         }
     }
     let mut restored = 0;
@@ -732,28 +746,76 @@ pub fn revert(recipe: &LimitRecipe) -> Result<Reverted, FaultError> {
     Ok(Reverted { summary, details })
 }
 
-/// Take `change`'s controller away again unless something below still uses it. `Ok(false)`:
-/// left enabled, because a child cgroup still hands it on (another limit sharing the
-/// enable, which disables it when it is reverted, or someone else's).
-fn disable_if_ours(change: &SubtreeChange, any_group_left: bool) -> Result<bool, CgroupError> {
+/// Subtree changes (holders, enables, disables) run one at a time in this process, so two
+/// limits never read and write one cgroup's holders over each other.
+static SUBTREE_LOCK: Mutex<()> = Mutex::new(());
+
+fn subtree_lock() -> std::sync::MutexGuard<'static, ()> {
+    SUBTREE_LOCK.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+enum Disabled {
+    /// Taken away, or not this limit's to take (someone else's, shared and still held, or
+    /// undone by an earlier revert).
+    Done,
+    /// Left enabled: a cgroup below that faultline did not make still hands it on.
+    UsedBelow,
+}
+
+/// Take `change`'s controller away again if this limit is the last faultline limit relying
+/// on it.
+fn disable_if_last(
+    recipe: &LimitRecipe,
+    change: &SubtreeChange,
+    any_group_left: bool,
+) -> Result<Disabled, String> {
     let (dir, controller) = (&change.dir, change.controller.as_str());
-    let ours = match cgroup::is_marked(dir, controller) {
-        Some(marked) => marked,
-        // No attributes on cgroups here: the enable is this limit's own until its groups
-        // are gone (then an earlier revert disabled it, and it may be someone else's since).
-        None => !change.shared && any_group_left,
-    };
-    if !ours {
-        return Ok(true);
-    }
-    match cgroup::set_subtree_control(dir, controller, false) {
-        Ok(()) => {
-            cgroup::unmark(dir, controller);
-            Ok(true)
+    match cgroup::enable_holders(dir, controller) {
+        Some(mut holders) => {
+            if !holders.contains(&recipe.id) {
+                return Ok(Disabled::Done);
+            }
+            holders.retain(|h| h != &recipe.id);
+            let mut outcome = Disabled::Done;
+            if holders.is_empty() {
+                match cgroup::set_subtree_control(dir, controller, false) {
+                    Ok(()) => {}
+                    Err(e) if e.is_gone() => {}
+                    // Used below by someone else: it cannot be taken away, and waiting will
+                    // not change that. Faultline's claim on it goes all the same.
+                    Err(e) if e.is_busy() => outcome = Disabled::UsedBelow,
+                    Err(e) => return Err(e.to_string()),
+                }
+            }
+            match cgroup::set_enable_holders(dir, controller, &holders) {
+                Err(e) if !e.is_gone() => Err(e.to_string()),
+                _ => Ok(outcome),
+            }
         }
-        Err(e) if e.is_gone() => Ok(true),
-        Err(e) if e.is_busy() => Ok(false),
-        Err(e) => Err(e),
+        // No attributes on cgroups: the enable is this limit's alone until its groups are gone
+        // (then an earlier revert disabled it, and it may be someone else's since). Another
+        // faultline limit's group below means it is still in use: fail, and `recover` retries.
+        None => {
+            if !any_group_left {
+                return Ok(Disabled::Done);
+            }
+            let ours: Vec<&Path> = recipe.groups.iter().map(|g| g.dir.as_path()).collect();
+            if let Some(other) = cgroup::faultline_children(dir)
+                .into_iter()
+                .find(|c| !ours.contains(&c.as_path()))
+            {
+                return Err(format!(
+                    "{controller} in {} is still used by another faultline limit ({}); `faultline recover` takes it away once that limit is reverted",
+                    dir.display(),
+                    other.display()
+                ));
+            }
+            match cgroup::set_subtree_control(dir, controller, false) {
+                Ok(()) => Ok(Disabled::Done),
+                Err(e) if e.is_gone() => Ok(Disabled::Done),
+                Err(e) => Err(e.to_string()),
+            }
+        }
     }
 }
 
@@ -779,7 +841,14 @@ pub fn describe(recipe: &LimitRecipe) -> String {
         let dirs: Vec<String> = recipe
             .enabled
             .iter()
-            .map(|c| format!("-{} in {}", c.controller, c.dir.display()))
+            .map(|c| {
+                let shared = if c.shared {
+                    " once no other limit holds it"
+                } else {
+                    ""
+                };
+                format!("-{} in {}{shared}", c.controller, c.dir.display())
+            })
             .collect();
         line.push_str(&format!("; subtree_control {}", dirs.join(", ")));
     }

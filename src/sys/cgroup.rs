@@ -401,40 +401,71 @@ pub fn hands_on(dir: &Path, controller: &str) -> Result<bool, CgroupError> {
     Ok(subtree_control(dir)?.iter().any(|c| c == controller))
 }
 
-/// The extended attribute faultline sets on a v2 cgroup whose `cgroup.subtree_control` it
-/// enabled `controller` in. Another limit that finds the controller enabled and the mark set
-/// knows the enable is faultline's, shares it, and whichever limit is reverted last takes it
-/// away again; an enable without the mark belongs to someone else and is never touched.
-/// cgroupfs keeps `user.*` attributes in memory (Linux 5.7+): they go with the cgroup.
-fn mark_name(controller: &str) -> String {
+/// The extended attribute on a v2 cgroup whose `cgroup.subtree_control` faultline enabled
+/// `controller` in, holding the ids of the limits that rely on that enable. A limit that finds
+/// the controller enabled with holders listed shares the enable; the last holder to leave
+/// takes the controller away. An enable without the attribute belongs to someone else and is
+/// never touched. cgroupfs keeps `user.*` attributes in memory (Linux 5.7+): they go with the
+/// cgroup, and survive a crash of faultline.
+fn holders_name(controller: &str) -> String {
     format!("user.faultline.enabled.{controller}")
 }
 
-/// Set faultline's mark for `controller` on `dir`.
-pub fn mark_enabled(dir: &Path, controller: &str) -> Result<(), CgroupError> {
-    rustix::fs::setxattr(
-        dir,
-        mark_name(controller).as_str(),
-        b"1",
-        rustix::fs::XattrFlags::empty(),
-    )
-    .map_err(|e| io_error("mark", dir)(e.into()))
-}
-
-/// `Some(true)` when `dir` carries faultline's mark for `controller`, `None` when this kernel
-/// keeps no attributes on cgroups.
-pub fn is_marked(dir: &Path, controller: &str) -> Option<bool> {
-    let mut value = [0u8; 8];
-    match rustix::fs::getxattr(dir, mark_name(controller).as_str(), &mut value[..]) {
-        Ok(_) => Some(true),
+/// The limits holding faultline's enable of `controller` in `dir` (empty: none, or not
+/// faultline's); `None` when this kernel keeps no attributes on cgroups.
+pub fn enable_holders(dir: &Path, controller: &str) -> Option<Vec<String>> {
+    let mut value = [0u8; 1024];
+    match rustix::fs::getxattr(dir, holders_name(controller).as_str(), &mut value[..]) {
+        Ok(len) => Some(
+            String::from_utf8_lossy(&value[..len])
+                .split_ascii_whitespace()
+                .map(str::to_string)
+                .collect(),
+        ),
         Err(rustix::io::Errno::OPNOTSUPP) => None,
-        Err(_) => Some(false),
+        Err(_) => Some(Vec::new()),
     }
 }
 
-/// Remove faultline's mark for `controller` from `dir` (absent is fine).
-pub fn unmark(dir: &Path, controller: &str) {
-    let _ = rustix::fs::removexattr(dir, mark_name(controller).as_str());
+/// Write the holders of faultline's enable of `controller` in `dir`; none removes the
+/// attribute.
+pub fn set_enable_holders(
+    dir: &Path,
+    controller: &str,
+    holders: &[String],
+) -> Result<(), CgroupError> {
+    let name = holders_name(controller);
+    let done = if holders.is_empty() {
+        match rustix::fs::removexattr(dir, name.as_str()) {
+            Err(rustix::io::Errno::NODATA) => Ok(()),
+            other => other,
+        }
+    } else {
+        rustix::fs::setxattr(
+            dir,
+            name.as_str(),
+            holders.join(" ").as_bytes(),
+            rustix::fs::XattrFlags::empty(),
+        )
+    };
+    done.map_err(|e| io_error("record faultline's enable on", dir)(e.into()))
+}
+
+/// Children of `dir` that are faultline limit groups (`faultline-*`).
+pub fn faultline_children(dir: &Path) -> Vec<PathBuf> {
+    std::fs::read_dir(dir)
+        .map(|entries| {
+            entries
+                .filter_map(Result::ok)
+                .map(|e| e.path())
+                .filter(|p| {
+                    p.is_dir()
+                        && p.file_name()
+                            .is_some_and(|n| n.to_string_lossy().starts_with("faultline-"))
+                })
+                .collect()
+        })
+        .unwrap_or_default()
 }
 
 /// Remove an empty cgroup. A process just moved out may still be counted for a moment
