@@ -635,7 +635,7 @@ impl Runner {
         let shared = self.shared.clone();
         for spec in &shared.plan.faults {
             let fault: Arc<dyn Fault> = Arc::from(shared.backend.fault(spec, &shared.plan));
-            let result = tokio::task::spawn_blocking(move || fault.prepare()).await;
+            let result = tokio::task::spawn_blocking(move || fault.check()).await;
             let reason = match result {
                 Ok(Err(FaultError::Permission(why))) => format!(
                     "fault {} needs more privilege than faultline has: {why}; nothing was injected",

@@ -31,6 +31,13 @@ pub trait Fault: Send + Sync {
     /// Touch the host. Called only after `prepared.revert` has been made durable. On error
     /// the engine still runs the recipe, so a partial injection is undone as well.
     fn apply(&self, prepared: &Prepared) -> Result<Applied, FaultError>;
+
+    /// Whether the fault could be prepared now, for the check before anything is injected.
+    /// Like `prepare`, but holds nothing for a later `apply` (a `prepare` may reserve a place
+    /// for its injection, such as a member position on a shared tc tree).
+    fn check(&self) -> Result<(), FaultError> {
+        self.prepare().map(drop)
+    }
 }
 
 /// The outcome of [`Fault::prepare`].

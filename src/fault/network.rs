@@ -201,25 +201,35 @@ impl Fault for NetworkFault {
     /// Every problem found here is a property of the host or the experiment, not of the
     /// moment, so it is reported as `Unsupported` and stops the run before any injection.
     fn prepare(&self) -> Result<Prepared, FaultError> {
+        self.checked_plan(&self.trees)
+    }
+
+    fn apply(&self, prepared: &Prepared) -> Result<Applied, FaultError> {
+        apply_steps(prepared, &self.trees)
+    }
+
+    /// Planned against a tree record of its own, so the check reserves no position on the
+    /// run's trees.
+    fn check(&self) -> Result<(), FaultError> {
+        self.checked_plan(&TcTrees::default()).map(drop)
+    }
+}
+
+impl NetworkFault {
+    fn checked_plan(&self, trees: &TcTrees) -> Result<Prepared, FaultError> {
         if !crate::doctor::has_capability(crate::doctor::CAP_NET_ADMIN) {
             return Err(FaultError::Permission(
                 "network faults change rules, qdiscs and devices, which needs root (CAP_NET_ADMIN)"
                     .into(),
             ));
         }
-        self.plan_injection().map_err(|e| match e {
+        self.plan_injection(trees).map_err(|e| match e {
             FaultError::Failed(message) => FaultError::Unsupported(message),
             other => other,
         })
     }
 
-    fn apply(&self, prepared: &Prepared) -> Result<Applied, FaultError> {
-        apply_steps(prepared, &self.trees)
-    }
-}
-
-impl NetworkFault {
-    fn plan_injection(&self) -> Result<Prepared, FaultError> {
+    fn plan_injection(&self, trees: &TcTrees) -> Result<Prepared, FaultError> {
         let (Some(selector), Some(action)) = (&self.selector, &self.action) else {
             return Err(FaultError::Failed(format!(
                 "target `{}` is not a network target",
@@ -260,7 +270,7 @@ impl NetworkFault {
                     loss_correlation: Some(*correlation),
                     ..NetemSpec::default()
                 };
-                (vec![netem_step(&traffic, &spec, &self.trees)?], "netem")
+                (vec![netem_step(&traffic, &spec, trees)?], "netem")
             }
             NetworkAction::Delay {
                 delay,
@@ -289,7 +299,7 @@ impl NetworkFault {
                         },
                         ..NetemSpec::default()
                     };
-                    (vec![netem_step(&traffic, &spec, &self.trees)?], "netem")
+                    (vec![netem_step(&traffic, &spec, trees)?], "netem")
                 } else {
                     let netns = traffic.netns.clone();
                     let queue = delayer::free_queue_number(netns.as_deref())
@@ -317,7 +327,7 @@ impl NetworkFault {
                 burst_bytes,
             } => {
                 let install =
-                    TcInstall::bandwidth(&traffic, *rate_bits_per_sec, *burst_bytes, &self.trees)
+                    TcInstall::bandwidth(&traffic, *rate_bits_per_sec, *burst_bytes, trees)
                         .map_err(|e| FaultError::Failed(e.to_string()))?;
                 (vec![NetStep::TcTree { install }], "tc")
             }
@@ -327,7 +337,7 @@ impl NetworkFault {
                     duplicate: Some(*probability),
                     ..NetemSpec::default()
                 };
-                (vec![netem_step(&traffic, &spec, &self.trees)?], "netem")
+                (vec![netem_step(&traffic, &spec, trees)?], "netem")
             }
             NetworkAction::Corrupt { probability } => {
                 require_netem("network-corrupt")?;
@@ -335,7 +345,7 @@ impl NetworkFault {
                     corrupt: Some(*probability),
                     ..NetemSpec::default()
                 };
-                (vec![netem_step(&traffic, &spec, &self.trees)?], "netem")
+                (vec![netem_step(&traffic, &spec, trees)?], "netem")
             }
             NetworkAction::Reorder {
                 probability,
@@ -349,7 +359,7 @@ impl NetworkFault {
                     reorder_gap: *gap,
                     ..NetemSpec::default()
                 };
-                (vec![netem_step(&traffic, &spec, &self.trees)?], "netem")
+                (vec![netem_step(&traffic, &spec, trees)?], "netem")
             }
         };
         let summary = format!(

@@ -50,12 +50,7 @@ impl LegacyTcInstall {
                 LegacyStep::CreateIfb { name } if link_exists(ns, name) => {
                     run(ns, "ip", &strings(&["link", "del", "dev", name])).map(drop)
                 }
-                LegacyStep::RootQdisc { dev, .. } => match first_qdisc(ns, dev, "root") {
-                    Ok(Some(root)) if root.handle == ROOT_HANDLE => {
-                        run(ns, "tc", &strings(&["qdisc", "del", "dev", dev, "root"])).map(drop)
-                    }
-                    other => other.map(drop),
-                },
+                LegacyStep::RootQdisc { dev, .. } => remove_root(ns, dev),
                 LegacyStep::IngressQdisc { dev, ifb, .. } => remove_ingress(ns, dev, ifb),
                 _ => Ok(()),
             };
@@ -88,6 +83,23 @@ impl LegacyTcInstall {
             Err(TcError::NotRestored(problems))
         }
     }
+}
+
+/// Delete faultline's old-style root: a shaper at `fa17:` itself, or an htb over an `fa18:`
+/// leaf. Today's shared tree (htb over `e...:` chains) is never taken for one.
+fn remove_root(ns: Option<&str>, dev: &str) -> Result<(), TcError> {
+    let Some(root) = first_qdisc(ns, dev, "root")? else {
+        return Ok(());
+    };
+    let old_shape = root.kind != "htb"
+        || qdisc_show(ns, dev)?
+            .unwrap_or_default()
+            .lines()
+            .any(|l| l.split_whitespace().nth(2) == Some(super::LEAF_HANDLE));
+    if root.handle == ROOT_HANDLE && old_shape {
+        run(ns, "tc", &strings(&["qdisc", "del", "dev", dev, "root"]))?;
+    }
+    Ok(())
 }
 
 fn remove_ingress(ns: Option<&str>, dev: &str, ifb: &str) -> Result<(), TcError> {

@@ -140,6 +140,10 @@ impl TcMember {
         self.qdisc.first().is_some_and(|k| k == "netem")
     }
 
+    fn duplicates(&self) -> bool {
+        self.is_netem() && self.qdisc.iter().any(|a| a == "duplicate")
+    }
+
     pub fn describe(&self) -> String {
         match self.side {
             Side::Egress => format!("egress tree on {} (member {})", self.dev, self.position),
@@ -187,8 +191,14 @@ struct TreeKey {
 #[derive(Default)]
 struct Book {
     before: Option<String>,
-    /// `None`: reserved by a plan, not applied yet.
-    members: BTreeMap<u8, Option<TcMember>>,
+    members: BTreeMap<u8, Entry>,
+}
+
+struct Entry {
+    member: TcMember,
+    /// False from the plan until the member is on the tree. A member whose apply failed
+    /// keeps its position until the run ends: its record may still be reverted, by position.
+    applied: bool,
 }
 
 impl TcTrees {
@@ -199,16 +209,24 @@ impl TcTrees {
     fn applied(&self, key: &TreeKey) -> Vec<TcMember> {
         self.lock()
             .get(key)
-            .map(|book| book.members.values().flatten().cloned().collect())
+            .map(|book| {
+                book.members
+                    .values()
+                    .filter(|e| e.applied)
+                    .map(|e| e.member.clone())
+                    .collect()
+            })
             .unwrap_or_default()
     }
 
-    fn set(&self, key: TreeKey, position: u8, member: Option<TcMember>) {
-        self.lock()
-            .entry(key)
-            .or_default()
-            .members
-            .insert(position, member);
+    fn set_applied(&self, key: &TreeKey, position: u8, applied: bool) {
+        if let Some(entry) = self
+            .lock()
+            .get_mut(key)
+            .and_then(|book| book.members.get_mut(&position))
+        {
+            entry.applied = applied;
+        }
     }
 
     fn release(&self, key: &TreeKey, position: u8) {
@@ -290,9 +308,9 @@ impl TcInstall {
                 let mut undo = Vec::new();
                 for added in self.members[..=done].iter().rev() {
                     undo.extend(remove_member(ns, added));
-                }
-                for m in &self.members {
-                    trees.release(&self.key(m), m.position);
+                    // Off the tree, but its record may still be reverted by position: the
+                    // position stays taken until the run ends.
+                    trees.set_applied(&self.key(added), added.position, false);
                 }
                 return Err(if undo.is_empty() {
                     cause
@@ -303,7 +321,7 @@ impl TcInstall {
                     }
                 });
             }
-            trees.set(key, member.position, Some(member.clone()));
+            trees.set_applied(&key, member.position, true);
         }
         Ok(())
     }
@@ -421,11 +439,20 @@ fn reserve(
     tree_exists: bool,
 ) -> Result<(), TcError> {
     let tree_dev = member.tree_dev().to_string();
-    let live: BTreeSet<u8> = class_masks(ns, &tree_dev)?
+    // Every position a class or filter on the tree names is taken (a member whose revert
+    // half failed still has filters there).
+    let mut named = class_masks(ns, &tree_dev)?
         .into_iter()
-        .filter(|mask| mask.count_ones() == 1)
-        .map(|mask| mask.trailing_zeros() as u8)
-        .collect();
+        .fold(0u8, |all, mask| all | mask);
+    let mut prios = filter_prios(ns, &tree_dev, ROOT_HANDLE)?;
+    if member.side == Side::Ingress && tree_exists {
+        prios.extend(filter_prios(ns, &member.dev, INGRESS_HANDLE)?);
+    }
+    for prio in prios {
+        named |= set_of_prio(prio).unwrap_or(0);
+        named |= member_of_prio(prio).map_or(0, |p| 1 << p);
+    }
+    let live: BTreeSet<u8> = (0..MAX_MEMBERS).filter(|p| named & (1 << p) != 0).collect();
     let key = TreeKey {
         netns: ns.map(str::to_string),
         dev: tree_dev.clone(),
@@ -433,7 +460,7 @@ fn reserve(
     let mut books = trees.lock();
     let book = books.entry(key).or_default();
     book.members
-        .retain(|position, applied| applied.is_none() || live.contains(position));
+        .retain(|position, entry| !entry.applied || live.contains(position));
     if let Some(stranger) = live.iter().find(|p| !book.members.contains_key(p)) {
         return Err(TcError::Invalid(format!(
             "faultline's tc tree on {tree_dev} holds a fault this run did not add (member \
@@ -449,6 +476,20 @@ fn reserve(
              `faultline recover`"
         )));
     };
+    // The kernel re-queues netem's duplicates at the root, so they would pass the other
+    // members' netems twice; kernels since 2025 refuse the mix outright.
+    if let Some(other) = book.members.values().map(|e| &e.member).find(|other| {
+        (member.duplicates() && other.is_netem()) || (other.duplicates() && member.is_netem())
+    }) {
+        return Err(TcError::Invalid(format!(
+            "a netem that duplicates packets cannot share {} with another netem fault ({}): \
+             duplicates re-enter the interface's qdiscs and would pass the other netem twice \
+             (recent kernels refuse it); run them on different interfaces or one after the \
+             other",
+            member.dev,
+            other.qdisc.join(" ")
+        )));
+    }
     let position = (0..MAX_MEMBERS)
         .find(|p| !book.members.contains_key(p))
         .ok_or_else(|| {
@@ -458,9 +499,15 @@ fn reserve(
                 member.dev
             ))
         })?;
-    book.members.insert(position, None);
     member.position = position;
     member.before = before;
+    book.members.insert(
+        position,
+        Entry {
+            member: member.clone(),
+            applied: false,
+        },
+    );
     Ok(())
 }
 
@@ -513,6 +560,11 @@ fn tc(ns: Option<&str>, args: &[&str]) -> Result<String, TcError> {
 fn egress_tree_exists(ns: Option<&str>, dev: &str) -> Result<bool, TcError> {
     match first_qdisc(ns, dev, "root")? {
         Some(root) if root.handle == ROOT_HANDLE && root.kind == "htb" => Ok(true),
+        Some(root) if root.handle == ROOT_HANDLE => Err(TcError::Invalid(format!(
+            "{dev} has faultline's {} root qdisc from an older faultline (left by a run that \
+             crashed); run `faultline recover`",
+            root.kind
+        ))),
         Some(root) if !root.is_kernel_default() => Err(TcError::ForeignRoot {
             dev: dev.into(),
             qdisc: format!("{} {}", root.kind, root.handle),
@@ -544,9 +596,19 @@ fn ingress_tree_exists(ns: Option<&str>, dev: &str, ifb: &str) -> Result<bool, T
     Ok(true)
 }
 
+/// Whether device `dev` exists; an error when `ip` itself failed.
+fn device_present(ns: Option<&str>, dev: &str) -> Result<bool, TcError> {
+    match run(ns, "ip", &strings(&["link", "show", "dev", dev])) {
+        Ok(_) => Ok(true),
+        Err(TcError::Command { stderr, .. }) if stderr.contains("does not exist") => Ok(false),
+        Err(e) if super::device_missing(&e) => Ok(false),
+        Err(e) => Err(e),
+    }
+}
+
 /// The member sets of faultline's classes on `dev` (none when the device or tree is absent).
 fn class_masks(ns: Option<&str>, dev: &str) -> Result<BTreeSet<u8>, TcError> {
-    if !link_exists(ns, dev) {
+    if !device_present(ns, dev)? {
         return Ok(BTreeSet::new());
     }
     let text = tc(ns, &["class", "show", "dev", dev])?;
@@ -566,9 +628,10 @@ fn class_masks(ns: Option<&str>, dev: &str) -> Result<BTreeSet<u8>, TcError> {
 
 /// The priorities of the filters on `dev` under `parent`.
 fn filter_prios(ns: Option<&str>, dev: &str, parent: &str) -> Result<BTreeSet<u32>, TcError> {
-    if !link_exists(ns, dev) {
+    if !device_present(ns, dev)? {
         return Ok(BTreeSet::new());
     }
+    // A parent that is not there lists no filters (and is no error).
     let text = tc(ns, &["filter", "show", "dev", dev, "parent", parent])?;
     Ok(text
         .lines()
@@ -752,106 +815,100 @@ fn add_class(ns: Option<&str>, dev: &str, set: u8, chain: &[&TcMember]) -> Resul
 /// Take `member` out of its tree (its filters, then every class it is in), and the tree
 /// itself when no class is left. What could not be removed or restored, as text.
 fn remove_member(ns: Option<&str>, member: &TcMember) -> Vec<String> {
-    let mut problems = Vec::new();
-    let mut attempt = |done: Result<String, TcError>| {
-        if let Err(e) = done {
-            problems.push(e.to_string());
-        }
-    };
-    let tree_dev = member.tree_dev().to_string();
+    match take_out(ns, member) {
+        Ok(torn_down) => still_present(ns, member, torn_down),
+        Err(e) => vec![e.to_string()],
+    }
+}
+
+/// `Ok(true)` when the tree went with the member. Stops at the first failure, listings
+/// included: a tree is never taken down on a guess that nothing else is on it.
+fn take_out(ns: Option<&str>, member: &TcMember) -> Result<bool, TcError> {
+    let tree_dev = member.tree_dev();
     let bit = member.bit();
     let ours = |prio: u32| {
         member_of_prio(prio) == Some(member.position)
-            || set_of_prio(prio).is_some_and(|s| s & bit != 0)
+            || set_of_prio(prio).is_some_and(|set| set & bit != 0)
+    };
+    let delete_filter = |dev: &str, parent: &str, prio: u32| {
+        let prio = prio.to_string();
+        tc(
+            ns,
+            &["filter", "del", "dev", dev, "parent", parent, "prio", &prio],
+        )
+        .map(drop)
     };
     let tree_here = match member.side {
-        Side::Egress => egress_tree_exists(ns, &tree_dev).unwrap_or(false),
-        Side::Ingress => link_exists(ns, &tree_dev),
+        Side::Egress => match egress_tree_exists(ns, tree_dev) {
+            Ok(here) => here,
+            // Not faultline's root (any more): nothing of this member can be on it.
+            Err(TcError::ForeignRoot { .. } | TcError::Invalid(_)) => false,
+            Err(e) => return Err(e),
+        },
+        Side::Ingress => device_present(ns, tree_dev)?,
     };
     if tree_here {
         // Filters first: htb refuses to delete a class that filters still steer to.
-        for prio in filter_prios(ns, &tree_dev, ROOT_HANDLE).unwrap_or_default() {
+        for prio in filter_prios(ns, tree_dev, ROOT_HANDLE)? {
             if ours(prio) {
-                let p = prio.to_string();
-                attempt(tc(
-                    ns,
-                    &[
-                        "filter",
-                        "del",
-                        "dev",
-                        &tree_dev,
-                        "parent",
-                        ROOT_HANDLE,
-                        "prio",
-                        &p,
-                    ],
-                ));
+                delete_filter(tree_dev, ROOT_HANDLE, prio)?;
             }
         }
-        for mask in class_masks(ns, &tree_dev).unwrap_or_default() {
+        for mask in class_masks(ns, tree_dev)? {
             if mask & bit != 0 {
-                attempt(tc(
+                tc(
                     ns,
-                    &["class", "del", "dev", &tree_dev, "classid", &class_id(mask)],
-                ));
+                    &["class", "del", "dev", tree_dev, "classid", &class_id(mask)],
+                )?;
             }
         }
     }
-    let mut ingress_filters_left = false;
-    if member.side == Side::Ingress
-        && first_qdisc(ns, &member.dev, "ingress")
-            .ok()
-            .flatten()
-            .is_some()
-    {
-        for prio in filter_prios(ns, &member.dev, INGRESS_HANDLE).unwrap_or_default() {
-            if ours(prio) {
-                let p = prio.to_string();
-                attempt(tc(
-                    ns,
-                    &[
-                        "filter",
-                        "del",
-                        "dev",
-                        &member.dev,
-                        "parent",
-                        INGRESS_HANDLE,
-                        "prio",
-                        &p,
-                    ],
-                ));
-            } else {
-                ingress_filters_left = true;
-            }
-        }
-    }
-    // The last member out takes the tree down.
-    let classes_left = !class_masks(ns, &tree_dev).unwrap_or_default().is_empty();
-    let mut torn_down = false;
+    let classes_left = !class_masks(ns, tree_dev)?.is_empty();
     match member.side {
-        Side::Egress if !classes_left => {
-            if egress_tree_exists(ns, &tree_dev).unwrap_or(false) {
-                attempt(tc(ns, &["qdisc", "del", "dev", &tree_dev, "root"]));
+        Side::Egress => {
+            if classes_left {
+                return Ok(false);
             }
-            torn_down = true;
+            // The last member out takes the tree down.
+            if tree_here {
+                tc(ns, &["qdisc", "del", "dev", tree_dev, "root"])?;
+            }
         }
-        Side::Ingress if !classes_left && !ingress_filters_left => {
-            if first_qdisc(ns, &member.dev, "ingress")
-                .ok()
-                .flatten()
-                .is_some()
-            {
-                attempt(tc(ns, &["qdisc", "del", "dev", &member.dev, "ingress"]));
+        Side::Ingress => {
+            let dev = member.dev.as_str();
+            let ingress_here = first_qdisc(ns, dev, "ingress")?.is_some();
+            let mut others_left = false;
+            let mut strangers = Vec::new();
+            if ingress_here {
+                for prio in filter_prios(ns, dev, INGRESS_HANDLE)? {
+                    if ours(prio) {
+                        delete_filter(dev, INGRESS_HANDLE, prio)?;
+                    } else if member_of_prio(prio).is_some() {
+                        others_left = true;
+                    } else {
+                        strangers.push(prio.to_string());
+                    }
+                }
             }
-            if link_exists(ns, &tree_dev) {
-                attempt(run(ns, "ip", &strings(&["link", "del", "dev", &tree_dev])));
+            if classes_left || others_left {
+                return Ok(false);
             }
-            torn_down = true;
+            if !strangers.is_empty() {
+                return Err(TcError::NotRestored(vec![format!(
+                    "the ingress qdisc on {dev} holds filters faultline did not add (prio {}); \
+                     it and {tree_dev} are left in place",
+                    strangers.join(", ")
+                )]));
+            }
+            if ingress_here {
+                tc(ns, &["qdisc", "del", "dev", dev, "ingress"])?;
+            }
+            if device_present(ns, tree_dev)? {
+                run(ns, "ip", &strings(&["link", "del", "dev", tree_dev]))?;
+            }
         }
-        _ => {}
     }
-    problems.extend(still_present(ns, member, torn_down));
-    problems
+    Ok(true)
 }
 
 /// What remains of `member` that should not; when the tree went with it, also whether the
@@ -1283,10 +1340,37 @@ mod kernel_tests {
         assert!(matches!(err, TcError::Command { .. }), "{err}");
         assert_eq!(qdiscs(a, dev), before);
         assert!(leftovers(Some(a)).unwrap().is_empty());
-        // The positions were given back.
+        // Its record may still be reverted (by position): a new fault gets another one.
         let again =
             TcInstall::bandwidth(&traffic(a, dev, Direction::Egress), RATE, None, &trees).unwrap();
-        assert_eq!(again.members[0].position, 0);
+        assert_eq!(again.members[0].position, 1);
+        install.remove().unwrap();
+    }
+
+    /// Duplicates re-enter at the root and would pass another netem twice: refused before
+    /// anything changes (the kernel's own refusal since 2025 would say the same later).
+    #[test]
+    fn a_duplicating_netem_is_not_shared_with_another_netem() {
+        let net = TestNet::new().unwrap();
+        let (a, dev) = (net.a.as_str(), net.veth_a.as_str());
+        let trees = TcTrees::default();
+        let t = traffic(a, dev, Direction::Egress);
+        let delay = NetemSpec {
+            delay: Some(Duration::from_millis(10)),
+            ..NetemSpec::default()
+        };
+        let duplicate = NetemSpec {
+            duplicate: Some(0.1),
+            ..NetemSpec::default()
+        };
+        let _planned = TcInstall::netem(&t, &delay, &trees).unwrap();
+        let refused = TcInstall::netem(&t, &duplicate, &trees).unwrap_err();
+        assert!(
+            refused.to_string().contains("duplicates packets"),
+            "{refused}"
+        );
+        // A rate cap is no netem: it may share with either.
+        TcInstall::bandwidth(&t, RATE, None, &trees).unwrap();
     }
 
     #[test]
