@@ -565,7 +565,13 @@ fn a_delay_and_a_bandwidth_cap_share_one_interface() {
         "{}",
         runner.stderr()
     );
-    assert_eq!(backends(&ws), vec!["netem", "tc"]);
+    let mut used = backends(&ws);
+    used.sort();
+    assert_eq!(
+        used,
+        vec!["netem", "tc"],
+        "the faults start together, in either order"
+    );
     assert_eq!(tc_state(&net.a), before, "the tree is gone, byte for byte");
     assert_eq!(ws.state_records(), 0);
 }
@@ -1180,6 +1186,83 @@ fn a_cpu_limit_on_processes_from_two_v2_cgroups_limits_each_and_puts_each_back()
     assert_eq!(cgroup_of(pids[0]).trim(), format!("0::{}", a.path()));
     assert_eq!(cgroup_of(pids[1]).trim(), format!("0::{}", b.path()));
     assert_eq!(cgroup_tree(), tree);
+    drop(workers);
+}
+
+/// Two limits on processes in the root cgroup share faultline's enable of `cpu` there: the one
+/// that ends first must leave the other's quota in force, and the last one takes `cpu` away.
+#[test]
+#[ignore = "stock-kernel lane: scripts/vm-lane.sh"]
+fn two_cpu_limits_sharing_the_roots_enable_keep_it_until_the_last_one_ends() {
+    need_cgroup_v2();
+    let _serial = util::serial();
+    let ws = Workspace::new();
+    let workers = [Busy::start("lane-root-1"), Busy::start("lane-root-2")];
+    let root = Path::new(V2);
+    for w in &workers {
+        std::fs::write(root.join("cgroup.procs"), w.pid().to_string()).unwrap();
+    }
+    let tree = cgroup_tree();
+    let pids: Vec<u32> = workers.iter().map(Busy::pid).collect();
+    let file = ws.write(
+        "two-limits.yaml",
+        &format!(
+            "apiVersion: faultline/v1\nmetadata: {{name: two-limits}}\nmax_duration: 2m\n\
+             targets: {{first: {{process: {{pid: {}}}}}, second: {{process: {{pid: {}}}}}}}\n\
+             faults:\n\
+             \x20 - {{id: short, kind: cpu-limit, target: first, params: {{quota: 20%}}, duration: 6s}}\n\
+             \x20 - {{id: long, kind: cpu-limit, target: second, params: {{quota: 20%}}, duration: 20s}}\n",
+            pids[0], pids[1]
+        ),
+    );
+    let mut runner = Runner::spawn(&ws, &[&file]);
+    assert!(
+        wait_for(Duration::from_secs(30), || events_of(
+            &ws.journal(),
+            "fault_injected"
+        )
+        .len()
+            == 2),
+        "both limits injected:\n{}",
+        runner.stderr()
+    );
+    assert!(
+        wait_for(Duration::from_secs(30), || !events_of(
+            &ws.journal(),
+            "fault_reverted"
+        )
+        .is_empty()),
+        "the short limit ended:\n{}",
+        runner.stderr()
+    );
+    let group = faultline_group_of(pids[1]);
+    let quota = std::fs::read_to_string(group.join("cpu.max")).unwrap_or_default();
+    let shares = cpu_shares(&pids, Duration::from_secs(2));
+    println!(
+        "after the first limit ended: cpu.max {}; shares {shares:?}",
+        quota.trim()
+    );
+    assert_eq!(
+        quota.trim(),
+        "20000 100000",
+        "the second limit is still in force"
+    );
+    assert!(
+        shares[1] <= 0.35,
+        "the second process is still throttled: {shares:?}"
+    );
+    assert!(shares[0] > 0.35, "the first process runs free: {shares:?}");
+    assert_eq!(
+        runner.wait(Duration::from_secs(60)),
+        Some(0),
+        "{}",
+        runner.stderr()
+    );
+    assert_eq!(
+        cgroup_tree(),
+        tree,
+        "cpu taken away again by the last limit"
+    );
     drop(workers);
 }
 
