@@ -1381,9 +1381,15 @@ while True:
         );
         let pid = writer.pid();
         let _alone = alone_on_v2(Controller::Io, &[pid]);
-        std::thread::sleep(Duration::from_millis(500));
-        let free_before = measured_write_rate(pid, Duration::from_secs(1));
         let limit: u64 = 20 << 20;
+        // A cold writer (an emulated VM's first writes) can take a few seconds to get going.
+        let mut free_before = 0.0;
+        for _ in 0..5 {
+            free_before = measured_write_rate(pid, Duration::from_secs(1));
+            if free_before > 2.0 * limit as f64 {
+                break;
+            }
+        }
         let fault = IoLimitFault::new(
             IoLimitParams {
                 path: image.mount.clone(),

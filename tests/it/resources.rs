@@ -1,34 +1,8 @@
 //! Resource faults end to end through the `faultline` binary, measured by the test itself.
 
-use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use crate::util::{self, Runner, Workspace, events_of, wait_for};
-
-/// A process that burns one CPU until killed (by PID, in drop).
-struct Busy(Child);
-
-impl Busy {
-    fn start() -> Busy {
-        Busy(
-            Command::new("python3")
-                .args(["-c", "while True: pass"])
-                .stdin(Stdio::null())
-                .spawn()
-                .expect("spawn a busy loop"),
-        )
-    }
-    fn pid(&self) -> u32 {
-        self.0.id()
-    }
-}
-
-impl Drop for Busy {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
+use crate::util::{self, Busy, Runner, Workspace, events_of, wait_for};
 
 /// utime + stime of `pid`, in seconds.
 fn cpu_seconds(pid: u32) -> f64 {
@@ -51,7 +25,7 @@ fn cpu_share(pid: u32, window: Duration) -> f64 {
 fn cpu_limit_holds_a_busy_process_to_its_quota_and_puts_it_back() {
     let _serial = util::serial();
     let ws = Workspace::new();
-    let busy = Busy::start();
+    let busy = Busy::start("resources-cpu-limit");
     let cgroups_before = std::fs::read_to_string(format!("/proc/{}/cgroup", busy.pid())).unwrap();
     let file = ws.write(
         "limit.yaml",
@@ -280,7 +254,7 @@ fn kill_9_of_the_runner_takes_its_memory_hog_with_it() {
 fn kill_9_during_cpu_limit_leaves_a_cgroup_that_recover_undoes_exactly() {
     let _serial = util::serial();
     let ws = Workspace::new();
-    let busy = Busy::start();
+    let busy = Busy::start("resources-cpu-limit");
     let cgroups_before = std::fs::read_to_string(format!("/proc/{}/cgroup", busy.pid())).unwrap();
     let file = ws.write(
         "limit.yaml",

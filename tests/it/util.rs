@@ -197,6 +197,34 @@ impl Drop for Proc {
     }
 }
 
+/// A process that burns one CPU (`yes` into /dev/null) until killed by PID on drop. `tag`,
+/// its argument, lets a cmdline regex find exactly it.
+pub struct Busy(Child);
+
+impl Busy {
+    pub fn start(tag: &str) -> Busy {
+        Busy(
+            Command::new("yes")
+                .arg(tag)
+                .stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .spawn()
+                .expect("spawn yes"),
+        )
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.0.id()
+    }
+}
+
+impl Drop for Busy {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
 fn which(program: &str) -> PathBuf {
     for dir in ["/usr/bin", "/bin", "/usr/local/bin"] {
         let p = Path::new(dir).join(program);

@@ -1006,13 +1006,13 @@ mod tests {
 #[cfg(test)]
 mod kernel_tests {
     use std::io::{Read, Write};
-    use std::net::{SocketAddr, TcpListener, TcpStream};
+    use std::net::{TcpListener, TcpStream};
     use std::sync::Mutex;
     use std::time::{Duration, Instant};
 
     use super::*;
     use crate::net::{Direction, PortRange, Protected, Protocol};
-    use crate::sys::netns::{TestNet, command_in, run_in};
+    use crate::sys::netns::{TestNet, command_in, goodput, run_in};
     use crate::sys::tc::{NetemSpec, Support, leftovers, netem_support};
 
     const RATE: u64 = 10_000_000;
@@ -1065,60 +1065,6 @@ mod kernel_tests {
 
     fn port_of(listener: &TcpListener) -> u16 {
         listener.local_addr().unwrap().port()
-    }
-
-    /// TCP goodput (bits/s) from a sender in `from` to `listener`, measured at the receiver
-    /// over the steady part (`warmup` to `secs` after the first byte) as the least-squares
-    /// slope of bytes received over time: after a loss, in-order data arrives in bursts, and
-    /// the slope is far less sensitive to where those bursts fall than two end points are.
-    fn goodput(from: &str, listener: &TcpListener, warmup: f64, secs: f64) -> f64 {
-        let addr: SocketAddr = listener.local_addr().unwrap();
-        let mut sender = run_in(from, move || {
-            TcpStream::connect_timeout(&addr, Duration::from_secs(2)).unwrap()
-        })
-        .unwrap();
-        let (mut receiver, _) = listener.accept().unwrap();
-        let deadline = Duration::from_secs_f64(secs + 2.0);
-        let writer = std::thread::spawn(move || {
-            sender
-                .set_write_timeout(Some(Duration::from_secs(1)))
-                .unwrap();
-            let chunk = vec![7u8; 64 * 1024];
-            let start = Instant::now();
-            while start.elapsed() < deadline && sender.write_all(&chunk).is_ok() {}
-        });
-        receiver
-            .set_read_timeout(Some(Duration::from_secs(1)))
-            .unwrap();
-        let mut buf = vec![0u8; 256 * 1024];
-        let mut total = 0u64;
-        let mut first: Option<Instant> = None;
-        let mut samples: Vec<(f64, f64)> = Vec::new();
-        loop {
-            let n = receiver.read(&mut buf).expect("receive");
-            assert!(n > 0, "sender closed early");
-            total += n as u64;
-            let now = Instant::now();
-            let elapsed = now.duration_since(*first.get_or_insert(now)).as_secs_f64();
-            if elapsed >= warmup {
-                samples.push((elapsed, total as f64 * 8.0));
-            }
-            if elapsed >= secs {
-                break;
-            }
-        }
-        drop(receiver);
-        writer.join().unwrap();
-        assert!(samples.len() > 10, "too few samples: {}", samples.len());
-        let count = samples.len() as f64;
-        let mean_t = samples.iter().map(|s| s.0).sum::<f64>() / count;
-        let mean_b = samples.iter().map(|s| s.1).sum::<f64>() / count;
-        let cov: f64 = samples
-            .iter()
-            .map(|(t, b)| (t - mean_t) * (b - mean_b))
-            .sum();
-        let var: f64 = samples.iter().map(|(t, _)| (t - mean_t).powi(2)).sum();
-        cov / var
     }
 
     /// Goodput from `from` to `listener` is `rate` (less L2 overhead, 1448/1514).
