@@ -1,6 +1,7 @@
 //! Errors that point into the experiment file: file, line, column, the line itself, and a
 //! hint ("did you mean `duration`?"). Rendered with annotate-snippets.
 
+use std::borrow::Cow;
 use std::path::Path;
 
 use annotate_snippets::{AnnotationKind, Group, Level, Renderer, Snippet};
@@ -82,12 +83,15 @@ impl Diagnostics {
         let path = self.path.display().to_string();
         let mut out = String::new();
         for item in &self.items {
-            let mut group = Group::with_title(Level::ERROR.primary_title(item.message.as_str()));
-            if let Some(snippet) = self.snippet(item, &path) {
+            // What the file holds is quoted in messages: its invisible characters (a line
+            // separator, an escape sequence) must show, and never act on the terminal.
+            let mut group = Group::with_title(Level::ERROR.primary_title(visible(&item.message)));
+            let shown = self.shown_line(item);
+            if let Some(snippet) = self.snippet(item, &path, shown.as_ref()) {
                 group = group.element(snippet);
             }
             if let Some(hint) = &item.hint {
-                group = group.element(Level::HELP.message(hint.as_str()));
+                group = group.element(Level::HELP.message(visible(hint)));
             }
             out.push_str(&renderer.render(&[group]));
             out.push_str("\n\n");
@@ -101,32 +105,135 @@ impl Diagnostics {
         out
     }
 
-    /// The offending line with the value under the caret, when the position and text are known.
+    /// The offending line as shown (invisible characters written out) and the span of the
+    /// value in it, when the position and text are known.
+    fn shown_line(&self, item: &Diagnostic) -> Option<(String, std::ops::Range<usize>)> {
+        let pos = item.pos?;
+        let text = &self.source.as_ref()?.text;
+        let line = yaml_lines(text).nth(usize::try_from(pos.line).ok()?.checked_sub(1)?)?;
+        let start = byte_offset(line, pos.column);
+        // At least the character under the caret, ending on a character boundary.
+        let first = line[start..].chars().next().map_or(0, char::len_utf8);
+        let end = token_end(line, start).max(start + first);
+        Some(shown_with_span(line, start..end))
+    }
+
     fn snippet<'a>(
         &'a self,
         item: &'a Diagnostic,
         path: &str,
+        shown: Option<&'a (String, std::ops::Range<usize>)>,
     ) -> Option<Snippet<'a, annotate_snippets::Annotation<'a>>> {
+        let (line, span) = shown?;
         let pos = item.pos?;
-        let text = &self.source.as_ref()?.text;
-        let line_text = text
-            .lines()
-            .nth(usize::try_from(pos.line).ok()?.checked_sub(1)?)?;
-        let start = byte_offset(line_text, pos.column);
-        let end = token_end(line_text, start)
-            .max(start + 1)
-            .min(line_text.len().max(start + 1));
-        let mut annotation = AnnotationKind::Primary.span(start..end);
+        let mut annotation = AnnotationKind::Primary.span(span.clone());
         if !item.label.is_empty() {
-            annotation = annotation.label(item.label.as_str());
+            annotation = annotation.label(visible(&item.label));
         }
         Some(
-            Snippet::source(line_text)
+            Snippet::source(line.as_str())
                 .line_start(pos.line as usize)
                 .path(path.to_string())
                 .annotation(annotation),
         )
     }
+}
+
+/// The lines of a file as YAML counts them: `\n`, `\r\n` and a lone `\r` end a line.
+fn yaml_lines(text: &str) -> impl Iterator<Item = &str> {
+    let mut rest = Some(text);
+    std::iter::from_fn(move || {
+        let current = rest?;
+        match current.find(['\n', '\r']) {
+            Some(i) => {
+                let skip = if current[i..].starts_with("\r\n") {
+                    2
+                } else {
+                    1
+                };
+                rest = Some(&current[i + skip..]).filter(|r| !r.is_empty());
+                Some(&current[..i])
+            }
+            None => {
+                rest = None;
+                Some(current)
+            }
+        }
+    })
+}
+
+/// `line` as shown, and `span` (byte offsets into `line`) moved to match it.
+fn shown_with_span(line: &str, span: std::ops::Range<usize>) -> (String, std::ops::Range<usize>) {
+    let mut shown = String::with_capacity(line.len());
+    let (mut start, mut end) = (None, None);
+    for (i, c) in line.char_indices() {
+        if i == span.start {
+            start = Some(shown.len());
+        }
+        if i == span.end {
+            end = Some(shown.len());
+        }
+        push_visible(&mut shown, c);
+    }
+    let start = start.unwrap_or(shown.len());
+    let end = end.unwrap_or(shown.len()).max(start);
+    (shown, start..end)
+}
+
+/// True for characters a terminal shows as nothing, as a break or as a change of direction:
+/// control characters (but tab), line and paragraph separators, zero-width characters,
+/// bidirectional controls, the byte order mark.
+pub fn is_invisible(c: char) -> bool {
+    c != '\t'
+        && (c.is_control()
+            || matches!(
+                c,
+                '\u{2028}'
+                    | '\u{2029}'
+                    | '\u{200B}'..='\u{200F}'
+                    | '\u{202A}'..='\u{202E}'
+                    | '\u{2060}'..='\u{2064}'
+                    | '\u{2066}'..='\u{2069}'
+                    | '\u{FEFF}'
+            ))
+}
+
+fn push_visible(out: &mut String, c: char) {
+    if is_invisible(c) {
+        out.push_str(&format!("\\u{{{:04X}}}", u32::from(c)));
+    } else {
+        out.push(c);
+    }
+}
+
+/// `text` with every invisible character written out (`\u{2028}`).
+pub fn visible(text: &str) -> Cow<'_, str> {
+    if !text.chars().any(is_invisible) {
+        return Cow::Borrowed(text);
+    }
+    let mut out = String::with_capacity(text.len() + 8);
+    for c in text.chars() {
+        push_visible(&mut out, c);
+    }
+    Cow::Owned(out)
+}
+
+/// What an invisible character is, for a hint.
+pub fn describe_invisible(c: char) -> String {
+    let name = match c {
+        '\u{0}' => "NUL",
+        '\u{1B}' => "ESCAPE, which starts terminal control sequences",
+        '\n' => "LINE FEED, a line break",
+        '\r' => "CARRIAGE RETURN",
+        '\u{85}' => "NEXT LINE",
+        '\u{2028}' => "LINE SEPARATOR",
+        '\u{2029}' => "PARAGRAPH SEPARATOR",
+        '\u{200B}' => "ZERO WIDTH SPACE",
+        '\u{FEFF}' => "BYTE ORDER MARK",
+        '\u{202A}'..='\u{202E}' | '\u{2066}'..='\u{2069}' => "a bidirectional text control",
+        _ => "a control character",
+    };
+    format!("U+{:04X} {name}", u32::from(c))
 }
 
 impl std::fmt::Display for Diagnostics {
@@ -211,9 +318,110 @@ fn token_end(line: &str, start: usize) -> usize {
     }
 }
 
+// Names: "did you mean"
+
+/// Edits between two names, where swapping two neighbouring letters (`dealy`) is one edit
+/// like a wrong, missing or extra letter: the optimal-string-alignment distance.
+fn edit_distance(a: &str, b: &str) -> usize {
+    strsim::osa_distance(a, b)
+}
+
+/// The closest candidate, if it is close enough to be a plausible typo.
+pub(crate) fn nearest<'a>(
+    word: &str,
+    candidates: impl IntoIterator<Item = &'a str>,
+) -> Option<&'a str> {
+    candidates
+        .into_iter()
+        .map(|candidate| (edit_distance(word, candidate), candidate))
+        .filter(|(distance, candidate)| *distance <= (word.len().max(candidate.len()) / 3).max(1))
+        .min_by_key(|(distance, _)| *distance)
+        .map(|(_, candidate)| candidate)
+}
+
+/// "did you mean `x`?", or the full list when nothing is close. A word that is a candidate
+/// but for invisible characters (a line separator pasted in) says so.
+pub(crate) fn suggest<'a>(
+    word: &str,
+    candidates: impl IntoIterator<Item = &'a str> + Clone,
+    plural: &str,
+) -> String {
+    if let Some(c) = word.chars().find(|c| is_invisible(*c)) {
+        let seen: String = word.chars().filter(|c| !is_invisible(*c)).collect();
+        if candidates
+            .clone()
+            .into_iter()
+            .any(|candidate| candidate == seen)
+        {
+            return format!(
+                "this is `{seen}` with an invisible character in it ({}); delete that character",
+                describe_invisible(c)
+            );
+        }
+        if seen.trim().is_empty() {
+            let all: Vec<String> = candidates.into_iter().map(|c| format!("`{c}`")).collect();
+            return format!(
+                "it holds nothing visible, only {}; write one of {}",
+                describe_invisible(c),
+                all.join(", ")
+            );
+        }
+    }
+    if let Some(best) = nearest(word, candidates.clone()) {
+        return format!("did you mean `{best}`?");
+    }
+    let all: Vec<String> = candidates.into_iter().map(|c| format!("`{c}`")).collect();
+    if all.is_empty() {
+        format!("no {plural} are defined here")
+    } else {
+        format!("expected one of {}", all.join(", "))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn nearest_accepts_typos_and_refuses_strangers() {
+        assert_eq!(
+            nearest("duraton", ["duration", "delay", "after"]),
+            Some("duration")
+        );
+        assert_eq!(
+            nearest("process-kil", ["process-kill", "process-stop"]),
+            Some("process-kill")
+        );
+        assert_eq!(nearest("zzz", ["duration", "delay"]), None);
+        // Two neighbouring letters swapped is one slip of the fingers, not two.
+        assert_eq!(nearest("dealy", ["delay", "ramp"]), Some("delay"));
+        assert_eq!(edit_distance("dealy", "delay"), 1);
+        assert_eq!(edit_distance("kitten", "sitting"), 3);
+    }
+
+    #[test]
+    fn invisible_characters_are_written_out_and_named() {
+        assert_eq!(visible("plain"), "plain");
+        assert_eq!(visible("a\u{2028}b\u{1b}[2J"), "a\\u{2028}b\\u{001B}[2J");
+        assert_eq!(visible("tab\tstays"), "tab\tstays");
+        assert!(describe_invisible('\u{85}').contains("NEXT LINE"));
+        // A span on the original line keeps covering the same characters once shown.
+        let line = "kind: \u{2029}x";
+        let start = line.find('\u{2029}').unwrap();
+        let (shown, span) = shown_with_span(line, start..line.len());
+        assert_eq!(&shown[span], "\\u{2029}x");
+        assert_eq!(
+            suggest("\u{85}kind", ["kind", "id"], "keys"),
+            "this is `kind` with an invisible character in it (U+0085 NEXT LINE); delete that character"
+        );
+    }
+
+    #[test]
+    fn lines_end_where_yaml_ends_them() {
+        let lines: Vec<&str> = yaml_lines("a\nb\r\nc\rd").collect();
+        assert_eq!(lines, ["a", "b", "c", "d"]);
+        assert_eq!(yaml_lines("one\n").count(), 1);
+    }
 
     #[test]
     fn token_end_covers_scalars_strings_and_flow_collections() {

@@ -11,6 +11,7 @@ use std::time::Duration;
 use nix::sys::signal::Signal;
 use serde_saphyr::{Error as YamlError, MessageFormatter, UserMessageFormatter};
 
+use super::diagnostic::{describe_invisible, is_invisible, nearest, suggest};
 use super::model::{
     Command, Expect, FaultDef, FaultKind, NoData, ProbeDef, ProcessSelector, SignalSpec,
     StatusItem, StatusSet, WindowSlo,
@@ -174,45 +175,6 @@ fn missing_key_example(field: &str) -> String {
     format!("{field}: {example}")
 }
 
-// ---------------------------------------------------------------------------------------------
-// Names: "did you mean"
-
-/// Edits between two names, where swapping two neighbouring letters (`dealy`) is one edit
-/// like a wrong, missing or extra letter: the optimal-string-alignment distance.
-fn edit_distance(a: &str, b: &str) -> usize {
-    strsim::osa_distance(a, b)
-}
-
-/// The closest candidate, if it is close enough to be a plausible typo.
-pub(super) fn nearest<'a>(
-    word: &str,
-    candidates: impl IntoIterator<Item = &'a str>,
-) -> Option<&'a str> {
-    candidates
-        .into_iter()
-        .map(|candidate| (edit_distance(word, candidate), candidate))
-        .filter(|(distance, candidate)| *distance <= (word.len().max(candidate.len()) / 3).max(1))
-        .min_by_key(|(distance, _)| *distance)
-        .map(|(_, candidate)| candidate)
-}
-
-/// "did you mean `x`?", or the full list when nothing is close.
-pub(super) fn suggest<'a>(
-    word: &str,
-    candidates: impl IntoIterator<Item = &'a str> + Clone,
-    plural: &str,
-) -> String {
-    if let Some(best) = nearest(word, candidates.clone()) {
-        return format!("did you mean `{best}`?");
-    }
-    let all: Vec<String> = candidates.into_iter().map(|c| format!("`{c}`")).collect();
-    if all.is_empty() {
-        format!("no {plural} are defined here")
-    } else {
-        format!("expected one of {}", all.join(", "))
-    }
-}
-
 fn dur(d: Duration) -> Dur {
     Dur(d)
 }
@@ -361,6 +323,18 @@ impl<'a> Checker<'a> {
             self.report(
                 Diagnostic::at(name.pos, "`metadata.name` is empty", "empty name")
                     .with_hint("name the experiment; the name appears in reports and the journal"),
+            );
+        }
+        // The name is printed on the operator's terminal and in reports: an escape sequence
+        // or a line break in it would act there.
+        if let Some(c) = name.chars().find(|c| is_invisible(*c)) {
+            self.report(
+                Diagnostic::at(
+                    name.pos,
+                    format!("`metadata.name` holds {}", describe_invisible(c)),
+                    "invisible character",
+                )
+                .with_hint("names are printed on terminals and in reports; use visible characters on one line"),
             );
         }
     }
@@ -1608,23 +1582,6 @@ fn parse_signal(spec: &SignalSpec) -> Result<Signal, (String, String)> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn nearest_accepts_typos_and_refuses_strangers() {
-        assert_eq!(
-            nearest("duraton", ["duration", "delay", "after"]),
-            Some("duration")
-        );
-        assert_eq!(
-            nearest("process-kil", ["process-kill", "process-stop"]),
-            Some("process-kill")
-        );
-        assert_eq!(nearest("zzz", ["duration", "delay"]), None);
-        // Two neighbouring letters swapped is one slip of the fingers, not two.
-        assert_eq!(nearest("dealy", ["delay", "ramp"]), Some("delay"));
-        assert_eq!(edit_distance("dealy", "delay"), 1);
-        assert_eq!(edit_distance("kitten", "sitting"), 3);
-    }
 
     #[test]
     fn signals_accept_common_spellings() {

@@ -12,8 +12,9 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Deserializer};
 
+use super::diagnostic::{nearest, suggest};
 use super::spanned::Sp;
-use super::validate::{nearest, suggest, yaml_diagnostic};
+use super::validate::yaml_diagnostic;
 use super::{Diagnostic, Pos};
 
 /// `--var NAME=VALUE` values from the command line; a name given twice keeps the last value.

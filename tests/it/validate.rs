@@ -96,6 +96,12 @@ bad_files! {
     unknown_var_reference => "unknown-var-reference",
     var_makes_bad_value => "var-makes-bad-value",
     wrong_api_version => "wrong-api-version",
+    separator_as_value => "separator-as-value",
+    line_separator_in_key => "line-separator-in-key",
+    next_line_in_value => "next-line-in-value",
+    escape_sequence_in_name => "escape-sequence-in-name",
+    line_break_in_name => "line-break-in-name",
+    carriage_return_lines => "carriage-return-lines",
 }
 
 #[test]
@@ -126,6 +132,35 @@ fn every_bad_file_points_into_itself_with_a_hint() {
                 item.pos.is_some(),
                 "{name}: `{}` has no position",
                 item.message
+            );
+        }
+    }
+}
+
+/// `validate`, `plan` and `run` all refuse every bad file as invalid input (64), never with a
+/// panic (101), and none of them writes a state directory or a journal.
+#[test]
+fn every_bad_file_is_refused_by_validate_plan_and_run_and_nothing_is_written() {
+    let ws = Workspace::new();
+    for name in BAD_FILES {
+        let path = std::fs::canonicalize(format!("tests/bad/{name}.yaml")).unwrap();
+        for command in ["validate", "plan", "run"] {
+            let mut cmd = faultline(&ws);
+            cmd.arg(command).arg(&path);
+            if command == "run" {
+                cmd.arg("--report-dir").arg(ws.report_dir());
+            }
+            let out = cmd.output().unwrap();
+            assert_eq!(
+                out.status.code(),
+                Some(64),
+                "{command} {name}: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+            assert!(!ws.state_dir().exists(), "{command} {name} wrote state");
+            assert!(
+                !ws.report_dir().exists(),
+                "{command} {name} wrote a journal"
             );
         }
     }
