@@ -54,14 +54,38 @@ impl Diagnostics {
     }
 
     pub fn io(path: &Path, error: &std::io::Error) -> Diagnostics {
+        Diagnostics::whole_file(
+            path,
+            format!("cannot read {}: {error}", path.display()),
+            None,
+        )
+    }
+
+    /// The file could not be read as an experiment at all.
+    pub fn unreadable(path: &Path, error: &crate::sys::file::ReadError) -> Diagnostics {
+        use crate::sys::file::ReadError;
+        let hint = match error {
+            ReadError::NotRegular { .. } => Some(
+                "give the path of an experiment file (a FIFO or device would stall or flood the run)",
+            ),
+            ReadError::TooLarge { .. } => {
+                Some("is this the right file? split a game day into several files")
+            }
+            ReadError::NotText { .. } => Some("save the file as UTF-8"),
+            ReadError::Io { .. } => None,
+        };
+        Diagnostics::whole_file(path, error.to_string(), hint)
+    }
+
+    fn whole_file(path: &Path, message: String, hint: Option<&str>) -> Diagnostics {
         Diagnostics {
             source: None,
             path: path.to_path_buf(),
             items: vec![Diagnostic {
-                message: format!("cannot read {}: {error}", path.display()),
+                message,
                 pos: None,
                 label: String::new(),
-                hint: None,
+                hint: hint.map(str::to_string),
             }],
         }
     }

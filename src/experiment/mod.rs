@@ -32,14 +32,19 @@ pub struct Source {
     pub text: String,
 }
 
+/// The largest experiment file faultline reads: far more than any experiment needs, and a
+/// bound on what a mistaken path (`/dev/zero`, a log file) can make it read.
+pub const MAX_EXPERIMENT_BYTES: u64 = 1 << 20;
+
 impl Source {
+    /// Only a regular file, read without blocking and up to [`MAX_EXPERIMENT_BYTES`].
     pub fn read(path: &Path) -> Result<Source, Diagnostics> {
-        match std::fs::read_to_string(path) {
+        match crate::sys::file::read_regular(path, MAX_EXPERIMENT_BYTES, "experiment file") {
             Ok(text) => Ok(Source {
                 path: path.to_path_buf(),
                 text,
             }),
-            Err(e) => Err(Diagnostics::io(path, &e)),
+            Err(e) => Err(Diagnostics::unreadable(path, &e)),
         }
     }
 

@@ -7,6 +7,9 @@ use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 
+/// The largest journal read back: a day-long run with a busy probe stays well below it.
+pub const MAX_JOURNAL_BYTES: u64 = 1 << 30;
+
 /// A journal as read back: its path and its events in order.
 #[derive(Clone, Debug)]
 pub struct RunRecord {
@@ -15,9 +18,11 @@ pub struct RunRecord {
 }
 
 impl RunRecord {
-    /// Read a journal. A last line cut short by a crash is skipped, not an error.
+    /// Read a journal (a regular file, read without blocking, at most
+    /// [`MAX_JOURNAL_BYTES`]). A last line cut short by a crash is skipped, not an error.
     pub fn read(path: &Path) -> io::Result<RunRecord> {
-        let text = std::fs::read_to_string(path)?;
+        let text = crate::sys::file::read_regular(path, MAX_JOURNAL_BYTES, "journal")
+            .map_err(io::Error::other)?;
         let events = text
             .lines()
             .filter_map(|line| serde_json::from_str(line).ok())

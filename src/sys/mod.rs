@@ -3,6 +3,7 @@
 
 pub mod cgroup;
 pub mod delayer;
+pub mod file;
 pub mod iptables;
 pub mod loopdev;
 pub mod netns;

@@ -415,10 +415,10 @@ pub fn pick_count(matched: usize, count: Option<u32>, percent: Option<u32>) -> u
     n
 }
 
+/// A pidfile holds one number: a regular file, read without blocking, a few bytes at most.
 fn read_pidfile(path: &Path) -> Result<u32, SelectError> {
-    let text = std::fs::read_to_string(path).map_err(|e| {
-        SelectError::Invalid(format!("cannot read pidfile {}: {e}", path.display()))
-    })?;
+    let text = super::file::read_regular(path, 64, "pidfile")
+        .map_err(|e| SelectError::Invalid(format!("pidfile: {e}")))?;
     text.trim().parse().map_err(|_| {
         SelectError::Invalid(format!(
             "pidfile {} does not hold a PID: {:?}",
