@@ -15,6 +15,12 @@ fn main() -> ExitCode {
     if args.get(1).map(String::as_str) == Some(faultline::watchdog::SUBCOMMAND) {
         return ExitCode::from(faultline::watchdog::watchdog_main(&args[2..]));
     }
+    // Before anything else a run does: a SIGINT/SIGTERM/SIGHUP from here on is acted on
+    // once the runner listens, never lost or fatal half-way through settling leftovers.
+    if let Err(e) = faultline::engine::interrupt::take_over() {
+        eprintln!("faultline: cannot take over SIGINT/SIGTERM/SIGHUP: {e}");
+        return ExitCode::from(faultline::outcome::EXIT_ERROR);
+    }
     // Usage errors are invalid input (64), not clap's default 2 — which is `aborted` here.
     let cli = match Cli::try_parse() {
         Ok(cli) => cli,
@@ -28,6 +34,10 @@ fn main() -> ExitCode {
             return ExitCode::from(code);
         }
     };
+    // Only runs (and `inject`) have faults to revert; everything else keeps the defaults.
+    if !matches!(cli.command, Command::Run(_) | Command::Inject(_)) {
+        faultline::engine::interrupt::give_back();
+    }
     let level = match cli.verbose {
         0 => "warn",
         1 => "info",
@@ -58,5 +68,9 @@ fn main() -> ExitCode {
             return ExitCode::from(faultline::outcome::EXIT_ERROR);
         }
     };
-    ExitCode::from(runtime.block_on(faultline::commands::dispatch(cli.command)))
+    let code = runtime.block_on(faultline::commands::dispatch(cli.command));
+    // A target resolution abandoned when the run stopped (a pidfile on a hung mount) may
+    // still be blocked on its thread: exit without waiting for it.
+    runtime.shutdown_background();
+    ExitCode::from(code)
 }

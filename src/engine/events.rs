@@ -79,6 +79,13 @@ pub enum Event<'a> {
         record: Option<&'a str>,
         error: String,
     },
+    /// The run stopped while the fault was still being prepared (its target resolved):
+    /// nothing was recorded or injected, and the preparation was left to finish on its own.
+    FaultAbandoned {
+        t_ms: f64,
+        fault: &'a str,
+        reason: &'a str,
+    },
     FaultReverted {
         t_ms: f64,
         fault: &'a str,

@@ -85,6 +85,13 @@ impl Registry {
     }
 }
 
+/// Why an injection did not happen.
+enum Injection {
+    Failed(String),
+    /// The run stopped first.
+    Abandoned,
+}
+
 /// What fault tasks tell the engine.
 #[derive(Debug)]
 pub enum FaultEvent {
@@ -176,6 +183,7 @@ impl FaultTask {
         let mut injected_once = false;
         loop {
             match self.inject_once().await {
+                Err(Injection::Abandoned) => return,
                 Ok(()) => {
                     if !injected_once {
                         injected_once = true;
@@ -185,7 +193,7 @@ impl FaultTask {
                         });
                     }
                 }
-                Err(error) => {
+                Err(Injection::Failed(error)) => {
                     let _ = self.events.send(FaultEvent::Failed {
                         fault_id: spec.id.clone(),
                         error,
@@ -217,19 +225,33 @@ impl FaultTask {
 
     /// prepare → durable record → apply. On success the injection is live in the registry
     /// (or already forgotten when there is nothing to revert).
-    async fn inject_once(&self) -> Result<(), String> {
+    ///
+    /// A stop (breach, interrupt, deadline) does not wait for a prepare in flight: resolving a
+    /// target can hang (a pidfile on a dead NFS mount), and the reverts of what is live must
+    /// not wait for it. The prepare touched nothing, so it is left to finish on its own
+    /// thread and its result dropped. An apply is never abandoned: it changes the host.
+    async fn inject_once(&self) -> Result<(), Injection> {
         let shared = &self.shared;
         let spec = self.spec();
         let fault = shared.backend.fault(spec, &shared.plan);
         let fault = Arc::<dyn crate::fault::Fault>::from(fault);
 
         let preparing = fault.clone();
-        let prepared: Prepared =
-            match tokio::task::spawn_blocking(move || preparing.prepare()).await {
+        let preparation = tokio::task::spawn_blocking(move || preparing.prepare());
+        let prepared: Prepared = tokio::select! {
+            biased;
+            _ = self.cancel.cancelled() => return Err(self.abandoned()),
+            done = preparation => match done {
                 Ok(Ok(prepared)) => prepared,
-                Ok(Err(e)) => return Err(self.failed(None, e.to_string())),
-                Err(e) => return Err(self.failed(None, format!("prepare panicked: {e}"))),
-            };
+                Ok(Err(e)) => return Err(Injection::Failed(self.failed(None, e.to_string()))),
+                Err(e) => {
+                    return Err(Injection::Failed(self.failed(None, format!("prepare panicked: {e}"))));
+                }
+            },
+        };
+        if self.cancel.is_cancelled() {
+            return Err(self.abandoned());
+        }
 
         let record_id = shared.next_record_id(&spec.id);
         let record = FaultRecord {
@@ -247,14 +269,18 @@ impl FaultTask {
         match tokio::task::spawn_blocking(move || state.write(&writing)).await {
             Ok(Ok(())) => {}
             Ok(Err(e)) => {
-                return Err(self.failed(
+                return Err(Injection::Failed(self.failed(
                     None,
                     format!(
                         "cannot record the revert before injecting, so nothing was injected: {e}"
                     ),
+                )));
+            }
+            Err(e) => {
+                return Err(Injection::Failed(
+                    self.failed(None, format!("state write panicked: {e}")),
                 ));
             }
-            Err(e) => return Err(self.failed(None, format!("state write panicked: {e}"))),
         }
         shared.journal.write(&Event::FaultIntent {
             t_ms: shared.t_ms(),
@@ -296,9 +322,27 @@ impl FaultTask {
             }
             // The record stays in the registry: the abort that follows reverts the
             // partial injection.
-            Ok(Err(e)) => Err(self.failed(Some(&record_id), e.to_string())),
-            Err(e) => Err(self.failed(Some(&record_id), format!("apply panicked: {e}"))),
+            Ok(Err(e)) => Err(Injection::Failed(
+                self.failed(Some(&record_id), e.to_string()),
+            )),
+            Err(e) => Err(Injection::Failed(
+                self.failed(Some(&record_id), format!("apply panicked: {e}")),
+            )),
         }
+    }
+
+    fn abandoned(&self) -> Injection {
+        let spec = self.spec();
+        let reason = "the run stopped while its target was being resolved; nothing was injected";
+        self.shared.journal.write(&Event::FaultAbandoned {
+            t_ms: self.shared.t_ms(),
+            fault: &spec.id,
+            reason,
+        });
+        self.shared
+            .ui
+            .line(format!("skip    {}: {reason}", spec.id));
+        Injection::Abandoned
     }
 
     fn failed(&self, record: Option<&str>, error: String) -> String {

@@ -56,6 +56,16 @@ impl Backend for RealBackend {
     }
 }
 
+/// How long the checks before T0 may take: resolving a target can hang (a pidfile on a dead
+/// mount), and a run must not wait for that with Ctrl-C unanswered.
+pub const PREFLIGHT_TIMEOUT: Duration = Duration::from_secs(15);
+
+/// Why the checks before T0 stopped the run.
+enum Preflight {
+    Refused(String),
+    Interrupted,
+}
+
 /// Everything a run needs besides the plan.
 pub struct RunContext {
     pub backend: Arc<dyn Backend>,
@@ -464,9 +474,16 @@ impl Runner {
             plural(plan.during.len())
         ));
 
-        if let Err(reason) = self.preflight().await {
-            self.verdict.injection_failed = Some(reason);
-            return;
+        match self.preflight().await {
+            Ok(()) => {}
+            Err(Preflight::Refused(reason)) => {
+                self.verdict.injection_failed = Some(reason);
+                return;
+            }
+            Err(Preflight::Interrupted) => {
+                self.note_interrupt();
+                return;
+            }
         }
         // T0 marks the instant the schedule starts from (and the preflight); `during` is the
         // window the faults and during-probes live in, as the samples' phase says.
@@ -630,24 +647,51 @@ impl Runner {
 
     /// Before anything is injected: every fault must be possible on this host with the
     /// privileges we have. A target that does not exist yet is fine here (it may appear
-    /// later); missing privilege or a missing kernel feature is not.
-    async fn preflight(&mut self) -> Result<(), String> {
+    /// later); missing privilege or a missing kernel feature is not. The checks run side by
+    /// side, an interrupt ends them at once, and one that does not finish within
+    /// [`PREFLIGHT_TIMEOUT`] (a target on a hung mount) stops the run: nothing is injected.
+    async fn preflight(&mut self) -> Result<(), Preflight> {
         let shared = self.shared.clone();
-        for spec in &shared.plan.faults {
+        let mut checks = tokio::task::JoinSet::new();
+        for (index, spec) in shared.plan.faults.iter().enumerate() {
             let fault: Arc<dyn Fault> = Arc::from(shared.backend.fault(spec, &shared.plan));
-            let result = tokio::task::spawn_blocking(move || fault.check()).await;
+            checks.spawn_blocking(move || (index, fault.check()));
+        }
+        let mut results: Vec<Option<Result<(), FaultError>>> =
+            (0..shared.plan.faults.len()).map(|_| None).collect();
+        let deadline = tokio::time::Instant::now() + PREFLIGHT_TIMEOUT;
+        loop {
+            tokio::select! {
+                biased;
+                _ = self.interrupt.reached(Level::Abort) => return Err(Preflight::Interrupted),
+                _ = tokio::time::sleep_until(deadline) => break,
+                done = checks.join_next() => match done {
+                    Some(Ok((index, result))) => results[index] = Some(result),
+                    Some(Err(_)) => {}
+                    None => break,
+                },
+            }
+        }
+        // The checks still running hold no state: they are left to finish and dropped.
+        checks.detach_all();
+        for (spec, result) in shared.plan.faults.iter().zip(results) {
             let reason = match result {
-                Ok(Err(FaultError::Permission(why))) => format!(
+                None => format!(
+                    "checking fault {} did not finish within {} (its target may be on a hung mount); nothing was injected",
+                    spec.id,
+                    humantime::format_duration(PREFLIGHT_TIMEOUT)
+                ),
+                Some(Err(FaultError::Permission(why))) => format!(
                     "fault {} needs more privilege than faultline has: {why}; nothing was injected",
                     spec.id
                 ),
-                Ok(Err(FaultError::Unsupported(why))) => format!(
+                Some(Err(FaultError::Unsupported(why))) => format!(
                     "fault {} cannot be applied on this host: {why}; nothing was injected",
                     spec.id
                 ),
                 // A target that does not exist yet may appear later; it is checked again
                 // when the fault fires.
-                _ => continue,
+                Some(_) => continue,
             };
             shared.journal.write(&Event::FaultInjectionFailed {
                 t_ms: shared.t_ms(),
@@ -656,7 +700,7 @@ impl Runner {
                 error: reason.clone(),
             });
             shared.ui.line(format!("FAILED  {reason}"));
-            return Err(reason);
+            return Err(Preflight::Refused(reason));
         }
         Ok(())
     }

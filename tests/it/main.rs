@@ -1,5 +1,6 @@
 mod cli;
 mod engine;
+mod hostile;
 mod inject;
 mod lane;
 mod network;
