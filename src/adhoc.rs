@@ -231,7 +231,11 @@ fn params(pairs: &[String]) -> Result<Map<String, Value>, InjectError> {
         if key.is_empty() {
             return Err(InjectError::NotAParam(pair.clone()));
         }
-        let value = match serde_saphyr::from_str::<Value>(raw) {
+        // Read as a file would be: `yes` is text there, so it is text here.
+        let value = match serde_saphyr::from_str_with_options::<Value>(
+            raw,
+            crate::experiment::validate::yaml_options(),
+        ) {
             Ok(Value::Null) | Err(_) => Value::String(raw.to_string()),
             Ok(value) => value,
         };

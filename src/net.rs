@@ -82,6 +82,32 @@ impl IpNet {
         self.addr.is_ipv4()
     }
 
+    /// The block with its host bits cleared (`10.0.0.1/8` → `10.0.0.0/8`).
+    pub fn network(&self) -> IpNet {
+        let addr = match self.addr {
+            IpAddr::V4(a) => {
+                let mask = if self.prefix == 0 {
+                    0
+                } else {
+                    u32::MAX << (32 - u32::from(self.prefix))
+                };
+                IpAddr::V4((u32::from(a) & mask).into())
+            }
+            IpAddr::V6(a) => {
+                let mask = if self.prefix == 0 {
+                    0
+                } else {
+                    u128::MAX << (128 - u32::from(self.prefix))
+                };
+                IpAddr::V6((u128::from(a) & mask).into())
+            }
+        };
+        IpNet {
+            addr,
+            prefix: self.prefix,
+        }
+    }
+
     pub fn contains(&self, ip: IpAddr) -> bool {
         match (self.addr, ip) {
             (IpAddr::V4(net), IpAddr::V4(ip)) => {

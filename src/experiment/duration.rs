@@ -40,7 +40,19 @@ impl FromStr for Dur {
             ));
         }
         humantime::parse_duration(text).map(Dur).map_err(|e| {
-            format!("`{text}` is not a duration ({e}); write it like `500ms`, `30s` or `5m`")
+            let why = match e {
+                _ if text.starts_with('-') => "a duration is never negative".to_string(),
+                humantime::DurationError::NumberOverflow => {
+                    "it is longer than any clock counts".to_string()
+                }
+                humantime::DurationError::UnknownUnit { unit, .. } => {
+                    format!("`{unit}` is not a unit")
+                }
+                _ => "it is not a number with a unit".to_string(),
+            };
+            format!(
+                "`{text}` is not a duration: {why}; write it like `500ms`, `30s`, `5m` or `1h 30m` (units: ms, s, m, h, d)"
+            )
         })
     }
 }

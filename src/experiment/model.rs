@@ -109,7 +109,7 @@ pub struct NetworkSelector {
     pub cgroup: Option<Sp<String>>,
     /// Leave the operator's SSH session (`SSH_CONNECTION`) and the endpoints of this
     /// experiment's probes untouched (default true). Set false only when the fault must hit them.
-    #[serde(default = "yes")]
+    #[serde(default = "yes", deserialize_with = "boolean")]
     pub lockout_protection: bool,
 }
 
@@ -154,13 +154,13 @@ pub struct ProcessSelector {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub percent: Option<Sp<u32>>,
     /// Pick at random instead of oldest first.
-    #[serde(default)]
+    #[serde(default, deserialize_with = "boolean")]
     pub random: bool,
     /// Seed for `random`, for repeatable picks.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub seed: Option<u64>,
     /// Allow PID 1, faultline itself and its ancestors. They are refused otherwise.
-    #[serde(default)]
+    #[serde(default, deserialize_with = "boolean")]
     pub force: bool,
 }
 
@@ -723,11 +723,46 @@ impl JsonSchema for Repeat {
 pub struct AbortPolicy {
     /// Abort (revert everything at once) when a `during` probe fails. Default true; when false
     /// a failing `during` probe makes the outcome `deviated` but the faults run their course.
-    #[serde(default = "yes")]
+    #[serde(default = "yes", deserialize_with = "boolean")]
     pub on_probe_failure: bool,
     /// Longest a single revert may take before the run counts as `revert_failed` (default 10s).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub revert_timeout: Option<Sp<Dur>>,
+}
+
+/// `true` or `false`, unquoted. YAML 1.1's `yes`/`no`/`on`/`off` are refused by the parser
+/// options; a quoted `"true"` is text, and text is never taken for a boolean here either:
+/// `lockout_protection: "false"` should not quietly mean what it seems to.
+fn boolean<'de, D: serde::Deserializer<'de>>(deserializer: D) -> Result<bool, D::Error> {
+    struct Strict;
+    impl<'de> serde::de::Visitor<'de> for Strict {
+        type Value = bool;
+        fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.write_str("true or false")
+        }
+        fn visit_bool<E: serde::de::Error>(self, value: bool) -> Result<bool, E> {
+            Ok(value)
+        }
+        fn visit_str<E: serde::de::Error>(self, text: &str) -> Result<bool, E> {
+            let word = text.to_ascii_lowercase();
+            let meant = match word.as_str() {
+                "true" | "y" | "yes" | "on" => "true",
+                "false" | "n" | "no" | "off" => "false",
+                _ => "true or false",
+            };
+            let why = match word.as_str() {
+                "true" | "false" => "in quotes it is text",
+                "y" | "yes" | "on" | "n" | "no" | "off" => {
+                    "YAML 1.1 read it as a boolean, YAML 1.2 (and faultline) as text"
+                }
+                _ => "it is text",
+            };
+            Err(E::custom(format!(
+                "`{text}` is not a boolean: {why}; write {meant}, without quotes"
+            )))
+        }
+    }
+    deserializer.deserialize_any(Strict)
 }
 
 fn yes() -> bool {
@@ -756,7 +791,7 @@ pub struct Command {
     pub env: BTreeMap<String, String>,
     /// Setup only: leave it running in the background (a server under test); it is
     /// stopped (SIGTERM, then SIGKILL) after cleanup.
-    #[serde(default)]
+    #[serde(default, deserialize_with = "boolean")]
     pub background: bool,
     /// Longest the command may run (default 60s). Not applied to background commands.
     #[serde(default, skip_serializing_if = "Option::is_none")]

@@ -40,12 +40,21 @@ pub fn parse(source: &Source, overrides: &Overrides) -> Result<Experiment, Diagn
     let expansion =
         vars::expand(&source.text, overrides).map_err(|items| Diagnostics::new(source, items))?;
     let mut experiment =
-        serde_saphyr::from_str::<Experiment>(&expansion.text).map_err(|error| {
-            let diagnostic = expansion.columns.restore(yaml_diagnostic(&error));
-            Diagnostics::new(source, vec![diagnostic])
-        })?;
+        serde_saphyr::from_str_with_options::<Experiment>(&expansion.text, yaml_options())
+            .map_err(|error| {
+                let diagnostic = expansion.columns.restore(yaml_diagnostic(&error));
+                Diagnostics::new(source, vec![diagnostic])
+            })?;
     experiment.vars = expansion.values;
     Ok(experiment)
+}
+
+/// How experiment files are read: YAML 1.2 booleans only (`yes`, `no`, `on`, `off` are not
+/// booleans: `lockout_protection: no` must not turn protection off by a YAML 1.1 reading).
+pub(crate) fn yaml_options() -> serde_saphyr::Options {
+    let mut options = serde_saphyr::Options::default();
+    options.strict_booleans = true;
+    options
 }
 
 pub(super) fn yaml_diagnostic(error: &YamlError) -> Diagnostic {
@@ -101,8 +110,35 @@ pub(super) fn yaml_diagnostic(error: &YamlError) -> Diagnostic {
             pos,
             format!("expected {expected}, found {unexpected}"),
             "wrong type",
-        ),
+        )
+        .with_hint(format!("write {expected} here")),
+        YamlError::Eof { .. } => Diagnostic::at(pos, "the file ends before it says anything", "empty")
+            .with_hint("an experiment starts with `apiVersion: faultline/v1`; `faultline schema` describes the rest"),
+        YamlError::MultipleDocuments { .. } => Diagnostic::at(pos, "a second YAML document starts here", "`---` starts another document")
+            .with_hint("one experiment per file: split it into files at each `---` and give them all to `faultline run` (a game day)"),
         YamlError::Message { msg, .. } => message_diagnostic(pos, strip_location(msg)),
+        YamlError::InvalidScalar { ty, .. } => {
+            let (what, example) = scalar_words(ty);
+            Diagnostic::at(pos, format!("not {what}"), format!("expected {what}"))
+                .with_hint(format!("write {what}, such as `{example}`"))
+        }
+        YamlError::Unexpected { expected, .. } => {
+            let (what, example) = match *expected {
+                "sequence start" => ("a list", "[kill-worker]"),
+                "mapping start" => ("a mapping", "{key: value}"),
+                other => (other, "..."),
+            };
+            Diagnostic::at(pos, format!("expected {what} here"), format!("not {what}"))
+                .with_hint(format!(
+                    "write {what}, such as `{example}` (one item still goes in brackets)"
+                ))
+        }
+        YamlError::Budget { breach, .. } => Diagnostic::at(
+            pos,
+            format!("the file is too big or too deeply nested to be an experiment ({})", budget_words(breach)),
+            "limit reached here",
+        )
+        .with_hint("an experiment is a few hundred lines; is this the right file? (aliases that expand many times count too)"),
         YamlError::NonFiniteFloat { value, .. } => Diagnostic::at(
             pos,
             format!("`{value}` is not a finite number"),
@@ -114,7 +150,13 @@ pub(super) fn yaml_diagnostic(error: &YamlError) -> Diagnostic {
         ),
         other => {
             let text = UserMessageFormatter.format_message(other);
-            Diagnostic::at(pos, strip_location(&text).to_string(), "")
+            let message = strip_location(&text).to_string();
+            let hint = if message.contains("tab") {
+                "YAML indents with spaces only; replace the tabs at the start of the line"
+            } else {
+                "the YAML itself is malformed here; `faultline schema` describes the format"
+            };
+            Diagnostic::at(pos, message, "").with_hint(hint)
         }
     }
 }
@@ -128,15 +170,83 @@ fn innermost(mut error: &YamlError) -> &YamlError {
     error
 }
 
+/// What a target type expects, in words, with an example.
+fn scalar_words(ty: &str) -> (String, &'static str) {
+    match ty {
+        "u8" | "u16" | "u32" | "u64" | "usize" => {
+            let max = match ty {
+                "u8" => u64::from(u8::MAX),
+                "u16" => u64::from(u16::MAX),
+                "u32" => u64::from(u32::MAX),
+                _ => u64::MAX,
+            };
+            (format!("a whole number from 0 to {max}"), "3")
+        }
+        "i8" | "i16" | "i32" | "i64" | "isize" => ("a whole number".into(), "3"),
+        "f32" | "f64" => ("a number".into(), "0.5"),
+        "bool" => ("true or false".into(), "true"),
+        "char" => ("one character".into(), "x"),
+        other => (format!("a {other}"), "..."),
+    }
+}
+
+fn budget_words(breach: &serde_saphyr::budget::BudgetBreach) -> String {
+    use serde_saphyr::budget::BudgetBreach;
+    match breach {
+        BudgetBreach::Depth { depth } => format!("nested {depth} levels deep"),
+        BudgetBreach::Nodes { nodes } => format!("more than {nodes} values"),
+        BudgetBreach::Events { events } => format!("more than {events} parser events"),
+        BudgetBreach::Aliases { aliases } => format!("{aliases} aliases"),
+        BudgetBreach::Anchors { anchors } => format!("{anchors} anchors"),
+        _ => "over a size limit".into(),
+    }
+}
+
+/// Names for serde's untagged enums, whose own message says only "did not match any variant".
+fn untagged_words(message: &str) -> Option<(&'static str, &'static str)> {
+    const KNOWN: [(&str, &str, &str); 6] = [
+        (
+            "CoresSpec",
+            "not a core selection",
+            "write a number of cores (`2`) or a list of core numbers (`[0, 1]`)",
+        ),
+        (
+            "PortSpec",
+            "not a port",
+            "write a port (`5432`) or a range in quotes (`\"8000-8100\"`)",
+        ),
+        (
+            "PercentSpec",
+            "not a percentage",
+            "write a percentage (`30%`) or a number from 0 to 100",
+        ),
+        (
+            "StatusSet",
+            "not an HTTP status",
+            "write a code (`200`), a range (`\"200-299\"`) or a list of them (`[200, \"300-399\"]`)",
+        ),
+        (
+            "StatusItem",
+            "not an HTTP status",
+            "write a code (`200`), a range (`\"200-299\"`) or a list of them (`[200, \"300-399\"]`)",
+        ),
+        (
+            "SignalSpec",
+            "not a signal",
+            "write a name (`SIGTERM`, `TERM`) or a number (`15`)",
+        ),
+    ];
+    let name = message.strip_prefix("data did not match any variant of untagged enum ")?;
+    KNOWN
+        .iter()
+        .find(|(n, _, _)| *n == name.trim())
+        .map(|(_, what, how)| (*what, *how))
+}
+
 /// Custom messages from our own `Deserialize` impls read "what is wrong; how to write it".
 fn message_diagnostic(pos: Pos, message: &str) -> Diagnostic {
-    if message.contains("untagged enum StatusSet") || message.contains("untagged enum StatusItem") {
-        return Diagnostic::at(pos, "not an HTTP status", "expected a status")
-            .with_hint("write a code (`200`), a range (`\"200-299\"`) or a list of them (`[200, \"300-399\"]`)");
-    }
-    if message.contains("untagged enum SignalSpec") {
-        return Diagnostic::at(pos, "not a signal", "expected a signal")
-            .with_hint("write a name (`SIGTERM`, `TERM`) or a number (`15`)");
+    if let Some((what, how)) = untagged_words(message) {
+        return Diagnostic::at(pos, what, "not this").with_hint(how);
     }
     match message.split_once("; ") {
         Some((what, how)) => Diagnostic::at(pos, what, "invalid value").with_hint(how),
@@ -150,6 +260,20 @@ fn strip_location(message: &str) -> &str {
         Some(i) if message[i..].contains(", column ") => &message[..i],
         _ => message,
     }
+}
+
+/// `a -> b -> a`; a long cycle shows its first and last few faults and how many between.
+fn cycle_words(path: &[&str]) -> String {
+    const SHOWN: usize = 4;
+    if path.len() <= 2 * SHOWN + 1 {
+        return path.join(" -> ");
+    }
+    format!(
+        "{} -> ... ({} more) -> {}",
+        path[..SHOWN].join(" -> "),
+        path.len() - 2 * SHOWN,
+        path[path.len() - SHOWN..].join(" -> ")
+    )
 }
 
 fn missing_key_example(field: &str) -> String {
@@ -382,6 +506,16 @@ impl<'a> Checker<'a> {
                     .with_hint("add at least one filter: `pid`, `pidfile`, `name`, `cmdline`, `cgroup` or `uid`"),
             );
         }
+        if let Some(cgroup) = &selector.cgroup
+            && (!cgroup.starts_with('/')
+                || cgroup.split('/').any(|part| part == ".." || part == ".")
+                || cgroup.chars().any(char::is_control))
+        {
+            self.report(
+                Diagnostic::at(pos, format!("{owner}: `{}` is not a cgroup path", super::diagnostic::visible(cgroup)), "not a cgroup")
+                    .with_hint("write the path as /proc/PID/cgroup shows it, from the top: `/system.slice/nginx.service` (no `..`)"),
+            );
+        }
         if selector.pid == Some(0) {
             self.report(
                 Diagnostic::at(pos, format!("{owner} has `pid: 0`"), "not a process")
@@ -462,9 +596,18 @@ impl<'a> Checker<'a> {
                     .unwrap_or_default()
                     .trim()
                     .trim_start_matches("error: ");
+                let hint = if matches!(error, regex::Error::CompiledTooBig(_)) {
+                    "the pattern compiles into more than faultline allows (its repetitions multiply); match a shorter, simpler pattern"
+                } else {
+                    "the syntax is that of Rust's `regex` crate; escape special characters with `\\`"
+                };
                 self.report(
-                    Diagnostic::at(pattern.pos, format!("`{key}` is not a valid regular expression"), reason)
-                        .with_hint("the syntax is that of Rust's `regex` crate; escape special characters with `\\`"),
+                    Diagnostic::at(
+                        pattern.pos,
+                        format!("`{key}` is not a valid regular expression"),
+                        reason,
+                    )
+                    .with_hint(hint),
                 );
                 None
             }
@@ -586,10 +729,13 @@ impl<'a> Checker<'a> {
             }));
         }
         if let Some(command) = &def.command {
-            kinds.push(self.argv(&command.argv).then(|| ProbeKind::Command {
-                argv: command.argv.value.clone(),
-                env: command.env.clone(),
-            }));
+            kinds.push(
+                self.argv(&command.argv, &command.env)
+                    .then(|| ProbeKind::Command {
+                        argv: command.argv.value.clone(),
+                        env: command.env.clone(),
+                    }),
+            );
         }
         if let Some(process) = &def.process {
             kinds.push(self.process_probe(name, process, def.pos));
@@ -639,6 +785,19 @@ impl<'a> Checker<'a> {
 
     /// An `http://` or `https://` URL; `example` shows a good one in the hint.
     fn http_url(&mut self, url: &Sp<String>, example: &str) -> Option<reqwest::Url> {
+        // The URL parser quietly drops or encodes control characters: the probe would ask for
+        // another URL than the one written.
+        if let Some(c) = url.chars().find(|c| c.is_control()) {
+            self.report(
+                Diagnostic::at(
+                    url.pos,
+                    format!("the URL holds {}", super::diagnostic::describe_invisible(c)),
+                    "control character",
+                )
+                .with_hint("a URL is visible text; percent-encode a byte you mean (`%00`)"),
+            );
+            return None;
+        }
         match reqwest::Url::parse(url) {
             Ok(parsed) if !matches!(parsed.scheme(), "http" | "https") => {
                 self.report(
@@ -704,19 +863,46 @@ impl<'a> Checker<'a> {
         }
     }
 
-    fn argv(&mut self, argv: &Sp<Vec<String>>) -> bool {
-        if argv
-            .first()
-            .is_some_and(|program| !program.trim().is_empty())
-        {
-            return true;
+    /// A program, its arguments and its environment as the kernel can take them. `env` has
+    /// no positions of its own: its problems point at `argv`.
+    fn argv(&mut self, argv: &Sp<Vec<String>>, env: &BTreeMap<String, String>) -> bool {
+        if argv.first().is_none_or(|program| program.trim().is_empty()) {
+            self.report(
+                Diagnostic::at(argv.pos, "`argv` has no program", "empty").with_hint(
+                    "give the program and its arguments, for example `argv: [curl, -sf, http://127.0.0.1:8080/]`",
+                ),
+            );
+            return false;
         }
-        self.report(
-            Diagnostic::at(argv.pos, "`argv` has no program", "empty").with_hint(
-                "give the program and its arguments, for example `argv: [curl, -sf, http://127.0.0.1:8080/]`",
-            ),
-        );
-        false
+        let mut valid = true;
+        if let Some(arg) = argv.iter().find(|arg| arg.contains('\0')) {
+            valid = false;
+            self.report(
+                Diagnostic::at(argv.pos, format!("`argv` holds a NUL byte (in `{arg}`)"), "NUL")
+                    .with_hint("the kernel ends each argument at a NUL, so the program would get another one; remove it"),
+            );
+        }
+        for (name, value) in env {
+            let problem = if name.is_empty() {
+                Some("an empty name".to_string())
+            } else if name.contains('=') {
+                Some(format!(
+                    "`{name}`: a name with `=` (the kernel splits at the first `=`)"
+                ))
+            } else if name.contains('\0') || value.contains('\0') {
+                Some(format!("`{name}`: a NUL byte"))
+            } else {
+                None
+            };
+            if let Some(problem) = problem {
+                valid = false;
+                self.report(
+                    Diagnostic::at(argv.pos, format!("`env` has {problem}"), "in this command's env")
+                        .with_hint("env names are letters, digits and `_` (such as `APP_MODE`); names and values hold no NUL"),
+                );
+            }
+        }
+        valid
     }
 
     fn process_probe(
@@ -1333,7 +1519,7 @@ impl<'a> Checker<'a> {
                             in_cycle[n] = true;
                         }
                         self.report(
-                            Diagnostic::at(dependency.pos, format!("`after` forms a cycle: {}", path.join(" -> ")), "closes the cycle")
+                            Diagnostic::at(dependency.pos, format!("`after` forms a cycle: {}", cycle_words(&path)), "closes the cycle")
                                 .with_hint("faults in a cycle wait for each other forever; remove one of these `after` entries"),
                         );
                     }
@@ -1414,7 +1600,7 @@ impl<'a> Checker<'a> {
         commands
             .iter()
             .filter_map(|command| {
-                let has_program = self.argv(&command.argv);
+                let has_program = self.argv(&command.argv, &command.env);
                 if command.background && section != "setup" {
                     self.report(
                         Diagnostic::at(command.pos, format!("`background: true` in `{section}`"), "only for setup")

@@ -34,6 +34,10 @@ pub enum OverrideError {
     BadName(String, String),
     #[error("--var {0}: the value holds a newline; var values are single-line")]
     Newline(String),
+    #[error(
+        "--var {0}: the value holds `${{`; var values are literal text and cannot refer to vars"
+    )]
+    Reference(String),
 }
 
 impl Overrides {
@@ -57,6 +61,9 @@ impl Overrides {
             }
             if value.contains(['\n', '\r']) {
                 return Err(OverrideError::Newline(name.to_string()));
+            }
+            if value.contains("${") {
+                return Err(OverrideError::Reference(name.to_string()));
             }
             overrides.set(name, value);
         }

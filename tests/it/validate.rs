@@ -64,44 +64,96 @@ macro_rules! bad_files {
 
 bad_files! {
     after_cycle => "after-cycle",
+    after_not_a_list => "after-not-a-list",
+    alias_bomb => "alias-bomb",
     bad_duration => "bad-duration",
     bad_duration_bare_number => "bad-duration-bare-number",
     bad_regex => "bad-regex",
     bad_signal => "bad-signal",
     bad_status => "bad-status",
+    bidi_override_in_name => "bidi-override-in-name",
+    bom_then_typo => "bom-then-typo",
+    boolean_as_number => "boolean-as-number",
+    carriage_return_lines => "carriage-return-lines",
+    cgroup_relative => "cgroup-relative",
+    cgroup_traversal => "cgroup-traversal",
+    cidr_host_bits => "cidr-host-bits",
+    cores_wrong_shape => "cores-wrong-shape",
+    count_fraction => "count-fraction",
+    count_not_a_number => "count-not-a-number",
+    count_too_large => "count-too-large",
+    deep_nesting => "deep-nesting",
     duplicate_fault_id => "duplicate-fault-id",
     duplicate_yaml_key => "duplicate-yaml-key",
+    duration_overflow => "duration-overflow",
+    empty_file => "empty-file",
     env_var_reference => "env-var-reference",
+    equals_in_env_name => "equals-in-env-name",
+    escape_sequence_in_name => "escape-sequence-in-name",
     expect_key_wrong_kind => "expect-key-wrong-kind",
+    header_with_newline => "header-with-newline",
+    interface_name_too_long => "interface-name-too-long",
+    ipv6_host_bits => "ipv6-host-bits",
+    key_in_other_case => "key-in-other-case",
+    latin1_bytes => "latin1-bytes",
+    line_break_in_name => "line-break-in-name",
+    line_separator_in_key => "line-separator-in-key",
+    long_after_cycle => "long-after-cycle",
+    max_duration_zero => "max-duration-zero",
     missing_key => "missing-key",
+    multiple_problems => "multiple-problems",
+    name_too_long_for_comm => "name-too-long-for-comm",
+    negative_duration => "negative-duration",
     network_bad_rate => "network-bad-rate",
     network_fault_on_process_target => "network-fault-on-process-target",
     network_param_wrong_kind => "network-param-wrong-kind",
     network_selector_mistakes => "network-selector-mistakes",
+    newline_in_url => "newline-in-url",
+    next_line_in_value => "next-line-in-value",
     non_finite_threshold => "non-finite-threshold",
-    multiple_problems => "multiple-problems",
+    not_an_ipv4_address => "not-an-ipv4-address",
+    nul_in_argv => "nul-in-argv",
+    nul_in_env_value => "nul-in-env-value",
+    nul_in_name => "nul-in-name",
+    nul_in_url => "nul-in-url",
+    null_target => "null-target",
     offset_beyond_max_duration => "offset-beyond-max-duration",
+    percent_over_100 => "percent-over-100",
+    pid_negative => "pid-negative",
+    port_out_of_range => "port-out-of-range",
+    port_range_reversed => "port-range-reversed",
+    probability_as_percent_number => "probability-as-percent-number",
+    probes_not_a_list => "probes-not-a-list",
     prometheus_expect_key_wrong_kind => "prometheus-expect-key-wrong-kind",
     prometheus_mistakes => "prometheus-mistakes",
+    quoted_boolean => "quoted-boolean",
+    regex_too_big => "regex-too-big",
     repeat_without_duration => "repeat-without-duration",
     resource_mistakes => "resource-mistakes",
     selector_without_filter => "selector-without-filter",
+    separator_as_value => "separator-as-value",
+    sexagesimal_duration => "sexagesimal-duration",
+    signal_out_of_range => "signal-out-of-range",
     stop_without_duration => "stop-without-duration",
+    tab_indentation => "tab-indentation",
+    targets_as_list => "targets-as-list",
     tcp_address_without_port => "tcp-address-without-port",
     timeout_over_interval => "timeout-over-interval",
+    top_level_list => "top-level-list",
+    two_documents => "two-documents",
     unknown_fault_kind => "unknown-fault-kind",
     unknown_key_typo => "unknown-key-typo",
     unknown_probe_ref => "unknown-probe-ref",
     unknown_target_ref => "unknown-target-ref",
     unknown_var_reference => "unknown-var-reference",
+    utf16_file => "utf16-file",
+    var_default_with_newline => "var-default-with-newline",
     var_makes_bad_value => "var-makes-bad-value",
     wrong_api_version => "wrong-api-version",
-    separator_as_value => "separator-as-value",
-    line_separator_in_key => "line-separator-in-key",
-    next_line_in_value => "next-line-in-value",
-    escape_sequence_in_name => "escape-sequence-in-name",
-    line_break_in_name => "line-break-in-name",
-    carriage_return_lines => "carriage-return-lines",
+    yaml11_boolean => "yaml11-boolean",
+    yaml11_on => "yaml11-on",
+    yaml11_yes => "yaml11-yes",
+    zero_width_space_in_reference => "zero-width-space-in-reference",
 }
 
 #[test]
@@ -121,12 +173,21 @@ fn every_bad_file_points_into_itself_with_a_hint() {
     for name in BAD_FILES {
         let diagnostics = rejection(name);
         let rendered = diagnostics.render(false);
+        assert!(rendered.contains("= help: "), "{name}: no hint\n{rendered}");
+        if diagnostics.source.is_none() {
+            // A file that cannot be read as text at all: one whole-file error naming it.
+            assert_eq!(diagnostics.count(), 1, "{name}\n{rendered}");
+            assert!(
+                rendered.contains(&format!("tests/bad/{name}.yaml")),
+                "{rendered}"
+            );
+            continue;
+        }
         let location = format!("tests/bad/{name}.yaml:");
         assert!(
             rendered.contains(&location),
             "{name}: no file:line:col\n{rendered}"
         );
-        assert!(rendered.contains("= help: "), "{name}: no hint\n{rendered}");
         for item in &diagnostics.items {
             assert!(
                 item.pos.is_some(),

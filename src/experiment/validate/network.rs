@@ -70,7 +70,8 @@ const PARAMS: &[(&str, &[FaultKind])] = &[
     ("backend", &[FaultKind::NetworkDelay]),
 ];
 
-/// A host name as DNS allows it (letters, digits, `-`, dots between labels).
+/// A host name as DNS allows it (letters, digits, `-`, dots between labels), whose last label
+/// is not all digits: `256.1.1.1` is a mistyped address, not a name to look up.
 fn is_host_name(text: &str) -> bool {
     !text.is_empty()
         && text.len() <= 253
@@ -80,6 +81,10 @@ fn is_host_name(text: &str) -> bool {
                 && label.chars().all(|c| c.is_ascii_alphanumeric() || c == '-')
                 && !label.starts_with('-')
         })
+        && !text
+            .rsplit('.')
+            .next()
+            .is_some_and(|last| last.chars().all(|c| c.is_ascii_digit()))
 }
 
 /// `10mbit`, `500kbit`, `1gbit`, `2000bit` (optionally `/s`) → bits per second.
@@ -214,9 +219,36 @@ impl<'a> Checker<'a> {
         }
         for (list, key) in [(&selector.remote, "remote"), (&selector.local, "local")] {
             for entry in list {
+                if let Ok(net) = entry.parse::<IpNet>()
+                    && net.network() != net
+                {
+                    let network = net.network();
+                    self.report(
+                        Diagnostic::at(
+                            entry.pos,
+                            format!(
+                                "{owner}: `{}` has host bits set beyond its /{}",
+                                entry.value, net.prefix
+                            ),
+                            "not a block",
+                        )
+                        .with_hint(format!(
+                            "write the block as `{network}`, or the one address as `{}`",
+                            net.addr
+                        )),
+                    );
+                    continue;
+                }
                 if entry.parse::<IpNet>().is_err() && !is_host_name(entry) {
+                    let dotted_numbers = entry
+                        .split('.')
+                        .all(|part| !part.is_empty() && part.chars().all(|c| c.is_ascii_digit()));
                     let detail = match entry.value.parse::<IpNet>() {
                         Err(e) if entry.contains('/') => e,
+                        _ if dotted_numbers => format!(
+                            "`{}` is not an IPv4 address (four numbers from 0 to 255)",
+                            entry.value
+                        ),
                         _ => format!(
                             "`{}` is neither an address, a CIDR block nor a host name",
                             entry.value
