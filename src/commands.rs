@@ -103,11 +103,27 @@ fn write_reports(dir: &Path, stem: &str, runs: &[RunView]) -> Result<Vec<PathBuf
     for reporter in report::reporters() {
         let path = dir.join(format!("{stem}.{}", reporter.extension()));
         std::fs::create_dir_all(dir)
-            .and_then(|()| std::fs::write(&path, reporter.render(stem, runs)))
+            .and_then(|()| write_private(&path, reporter.render(stem, runs).as_bytes()))
             .map_err(|e| format!("cannot write the report {}: {e}", path.display()))?;
         written.push(path);
     }
     Ok(written)
+}
+
+/// Reports and journals describe a host and the probes' endpoints: readable by the owner and
+/// their group only.
+pub const REPORT_MODE: u32 = 0o640;
+
+fn write_private(path: &Path, contents: &[u8]) -> std::io::Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(REPORT_MODE)
+        .open(path)?
+        .write_all(contents)
 }
 
 fn state_dir(args: &StateArgs) -> StateDir {
@@ -349,6 +365,20 @@ async fn run(args: RunArgs) -> u8 {
 
 /// Run validated plans in order (a game day when there are several) and write the reports.
 async fn run_plans(plans: Vec<Plan>, options: &RunnerArgs) -> u8 {
+    // Every experiment's secrets are read before anything runs, like its file.
+    let mut secrets = Vec::with_capacity(plans.len());
+    for plan in &plans {
+        match crate::secrets::Secrets::read(&plan.secrets) {
+            Ok(values) => {
+                crate::secrets::hide(&values);
+                secrets.push(values);
+            }
+            Err(e) => {
+                crate::say!("faultline: {}: {e}; nothing was run", plan.source.display());
+                return EXIT_INVALID_INPUT;
+            }
+        }
+    }
     let state = state_dir(&options.state);
     let report_dir = options
         .report_dir
@@ -396,7 +426,7 @@ async fn run_plans(plans: Vec<Plan>, options: &RunnerArgs) -> u8 {
     // What the JUnit and HTML reports are made from: the journals' events.
     let mut views: Vec<RunView> = Vec::new();
     let total = plans.len();
-    for (index, plan) in plans.into_iter().enumerate() {
+    for (index, (plan, secrets)) in plans.into_iter().zip(secrets).enumerate() {
         if interrupt.level() >= interrupt::Level::Abort {
             crate::say!(
                 "faultline: interrupted; {} experiment(s) not started",
@@ -429,7 +459,7 @@ async fn run_plans(plans: Vec<Plan>, options: &RunnerArgs) -> u8 {
             watchdog.journal(&run_id, &journal_path);
         }
         let context = RunContext {
-            backend: Arc::new(RealBackend::default()),
+            backend: Arc::new(RealBackend::with_secrets(secrets)),
             state: state.clone(),
             journal: journal.clone(),
             run_id,
@@ -474,9 +504,9 @@ async fn run_plans(plans: Vec<Plan>, options: &RunnerArgs) -> u8 {
                 })
             })
             .collect();
-        let _ = std::fs::write(
+        let _ = write_private(
             &summary_path,
-            serde_json::to_vec_pretty(&summary).expect("serialises"),
+            &serde_json::to_vec_pretty(&summary).expect("serialises"),
         );
     }
     if !reports.is_empty() {

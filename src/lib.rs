@@ -10,7 +10,8 @@
 macro_rules! say {
     ($($arg:tt)*) => {{
         use std::io::Write as _;
-        let _ = writeln!(std::io::stderr().lock(), $($arg)*);
+        let text = format!($($arg)*);
+        let _ = writeln!(std::io::stderr().lock(), "{}", $crate::secrets::redact(&text));
     }};
 }
 
@@ -27,6 +28,7 @@ pub mod outcome;
 pub mod plan;
 pub mod probe;
 pub mod report;
+pub mod secrets;
 pub mod state;
 pub mod sys;
 pub mod watchdog;

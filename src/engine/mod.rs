@@ -44,6 +44,17 @@ pub trait Backend: Send + Sync {
 #[derive(Default)]
 pub struct RealBackend {
     shared: crate::fault::RunShared,
+    /// Put into the probes that send them, and only there.
+    secrets: crate::secrets::Secrets,
+}
+
+impl RealBackend {
+    pub fn with_secrets(secrets: crate::secrets::Secrets) -> RealBackend {
+        RealBackend {
+            secrets,
+            ..RealBackend::default()
+        }
+    }
 }
 
 impl Backend for RealBackend {
@@ -52,7 +63,10 @@ impl Backend for RealBackend {
     }
 
     fn probe(&self, spec: &ProbeSpec) -> Box<dyn Probe> {
-        crate::probe::build(spec)
+        if self.secrets.is_empty() {
+            return crate::probe::build(spec);
+        }
+        crate::probe::build(&spec.revealed(&self.secrets))
     }
 }
 

@@ -40,7 +40,8 @@ impl Ui {
         if self.live {
             let _ = write!(err, "\r\x1b[2K");
         }
-        let _ = writeln!(err, "{} {}", self.stamp(), message.as_ref());
+        let message = crate::secrets::redact(message.as_ref());
+        let _ = writeln!(err, "{} {message}", self.stamp());
         if self.live {
             let status = self.status.lock().unwrap_or_else(|p| p.into_inner());
             let _ = write!(err, "{status}");
@@ -52,7 +53,7 @@ impl Ui {
         if !self.live {
             return;
         }
-        let line = format!("{} {text}", self.stamp());
+        let line = format!("{} {}", self.stamp(), crate::secrets::redact(&text));
         let mut err = std::io::stderr().lock();
         let _ = write!(err, "\r\x1b[2K{line}");
         let _ = err.flush();

@@ -26,6 +26,10 @@ pub struct Experiment {
     /// the effective values, overrides applied, so the journal records what actually ran.
     #[serde(default)]
     pub vars: BTreeMap<String, String>,
+    /// Named secrets, read when a run starts and used as `${secret.NAME}` in probe URLs,
+    /// headers and command env; their values are written out nowhere.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub secrets: BTreeMap<String, Sp<SecretDef>>,
     /// Named things faults act on.
     #[serde(default)]
     pub targets: BTreeMap<String, Sp<Target>>,
@@ -47,6 +51,18 @@ pub struct Experiment {
     /// Commands run at the very end, after the `after` checks, whatever the outcome.
     #[serde(default)]
     pub cleanup: Vec<Sp<Command>>,
+}
+
+/// Where a secret's value comes from: exactly one of `env` and `file`.
+#[derive(Clone, Debug, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct SecretDef {
+    /// An environment variable of the `faultline run` process.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub env: Option<Sp<String>>,
+    /// A file, read without its final newline (`/run/secrets/api-token`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub file: Option<Sp<String>>,
 }
 
 #[derive(Clone, Debug, Deserialize, Serialize, JsonSchema)]

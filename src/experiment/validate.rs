@@ -23,6 +23,7 @@ use crate::plan::{
     TargetSpec, WindowSloSpec,
 };
 use crate::probe::jsonpath::JsonPath;
+use crate::secrets::SecretSource;
 
 mod network;
 mod prometheus;
@@ -313,10 +314,12 @@ pub fn compile(source: &Source, experiment: Experiment) -> Result<Plan, Diagnost
     };
     let parts = checker.run();
     let mut problems = checker.problems;
-    if !problems.is_empty() {
+    let (secrets, secret_problems) = secrets(source, &experiment);
+    if !problems.is_empty() || !secret_problems.is_empty() {
         // Positions come from the substituted text; show them in the file as written.
         let columns = ColumnMap::of(&source.text, &experiment.vars);
         problems = problems.into_iter().map(|d| columns.restore(d)).collect();
+        problems.extend(secret_problems);
         // File order reads best; problems without a position go last.
         problems.sort_by_key(|d| d.pos.map_or((u32::MAX, u32::MAX), |p| (p.line, p.column)));
         return Err(Diagnostics::new(source, problems));
@@ -335,6 +338,7 @@ pub fn compile(source: &Source, experiment: Experiment) -> Result<Plan, Diagnost
         max_duration: parts.max_duration,
         setup: parts.setup,
         cleanup: parts.cleanup,
+        secrets,
         experiment,
     })
 }
@@ -344,6 +348,144 @@ const DEFAULT_TIMEOUT: Duration = Duration::from_secs(2);
 const DEFAULT_AFTER_WITHIN: Duration = Duration::from_secs(30);
 const DEFAULT_REVERT_TIMEOUT: Duration = Duration::from_secs(10);
 const DEFAULT_COMMAND_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// The secrets an experiment declares, and what is wrong with them or with their uses:
+/// `${secret.NAME}` may stand only in a probe's URL, its headers' values or its command's env
+/// values (what the probe sends), must name a declared secret, and each secret comes from
+/// exactly one of `env` and `file`. Positions are in the file as written.
+fn secrets(
+    source: &Source,
+    experiment: &Experiment,
+) -> (BTreeMap<String, SecretSource>, Vec<Diagnostic>) {
+    let mut problems = Vec::new();
+    let mut sources = BTreeMap::new();
+    for (name, def) in &experiment.secrets {
+        if !vars::is_var_name(name) {
+            problems.push(
+                Diagnostic::at(
+                    def.pos,
+                    format!("`{name}` is not a secret name"),
+                    "invalid name",
+                )
+                .with_hint(
+                    "secret names start with a letter or `_` and hold letters, digits, `_` and `-`",
+                ),
+            );
+        }
+        match (&def.env, &def.file) {
+            (Some(var), None) if !var.is_empty() && !var.contains(['=', '\0']) => {
+                sources.insert(name.clone(), SecretSource::Env(var.value.clone()));
+            }
+            (None, Some(path)) if path.starts_with('/') => {
+                sources.insert(name.clone(), SecretSource::File(path.value.clone()));
+            }
+            (Some(var), None) => problems.push(
+                Diagnostic::at(var.pos, format!("secret `{name}`: `{}` is not an environment variable name", var.value), "not a name")
+                    .with_hint("write the variable's name, such as `API_TOKEN`"),
+            ),
+            (None, Some(path)) => problems.push(
+                Diagnostic::at(path.pos, format!("secret `{name}`: `{}` is not an absolute path", path.value), "relative")
+                    .with_hint("give the file's full path, such as `/run/secrets/api-token`, so the run does not depend on its directory"),
+            ),
+            _ => problems.push(
+                Diagnostic::at(def.pos, format!("secret `{name}` needs exactly one of `env` and `file`"), "where from?")
+                    .with_hint("write `{env: API_TOKEN}` or `{file: /run/secrets/api-token}`"),
+            ),
+        }
+    }
+    // Every string the experiment holds, with where it is; only the probe fields that are
+    // sent may carry a secret.
+    let mut uses: Vec<(Vec<String>, bool, String)> = Vec::new();
+    collect_strings(
+        &serde_json::to_value(experiment).unwrap_or_default(),
+        &mut Vec::new(),
+        &mut uses,
+    );
+    let mut reported = std::collections::BTreeSet::new();
+    for (path, is_key, text) in &uses {
+        for name in crate::secrets::references(text) {
+            let segments: Vec<&str> = path.iter().map(String::as_str).collect();
+            let sent = !is_key
+                && matches!(
+                    segments.as_slice(),
+                    ["probes", _, "http", "url"]
+                        | ["probes", _, "http", "headers", _]
+                        | ["probes", _, "prometheus", "url"]
+                        | ["probes", _, "prometheus", "headers", _]
+                        | ["probes", _, "command", "env", _]
+                );
+            let problem = if !sent {
+                Some((
+                    format!("a secret cannot stand in `{}`", path.join(".")),
+                    "a secret can stand only in a probe's `url`, the values of its `headers`, or the values of a command probe's `env`: what the probe sends".to_string(),
+                ))
+            } else if !experiment.secrets.contains_key(name) {
+                Some((
+                    format!("unknown secret `{name}`"),
+                    match nearest(name, experiment.secrets.keys().map(String::as_str)) {
+                        Some(best) => format!("did you mean `{best}`?"),
+                        None => format!(
+                            "declare it at the top of the file: `secrets: {{{name}: {{env: API_TOKEN}}}}`"
+                        ),
+                    },
+                ))
+            } else {
+                None
+            };
+            if let Some((message, hint)) = problem
+                && reported.insert((name.to_string(), path.join(".")))
+            {
+                let pos = position_of(&source.text, &crate::secrets::placeholder(name));
+                problems.push(Diagnostic::at(pos, message, "here").with_hint(hint));
+            }
+        }
+    }
+    (sources, problems)
+}
+
+/// Every string in `value` with its path, and whether it is a map key.
+fn collect_strings(
+    value: &serde_json::Value,
+    path: &mut Vec<String>,
+    out: &mut Vec<(Vec<String>, bool, String)>,
+) {
+    match value {
+        serde_json::Value::String(text) => out.push((path.clone(), false, text.clone())),
+        serde_json::Value::Array(items) => {
+            for (i, item) in items.iter().enumerate() {
+                path.push(i.to_string());
+                collect_strings(item, path, out);
+                path.pop();
+            }
+        }
+        serde_json::Value::Object(map) => {
+            for (key, item) in map {
+                path.push(key.clone());
+                out.push((path.clone(), true, key.clone()));
+                collect_strings(item, path, out);
+                path.pop();
+            }
+        }
+        _ => {}
+    }
+}
+
+/// Line and column of the first `needle` in `text`.
+fn position_of(text: &str, needle: &str) -> Pos {
+    let Some(at) = text.find(needle) else {
+        return Pos::UNKNOWN;
+    };
+    let before = &text[..at];
+    let line = before.matches('\n').count() + 1;
+    let column = before[before.rfind('\n').map_or(0, |n| n + 1)..]
+        .chars()
+        .count()
+        + 1;
+    Pos {
+        line: u32::try_from(line).unwrap_or(u32::MAX),
+        column: u32::try_from(column).unwrap_or(u32::MAX),
+    }
+}
 
 /// Everything in a [`Plan`] except what is copied straight from the experiment.
 struct PlanParts {

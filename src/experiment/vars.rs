@@ -176,7 +176,7 @@ pub(super) fn expand(text: &str, overrides: &Overrides) -> Result<Expansion, Vec
 /// What is wrong with a `${` token, given the declared names; `None` when nothing is.
 fn reference_problem(token: &Token, declared: &[String]) -> Option<Diagnostic> {
     Some(match &token.kind {
-        TokenKind::Escape => return None,
+        TokenKind::Escape | TokenKind::Secret => return None,
         TokenKind::Reference(name) if declared.contains(name) => return None,
         TokenKind::Reference(name) => Diagnostic::at(
             token.pos,
@@ -290,6 +290,8 @@ enum TokenKind {
     Escape,
     /// `${vars.NAME}`
     Reference(String),
+    /// `${secret.NAME}`: left in the text, revealed in the probes only when a run starts.
+    Secret,
     /// `${...}` that is not a var reference; holds what is between the braces.
     Malformed(String),
     /// `${` with no `}` before the end of its line.
@@ -345,8 +347,9 @@ fn token_at(rest: &str) -> Option<(usize, TokenKind)> {
     Some(match after.find(['}', '\n']) {
         Some(close) if after.as_bytes()[close] == b'}' => {
             let inner = &after[..close];
-            let kind = match inner.strip_prefix("vars.") {
-                Some(name) if is_var_name(name) => TokenKind::Reference(name.to_string()),
+            let kind = match (inner.strip_prefix("vars."), inner.strip_prefix("secret.")) {
+                (Some(name), _) if is_var_name(name) => TokenKind::Reference(name.to_string()),
+                (_, Some(name)) if is_var_name(name) => TokenKind::Secret,
                 _ => TokenKind::Malformed(inner.to_string()),
             };
             ("${".len() + close + "}".len(), kind)
@@ -440,7 +443,7 @@ fn substitute(
                 Some(value) => (value.as_str(), Some((name.clone(), value.clone()))),
                 None => continue,
             },
-            TokenKind::Malformed(_) | TokenKind::Unclosed => continue,
+            TokenKind::Malformed(_) | TokenKind::Unclosed | TokenKind::Secret => continue,
         };
         if token.pos.line != line {
             (line, shift) = (token.pos.line, 0);

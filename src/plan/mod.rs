@@ -32,6 +32,8 @@ pub struct Plan {
     pub max_duration: Duration,
     pub setup: Vec<CommandSpec>,
     pub cleanup: Vec<CommandSpec>,
+    /// Where each secret the probes use is read from when the run starts.
+    pub secrets: BTreeMap<String, crate::secrets::SecretSource>,
 }
 
 #[derive(Clone, Debug, Serialize)]
@@ -252,6 +254,50 @@ pub enum ProbeKind {
         query: String,
         headers: BTreeMap<String, String>,
     },
+}
+
+impl ProbeSpec {
+    /// This probe with each `${secret.NAME}` in what it sends (URL, header values, command
+    /// env values) replaced by the secret's value: what the run's probes are built from, never
+    /// what is shown or journalled.
+    pub fn revealed(&self, secrets: &crate::secrets::Secrets) -> ProbeSpec {
+        let reveal_map = |map: &BTreeMap<String, String>| -> BTreeMap<String, String> {
+            map.iter()
+                .map(|(k, v)| (k.clone(), secrets.reveal(v)))
+                .collect()
+        };
+        let kind = match &self.kind {
+            ProbeKind::Http {
+                url,
+                method,
+                headers,
+                body,
+            } => ProbeKind::Http {
+                url: secrets.reveal(url),
+                method: method.clone(),
+                headers: reveal_map(headers),
+                body: body.clone(),
+            },
+            ProbeKind::Prometheus {
+                url,
+                query,
+                headers,
+            } => ProbeKind::Prometheus {
+                url: secrets.reveal(url),
+                query: query.clone(),
+                headers: reveal_map(headers),
+            },
+            ProbeKind::Command { argv, env } => ProbeKind::Command {
+                argv: argv.clone(),
+                env: reveal_map(env),
+            },
+            other => other.clone(),
+        };
+        ProbeSpec {
+            kind,
+            ..self.clone()
+        }
+    }
 }
 
 /// Compiled expectations for one sample, defaults applied for the probe's kind.

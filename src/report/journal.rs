@@ -27,7 +27,12 @@ impl Journal {
         if let Some(parent) = path.parent() {
             std::fs::create_dir_all(parent)?;
         }
-        let file = OpenOptions::new().create(true).append(true).open(path)?;
+        use std::os::unix::fs::OpenOptionsExt;
+        let file = OpenOptions::new()
+            .create(true)
+            .append(true)
+            .mode(crate::commands::REPORT_MODE)
+            .open(path)?;
         Ok(Journal {
             inner: Arc::new(Mutex::new(Sink {
                 file: Some(file),
@@ -56,17 +61,25 @@ impl Journal {
 
     /// Append one event. A write error is remembered (and reported at the end of the run)
     /// rather than stopping the run: reverting faults matters more than the record.
+    /// No secret of the run reaches the file: each value is written as `${secret.NAME}`.
     pub fn write<E: Serialize>(&self, event: &E) {
-        let value = match serde_json::to_value(event) {
-            Ok(v) => v,
+        let text = match serde_json::to_string(event) {
+            Ok(text) => crate::secrets::redact(&text).into_owned(),
             Err(e) => {
                 tracing::error!("cannot serialise journal event: {e}");
                 return;
             }
         };
+        let value: serde_json::Value = match serde_json::from_str(&text) {
+            Ok(value) => value,
+            Err(e) => {
+                tracing::error!("cannot read back a journal event: {e}");
+                return;
+            }
+        };
         let mut sink = self.inner.lock().unwrap_or_else(|p| p.into_inner());
         if let Some(file) = sink.file.as_mut() {
-            let mut line = serde_json::to_vec(&value).expect("a Value serialises");
+            let mut line = text.into_bytes();
             line.push(b'\n');
             if let Err(e) = file.write_all(&line).and_then(|()| file.flush())
                 && sink.error.is_none()

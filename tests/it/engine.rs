@@ -167,6 +167,7 @@ impl Scenario {
             max_duration: Duration::from_secs(60),
             setup: Vec::new(),
             cleanup: Vec::new(),
+            secrets: BTreeMap::new(),
         };
         let state = StateDir::new(tmp.path().join("state"));
         Scenario {

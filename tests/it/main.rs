@@ -8,5 +8,6 @@ mod process_run;
 mod prometheus;
 mod quickstart;
 mod resources;
+mod secrets;
 mod util;
 mod validate;
