@@ -162,12 +162,14 @@ pub enum FaultError {
 pub struct RunShared {
     /// The tc trees its network faults put on interfaces.
     pub tc_trees: std::sync::Arc<crate::sys::tc::TcTrees>,
+    /// The iptables tables its network faults had iptables-nft create.
+    pub iptables_tables: std::sync::Arc<crate::sys::iptables::CreatedTables>,
 }
 
 /// Build the fault a plan entry describes.
 pub fn build(spec: &FaultSpec, plan: &Plan, shared: &RunShared) -> Box<dyn Fault> {
     match &spec.action {
-        FaultAction::Network(_) => network::build(spec, plan, &shared.tc_trees),
+        FaultAction::Network(_) => network::build(spec, plan, shared),
         FaultAction::Resource(action) => resource::build(spec, plan, action),
         FaultAction::Signal { .. } | FaultAction::Stop => process::build(spec, plan),
     }

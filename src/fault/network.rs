@@ -14,13 +14,13 @@ use crate::net::{Direction, IpNet, PortRange, Protected, Protocol, Traffic};
 use crate::plan::DelayBackend;
 use crate::plan::{FaultAction, FaultSpec, NetworkAction, Plan, ProbeKind, TargetSpec};
 use crate::sys::delayer::{self, DelaySpec};
-use crate::sys::iptables::{Action, RuleSet};
+use crate::sys::iptables::{Action, CreatedTables, RuleSet};
 use crate::sys::tc::legacy::LegacyTcInstall;
 use crate::sys::tc::{self, NetemSpec, Support, TcInstall, TcTrees};
 
 /// Build a network fault. Backends are chosen when it is prepared, from what this host has;
-/// `trees` is the run's record of the tc trees its faults share.
-pub fn build(spec: &FaultSpec, plan: &Plan, trees: &Arc<TcTrees>) -> Box<dyn Fault> {
+/// `shared` records the tc trees and iptables tables the run's faults share.
+pub fn build(spec: &FaultSpec, plan: &Plan, shared: &super::RunShared) -> Box<dyn Fault> {
     let target = spec.target.clone().unwrap_or_default();
     let selector = match plan.targets.get(&target) {
         Some(TargetSpec::Network(selector)) => Some(selector.clone()),
@@ -35,7 +35,8 @@ pub fn build(spec: &FaultSpec, plan: &Plan, trees: &Arc<TcTrees>) -> Box<dyn Fau
         selector,
         action,
         protected: protected_flows(plan),
-        trees: trees.clone(),
+        trees: shared.tc_trees.clone(),
+        tables: shared.iptables_tables.clone(),
     })
 }
 
@@ -190,6 +191,7 @@ struct NetworkFault {
     action: Option<NetworkAction>,
     protected: Vec<Protected>,
     trees: Arc<TcTrees>,
+    tables: Arc<CreatedTables>,
 }
 
 /// A short id for names faultline creates (chains, queues, devices): unique per injection.
@@ -245,7 +247,10 @@ impl NetworkFault {
                 } else {
                     Action::Drop
                 };
-                (vec![iptables_step(&traffic, act, &id)?], "iptables")
+                (
+                    vec![iptables_step(&traffic, act, &id, &self.tables)?],
+                    "iptables",
+                )
             }
             NetworkAction::Loss {
                 probability,
@@ -257,6 +262,7 @@ impl NetworkFault {
                         probability: *probability,
                     },
                     &id,
+                    &self.tables,
                 )?],
                 "iptables",
             ),
@@ -314,7 +320,8 @@ impl NetworkFault {
                         },
                         correlation: *correlation,
                     };
-                    let rules = iptables_step(&traffic, Action::Queue { num: queue }, &id)?;
+                    let rules =
+                        iptables_step(&traffic, Action::Queue { num: queue }, &id, &self.tables)?;
                     // The delayer binds the queue before the rules steer packets to it.
                     (
                         vec![NetStep::Delayer { queue, netns, spec }, rules],
@@ -410,9 +417,14 @@ fn netem_step(traffic: &Traffic, spec: &NetemSpec, trees: &TcTrees) -> Result<Ne
     Ok(NetStep::TcTree { install })
 }
 
-fn iptables_step(traffic: &Traffic, action: Action, id: &str) -> Result<NetStep, FaultError> {
-    let rules =
-        RuleSet::plan(traffic, action, id, None).map_err(|e| FaultError::Failed(e.to_string()))?;
+fn iptables_step(
+    traffic: &Traffic,
+    action: Action,
+    id: &str,
+    tables: &CreatedTables,
+) -> Result<NetStep, FaultError> {
+    let rules = RuleSet::plan_shared(traffic, action, id, None, tables)
+        .map_err(|e| FaultError::Failed(e.to_string()))?;
     Ok(NetStep::Iptables { rules })
 }
 

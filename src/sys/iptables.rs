@@ -11,9 +11,11 @@
 //! on iptables-legacy instantiate a table in a namespace that has none, and a listing must
 //! not change the host.
 
+use std::collections::HashSet;
 use std::fmt;
 use std::path::PathBuf;
 use std::process::{Command, Output};
+use std::sync::Mutex;
 
 use serde::{Deserialize, Serialize};
 
@@ -146,6 +148,23 @@ pub struct TableRef {
     pub table: String,
 }
 
+/// The tables iptables-nft created for a run's rule sets, by namespace and family.
+#[derive(Default)]
+pub struct CreatedTables(Mutex<HashSet<(Option<String>, Family, String)>>);
+
+impl CreatedTables {
+    fn contains(&self, key: &(Option<String>, Family, String)) -> bool {
+        self.0
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .contains(key)
+    }
+
+    fn insert(&self, key: (Option<String>, Family, String)) {
+        self.0.lock().unwrap_or_else(|p| p.into_inner()).insert(key);
+    }
+}
+
 /// Everything one fault creates in iptables, and where.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct RuleSet {
@@ -266,6 +285,19 @@ impl RuleSet {
         id: &str,
         variant: Option<Variant>,
     ) -> Result<RuleSet, IptablesError> {
+        RuleSet::plan_shared(traffic, action, id, variant, &CreatedTables::default())
+    }
+
+    /// As [`RuleSet::plan`], for one of several rule sets of a run: a table iptables-nft
+    /// creates for the first of them is shared by the next (which finds it, holding the
+    /// first one's chains), and the one removed last takes it away.
+    pub fn plan_shared(
+        traffic: &Traffic,
+        action: Action,
+        id: &str,
+        variant: Option<Variant>,
+        created: &CreatedTables,
+    ) -> Result<RuleSet, IptablesError> {
         let variant = match variant {
             Some(v) => v,
             None => detect(traffic.netns.as_deref())?,
@@ -274,7 +306,18 @@ impl RuleSet {
         if variant == Variant::Nft {
             for family in set.families() {
                 let saved = parse_save(&run_save(set.netns.as_deref(), variant, family)?);
-                if !saved.iter().any(|t| t.name == TABLE) {
+                let table = saved.iter().find(|t| t.name == TABLE);
+                let key = (set.netns.clone(), family, TABLE.to_string());
+                let ours = match table {
+                    None => true,
+                    // Created by this run for another rule set, which still uses it.
+                    Some(t) => {
+                        created.contains(&key)
+                            && t.chains.iter().any(|(c, _)| c.starts_with(CHAIN_PREFIX))
+                    }
+                };
+                if ours {
+                    created.insert(key);
                     set.created_tables.push(TableRef {
                         family,
                         table: TABLE.to_string(),
@@ -1679,6 +1722,58 @@ mod tests {
             assert!(snapshot(&net.a, Variant::Nft).0.contains("NFQUEUE"));
             set.remove().unwrap();
             assert_eq!(snapshot(&net.a, Variant::Nft), before);
+        }
+
+        /// Two rule sets of one run in a namespace without tables: the second one planned
+        /// after the first was applied finds the table iptables-nft made for the first. Their
+        /// reverts, in either order and from the records alone, leave no table behind (they
+        /// once left empty base chains).
+        #[test]
+        fn rule_sets_sharing_a_table_the_first_one_created_leave_no_table() {
+            for first_out_first in [true, false] {
+                let net = TestNet::new().expect("create test net (needs root)");
+                let nft_ruleset = || {
+                    let out = netns::command_in(&net.a, &["nft", "list", "ruleset"])
+                        .output()
+                        .unwrap();
+                    String::from_utf8_lossy(&out.stdout).into_owned()
+                };
+                assert_eq!(nft_ruleset(), "");
+                let run = CreatedTables::default();
+                let t = busy_fault(&net, &net.a);
+                let loss = RuleSet::plan_shared(
+                    &t,
+                    Action::Loss { probability: 0.5 },
+                    &unique_id("a"),
+                    None,
+                    &run,
+                )
+                .unwrap();
+                loss.apply().unwrap();
+                let cut =
+                    RuleSet::plan_shared(&t, Action::Drop, &unique_id("b"), None, &run).unwrap();
+                assert_eq!(cut.created_tables, loss.created_tables, "shared");
+                cut.apply().unwrap();
+                let revived = |set: &RuleSet| -> RuleSet {
+                    serde_json::from_str(&serde_json::to_string(set).unwrap()).unwrap()
+                };
+                let (first, second) = if first_out_first {
+                    (&loss, &cut)
+                } else {
+                    (&cut, &loss)
+                };
+                revived(first).remove().unwrap();
+                assert!(
+                    nft_ruleset().contains("FAULTLINE-"),
+                    "the other set is still there"
+                );
+                revived(second).remove().unwrap();
+                assert_eq!(
+                    nft_ruleset(),
+                    "",
+                    "no table left (first out first: {first_out_first})"
+                );
+            }
         }
 
         #[test]
