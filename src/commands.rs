@@ -439,7 +439,10 @@ async fn run_plans(plans: Vec<Plan>, options: &RunnerArgs) -> u8 {
         } else {
             format!("{game_day}-{}", index + 1)
         };
-        let journal_path = report_dir.join(format!("{run_id}-{}.jsonl", file_safe(&plan.name)));
+        let journal_path = report_dir.join(format!(
+            "{run_id}-{}.jsonl",
+            crate::units::file_safe(&plan.name)
+        ));
         let journal = match Journal::create(&journal_path) {
             Ok(j) => j,
             Err(e) => {
@@ -618,18 +621,6 @@ fn fills_own_records(plan: &Plan, state_dir: &Path, report_dir: &Path) -> Vec<St
         }
     }
     warnings
-}
-
-fn file_safe(name: &str) -> String {
-    name.chars()
-        .map(|c| {
-            if c.is_ascii_alphanumeric() || c == '-' || c == '_' {
-                c
-            } else {
-                '_'
-            }
-        })
-        .collect()
 }
 
 fn print_summary(report: &RunReport, journal: &Path) {

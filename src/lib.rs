@@ -31,6 +31,7 @@ pub mod report;
 pub mod secrets;
 pub mod state;
 pub mod sys;
+pub mod units;
 pub mod watchdog;
 
 pub use outcome::Outcome;

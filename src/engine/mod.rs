@@ -124,7 +124,12 @@ impl Shared {
 
     fn next_record_id(&self, fault_id: &str) -> String {
         let n = self.record_seq.fetch_add(1, Ordering::Relaxed);
-        format!("{}-{}-{}", self.run_id, sanitize(fault_id), n)
+        format!(
+            "{}-{}-{}",
+            self.run_id,
+            crate::units::file_safe(fault_id),
+            n
+        )
     }
 
     /// Revert one live injection, bounded by the plan's revert timeout. On success the state
@@ -195,18 +200,6 @@ impl Shared {
         }
         count
     }
-}
-
-fn sanitize(id: &str) -> String {
-    id.chars()
-        .map(|c| {
-            if c.is_ascii_alphanumeric() || c == '-' || c == '_' {
-                c
-            } else {
-                '_'
-            }
-        })
-        .collect()
 }
 
 /// This process, as an owner of state records.

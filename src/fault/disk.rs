@@ -193,13 +193,13 @@ impl DiskFill {
                 "fill {}: already {:.1} % used, {} available: nothing to fill",
                 dir.display(),
                 space.used_percent(),
-                human(space.available)
+                crate::units::bytes(space.available)
             )
         } else {
             format!(
                 "fill {} with {} ({}{})",
                 dir.display(),
-                human(planned_bytes),
+                crate::units::bytes(planned_bytes),
                 describe_amount(self.params.amount),
                 if clamped {
                     ", clamped to the space there is"
@@ -252,9 +252,9 @@ impl DiskFill {
             summary: format!(
                 "filled {} with {}: {:.1} % used, {} available",
                 self.params.path.display(),
-                human(filled),
+                crate::units::bytes(filled),
                 space.used_percent(),
-                human(space.available)
+                crate::units::bytes(space.available)
             ),
             details: json!({
                 "file": recipe.file,
@@ -297,11 +297,15 @@ fn revert_fill(recipe: &DiskFillRecipe) -> Result<Reverted, FaultError> {
     let during = FsSpace::of(dir).ok();
     remove_if_present(&recipe.file)?;
     let after = FsSpace::of(dir).ok();
-    let mut summary = format!("deleted {} ({})", recipe.file.display(), human(allocated));
+    let mut summary = format!(
+        "deleted {} ({})",
+        recipe.file.display(),
+        crate::units::bytes(allocated)
+    );
     if let Some(during) = &during {
         summary.push_str(&format!(
             "; {} was available during the fault",
-            human(during.available)
+            crate::units::bytes(during.available)
         ));
     }
     Ok(Reverted {
@@ -406,8 +410,8 @@ fn write_fill(file: &File, bytes: u64) -> io::Result<()> {
 fn describe_amount(amount: FillAmount) -> String {
     match amount {
         FillAmount::Percent(p) => format!("to {p} % used"),
-        FillAmount::Bytes(n) => format!("{} requested", human(n)),
-        FillAmount::LeaveFree(n) => format!("to leave {} available", human(n)),
+        FillAmount::Bytes(n) => format!("{} requested", crate::units::bytes(n)),
+        FillAmount::LeaveFree(n) => format!("to leave {} available", crate::units::bytes(n)),
     }
 }
 
@@ -523,9 +527,9 @@ impl DiskIoPressure {
         if p.file_size > space.available {
             return Err(FaultError::Unsupported(format!(
                 "the {} work file does not fit in {} ({} available): lower file_size",
-                human(p.file_size),
+                crate::units::bytes(p.file_size),
                 p.path.display(),
-                human(space.available)
+                crate::units::bytes(space.available)
             )));
         }
         let id = new_id();
@@ -542,7 +546,7 @@ impl DiskIoPressure {
             "{} on {}: {} blocks, {}, {}",
             describe_mode(p.mode),
             p.path.display(),
-            human(p.block_size),
+            crate::units::bytes(p.block_size),
             workers(p.workers),
             describe_target(p.target)
         );
@@ -628,7 +632,7 @@ fn revert_io(recipe: &DiskIoRecipe) -> Result<Reverted, FaultError> {
         "stopped {} after {:.1} s: {}/s, {:.0} IOPS",
         workers(recipe.workers),
         measured.seconds,
-        human(measured.bytes_per_sec() as u64),
+        crate::units::bytes(measured.bytes_per_sec() as u64),
         measured.iops()
     );
     match recipe.target {
@@ -712,7 +716,7 @@ fn describe_mode(mode: IoMode) -> String {
 fn describe_target(target: IoTarget) -> String {
     match target {
         IoTarget::Max => "as fast as possible".into(),
-        IoTarget::BytesPerSec(n) => format!("{}/s", human(n)),
+        IoTarget::BytesPerSec(n) => format!("{}/s", crate::units::bytes(n)),
         IoTarget::Iops(n) => format!("{n} IOPS"),
     }
 }
@@ -1207,22 +1211,6 @@ fn round2(x: f64) -> f64 {
     (x * 100.0).round() / 100.0
 }
 
-/// `1.5 GiB`, `64 MiB`, `512 B`.
-fn human(bytes: u64) -> String {
-    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
-    let mut value = bytes as f64;
-    let mut unit = 0;
-    while value >= 1024.0 && unit + 1 < UNITS.len() {
-        value /= 1024.0;
-        unit += 1;
-    }
-    if unit == 0 || value.fract() == 0.0 {
-        format!("{value:.0} {}", UNITS[unit])
-    } else {
-        format!("{value:.1} {}", UNITS[unit])
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use std::io::Write;
@@ -1357,9 +1345,9 @@ mod tests {
 
     #[test]
     fn human_sizes() {
-        assert_eq!(human(512), "512 B");
-        assert_eq!(human(64 << 20), "64 MiB");
-        assert_eq!(human(3 << 29), "1.5 GiB");
+        assert_eq!(crate::units::bytes(512), "512 B");
+        assert_eq!(crate::units::bytes(64 << 20), "64 MiB");
+        assert_eq!(crate::units::bytes(3 << 29), "1.5 GiB");
     }
 
     // ---- real kernel: loop-mounted ext4 images, root ----

@@ -512,21 +512,6 @@ pub fn effect_summary(effect: &super::NetworkAction) -> String {
     }
 }
 
-fn bytes(n: u64) -> String {
-    const UNITS: [(u64, &str); 4] = [
-        (1 << 40, "TiB"),
-        (1 << 30, "GiB"),
-        (1 << 20, "MiB"),
-        (1 << 10, "KiB"),
-    ];
-    for (size, unit) in UNITS {
-        if n >= size {
-            return format!("{:.1}{unit}", n as f64 / size as f64);
-        }
-    }
-    format!("{n}B")
-}
-
 /// One line describing a resource fault's effect.
 pub fn resource_summary(effect: &super::ResourceAction) -> String {
     use super::{CoreSelection, FillAmount, IoMode, IoRate, MemorySize, ResourceAction::*};
@@ -563,10 +548,10 @@ pub fn resource_summary(effect: &super::ResourceAction) -> String {
         } => format!(
             "hold {} resident (keeping {} free){}",
             match size {
-                MemorySize::Bytes(b) => bytes(*b),
+                MemorySize::Bytes(b) => crate::units::bytes(*b),
                 MemorySize::Share(s) => format!("{} of RAM", pct(*s)),
             },
-            bytes(*keep_free),
+            crate::units::bytes(*keep_free),
             ramp(r)
         ),
         DiskIoPressure {
@@ -583,10 +568,10 @@ pub fn resource_summary(effect: &super::ResourceAction) -> String {
                 IoMode::Mixed(r) => format!("mixed ({} reads)", pct(*r)),
             },
             path.display(),
-            bytes(*block_size),
+            crate::units::bytes(*block_size),
             match rate {
                 IoRate::Max => "as fast as possible".to_string(),
-                IoRate::BytesPerSec(b) => format!("{}/s", bytes(*b)),
+                IoRate::BytesPerSec(b) => format!("{}/s", crate::units::bytes(*b)),
                 IoRate::Iops(n) => format!("{n} IOPS"),
             }
         ),
@@ -599,10 +584,10 @@ pub fn resource_summary(effect: &super::ResourceAction) -> String {
         } => {
             let mut caps = Vec::new();
             if let Some(b) = read_bytes_per_sec {
-                caps.push(format!("read {}/s", bytes(*b)));
+                caps.push(format!("read {}/s", crate::units::bytes(*b)));
             }
             if let Some(b) = write_bytes_per_sec {
-                caps.push(format!("write {}/s", bytes(*b)));
+                caps.push(format!("write {}/s", crate::units::bytes(*b)));
             }
             if let Some(n) = read_iops {
                 caps.push(format!("read {n} IOPS"));
@@ -620,9 +605,9 @@ pub fn resource_summary(effect: &super::ResourceAction) -> String {
             "fill the filesystem of {} {}",
             path.display(),
             match amount {
-                FillAmount::Bytes(b) => format!("by {}", bytes(*b)),
+                FillAmount::Bytes(b) => format!("by {}", crate::units::bytes(*b)),
                 FillAmount::UsedShare(s) => format!("to {} in use", pct(*s)),
-                FillAmount::LeaveFree(b) => format!("until {} is free", bytes(*b)),
+                FillAmount::LeaveFree(b) => format!("until {} is free", crate::units::bytes(*b)),
             }
         ),
     }

@@ -144,7 +144,7 @@ fn window_breaches(
     }
     if let Some((percentile, bound)) = window.latency {
         let mut latencies: Vec<Duration> = entries.iter().map(|entry| entry.latency).collect();
-        let observed = nearest_rank(&mut latencies, percentile);
+        let observed = crate::units::nearest_rank(&mut latencies, percentile).unwrap_or_default();
         if observed >= bound {
             breaches.push(format!(
                 "p{percentile} latency {} >= {} {over}",
@@ -154,15 +154,6 @@ fn window_breaches(
         }
     }
     breaches
-}
-
-/// The nearest-rank percentile: the smallest value with at least `percentile`% of the values
-/// at or below it. `values` must not be empty; it is reordered in place (linear time).
-fn nearest_rank(values: &mut [Duration], percentile: f64) -> Duration {
-    // Multiply before dividing: 99.0 / 100.0 * 100.0 is not exactly 99 in floating point.
-    let rank = (percentile * values.len() as f64 / 100.0).ceil() as usize;
-    let index = rank.clamp(1, values.len()) - 1;
-    *values.select_nth_unstable(index).1
 }
 
 /// Two ratios with as few decimals as still tell them apart ("0.80" and "0.90", but "0.994"
@@ -347,7 +338,10 @@ mod tests {
     #[test]
     fn latency_equal_to_bound_breaches() {
         let mut values = vec![Duration::from_millis(300)];
-        assert_eq!(nearest_rank(&mut values, 99.0), Duration::from_millis(300));
+        assert_eq!(
+            crate::units::nearest_rank(&mut values, 99.0),
+            Some(Duration::from_millis(300))
+        );
         let bound = Duration::from_millis(300);
         let mut tracker =
             SloTracker::new(&spec(100, Some(window(10, None, Some((50.0, bound)), 1))));

@@ -187,12 +187,7 @@ impl ProbeView {
             .filter(|s| phase.is_none_or(|ph| s.phase == ph))
             .map(|s| s.latency_ms)
             .collect();
-        if latencies.is_empty() {
-            return None;
-        }
-        latencies.sort_by(f64::total_cmp);
-        let rank = ((p / 100.0) * latencies.len() as f64).ceil().max(1.0) as usize;
-        Some(latencies[rank.min(latencies.len()) - 1])
+        crate::units::nearest_rank(&mut latencies, p)
     }
 }
 
