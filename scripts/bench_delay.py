@@ -42,7 +42,7 @@ import sys
 import tempfile
 import time
 
-from benchlib import FaultlineRun, in_ns, interrupted, run, stop
+from benchlib import FaultlineRun, Net, in_ns, interrupted, run, stop
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 DELAYS_MS = [1, 10, 50, 100]
@@ -148,36 +148,6 @@ for seq in range(-5, n):
     s.send(struct.pack("!qq", seq, time.time_ns()) + pad)
     time.sleep(rng.uniform(0.005, 0.010))
 """
-
-
-class Net:
-    """Namespaces A and B joined by a veth pair; `close` deletes both (and so the veth)."""
-
-    def __init__(self):
-        pid = os.getpid()
-        self.a, self.b = f"flbenchA{pid}", f"flbenchB{pid}"
-        self.subnet = f"10.{200 + pid % 50}.{pid % 250}"
-        self.ip_a, self.ip_b = f"{self.subnet}.1", f"{self.subnet}.2"
-        self.created = []
-        try:
-            for ns in (self.a, self.b):
-                run(["ip", "netns", "add", ns])
-                self.created.append(ns)
-            veth_a, veth_b = f"flva{pid}", f"flvb{pid}"
-            run(["ip", "-n", self.a, "link", "add", veth_a, "type", "veth",
-                 "peer", "name", veth_b, "netns", self.b])
-            for ns, dev, ip in ((self.a, veth_a, self.ip_a), (self.b, veth_b, self.ip_b)):
-                run(["ip", "-n", ns, "addr", "add", f"{ip}/24", "dev", dev])
-                run(["ip", "-n", ns, "link", "set", dev, "up"])
-                run(["ip", "-n", ns, "link", "set", "lo", "up"])
-        except BaseException:
-            self.close()
-            raise
-
-    def close(self):
-        for ns in reversed(self.created):
-            run(["ip", "netns", "del", ns], check=False)
-        self.created = []
 
 
 def netem_support():

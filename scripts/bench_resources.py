@@ -46,7 +46,7 @@ import sys
 import tempfile
 import time
 
-from benchlib import FaultlineRun, interrupted, run, stop
+from benchlib import FaultlineRun, LoopFs, interrupted, stop
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 LOADS = [20, 50, 80]
@@ -253,50 +253,6 @@ def print_cpu(rows, stress_missing):
 
 
 # ---------------------------------------------------------------- disk
-
-class LoopFs:
-    """A small ext4 image, loop-mounted; `close` unmounts, detaches and deletes it."""
-
-    def __init__(self, workdir):
-        self.image = workdir / "disk.img"
-        self.mnt = workdir / "mnt"
-        self.dev = None
-        self.mounted = False
-        free = shutil.disk_usage(workdir).free
-        if free < 4 * IMAGE_BYTES:
-            raise RuntimeError(f"only {free // MIB} MiB free under {workdir}: the image needs "
-                               f"{IMAGE_BYTES // MIB} MiB and / must never fill up")
-        try:
-            run(["truncate", "-s", str(IMAGE_BYTES), str(self.image)])
-            run(["mkfs.ext4", "-q", "-F", "-m", "0", str(self.image)])
-            self.dev = run(["losetup", "-f", "--show", str(self.image)]).stdout.strip()
-            self.mnt.mkdir()
-            run(["mount", self.dev, str(self.mnt)])
-            self.mounted = True
-        except BaseException:
-            self.close()
-            raise
-
-    def diskstats(self):
-        """(sectors written, writes completed) of the loop device."""
-        name = os.path.basename(self.dev)
-        with open("/proc/diskstats") as f:
-            for line in f:
-                fields = line.split()
-                if fields[2] == name:
-                    return int(fields[9]), int(fields[7])
-        raise RuntimeError(f"{name} is not in /proc/diskstats")
-
-    def close(self):
-        if self.mounted:
-            run(["umount", str(self.mnt)], check=False)
-            self.mounted = False
-        if self.dev:
-            run(["losetup", "-d", self.dev], check=False)
-            self.dev = None
-        if self.image.exists():
-            self.image.unlink()
-
 
 def measure_writes(fs, seconds):
     """MiB/s and writes/s the loop device completed over `seconds`."""

@@ -3,9 +3,20 @@ always reaped, every wait bounded), and one `faultline run` whose journal is rea
 written."""
 import json
 import os
+import pathlib
+import shutil
 import signal
 import subprocess
 import time
+
+
+def faultline_binary(path):
+    """`path` made absolute (the runs start in directories of their own), built first when
+    it is not there."""
+    path = pathlib.Path(path).resolve()
+    if not path.exists():
+        subprocess.run(["cargo", "build", "--release", "--locked"], check=True, timeout=1800)
+    return str(path)
 
 
 def run(argv, timeout=60, check=True):
@@ -116,3 +127,77 @@ class FaultlineRun:
         """The first `fault_reverted` record (`{}` if there was none)."""
         reverted = self.events("fault_reverted")
         return reverted[0] if reverted else {}
+
+
+class Net:
+    """Namespaces A and B joined by a veth pair; `close` deletes both (and so the veth)."""
+
+    def __init__(self):
+        pid = os.getpid()
+        self.a, self.b = f"flbenchA{pid}", f"flbenchB{pid}"
+        self.subnet = f"10.{200 + pid % 50}.{pid % 250}"
+        self.ip_a, self.ip_b = f"{self.subnet}.1", f"{self.subnet}.2"
+        self.created = []
+        try:
+            for ns in (self.a, self.b):
+                run(["ip", "netns", "add", ns])
+                self.created.append(ns)
+            veth_a, veth_b = f"flva{pid}", f"flvb{pid}"
+            run(["ip", "-n", self.a, "link", "add", veth_a, "type", "veth",
+                 "peer", "name", veth_b, "netns", self.b])
+            for ns, dev, ip in ((self.a, veth_a, self.ip_a), (self.b, veth_b, self.ip_b)):
+                run(["ip", "-n", ns, "addr", "add", f"{ip}/24", "dev", dev])
+                run(["ip", "-n", ns, "link", "set", dev, "up"])
+                run(["ip", "-n", ns, "link", "set", "lo", "up"])
+        except BaseException:
+            self.close()
+            raise
+
+    def close(self):
+        for ns in reversed(self.created):
+            run(["ip", "netns", "del", ns], check=False)
+        self.created = []
+
+
+class LoopFs:
+    """A small ext4 image, loop-mounted; `close` unmounts, detaches and deletes it."""
+
+    def __init__(self, workdir, size=512 * 1024 * 1024):
+        self.image = workdir / "disk.img"
+        self.mnt = workdir / "mnt"
+        self.dev = None
+        self.mounted = False
+        free = shutil.disk_usage(workdir).free
+        if free < 4 * size:
+            raise RuntimeError(f"only {free >> 20} MiB free under {workdir}: the image needs "
+                               f"{size >> 20} MiB and / must never fill up")
+        try:
+            run(["truncate", "-s", str(size), str(self.image)])
+            run(["mkfs.ext4", "-q", "-F", "-m", "0", str(self.image)])
+            self.dev = run(["losetup", "-f", "--show", str(self.image)]).stdout.strip()
+            self.mnt.mkdir()
+            run(["mount", self.dev, str(self.mnt)])
+            self.mounted = True
+        except BaseException:
+            self.close()
+            raise
+
+    def diskstats(self):
+        """(sectors written, writes completed) of the loop device."""
+        name = os.path.basename(self.dev)
+        with open("/proc/diskstats") as f:
+            for line in f:
+                fields = line.split()
+                if fields[2] == name:
+                    return int(fields[9]), int(fields[7])
+        raise RuntimeError(f"{name} is not in /proc/diskstats")
+
+    def close(self):
+        if self.mounted:
+            run(["umount", str(self.mnt)], check=False)
+            self.mounted = False
+        if self.dev:
+            run(["losetup", "-d", self.dev], check=False)
+            self.dev = None
+        if self.image.exists():
+            self.image.unlink()

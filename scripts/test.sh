@@ -50,3 +50,12 @@ cargo test --locked --all-targets -- --test-threads=1
 # What this kernel cannot reach (netem, cgroup v2, tc trees shared by faults) runs on a stock
 # Debian kernel in a VM; skipped with a message where no VM can start.
 scripts/vm-lane.sh
+
+# A random sample of the crash suite: a signal (SIGKILL with and without the watchdog, SIGINT,
+# SIGTERM, SIGHUP) to a run at a random moment, host compared byte for byte. The full table
+# (every kind x signal, 20 trials each) is `scripts/crash_suite.py`, in docs/benchmarks.md.
+python3 scripts/crash_suite.py --sample 12 --faultline target/debug/faultline
+
+# The fuzz target (parser, validator, diagnostics) for a minute, seeded from experiments/ and
+# tests/; longer runs: scripts/fuzz.sh SECONDS JOBS.
+scripts/fuzz.sh 60

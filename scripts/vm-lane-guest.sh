@@ -49,7 +49,7 @@ while read -r binary name <&3; do
     result=fail
   elif grep -q "running 0 tests" "$log"; then
     result=missing
-  elif grep -qi "^skipped:" "$log"; then
+  elif grep -qiE "(^|\.\.\. )skipped: " "$log"; then
     # In the lane a skip is a failure: this kernel is the one that has what the test needs.
     result=skipped
   else

@@ -234,7 +234,7 @@ fn params(pairs: &[String]) -> Result<Map<String, Value>, InjectError> {
         // Read as a file would be: `yes` is text there, so it is text here.
         let value = match serde_saphyr::from_str_with_options::<Value>(
             raw,
-            crate::experiment::validate::yaml_options(),
+            crate::experiment::parse::yaml_options(),
         ) {
             Ok(Value::Null) | Err(_) => Value::String(raw.to_string()),
             Ok(value) => value,
@@ -411,7 +411,8 @@ mod tests {
 
     use super::*;
     use crate::cli::{Cli, Command};
-    use crate::experiment::{Overrides, plan_source};
+    use crate::experiment::Overrides;
+    use crate::plan::plan_source;
 
     fn inject(args: &[&str]) -> Result<Source, InjectError> {
         let mut argv = vec!["faultline", "inject"];

@@ -103,27 +103,11 @@ fn write_reports(dir: &Path, stem: &str, runs: &[RunView]) -> Result<Vec<PathBuf
     for reporter in report::reporters() {
         let path = dir.join(format!("{stem}.{}", reporter.extension()));
         std::fs::create_dir_all(dir)
-            .and_then(|()| write_private(&path, reporter.render(stem, runs).as_bytes()))
+            .and_then(|()| report::write_private(&path, reporter.render(stem, runs).as_bytes()))
             .map_err(|e| format!("cannot write the report {}: {e}", path.display()))?;
         written.push(path);
     }
     Ok(written)
-}
-
-/// Reports and journals describe a host and the probes' endpoints: readable by the owner and
-/// their group only.
-pub const REPORT_MODE: u32 = 0o640;
-
-fn write_private(path: &Path, contents: &[u8]) -> std::io::Result<()> {
-    use std::io::Write;
-    use std::os::unix::fs::OpenOptionsExt;
-    std::fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(REPORT_MODE)
-        .open(path)?
-        .write_all(contents)
 }
 
 fn state_dir(args: &StateArgs) -> StateDir {
@@ -135,7 +119,7 @@ fn state_dir(args: &StateArgs) -> StateDir {
 }
 
 fn load(path: &Path, overrides: &Overrides) -> Result<Plan, Diagnostics> {
-    experiment::load_plan_with(path, overrides)
+    crate::plan::load_plan_with(path, overrides)
 }
 
 /// The `--var` arguments, or the exit code after saying what is wrong with them.
@@ -182,7 +166,7 @@ fn plan(file: &Path, json: bool, overrides: &Overrides) -> u8 {
             0
         }
         Ok(plan) => {
-            print!("{}", crate::plan::render::render(&plan));
+            print!("{}", crate::view::render(&plan));
             0
         }
         Err(diagnostics) => {
@@ -339,7 +323,7 @@ async fn run(args: RunArgs) -> u8 {
     let mut plans = Vec::new();
     let mut invalid = false;
     if args.files.is_empty() {
-        match experiment::plan_source(&Source::quickstart(), &overrides) {
+        match crate::plan::plan_source(&Source::quickstart(), &overrides) {
             Ok(plan) => plans.push(plan),
             Err(d) => {
                 print_diagnostics(&d);
@@ -477,12 +461,9 @@ async fn run_plans(plans: Vec<Plan>, options: &RunnerArgs) -> u8 {
             );
         }
         print_summary(&report, &journal_path);
-        // From the events kept in memory, so a journal file that could not be written in
-        // full (a disk-fill of its filesystem) still gives complete reports.
-        views.push(RunView::from_record(&RunRecord {
-            journal: journal_path.clone(),
-            events: journal.events(),
-        }));
+        // Read back from the journal, with any event its file could not take (a disk-fill of
+        // its filesystem) in its place, so the reports are complete.
+        views.push(RunView::from_journal(&journal));
         reports.push((report, journal_path));
     }
 
@@ -507,7 +488,7 @@ async fn run_plans(plans: Vec<Plan>, options: &RunnerArgs) -> u8 {
                 })
             })
             .collect();
-        let _ = write_private(
+        let _ = report::write_private(
             &summary_path,
             &serde_json::to_vec_pretty(&summary).expect("serialises"),
         );
@@ -550,7 +531,7 @@ async fn inject(args: InjectArgs) -> u8 {
             return EXIT_INVALID_INPUT;
         }
     };
-    let plan = match experiment::plan_source(&source, &Overrides::none()) {
+    let plan = match crate::plan::plan_source(&source, &Overrides::none()) {
         Ok(plan) => plan,
         Err(diagnostics) => {
             print_diagnostics(&diagnostics);
@@ -577,7 +558,7 @@ async fn inject(args: InjectArgs) -> u8 {
     }
     if args.dry_run {
         println!("{}", source.text);
-        print!("{}", crate::plan::render::render(&plan));
+        print!("{}", crate::view::render(&plan));
         return 0;
     }
     run_plans(vec![plan], &args.runner).await

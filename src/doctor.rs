@@ -1,11 +1,14 @@
 //! `faultline doctor`: which fault backends work on this host, and why not where they do
 //! not (missing kernel module, missing binary, missing capability). Also run by `plan`.
-//! Probes use scratch network namespaces or read-only checks; nothing on the host changes.
+//! It shows what [`HostCaps`] probed and the backend it chooses; the namespace's own facts
+//! (iptables variant, a free NFQUEUE number, leftovers) are read here. Nothing on the host
+//! changes.
 
 use std::fmt::Write;
 
 use serde::Serialize;
 
+use crate::host::{DelayBackend, DelayRoute, HostCaps};
 use crate::sys::iptables::{self, Family, Variant};
 use crate::sys::tc::{self, Support};
 
@@ -34,21 +37,6 @@ pub struct Report {
     pub leftovers: Vec<String>,
 }
 
-/// Is capability `bit` in this process's effective set?
-pub fn has_capability(bit: u32) -> bool {
-    let Ok(status) = std::fs::read_to_string("/proc/self/status") else {
-        return false;
-    };
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("CapEff:"))
-        .and_then(|hex| u64::from_str_radix(hex.trim(), 16).ok())
-        .is_some_and(|caps| caps & (1 << bit) != 0)
-}
-
-pub const CAP_KILL: u32 = 5;
-pub const CAP_NET_ADMIN: u32 = 12;
-
 fn support_check(area: &'static str, item: &str, support: &Support) -> Check {
     Check {
         area,
@@ -63,21 +51,18 @@ fn support_check(area: &'static str, item: &str, support: &Support) -> Check {
 
 /// Examine this host (or the namespace `netns`).
 pub fn examine(netns: Option<&str>) -> Report {
+    let host = HostCaps::get();
     let mut checks = Vec::new();
-    let pidfd = rustix::process::pidfd_open(
-        rustix::process::getpid(),
-        rustix::process::PidfdFlags::empty(),
-    );
     checks.push(Check {
         area: "process",
         item: "pidfd_open / pidfd_send_signal".into(),
-        ok: pidfd.is_ok(),
-        detail: match pidfd {
-            Ok(_) => "signals reach exactly the process that was selected".into(),
-            Err(e) => format!("unavailable ({e}); kernel 5.3 or newer is needed"),
+        ok: host.pidfd.is_ok(),
+        detail: match &host.pidfd {
+            Ok(()) => "signals reach exactly the process that was selected".into(),
+            Err(e) => e.clone(),
         },
     });
-    let kill = has_capability(CAP_KILL);
+    let kill = host.cap_kill;
     checks.push(Check {
         area: "process",
         item: "CAP_KILL".into(),
@@ -88,7 +73,7 @@ pub fn examine(netns: Option<&str>) -> Report {
             "only this user's processes can be targeted".into()
         },
     });
-    let net_admin = has_capability(CAP_NET_ADMIN);
+    let net_admin = host.cap_net_admin;
     checks.push(Check {
         area: "network",
         item: "CAP_NET_ADMIN".into(),
@@ -124,7 +109,7 @@ pub fn examine(netns: Option<&str>) -> Report {
             Err(e) => e.to_string(),
         },
     });
-    let caps = tc::capabilities();
+    let caps = &host.tc;
     for (name, support) in [
         ("netem", &caps.netem),
         ("tbf", &caps.tbf),
@@ -159,6 +144,8 @@ pub fn examine(netns: Option<&str>) -> Report {
         .reason()
         .unwrap_or("needs CAP_NET_ADMIN")
         .to_string();
+    let delay_route = host.delay_route(DelayBackend::Auto);
+    let nfqueue_ok = iptables_ok && queue.is_ok();
     let mut backends = vec![
         BackendChoice {
             kind: "process-kill, process-stop",
@@ -167,19 +154,22 @@ pub fn examine(netns: Option<&str>) -> Report {
         },
         BackendChoice {
             kind: "network-delay",
-            backend: if netem {
-                Some("netem".into())
-            } else if iptables_ok && queue.is_ok() {
-                Some("nfqueue".into())
-            } else {
-                None
+            backend: match delay_route {
+                Ok(DelayRoute::Netem) if net_admin => Some("netem".into()),
+                Ok(DelayRoute::Nfqueue) if nfqueue_ok => Some("nfqueue".into()),
+                _ => None,
             },
-            detail: if netem {
-                "tc netem qdisc".into()
-            } else {
-                format!(
-                    "no netem ({netem_why}); NFQUEUE: iptables rules steer packets to faultline's delayer"
-                )
+            detail: match delay_route {
+                Ok(DelayRoute::Netem) if net_admin => "tc netem qdisc".into(),
+                Ok(DelayRoute::Netem) => "netem: needs CAP_NET_ADMIN".into(),
+                _ => format!(
+                    "no netem ({netem_why}); NFQUEUE: iptables rules steer packets to faultline's delayer{}",
+                    if nfqueue_ok {
+                        ""
+                    } else {
+                        ", which cannot run here (see iptables and nfqueue above)"
+                    }
+                ),
             },
         },
     ];
@@ -194,11 +184,8 @@ pub fn examine(netns: Option<&str>) -> Report {
             },
         });
     }
-    let shaping = caps.tbf.is_available() && caps.htb.is_available() && net_admin;
-    let ingress = caps.ifb.is_available()
-        && caps.ingress.is_available()
-        && caps.mirred.is_available()
-        && caps.u32.is_available();
+    let shaping = host.can_shape() && net_admin;
+    let ingress = host.can_shape_ingress();
     backends.push(BackendChoice {
         kind: "network-bandwidth",
         backend: shaping.then(|| "tc tbf/htb".into()),
@@ -230,16 +217,13 @@ pub fn examine(netns: Option<&str>) -> Report {
         backend: Some("hog process".into()),
         detail: "a child with oom_score_adj 1000 that dies with faultline".into(),
     });
-    let cgroups = crate::sys::cgroup::Mounts::detect();
     for (kind, controller) in [
         ("cpu-limit", crate::sys::cgroup::Controller::Cpu),
         ("disk-io-limit", crate::sys::cgroup::Controller::Io),
     ] {
-        let found = cgroups.as_ref().map_err(|e| e.to_string()).and_then(|m| {
-            m.find(controller)
-                .map(|h| format!("cgroup {:?} at {}", h.version, h.mount.display()).to_lowercase())
-                .map_err(|e| e.to_string())
-        });
+        let found = host
+            .cgroup(controller)
+            .map(|h| format!("cgroup {:?} at {}", h.version, h.mount.display()).to_lowercase());
         backends.push(BackendChoice {
             kind,
             backend: found.as_ref().ok().map(|_| "cgroup".to_string()),

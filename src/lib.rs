@@ -23,6 +23,7 @@ pub mod doctor;
 pub mod engine;
 pub mod experiment;
 pub mod fault;
+pub mod host;
 pub mod net;
 pub mod outcome;
 pub mod plan;
@@ -32,6 +33,7 @@ pub mod secrets;
 pub mod state;
 pub mod sys;
 pub mod units;
+pub mod view;
 pub mod watchdog;
 
 pub use outcome::Outcome;

@@ -33,6 +33,18 @@ pub const EXIT_INVALID_INPUT: u8 = 64;
 pub const EXIT_ERROR: u8 = 70;
 
 impl Outcome {
+    /// The system under test misbehaved (a test failure in CI's terms); the other
+    /// non-passing outcomes say the experiment itself could not be carried out as asked.
+    pub fn is_system_failure(self) -> bool {
+        match self {
+            Outcome::Deviated | Outcome::Aborted | Outcome::NotReady => true,
+            Outcome::Passed
+            | Outcome::InjectionFailed
+            | Outcome::Interrupted
+            | Outcome::RevertFailed => false,
+        }
+    }
+
     pub fn exit_code(self) -> u8 {
         match self {
             Outcome::Passed => 0,

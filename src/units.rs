@@ -46,6 +46,27 @@ pub fn file_safe(name: &str) -> String {
         .collect()
 }
 
+/// Durations in reports are milliseconds as a float (`12.345`), the unit SREs read.
+pub fn serialize_ms<S: serde::Serializer>(
+    d: &std::time::Duration,
+    s: S,
+) -> Result<S::Ok, S::Error> {
+    s.serialize_f64(ms(*d))
+}
+
+/// Reads what [`serialize_ms`] wrote.
+pub fn deserialize_ms<'de, D: serde::Deserializer<'de>>(
+    d: D,
+) -> Result<std::time::Duration, D::Error> {
+    let ms = <f64 as serde::Deserialize>::deserialize(d)?;
+    std::time::Duration::try_from_secs_f64(ms / 1000.0).map_err(serde::de::Error::custom)
+}
+
+/// Milliseconds, rounded to the microsecond.
+pub fn ms(d: std::time::Duration) -> f64 {
+    (d.as_secs_f64() * 1_000_000.0).round() / 1000.0
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

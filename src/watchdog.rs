@@ -14,9 +14,10 @@ use std::process::{Command, Stdio};
 
 use serde::{Deserialize, Serialize};
 
-use crate::engine::events::Event;
 use crate::fault::ProcRef;
+use crate::report::event::{Event, RevertCause};
 use crate::state::{FaultRecord, StateDir, recover};
+use std::borrow::Cow;
 
 /// `faultline __watchdog`: not a user command, so `main` dispatches it before parsing the
 /// command line.
@@ -245,18 +246,18 @@ fn append_to_journal(current: &Current, report: &recover::RecoverReport) {
     for (record, summary) in report.reverted.iter().filter(|(r, _)| ours(&r)) {
         push(&Event::FaultReverted {
             t_ms,
-            fault: &record.fault_id,
-            record: &record.id,
-            summary,
-            cause: "watchdog",
-            achieved: &serde_json::Value::Null,
+            fault: record.fault_id.as_str().into(),
+            record: record.id.as_str().into(),
+            summary: summary.as_str().into(),
+            cause: RevertCause::Watchdog,
+            achieved: Cow::Owned(serde_json::Value::Null),
         });
     }
     for (record, error) in report.failed.iter().filter(|(r, _)| ours(&r)) {
         push(&Event::FaultRevertFailed {
             t_ms,
-            fault: &record.fault_id,
-            record: &record.id,
+            fault: record.fault_id.as_str().into(),
+            record: record.id.as_str().into(),
             error: error.clone(),
             remedy: "the run died and its watchdog could not revert this: run \
                      `faultline recover` (with the run's --state-dir)"

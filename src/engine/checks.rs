@@ -9,9 +9,10 @@ use tokio::time::{Instant, MissedTickBehavior};
 use tokio_util::sync::CancellationToken;
 
 use super::Shared;
-use super::events::{Event, Phase};
 use crate::plan::ProbeSpec;
 use crate::probe::{Probe, Sample};
+use crate::report::event::{Event, Phase};
+use std::borrow::Cow;
 
 /// One sample, bounded by the probe's timeout whatever the probe does.
 pub async fn sample_bounded(spec: &ProbeSpec, probe: &dyn Probe) -> Sample {
@@ -86,8 +87,8 @@ pub async fn until_all_pass(
             shared.journal.write(&Event::ProbeSample {
                 t_ms: shared.t_ms(),
                 phase,
-                probe: &spec.name,
-                sample,
+                probe: spec.name.as_str().into(),
+                sample: Cow::Borrowed(sample),
                 consecutive_failures: None,
             });
             if !sample.ok {

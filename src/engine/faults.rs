@@ -16,17 +16,19 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use super::Shared;
-use super::events::Event;
-use crate::fault::{Prepared, RevertRecipe};
+use crate::fault::{LiveHandle, Prepared, RevertRecipe};
 use crate::plan::FaultSpec;
+use crate::report::event::{Event, RevertCause};
 use crate::state::FaultRecord;
+use std::borrow::Cow;
 
 /// One injection that may still need reverting.
-#[derive(Clone, Debug)]
+#[derive(Debug)]
 pub struct Live {
-    pub record_id: String,
-    pub fault_id: String,
-    pub recipe: RevertRecipe,
+    /// As written to the state directory before the injection.
+    pub record: FaultRecord,
+    /// What its `apply` left running in this process, for the revert to stop.
+    pub running: Option<LiveHandle>,
 }
 
 /// Live injections in start order.
@@ -41,14 +43,23 @@ impl Registry {
     fn take_fault(&self, fault_id: &str) -> Vec<Live> {
         let mut all = self.0.lock().unwrap_or_else(|p| p.into_inner());
         let (mine, rest): (Vec<Live>, Vec<Live>) =
-            all.drain(..).partition(|l| l.fault_id == fault_id);
+            all.drain(..).partition(|l| l.record.fault_id == fault_id);
         *all = rest;
         mine
     }
 
+    /// Hand the injection what its `apply` started. A handle whose record is gone (it cannot
+    /// be: reverts run after the fault tasks end) is dropped, which stops it.
+    fn attach(&self, record_id: &str, running: Option<LiveHandle>) {
+        let mut all = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(live) = all.iter_mut().find(|l| l.record.id == record_id) {
+            live.running = running;
+        }
+    }
+
     fn take_record(&self, record_id: &str) -> Option<Live> {
         let mut all = self.0.lock().unwrap_or_else(|p| p.into_inner());
-        let index = all.iter().position(|l| l.record_id == record_id)?;
+        let index = all.iter().position(|l| l.record.id == record_id)?;
         Some(all.remove(index))
     }
 
@@ -69,8 +80,8 @@ impl Registry {
         let all = self.0.lock().unwrap_or_else(|p| p.into_inner());
         let mut ids: Vec<String> = Vec::new();
         for live in all.iter() {
-            if !ids.contains(&live.fault_id) {
-                ids.push(live.fault_id.clone());
+            if !ids.contains(&live.record.fault_id) {
+                ids.push(live.record.fault_id.clone());
             }
         }
         ids
@@ -218,7 +229,7 @@ impl FaultTask {
                 return;
             }
             for live in self.shared.registry.take_fault(&spec.id).into_iter().rev() {
-                self.shared.revert(live, "duration_elapsed").await;
+                self.shared.revert(live, RevertCause::DurationElapsed).await;
             }
         }
     }
@@ -263,6 +274,8 @@ impl FaultTask {
             recorded_at: jiff::Timestamp::now().to_string(),
             summary: prepared.summary.clone(),
             revert: prepared.revert.clone(),
+            // Rounded up: a sub-millisecond timeout must not become none at all.
+            revert_timeout_ms: shared.plan.revert_timeout.as_micros().div_ceil(1000) as u64,
         };
         let state = shared.state.clone();
         let writing = record.clone();
@@ -284,16 +297,15 @@ impl FaultTask {
         }
         shared.journal.write(&Event::FaultIntent {
             t_ms: shared.t_ms(),
-            fault: &spec.id,
-            record: &record_id,
-            summary: &prepared.summary,
-            details: &prepared.details,
-            revert: &prepared.revert,
+            fault: spec.id.as_str().into(),
+            record: record_id.as_str().into(),
+            summary: prepared.summary.as_str().into(),
+            details: Cow::Borrowed(&prepared.details),
+            revert: Some(Cow::Borrowed(&prepared.revert)),
         });
         shared.registry.push(Live {
-            record_id: record_id.clone(),
-            fault_id: spec.id.clone(),
-            recipe: prepared.revert.clone(),
+            record: record.clone(),
+            running: None,
         });
 
         let applying = fault.clone();
@@ -301,13 +313,14 @@ impl FaultTask {
         let applied =
             tokio::task::spawn_blocking(move || applying.apply(&prepared_for_apply)).await;
         match applied {
-            Ok(Ok(applied)) => {
+            Ok(Ok(mut applied)) => {
+                shared.registry.attach(&record_id, applied.live.take());
                 shared.journal.write(&Event::FaultInjected {
                     t_ms: shared.t_ms(),
-                    fault: &spec.id,
-                    record: &record_id,
-                    summary: &applied.summary,
-                    details: &applied.details,
+                    fault: spec.id.as_str().into(),
+                    record: record_id.as_str().into(),
+                    summary: applied.summary.as_str().into(),
+                    details: Cow::Borrowed(&applied.details),
                 });
                 shared
                     .ui
@@ -315,7 +328,7 @@ impl FaultTask {
                 if prepared.revert == RevertRecipe::Nothing {
                     // Nothing to undo: forget it now rather than at the end.
                     if let Some(live) = shared.registry.take_record(&record_id) {
-                        let _ = shared.state.remove(&live.record_id);
+                        let _ = shared.state.remove(&live.record.id);
                     }
                 }
                 Ok(())
@@ -336,8 +349,8 @@ impl FaultTask {
         let reason = "the run stopped while its target was being resolved; nothing was injected";
         self.shared.journal.write(&Event::FaultAbandoned {
             t_ms: self.shared.t_ms(),
-            fault: &spec.id,
-            reason,
+            fault: spec.id.as_str().into(),
+            reason: reason.into(),
         });
         self.shared
             .ui
@@ -349,8 +362,8 @@ impl FaultTask {
         let spec = self.spec();
         self.shared.journal.write(&Event::FaultInjectionFailed {
             t_ms: self.shared.t_ms(),
-            fault: &spec.id,
-            record,
+            fault: spec.id.as_str().into(),
+            record: record.map(Cow::Borrowed),
             error: error.clone(),
         });
         self.shared

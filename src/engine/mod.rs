@@ -1,7 +1,8 @@
 //! The runner: lifecycle, scheduler, abort, outcomes.
 //!
 //! validate → resolve → `setup` → `before` gate → T0 → fault scheduler and `during` probes
-//! run concurrently → on abort or completion every live fault is reverted (newest first) →
+//! run concurrently → on abort or completion every live fault is reverted (those sharing host
+//! structures newest first, the others at the same time) →
 //! `after` checks → `cleanup` → outcome. Reverts run on every path; the cancellation that
 //! drives an abort is an input (probe breach, deadline, operator interrupt).
 
@@ -15,22 +16,22 @@ use tokio_util::sync::CancellationToken;
 
 pub mod checks;
 pub mod commands;
-pub mod events;
 pub mod faults;
 pub mod interrupt;
 pub mod ui;
 
-use crate::fault::{Fault, FaultError, ProcRef};
+use crate::fault::{Fault, FaultCause, FaultError, ProcRef};
 use crate::outcome::Outcome;
 use crate::plan::{FaultSpec, Plan, ProbeSpec};
 use crate::probe::slo::{SloTracker, Verdict};
 use crate::probe::{Probe, Sample};
+use crate::report::event::{AbortRecord, AbortSample, AbortTrigger, Event, Phase, RevertCause};
 use crate::report::journal::Journal;
 use crate::report::ms;
 use crate::state::StateDir;
-use events::{AbortRecord, AbortSample, AbortTrigger, Event, Phase};
 use faults::{FaultEvent, Live, Registry};
 use interrupt::{Interrupt, Level};
+use std::borrow::Cow;
 use ui::Ui;
 
 /// The seam between the engine and the host: real faults and probes, or simulated ones for
@@ -134,69 +135,93 @@ impl Shared {
 
     /// Revert one live injection, bounded by the plan's revert timeout. On success the state
     /// record goes; on failure it stays for `faultline recover` and the failure is remembered.
-    pub async fn revert(&self, live: Live, cause: &str) -> bool {
-        let recipe = live.recipe.clone();
-        let reverting = tokio::task::spawn_blocking(move || recipe.revert());
-        let result = match tokio::time::timeout(self.plan.revert_timeout, reverting).await {
-            Ok(Ok(result)) => result.map_err(|e| e.to_string()),
-            Ok(Err(e)) => Err(format!("revert panicked: {e}")),
-            Err(_) => Err(format!(
-                "revert did not finish within {}",
-                humantime::format_duration(self.plan.revert_timeout)
-            )),
+    pub async fn revert(&self, mut live: Live, cause: RevertCause) -> bool {
+        let state = self.state.clone();
+        let record = live.record.clone();
+        let running = live.running.take();
+        let reverting = tokio::task::spawn_blocking(move || {
+            crate::state::revert_record(&state, &record, running)
+        });
+        let result = match reverting.await {
+            Ok(result) => result.map_err(|e| e.to_string()),
+            Err(e) => Err(format!("revert panicked: {e}")),
         };
         match result {
             Ok(reverted) => {
-                if let Err(e) = self.state.remove(&live.record_id) {
-                    tracing::warn!(
-                        "reverted {} but could not drop its state record: {e}",
-                        live.record_id
-                    );
-                }
                 self.journal.write(&Event::FaultReverted {
                     t_ms: self.t_ms(),
-                    fault: &live.fault_id,
-                    record: &live.record_id,
-                    summary: &reverted.summary,
+                    fault: live.record.fault_id.as_str().into(),
+                    record: live.record.id.as_str().into(),
+                    summary: reverted.summary.as_str().into(),
                     cause,
-                    achieved: &reverted.details,
+                    achieved: Cow::Borrowed(&reverted.details),
                 });
-                self.ui
-                    .line(format!("revert  {}: {}", live.fault_id, reverted.summary));
+                self.ui.line(format!(
+                    "revert  {}: {}",
+                    live.record.fault_id, reverted.summary
+                ));
                 true
             }
             Err(error) => {
                 let remedy = format!(
                     "the host may still carry this fault ({}); run `faultline recover --state-dir {}` once the cause is fixed",
-                    live.recipe.describe(),
+                    live.record.revert.describe(),
                     self.state.root().display()
                 );
                 self.journal.write(&Event::FaultRevertFailed {
                     t_ms: self.t_ms(),
-                    fault: &live.fault_id,
-                    record: &live.record_id,
+                    fault: live.record.fault_id.as_str().into(),
+                    record: live.record.id.as_str().into(),
                     error: error.clone(),
                     remedy: remedy.clone(),
                 });
                 self.ui.line(format!(
                     "REVERT FAILED  {}: {error}\n          {remedy}",
-                    live.fault_id
+                    live.record.fault_id
                 ));
                 self.revert_failures
                     .lock()
                     .unwrap_or_else(|p| p.into_inner())
-                    .push(format!("{}: {error}; {remedy}", live.fault_id));
+                    .push(format!("{}: {error}; {remedy}", live.record.fault_id));
                 false
             }
         }
     }
 
-    /// Revert everything still live, newest first. Returns how many were reverted.
-    pub async fn revert_all(&self, cause: &str) -> usize {
+    /// Revert everything still live. Faults that share host structures (see
+    /// [`RevertRecipe::shared_with`]) revert one after the other, newest first; the others
+    /// at the same time, so a breach does not wait for one revert to end before the next
+    /// starts. Returns how many were reverted (a failed revert is not counted).
+    pub async fn revert_all(self: &Arc<Self>, cause: RevertCause) -> usize {
+        let lives = self.registry.drain_newest_first();
+        let mut chains: Vec<(Option<&'static str>, Vec<Live>)> = Vec::new();
+        for live in lives {
+            let shared_with = live.record.revert.shared_with();
+            match chains
+                .iter_mut()
+                .find(|(key, _)| key.is_some() && *key == shared_with)
+            {
+                Some((_, chain)) => chain.push(live),
+                None => chains.push((shared_with, vec![live])),
+            }
+        }
+        let mut reverting = tokio::task::JoinSet::new();
+        for (_, chain) in chains {
+            let shared = self.clone();
+            reverting.spawn(async move {
+                let mut reverted = 0;
+                for live in chain {
+                    reverted += usize::from(shared.revert(live, cause).await);
+                }
+                reverted
+            });
+        }
         let mut count = 0;
-        for live in self.registry.drain_newest_first() {
-            self.revert(live, cause).await;
-            count += 1;
+        while let Some(done) = reverting.join_next().await {
+            match done {
+                Ok(reverted) => count += reverted,
+                Err(e) => tracing::error!("a revert task failed: {e}"),
+            }
         }
         count
     }
@@ -284,8 +309,8 @@ impl Runner {
         self.shared.journal.write(&Event::Command {
             t_ms: self.shared.t_ms(),
             phase,
-            name: &spec.name,
-            argv: &spec.argv,
+            name: spec.name.as_str().into(),
+            argv: Cow::Borrowed(&spec.argv),
             pid: None,
             exit_code: finished.exit_code,
             background: false,
@@ -313,16 +338,17 @@ impl Runner {
         let plan = self.plan().clone();
         shared.journal.write(&Event::RunStarted {
             t_ms: 0.0,
-            run_id: &shared.run_id,
-            experiment_name: &plan.name,
-            source: plan.source.display().to_string(),
-            tool_version: env!("CARGO_PKG_VERSION"),
+            run_id: shared.run_id.as_str().into(),
+            experiment_name: plan.name.as_str().into(),
+            source: plan.source.display().to_string().into(),
+            tool_version: env!("CARGO_PKG_VERSION").into(),
             host: nix::unistd::gethostname()
                 .map(|h| h.to_string_lossy().into_owned())
-                .unwrap_or_default(),
+                .unwrap_or_default()
+                .into(),
             pid: std::process::id(),
-            started_at: jiff::Timestamp::now().to_string(),
-            experiment: &plan.experiment,
+            started_at: jiff::Timestamp::now().to_string().into(),
+            experiment: Some(&plan.experiment),
         });
         shared.ui.line(format!(
             "experiment {} ({})",
@@ -334,7 +360,7 @@ impl Runner {
             self.inject_and_watch().await;
         }
         // Whatever happened above, nothing may stay injected.
-        let reverted = shared.revert_all("end_of_run").await;
+        let reverted = shared.revert_all(RevertCause::EndOfRun).await;
         if reverted > 0 {
             tracing::debug!("{reverted} injections reverted at the end of the run");
         }
@@ -371,8 +397,8 @@ impl Runner {
                 self.shared.journal.write(&Event::Command {
                     t_ms: self.shared.t_ms(),
                     phase: Phase::Setup,
-                    name: &spec.name,
-                    argv: &spec.argv,
+                    name: spec.name.as_str().into(),
+                    argv: Cow::Borrowed(&spec.argv),
                     pid,
                     exit_code: None,
                     background: true,
@@ -540,8 +566,8 @@ impl Runner {
                     shared.journal.write(&Event::ProbeSample {
                         t_ms: ms(at.duration_since(shared.start)),
                         phase: Phase::During,
-                        probe: &spec.name,
-                        sample: &sample,
+                        probe: spec.name.as_str().into(),
+                        sample: Cow::Borrowed(&sample),
                         consecutive_failures: Some(failures),
                     });
                     push_bounded(&mut recent[index], AbortSample {
@@ -604,7 +630,7 @@ impl Runner {
         if let Some((trigger, probe_index, reason, breach_at)) = trigger {
             self.phase(Phase::Revert);
             shared.ui.line(format!("ABORT   {reason}"));
-            let reverted = shared.revert_all("abort").await;
+            let reverted = shared.revert_all(RevertCause::Abort).await;
             let all_reverted_at = Instant::now();
             let (probe, samples, threshold) = match probe_index {
                 Some(i) => (
@@ -630,7 +656,7 @@ impl Runner {
             };
             shared.journal.write(&Event::Abort {
                 t_ms: shared.t_ms(),
-                record: &record,
+                record: Cow::Borrowed(&record),
             });
             shared.ui.line(format!(
                 "ABORT   {reverted} fault{} reverted {:.1} ms after the breach",
@@ -647,7 +673,7 @@ impl Runner {
             self.verdict.abort = Some(record);
         } else {
             self.phase(Phase::Revert);
-            shared.revert_all("end_of_faults").await;
+            shared.revert_all(RevertCause::EndOfFaults).await;
         }
         while probe_tasks.join_next().await.is_some() {}
     }
@@ -659,6 +685,25 @@ impl Runner {
     /// [`PREFLIGHT_TIMEOUT`] (a target on a hung mount) stops the run: nothing is injected.
     async fn preflight(&mut self) -> Result<(), Preflight> {
         let shared = self.shared.clone();
+        // The host's capabilities are probed once, here, outside the checks' budget: the
+        // tc probe (a scratch namespace, a dozen tool calls, each bounded by the runner's
+        // timeout) took most of the 15 s under an emulated CPU, and it says nothing about a
+        // target being on a hung mount. An interrupt still ends the wait at once.
+        if shared
+            .plan
+            .faults
+            .iter()
+            .any(|f| matches!(f.action, crate::plan::FaultAction::Network(_)))
+        {
+            let probing = tokio::task::spawn_blocking(|| {
+                crate::host::HostCaps::get();
+            });
+            tokio::select! {
+                biased;
+                _ = self.interrupt.reached(Level::Abort) => return Err(Preflight::Interrupted),
+                _ = probing => {}
+            }
+        }
         let mut checks = tokio::task::JoinSet::new();
         for (index, spec) in shared.plan.faults.iter().enumerate() {
             let fault: Arc<dyn Fault> = Arc::from(shared.backend.fault(spec, &shared.plan));
@@ -688,13 +733,15 @@ impl Runner {
                     spec.id,
                     humantime::format_duration(PREFLIGHT_TIMEOUT)
                 ),
-                Some(Err(FaultError::Permission(why))) => format!(
-                    "fault {} needs more privilege than faultline has: {why}; nothing was injected",
-                    spec.id
+                Some(Err(e)) if e.cause() == FaultCause::Permission => format!(
+                    "fault {} needs more privilege than faultline has: {}; nothing was injected",
+                    spec.id,
+                    e.detail()
                 ),
-                Some(Err(FaultError::Unsupported(why))) => format!(
-                    "fault {} cannot be applied on this host: {why}; nothing was injected",
-                    spec.id
+                Some(Err(e)) if e.cause() == FaultCause::Unsupported => format!(
+                    "fault {} cannot be applied on this host: {}; nothing was injected",
+                    spec.id,
+                    e.detail()
                 ),
                 // A target that does not exist yet may appear later; it is checked again
                 // when the fault fires.
@@ -702,7 +749,7 @@ impl Runner {
             };
             shared.journal.write(&Event::FaultInjectionFailed {
                 t_ms: shared.t_ms(),
-                fault: &spec.id,
+                fault: spec.id.as_str().into(),
                 record: None,
                 error: reason.clone(),
             });
@@ -816,7 +863,7 @@ impl Runner {
             t_ms: shared.t_ms(),
             outcome,
             exit_code: outcome.exit_code(),
-            reason: &reason,
+            reason: reason.as_str().into(),
             finished_at: jiff::Timestamp::now().to_string(),
         });
         shared.journal.sync();

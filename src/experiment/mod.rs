@@ -1,15 +1,16 @@
-//! Stage one: the experiment file. Parsing (strict YAML with positions), semantic checks,
-//! and diagnostics that point into the file. Compiling a checked experiment yields a
-//! [`Plan`](crate::plan::Plan). Nothing here needs root or touches the host.
+//! Stage one: the experiment file. Its model, parsing (strict YAML with positions, vars) and
+//! the diagnostics that point into the file. `plan::compile` turns a parsed
+//! experiment into a plan; nothing here knows the plan. Nothing here needs root or touches
+//! the host.
 
 use std::path::{Path, PathBuf};
 
 pub mod diagnostic;
 pub mod duration;
 pub mod model;
+pub mod parse;
 pub mod schema;
 pub mod spanned;
-pub mod validate;
 pub mod vars;
 
 pub use diagnostic::{Diagnostic, Diagnostics};
@@ -17,8 +18,6 @@ pub use duration::Dur;
 pub use model::Experiment;
 pub use spanned::{Pos, Sp};
 pub use vars::{OverrideError, Overrides};
-
-use crate::plan::Plan;
 
 /// The built-in default experiment (`faultline run` with no file).
 pub const QUICKSTART_NAME: &str = "experiments/quickstart.yaml (built in)";
@@ -65,27 +64,5 @@ pub fn parse(source: &Source) -> Result<Experiment, Diagnostics> {
 /// Substitute `${vars.NAME}` (defaults, then `overrides`), then parse strictly. Diagnostics
 /// point into the file as written; the returned experiment's `vars` holds the effective values.
 pub fn parse_with(source: &Source, overrides: &Overrides) -> Result<Experiment, Diagnostics> {
-    validate::parse(source, overrides)
-}
-
-/// Semantic checks (references, cycles, offsets, per-kind parameters) and compilation
-/// into a [`Plan`]. All problems are reported at once, not just the first.
-pub fn compile(source: &Source, experiment: Experiment) -> Result<Plan, Diagnostics> {
-    validate::compile(source, experiment)
-}
-
-/// Read, parse and compile one file.
-pub fn load_plan(path: &Path) -> Result<Plan, Diagnostics> {
-    load_plan_with(path, &Overrides::none())
-}
-
-/// Read, parse with `overrides` and compile one file.
-pub fn load_plan_with(path: &Path, overrides: &Overrides) -> Result<Plan, Diagnostics> {
-    plan_source(&Source::read(path)?, overrides)
-}
-
-/// Parse with `overrides` and compile text already read (the built-in quickstart).
-pub fn plan_source(source: &Source, overrides: &Overrides) -> Result<Plan, Diagnostics> {
-    let experiment = parse_with(source, overrides)?;
-    compile(source, experiment)
+    parse::parse(source, overrides)
 }

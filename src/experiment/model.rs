@@ -180,6 +180,29 @@ pub struct ProcessSelector {
     pub force: bool,
 }
 
+impl From<&ProcessSelector> for crate::sys::proc::Selector {
+    fn from(s: &ProcessSelector) -> Self {
+        crate::sys::proc::Selector {
+            pid: s.pid,
+            pidfile: s.pidfile.clone(),
+            name: s.name.clone(),
+            cmdline: s.cmdline.as_deref().cloned(),
+            cgroup: s.cgroup.clone(),
+            uid: s.uid,
+            exclude: s.exclude.as_ref().map(|e| crate::sys::proc::Exclude {
+                pids: e.pids.clone(),
+                name: e.name.clone(),
+                cmdline: e.cmdline.as_deref().cloned(),
+            }),
+            count: s.count.as_deref().copied(),
+            percent: s.percent.as_deref().copied(),
+            random: s.random,
+            seed: s.seed,
+            force: s.force,
+        }
+    }
+}
+
 #[derive(Clone, Debug, Default, Deserialize, Serialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ProcessExclude {
@@ -812,4 +835,24 @@ pub struct Command {
     /// Longest the command may run (default 60s). Not applied to background commands.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub timeout: Option<Sp<Dur>>,
+}
+
+/// Selectors for tests elsewhere in the crate.
+#[cfg(test)]
+pub(crate) mod testing {
+    use super::{ProcessSelector, Sp};
+
+    pub fn by_name(name: &str) -> ProcessSelector {
+        ProcessSelector {
+            name: Some(name.into()),
+            ..Default::default()
+        }
+    }
+
+    pub fn by_cmdline(pattern: &str) -> ProcessSelector {
+        ProcessSelector {
+            cmdline: Some(Sp::new(pattern.into())),
+            ..Default::default()
+        }
+    }
 }

@@ -13,8 +13,8 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Deserializer};
 
 use super::diagnostic::{nearest, suggest};
+use super::parse::yaml_diagnostic;
 use super::spanned::Sp;
-use super::validate::yaml_diagnostic;
 use super::{Diagnostic, Pos};
 
 /// `--var NAME=VALUE` values from the command line; a name given twice keeps the last value.
@@ -209,7 +209,7 @@ fn reference_problem(token: &Token, declared: &[String]) -> Option<Diagnostic> {
 /// How columns moved on lines with substitutions, to point diagnostics of the substituted text
 /// back into the file as written.
 #[derive(Clone, Debug, Default)]
-pub(super) struct ColumnMap {
+pub(crate) struct ColumnMap {
     /// In file order.
     substitutions: Vec<Substitution>,
 }
@@ -229,14 +229,14 @@ struct Substitution {
 impl ColumnMap {
     /// The map of `text` substituted with `values` (the effective values an [`Expansion`]
     /// returned): what `compile` uses to point its diagnostics back into the file.
-    pub(super) fn of(text: &str, values: &BTreeMap<String, String>) -> ColumnMap {
+    pub(crate) fn of(text: &str, values: &BTreeMap<String, String>) -> ColumnMap {
         substitute(text, &scan(text), values).1
     }
 
     /// Move `diagnostic` from the substituted text back to the file as written. When the line
     /// had references at or after that column, the hint says what they stood for, since the
     /// message may quote a value the file does not show.
-    pub(super) fn restore(&self, mut diagnostic: Diagnostic) -> Diagnostic {
+    pub(crate) fn restore(&self, mut diagnostic: Diagnostic) -> Diagnostic {
         let Some(pos) = diagnostic.pos else {
             return diagnostic;
         };

@@ -20,7 +20,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
-use std::sync::{Arc, LazyLock, Mutex, MutexGuard, mpsc};
+use std::sync::{Arc, mpsc};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
@@ -136,28 +136,22 @@ impl CpuPressure {
         Ok((describe_load(&recipe), recipe, details))
     }
 
-    /// Start the workers (and the `total` controller) and register them under the recipe's id.
+    /// Start the workers (and the `total` controller); the caller holds them.
     pub fn apply_recipe(&self, recipe: &CpuRecipe) -> Result<Applied, FaultError> {
-        if lock_registry().contains_key(&recipe.id) {
-            return Err(FaultError::Failed(format!(
-                "CPU workers {} are already running",
-                recipe.id
-            )));
-        }
         let running = start(recipe, self.slice)?;
         let tids: Vec<i32> = running.workers.iter().map(|w| w.tid).collect();
-        lock_registry().insert(recipe.id.clone(), running);
         Ok(Applied {
             summary: format!("started {}", describe_load(recipe)),
             details: json!({ "cores": recipe.cores, "worker_tids": tids }),
+            live: Some(super::LiveHandle::Cpu(running)),
         })
     }
 }
 
 /// Stop the workers and say what they achieved. Idempotent; after a crash (or a second
 /// call) there is nothing to stop.
-pub fn revert(recipe: &CpuRecipe) -> Result<Reverted, FaultError> {
-    let Some(running) = lock_registry().remove(&recipe.id) else {
+pub fn revert(recipe: &CpuRecipe, running: Option<Running>) -> Result<Reverted, FaultError> {
+    let Some(running) = running else {
         return Ok(Reverted {
             summary: nothing_running(recipe),
             details: serde_json::Value::Null,
@@ -195,7 +189,7 @@ fn describe_load(recipe: &CpuRecipe) -> String {
 
 fn nothing_running(recipe: &CpuRecipe) -> String {
     let me = std::process::id();
-    if recipe.owner.pid != me && crate::state::owner_alive(&recipe.owner) {
+    if recipe.owner.pid != me && recipe.owner.is_alive() {
         // Only the owner can stop its threads; they stop when it reverts or exits.
         format!(
             "CPU workers {} belong to faultline pid {}, which is still running; they stop when it reverts or exits",
@@ -481,19 +475,13 @@ struct Worker {
     handle: JoinHandle<()>,
 }
 
-/// Live workers of one injection.
-struct Running {
+/// The live workers of one injection; dropping it stops them.
+pub struct Running {
     stop: Arc<AtomicBool>,
     workers: Vec<Worker>,
     controller: Option<JoinHandle<()>>,
     started: Instant,
     stat_before: BTreeMap<usize, CoreTicks>,
-}
-
-static REGISTRY: LazyLock<Mutex<HashMap<String, Running>>> = LazyLock::new(Default::default);
-
-fn lock_registry() -> MutexGuard<'static, HashMap<String, Running>> {
-    REGISTRY.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 /// Spawn one pinned worker per core; fails (with every started worker stopped) unless all
@@ -658,6 +646,12 @@ struct WorkerReport {
     cpu: Duration,
 }
 
+impl Drop for Running {
+    fn drop(&mut self) {
+        self.halt();
+    }
+}
+
 impl Running {
     /// Stop and join every thread; returns what each worker burnt.
     fn halt(&mut self) -> Vec<WorkerReport> {
@@ -784,10 +778,9 @@ pub(crate) mod tests {
 
     use super::*;
 
-    /// Timing tests of this module and `memory` run one at a time: the box has 2 cores.
-    pub(crate) fn serial() -> MutexGuard<'static, ()> {
-        static SERIAL: Mutex<()> = Mutex::new(());
-        SERIAL.lock().unwrap_or_else(|p| p.into_inner())
+    /// Timing tests run one at a time, across modules: the box has 2 cores.
+    pub(crate) fn serial() -> std::sync::MutexGuard<'static, ()> {
+        crate::sys::heavy_tests::one_at_a_time()
     }
 
     /// Run one `#[ignore]`d test of this binary as a child process with `env` set.
@@ -853,6 +846,16 @@ pub(crate) mod tests {
         text.split_whitespace().next().unwrap().parse().unwrap()
     }
 
+    /// A joined thread can stay listed in /proc for a moment after the join returns (the
+    /// kernel wakes the joiner before it removes the task): wait a bounded while for none.
+    fn no_worker_threads_within_a_second() -> bool {
+        let deadline = Instant::now() + Duration::from_secs(1);
+        while worker_threads() != 0 && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        worker_threads() == 0
+    }
+
     fn worker_threads() -> usize {
         std::fs::read_dir("/proc/self/task")
             .unwrap()
@@ -879,6 +882,13 @@ pub(crate) mod tests {
         revert_took: Duration,
     }
 
+    fn running(applied: Applied) -> Option<Running> {
+        match applied.live {
+            Some(crate::fault::LiveHandle::Cpu(running)) => Some(running),
+            other => panic!("apply returned no CPU workers: {other:?}"),
+        }
+    }
+
     /// Apply, let it settle, sample /proc/stat and the workers' schedstat over `window`,
     /// then revert (timed).
     fn run_measured(params: CpuPressureParams, settle: Duration, window: Duration) -> Measured {
@@ -896,7 +906,7 @@ pub(crate) mod tests {
         let run1: Vec<u64> = tids.iter().map(|&t| thread_run_ns(t)).collect();
         let wall = t0.elapsed().as_nanos() as f64;
         let reverting = Instant::now();
-        let reverted = revert(&recipe).unwrap();
+        let reverted = revert(&recipe, running(applied)).unwrap();
         let revert_took = reverting.elapsed();
         Measured {
             core_busy: recipe
@@ -1008,32 +1018,31 @@ pub(crate) mod tests {
         let _serial = serial();
         let fault = CpuPressure::new(params(30.0, Cores::Count(1), CpuMode::Added));
         let (_, recipe, _) = fault.prepare_recipe().unwrap();
-        fault.apply_recipe(&recipe).unwrap();
+        let applied = fault.apply_recipe(&recipe).unwrap();
         assert_eq!(worker_threads(), 1);
-        assert!(
-            fault.apply_recipe(&recipe).is_err(),
-            "same recipe applied twice"
-        );
-        let first = revert(&recipe).unwrap();
+        let first = revert(&recipe, running(applied)).unwrap();
         assert!(
             first.summary.starts_with("stopped 1 CPU workers"),
             "{}",
             first.summary
         );
-        assert_eq!(worker_threads(), 0);
-        let second = revert(&recipe).unwrap();
+        assert!(no_worker_threads_within_a_second());
+        let second = revert(&recipe, None).unwrap();
         assert!(
             second.summary.contains("no CPU workers"),
             "{}",
             second.summary
         );
+        // Dropped without a revert (a path that forgot it): the workers stop all the same.
+        drop(fault.apply_recipe(&recipe).unwrap());
+        assert!(no_worker_threads_within_a_second());
 
         // A recipe read back from a state file in a fresh process: nothing registered.
         let json = serde_json::to_string(&recipe).unwrap();
         let restored: CpuRecipe = serde_json::from_str(&json).unwrap();
         assert_eq!(restored, recipe);
         assert!(
-            revert(&restored)
+            revert(&restored, None)
                 .unwrap()
                 .summary
                 .contains("no CPU workers")
@@ -1045,7 +1054,7 @@ pub(crate) mod tests {
             owner: other.proc_ref(),
             ..restored
         };
-        let reverted = revert(&foreign).unwrap();
+        let reverted = revert(&foreign, None).unwrap();
         assert!(
             reverted.summary.contains("still running"),
             "{}",
@@ -1188,7 +1197,7 @@ pub(crate) mod tests {
             serde_json::from_value(applied.details["worker_tids"].clone()).unwrap();
         std::thread::sleep(Duration::from_millis(500));
         let measured = sample_windows(cores, || tids.iter().map(|&t| thread_run_ns(t)).sum());
-        revert(&recipe).unwrap();
+        revert(&recipe, running(applied)).unwrap();
         measured
     }
 

@@ -233,6 +233,7 @@ impl DiskFill {
             return Ok(Applied {
                 summary: "nothing to fill: the target was already reached".into(),
                 details: json!({ "bytes_filled": 0 }),
+                live: None,
             });
         }
         let started = Instant::now();
@@ -263,6 +264,7 @@ impl DiskFill {
                 "took_ms": started.elapsed().as_millis() as u64,
                 "during": space.facts(),
             }),
+            live: None,
         })
     }
 }
@@ -584,7 +586,6 @@ impl DiskIoPressure {
                 "buffered, fdatasync"
             }
         );
-        lock(&REGISTRY).push((recipe.id.clone(), running));
         Ok(Applied {
             summary,
             details: json!({
@@ -592,6 +593,7 @@ impl DiskIoPressure {
                 "direct_io": direct,
                 "requested": requested(p.target),
             }),
+            live: Some(super::LiveHandle::DiskIo(running)),
         })
     }
 }
@@ -600,8 +602,8 @@ impl DiskIoRecipe {
     /// Stop the workers (within one request plus 10 ms), delete the work file and report
     /// what was requested and achieved. After a crash the workers died with the process:
     /// only the file is left to delete.
-    pub fn revert(&self) -> Result<Reverted, FaultError> {
-        revert_io(self)
+    pub fn revert(&self, workers: Option<IoWorkers>) -> Result<Reverted, FaultError> {
+        revert_io(self, workers)
     }
 
     pub fn describe(&self) -> String {
@@ -613,8 +615,8 @@ impl DiskIoRecipe {
     }
 }
 
-fn revert_io(recipe: &DiskIoRecipe) -> Result<Reverted, FaultError> {
-    let stopped = stop_workers(&recipe.id);
+fn revert_io(recipe: &DiskIoRecipe, running: Option<IoWorkers>) -> Result<Reverted, FaultError> {
+    let stopped = running.map(IoWorkers::stop);
     remove_if_present(&recipe.work_file)?;
     let Some(measured) = stopped else {
         return Ok(Reverted {
@@ -650,13 +652,6 @@ fn revert_io(recipe: &DiskIoRecipe) -> Result<Reverted, FaultError> {
             "achieved": measured,
         }),
     })
-}
-
-/// Live figures of running workers (`None` when `id` runs no workers in this process).
-pub fn io_progress(id: &str) -> Option<IoMeasurement> {
-    let registry = lock(&REGISTRY);
-    let (_, running) = registry.iter().find(|(key, _)| key == id)?;
-    Some(running.measure())
 }
 
 /// What the workers did, measured by themselves and, where the filesystem sits on a block
@@ -799,7 +794,8 @@ impl AlignedBuffer {
 
 // ---- workers -----------------------------------------------------------------------------
 
-struct Running {
+/// The I/O worker threads of one `disk-io-pressure` injection; dropping it stops them.
+pub struct IoWorkers {
     stop: Arc<AtomicBool>,
     counters: Arc<Counters>,
     threads: Vec<JoinHandle<()>>,
@@ -809,7 +805,7 @@ struct Running {
     before: Option<DeviceStats>,
 }
 
-impl Running {
+impl IoWorkers {
     /// Tell every worker to stop and wait for them: each finishes at most the request it is
     /// in, or a pacing sleep of at most `SLEEP_SLICE`.
     fn halt(&mut self) {
@@ -819,7 +815,8 @@ impl Running {
         }
     }
 
-    fn measure(&self) -> IoMeasurement {
+    /// Live figures.
+    pub fn measure(&self) -> IoMeasurement {
         let seconds = self.started.elapsed().as_secs_f64();
         let device = match (&self.device, &self.before) {
             (Some(device), Some(before)) => device.read().map(|now| DeviceThroughput {
@@ -859,9 +856,6 @@ struct Counters {
     error: Mutex<Option<String>>,
 }
 
-/// Running workers by recipe id. A `Vec`: there are a handful at most.
-static REGISTRY: Mutex<Vec<(String, Running)>> = Mutex::new(Vec::new());
-
 /// A poisoned lock only means a worker panicked; stopping and reporting must still work.
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
@@ -874,9 +868,9 @@ fn start_workers(
     p: &DiskIoParams,
     direct: bool,
     device: Option<Device>,
-) -> io::Result<Running> {
+) -> io::Result<IoWorkers> {
     let before = device.as_ref().and_then(Device::read);
-    let mut running = Running {
+    let mut running = IoWorkers {
         stop: Arc::new(AtomicBool::new(false)),
         counters: Arc::new(Counters::default()),
         threads: Vec::new(),
@@ -917,14 +911,18 @@ fn start_workers(
     Ok(running)
 }
 
-fn stop_workers(id: &str) -> Option<IoMeasurement> {
-    let mut running = {
-        let mut registry = lock(&REGISTRY);
-        let index = registry.iter().position(|(key, _)| key == id)?;
-        registry.swap_remove(index).1
-    };
-    running.halt();
-    Some(running.measure())
+impl IoWorkers {
+    /// Stop every worker and say what they did.
+    fn stop(mut self) -> IoMeasurement {
+        self.halt();
+        self.measure()
+    }
+}
+
+impl Drop for IoWorkers {
+    fn drop(&mut self) {
+        self.halt();
+    }
 }
 
 struct Worker {
@@ -1218,11 +1216,10 @@ mod tests {
     use super::*;
     use crate::sys::loopdev::LoopFs;
 
-    /// Tests that load a device or time workers share two CPUs: one at a time.
-    static SERIAL: Mutex<()> = Mutex::new(());
-
+    /// Tests that load a device or time workers share two CPUs: one at a time, across
+    /// modules.
     fn serial() -> MutexGuard<'static, ()> {
-        lock(&SERIAL)
+        crate::sys::heavy_tests::one_at_a_time()
     }
 
     fn space(size: u64, free: u64, available: u64) -> FsSpace {
@@ -1534,18 +1531,25 @@ mod tests {
         }
     }
 
+    fn io_workers(applied: Applied) -> IoWorkers {
+        match applied.live {
+            Some(crate::fault::LiveHandle::DiskIo(workers)) => workers,
+            other => panic!("apply returned no I/O workers: {other:?}"),
+        }
+    }
+
     /// Device and worker counters over `window`, after `warm_up`.
     fn measure(
-        id: &str,
+        workers: &IoWorkers,
         device: &Device,
         warm_up: Duration,
         window: Duration,
     ) -> (DeviceStats, IoMeasurement, f64) {
         std::thread::sleep(warm_up);
-        let (device_before, workers_before) = (device.read().unwrap(), io_progress(id).unwrap());
+        let (device_before, workers_before) = (device.read().unwrap(), workers.measure());
         let started = Instant::now();
         std::thread::sleep(window);
-        let (device_after, workers_after) = (device.read().unwrap(), io_progress(id).unwrap());
+        let (device_after, workers_after) = (device.read().unwrap(), workers.measure());
         let seconds = started.elapsed().as_secs_f64();
         let device_delta = DeviceStats {
             reads: device_after.reads - device_before.reads,
@@ -1579,17 +1583,17 @@ mod tests {
         );
         let applied = fault.apply_recipe(&recipe).unwrap();
         assert_eq!(applied.details["direct_io"], true, "ext4 takes O_DIRECT");
+        let running = io_workers(applied);
         let device = device_of(fs.mount_point()).unwrap();
         assert_eq!(device.name, fs.device_name());
-        let (disk, workers, seconds) =
-            measure(&recipe.id, &device, warm_up, Duration::from_secs(3));
-        (disk, workers, seconds, revert_promptly(&recipe))
+        let (disk, workers, seconds) = measure(&running, &device, warm_up, Duration::from_secs(3));
+        (disk, workers, seconds, revert_promptly(&recipe, running))
     }
 
     /// Revert, and check that the workers stopped within 100 ms and the file is gone.
-    fn revert_promptly(recipe: &DiskIoRecipe) -> Reverted {
+    fn revert_promptly(recipe: &DiskIoRecipe, workers: IoWorkers) -> Reverted {
         let started = Instant::now();
-        let reverted = recipe.revert().unwrap();
+        let reverted = recipe.revert(Some(workers)).unwrap();
         let took = started.elapsed();
         println!(
             "revert took {took:?}: {}\n{:#}",
@@ -1597,7 +1601,11 @@ mod tests {
         );
         assert!(took < Duration::from_millis(100), "revert took {took:?}");
         assert!(!recipe.work_file.exists());
-        assert!(io_progress(&recipe.id).is_none());
+        assert!(
+            reverted.details["achieved"]["seconds"].is_number(),
+            "{:#}",
+            reverted.details
+        );
         reverted
     }
 
@@ -1688,9 +1696,9 @@ mod tests {
         let fs = LoopFs::ext4(128 << 20).unwrap();
         let fault = DiskIoPressure::new(io_params(fs.mount_point()));
         let (_, recipe, _) = fault.prepare_recipe().unwrap();
-        fault.apply_recipe(&recipe).unwrap();
+        let workers = io_workers(fault.apply_recipe(&recipe).unwrap());
         std::thread::sleep(Duration::from_secs(1));
-        let reverted = revert_promptly(&recipe);
+        let reverted = revert_promptly(&recipe, workers);
         let achieved = &reverted.details["achieved"];
         assert!(
             achieved["bytes_written"].as_u64().unwrap() > 10 * MIB,
@@ -1714,14 +1722,14 @@ mod tests {
         std::fs::write(&recipe.work_file, b"left behind").unwrap();
         let recovered: DiskIoRecipe =
             serde_json::from_str(&serde_json::to_string(&recipe).unwrap()).unwrap();
-        let reverted = recovered.revert().unwrap();
+        let reverted = recovered.revert(None).unwrap();
         assert!(
             reverted.summary.contains("no workers"),
             "{}",
             reverted.summary
         );
         assert!(!recipe.work_file.exists());
-        recovered.revert().unwrap();
+        recovered.revert(None).unwrap();
     }
 
     /// Measurement, not a check: faultline's `max` sequential O_DIRECT writes against fio's
@@ -1739,9 +1747,9 @@ mod tests {
                 ..io_params(dir)
             });
             let (_, recipe, _) = fault.prepare_recipe().unwrap();
-            fault.apply_recipe(&recipe).unwrap();
+            let workers = io_workers(fault.apply_recipe(&recipe).unwrap());
             std::thread::sleep(Duration::from_secs(3));
-            let reverted = recipe.revert().unwrap();
+            let reverted = recipe.revert(Some(workers)).unwrap();
             reverted.details["achieved"]["bytes_written"]
                 .as_f64()
                 .unwrap()

@@ -18,11 +18,10 @@
 //! its pages stay hot in the LRU and come back if swapped out. Without swap (as here),
 //! anonymous pages cannot be reclaimed anyway.
 
-use std::collections::HashMap;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::os::unix::process::CommandExt;
 use std::process::{Command, Stdio};
-use std::sync::{Arc, Condvar, LazyLock, Mutex, MutexGuard};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
@@ -163,12 +162,6 @@ impl MemoryPressure {
     /// Start the hog and wait until it has mapped its memory (and, without a ramp, touched
     /// all of it, bounded by a few seconds).
     pub fn apply_recipe(&self, recipe: &MemoryRecipe) -> Result<Applied, FaultError> {
-        if lock_registry().contains_key(&recipe.id) {
-            return Err(FaultError::Failed(format!(
-                "memory hog {} is already running",
-                recipe.id
-            )));
-        }
         let hog = Hog::spawn(self.launcher, recipe)?;
         let target = hog.proc_ref;
         let wait = if recipe.ramp_ms == 0 {
@@ -197,7 +190,6 @@ impl MemoryPressure {
         }
         let resident = vm_rss(target.pid).unwrap_or(0);
         let anon = rss_anon(target.pid).unwrap_or(0);
-        lock_registry().insert(recipe.id.clone(), hog);
         Ok(Applied {
             summary: format!(
                 "memory hog pid {} holds {} MiB of {} MiB",
@@ -212,14 +204,15 @@ impl MemoryPressure {
                 "resident_anon_bytes": anon,
                 "mem_available": read_meminfo().ok().map(|m| m.available),
             }),
+            live: Some(super::LiveHandle::Memory(hog)),
         })
     }
 }
 
 /// Kill the hog and wait until it is gone. Idempotent; works in a fresh process (the hog
 /// is then found by the id in its argv, if a crash left it alive at all).
-pub fn revert(recipe: &MemoryRecipe) -> Result<Reverted, FaultError> {
-    let ours = lock_registry().remove(&recipe.id);
+/// `ours` is the hog this process started, when it did.
+pub fn revert(recipe: &MemoryRecipe, ours: Option<Hog>) -> Result<Reverted, FaultError> {
     let target = match &ours {
         Some(hog) => Some(hog.proc_ref),
         None => find_hog(&recipe.id)?,
@@ -236,8 +229,9 @@ pub fn revert(recipe: &MemoryRecipe) -> Result<Reverted, FaultError> {
     match pidfd::send_signal(target, libc::SIGKILL) {
         Ok(()) | Err(SignalError::Gone(_)) => {}
         Err(e) => {
+            // The record stays; `recover` finds the hog again by the id in its argv.
             if let Some(hog) = ours {
-                lock_registry().insert(recipe.id.clone(), hog);
+                std::mem::forget(hog);
             }
             return Err(FaultError::Failed(format!("killing the memory hog: {e}")));
         }
@@ -248,6 +242,10 @@ pub fn revert(recipe: &MemoryRecipe) -> Result<Reverted, FaultError> {
             let exited = hog.wait_for(KILL_WAIT, |s| s.exited).exited;
             if exited {
                 hog.finish();
+            } else {
+                // Stuck (D state, a frozen cgroup): dropping it would wait for its keeper,
+                // which waits for the hog. The record stays, and `recover` tries again.
+                std::mem::forget(hog);
             }
             exited
         }
@@ -398,16 +396,18 @@ struct HogState {
 
 type Shared = Arc<(Mutex<HogState>, Condvar)>;
 
-struct Hog {
+/// The hog child of one injection and the keeper thread that reaps it; dropping it kills the
+/// hog.
+pub struct Hog {
     proc_ref: ProcRef,
     shared: Shared,
-    keeper: JoinHandle<()>,
+    keeper: Option<JoinHandle<()>>,
 }
 
-static REGISTRY: LazyLock<Mutex<HashMap<String, Hog>>> = LazyLock::new(Default::default);
-
-fn lock_registry() -> MutexGuard<'static, HashMap<String, Hog>> {
-    REGISTRY.lock().unwrap_or_else(|p| p.into_inner())
+impl Drop for Hog {
+    fn drop(&mut self) {
+        self.kill_and_join();
+    }
 }
 
 fn lock_state(shared: &Shared) -> MutexGuard<'_, HogState> {
@@ -488,7 +488,7 @@ impl Hog {
             Ok(Ok(proc_ref)) => Ok(Hog {
                 proc_ref,
                 shared,
-                keeper,
+                keeper: Some(keeper),
             }),
             Ok(Err(e)) => {
                 let _ = keeper.join();
@@ -517,13 +517,20 @@ impl Hog {
     }
 
     /// Join the keeper (the hog has exited, or is being killed) and return its stderr.
-    fn finish(self) -> String {
+    fn finish(mut self) -> String {
+        self.kill_and_join();
+        let state = lock_state(&self.shared);
+        state.stderr.trim().to_string()
+    }
+
+    fn kill_and_join(&mut self) {
+        let Some(keeper) = self.keeper.take() else {
+            return;
+        };
         if !lock_state(&self.shared).exited {
             let _ = pidfd::send_signal(self.proc_ref, libc::SIGKILL);
         }
-        let _ = self.keeper.join();
-        let state = lock_state(&self.shared);
-        state.stderr.trim().to_string()
+        let _ = keeper.join();
     }
 }
 
@@ -753,10 +760,10 @@ pub(crate) mod tests {
         };
         let fault = test_fault(bytes.parse().unwrap(), Duration::ZERO);
         let (_, recipe, _) = fault.prepare_recipe().unwrap();
-        fault.apply_recipe(&recipe).unwrap();
+        let applied = fault.apply_recipe(&recipe).unwrap();
         println!("recipe {}", serde_json::to_string(&recipe).unwrap());
         std::thread::sleep(Duration::from_secs(30));
-        revert(&recipe).unwrap();
+        revert(&recipe, Some(hog_handle(applied))).unwrap();
     }
 
     fn test_fault(bytes: u64, ramp: Duration) -> MemoryPressure {
@@ -779,6 +786,13 @@ pub(crate) mod tests {
 
     fn hog_of(applied: &Applied) -> ProcRef {
         serde_json::from_value(applied.details["hog"].clone()).unwrap()
+    }
+
+    fn hog_handle(applied: Applied) -> Hog {
+        match applied.live {
+            Some(crate::fault::LiveHandle::Memory(hog)) => hog,
+            other => panic!("apply returned no hog: {other:?}"),
+        }
     }
 
     fn available() -> u64 {
@@ -865,7 +879,7 @@ pub(crate) mod tests {
 
         let held = available();
         let anon_held = own_cgroup_anon();
-        let reverted = revert(&recipe).unwrap();
+        let reverted = revert(&recipe, Some(hog_handle(applied))).unwrap();
         println!("{}", reverted.summary);
         assert!(
             wait_gone(hog, Duration::ZERO),
@@ -893,7 +907,7 @@ pub(crate) mod tests {
             held / MIB,
             available() / MIB
         );
-        let again = revert(&recipe).unwrap();
+        let again = revert(&recipe, None).unwrap();
         assert!(again.summary.contains("not running"), "{}", again.summary);
     }
 
@@ -910,7 +924,7 @@ pub(crate) mod tests {
         let full = within(Duration::from_secs(3), || {
             rss_anon(hog.pid).is_some_and(|rss| rss >= bytes)
         });
-        revert(&recipe).unwrap();
+        revert(&recipe, Some(hog_handle(applied))).unwrap();
         assert!(
             (bytes / 4..=bytes * 3 / 4).contains(&halfway),
             "{} MiB resident halfway through a 2 s ramp to 256 MiB",
@@ -942,8 +956,8 @@ pub(crate) mod tests {
             wait_gone(hog, Duration::from_secs(1)),
             "hog outlived its faultline"
         );
-        // A fresh process (empty registry) reverting the recipe from the state file.
-        let reverted = revert(&recipe).unwrap();
+        // A fresh process (no hog of its own) reverting the recipe from the state file.
+        let reverted = revert(&recipe, None).unwrap();
         assert!(
             reverted.summary.contains("not running"),
             "{}",
@@ -956,13 +970,14 @@ pub(crate) mod tests {
         let _serial = serial();
         let fault = test_fault(16 * MIB, Duration::ZERO);
         let (_, recipe, _) = fault.prepare_recipe().unwrap();
-        let hog = hog_of(&fault.apply_recipe(&recipe).unwrap());
-        // Forget it as a crashed faultline's successor would never have known it; the
-        // keeper still reaps it.
-        let forgotten = lock_registry().remove(&recipe.id).unwrap();
+        let applied = fault.apply_recipe(&recipe).unwrap();
+        let hog = hog_of(&applied);
+        // The handle is kept out of the revert, as a crashed faultline's successor never had
+        // it; the keeper still reaps the hog.
+        let forgotten = hog_handle(applied);
         let restored: MemoryRecipe =
             serde_json::from_str(&serde_json::to_string(&recipe).unwrap()).unwrap();
-        let reverted = revert(&restored).unwrap();
+        let reverted = revert(&restored, None).unwrap();
         assert!(
             reverted.summary.starts_with("killed memory hog"),
             "{}",

@@ -7,8 +7,11 @@
 //! 2. the engine writes that recipe to the state file (fsynced), and only then calls
 //!    [`Fault::apply`].
 //!
-//! Reverting is done from the recipe alone ([`RevertRecipe::revert`]), so a live run and
-//! `faultline recover` after a crash take exactly the same path.
+//! Reverting is done from the recipe ([`RevertRecipe::revert`]), so a live run and
+//! `faultline recover` after a crash take the same path. What an injection keeps running
+//! inside this process (CPU burners, the memory hog, I/O workers, a delayer) is a
+//! [`LiveHandle`] that `apply` returns: the engine holds it and hands it to the revert, which
+//! stops it; a crash ends it with the process and the recipe undoes the rest.
 
 use serde::{Deserialize, Serialize};
 
@@ -52,19 +55,39 @@ pub struct Prepared {
 }
 
 /// What [`Fault::apply`] achieved, for the journal.
-#[derive(Clone, Debug, Default)]
+#[derive(Debug, Default)]
 pub struct Applied {
     pub summary: String,
     pub details: serde_json::Value,
+    /// What keeps the fault going inside this process, for its revert to stop.
+    pub live: Option<LiveHandle>,
 }
 
-/// A process identity that survives PID reuse: the PID plus its start time
-/// (`/proc/PID/stat` field 22, clock ticks since boot).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
-pub struct ProcRef {
-    pub pid: u32,
-    pub start_time: u64,
+/// What a live injection runs inside this process, owned by whoever reverts it (the engine)
+/// and handed to [`RevertRecipe::revert`]. Dropping one stops what it runs, so nothing
+/// outlives its owner even on a path that forgets to revert.
+pub enum LiveHandle {
+    Cpu(cpu::Running),
+    Memory(memory::Hog),
+    DiskIo(disk::IoWorkers),
+    /// Not a thread: what apply saw, for the revert's figures.
+    Limit(limit::Baseline),
+    Delayers(Vec<crate::sys::delayer::Delayer>),
 }
+
+impl std::fmt::Debug for LiveHandle {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            LiveHandle::Cpu(_) => "LiveHandle::Cpu",
+            LiveHandle::Memory(_) => "LiveHandle::Memory",
+            LiveHandle::DiskIo(_) => "LiveHandle::DiskIo",
+            LiveHandle::Limit(_) => "LiveHandle::Limit",
+            LiveHandle::Delayers(_) => "LiveHandle::Delayers",
+        })
+    }
+}
+
+pub use crate::sys::proc::ProcRef;
 
 /// Everything needed to undo one injection, written to the state file before the injection.
 /// Every variant's revert is idempotent.
@@ -105,20 +128,56 @@ pub struct Reverted {
 
 impl RevertRecipe {
     /// Undo the injection. Safe to call more than once, and after a crash.
-    pub fn revert(&self) -> Result<Reverted, FaultError> {
+    /// Reverts of recipes with the same answer touch shared host structures (rule sets,
+    /// tables and tc trees; cgroup controller enables; filesystems; engine tests' ordered
+    /// markers) and
+    /// run one after the other; `None` reverts alongside anything.
+    pub fn shared_with(&self) -> Option<&'static str> {
         match self {
-            RevertRecipe::Nothing => Ok(Reverted {
+            RevertRecipe::Network { .. } => Some("network"),
+            RevertRecipe::CgroupLimit(_) => Some("cgroups"),
+            RevertRecipe::Simulated { .. } => Some("simulated"),
+            // Each reports the free space it saw while in place: another's revert on the same
+            // filesystem must not run in between.
+            RevertRecipe::DiskFill(_) | RevertRecipe::DiskIoPressure(_) => Some("disk"),
+            RevertRecipe::Nothing
+            | RevertRecipe::ResumeProcesses { .. }
+            | RevertRecipe::CpuPressure(_)
+            | RevertRecipe::MemoryPressure(_) => None,
+        }
+    }
+
+    /// `live` is what the injection's `apply` returned, when this process made it; without
+    /// it (`recover`, the watchdog) the recipe undoes what outlived the process that did.
+    pub fn revert(&self, live: Option<LiveHandle>) -> Result<Reverted, FaultError> {
+        match (self, live) {
+            (RevertRecipe::Nothing, _) => Ok(Reverted {
                 summary: "nothing to revert".into(),
                 ..Reverted::default()
             }),
-            RevertRecipe::ResumeProcesses { processes } => process::resume_all(processes),
-            RevertRecipe::Network { steps } => network::revert_steps(steps),
-            RevertRecipe::CgroupLimit(recipe) => limit::revert(recipe),
-            RevertRecipe::CpuPressure(recipe) => cpu::revert(recipe),
-            RevertRecipe::MemoryPressure(recipe) => memory::revert(recipe),
-            RevertRecipe::DiskFill(recipe) => recipe.revert(),
-            RevertRecipe::DiskIoPressure(recipe) => recipe.revert(),
-            RevertRecipe::Simulated { marker, fail } => sim::revert_marker(marker, *fail),
+            (RevertRecipe::ResumeProcesses { processes }, _) => process::resume_all(processes),
+            (RevertRecipe::Network { steps }, Some(LiveHandle::Delayers(delayers))) => {
+                network::revert_steps(steps, delayers)
+            }
+            (RevertRecipe::Network { steps }, _) => network::revert_steps(steps, Vec::new()),
+            (RevertRecipe::CgroupLimit(recipe), Some(LiveHandle::Limit(baseline))) => {
+                limit::revert(recipe, Some(baseline))
+            }
+            (RevertRecipe::CgroupLimit(recipe), _) => limit::revert(recipe, None),
+            (RevertRecipe::CpuPressure(recipe), Some(LiveHandle::Cpu(running))) => {
+                cpu::revert(recipe, Some(running))
+            }
+            (RevertRecipe::CpuPressure(recipe), _) => cpu::revert(recipe, None),
+            (RevertRecipe::MemoryPressure(recipe), Some(LiveHandle::Memory(hog))) => {
+                memory::revert(recipe, Some(hog))
+            }
+            (RevertRecipe::MemoryPressure(recipe), _) => memory::revert(recipe, None),
+            (RevertRecipe::DiskFill(recipe), _) => recipe.revert(),
+            (RevertRecipe::DiskIoPressure(recipe), Some(LiveHandle::DiskIo(workers))) => {
+                recipe.revert(Some(workers))
+            }
+            (RevertRecipe::DiskIoPressure(recipe), _) => recipe.revert(None),
+            (RevertRecipe::Simulated { marker, fail }, _) => sim::revert_marker(marker, *fail),
         }
     }
 
@@ -155,6 +214,60 @@ pub enum FaultError {
     Unsupported(String),
     #[error("{0}")]
     Failed(String),
+    #[error(transparent)]
+    Cgroup(#[from] crate::sys::cgroup::CgroupError),
+    #[error(transparent)]
+    Tc(#[from] crate::sys::tc::TcError),
+    #[error(transparent)]
+    Iptables(#[from] crate::sys::iptables::IptablesError),
+    #[error(transparent)]
+    Delayer(#[from] crate::sys::delayer::DelayerError),
+}
+
+/// Why a fault could not be prepared, applied or reverted; decided from the typed error, never
+/// from its text.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum FaultCause {
+    /// The target matched nothing (or only refused processes).
+    NoTarget,
+    /// What was to be changed or undone is no longer there.
+    Gone,
+    Permission,
+    /// Not on this host, as asked: known before anything is injected.
+    Unsupported,
+    Failed,
+}
+
+impl FaultError {
+    /// The message without the cause's prefix, for a sentence that names the cause itself.
+    pub fn detail(&self) -> String {
+        match self {
+            FaultError::NoTarget(m)
+            | FaultError::Permission(m)
+            | FaultError::Unsupported(m)
+            | FaultError::Failed(m) => m.clone(),
+            typed => typed.to_string(),
+        }
+    }
+
+    pub fn cause(&self) -> FaultCause {
+        let of = |cause: crate::sys::Cause| match cause {
+            crate::sys::Cause::Gone => FaultCause::Gone,
+            crate::sys::Cause::Permission => FaultCause::Permission,
+            crate::sys::Cause::Unsupported => FaultCause::Unsupported,
+            crate::sys::Cause::Failed => FaultCause::Failed,
+        };
+        match self {
+            FaultError::NoTarget(_) => FaultCause::NoTarget,
+            FaultError::Permission(_) => FaultCause::Permission,
+            FaultError::Unsupported(_) => FaultCause::Unsupported,
+            FaultError::Failed(_) => FaultCause::Failed,
+            FaultError::Cgroup(e) => of(e.cause()),
+            FaultError::Tc(e) => of(e.cause()),
+            FaultError::Iptables(e) => of(e.cause()),
+            FaultError::Delayer(e) => of(e.cause()),
+        }
+    }
 }
 
 /// What the faults of one run share while it lasts.

@@ -7,16 +7,16 @@ use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
-use super::{Applied, Fault, FaultError, Prepared, RevertRecipe, Reverted};
+use super::{Applied, Fault, FaultCause, FaultError, Prepared, RevertRecipe, Reverted};
 use crate::experiment::model::{NetworkSelector, PortSpec};
-use crate::experiment::validate::port_range;
+use crate::host::{DelayRoute, HostCaps};
 use crate::net::{Direction, IpNet, PortRange, Protected, Protocol, Traffic};
-use crate::plan::DelayBackend;
+use crate::plan::compile::port_range;
 use crate::plan::{FaultAction, FaultSpec, NetworkAction, Plan, ProbeKind, TargetSpec};
-use crate::sys::delayer::{self, DelaySpec};
+use crate::sys::delayer::{self, DelaySpec, Delayer};
 use crate::sys::iptables::{Action, CreatedTables, RuleSet};
 use crate::sys::tc::legacy::LegacyTcInstall;
-use crate::sys::tc::{self, NetemSpec, Support, TcInstall, TcTrees};
+use crate::sys::tc::{self, NetemSpec, TcInstall, TcTrees};
 
 /// Build a network fault. Backends are chosen when it is prepared, from what this host has;
 /// `shared` records the tc trees and iptables tables the run's faults share.
@@ -78,15 +78,17 @@ impl NetStep {
         }
     }
 
-    fn apply(&self, trees: &TcTrees) -> Result<(), FaultError> {
-        let failed = |e: &dyn std::fmt::Display| FaultError::Failed(e.to_string());
+    /// Install the step; a delayer it starts is returned for the caller to hold.
+    fn apply(&self, trees: &TcTrees) -> Result<Option<Delayer>, FaultError> {
         match self {
-            NetStep::Delayer { queue, netns, spec } => {
-                delayer::start(*queue, spec.clone(), netns.as_deref(), EXPECTED_PPS)
-                    .map_err(|e| failed(&e))
-            }
-            NetStep::Iptables { rules } => rules.apply().map_err(|e| failed(&e)),
-            NetStep::TcTree { install } => install.apply(trees).map_err(|e| failed(&e)),
+            NetStep::Delayer { queue, netns, spec } => Ok(Some(delayer::start(
+                *queue,
+                spec.clone(),
+                netns.as_deref(),
+                EXPECTED_PPS,
+            )?)),
+            NetStep::Iptables { rules } => Ok(rules.apply().map(|()| None)?),
+            NetStep::TcTree { install } => Ok(install.apply(trees).map(|()| None)?),
             NetStep::Tc { .. } => Err(FaultError::Failed(
                 "an old-style tc record can only be reverted".into(),
             )),
@@ -94,45 +96,45 @@ impl NetStep {
     }
 
     /// Undo the step; returns what it achieved while it was live (counters, statistics).
-    fn revert(&self) -> Result<serde_json::Value, FaultError> {
+    /// `delayers` are the ones this process runs, when it applied the step.
+    fn revert(&self, delayers: &mut Vec<Delayer>) -> Result<serde_json::Value, FaultError> {
         match self {
             NetStep::Iptables { rules } => {
                 // Counters first: they vanish with the chains. Their absence (a crash took the
                 // chains already) is not an error.
                 let counters = rules.counters().ok();
-                rules
-                    .remove()
-                    .map_err(|e| FaultError::Failed(e.to_string()))?;
+                rules.remove()?;
                 Ok(serde_json::to_value(counters).unwrap_or_default())
             }
             // Stopping releases every held packet at once; after a crash there is nothing to stop.
             NetStep::Delayer { queue, .. } => {
-                Ok(serde_json::to_value(delayer::stop(*queue)).unwrap_or_default())
+                let stopped = delayers
+                    .iter()
+                    .position(|d| d.queue() == *queue)
+                    .map(|at| delayers.swap_remove(at).stop());
+                Ok(serde_json::to_value(stopped).unwrap_or_default())
             }
             NetStep::TcTree { install } => {
-                install
-                    .remove()
-                    .map_err(|e| FaultError::Failed(e.to_string()))?;
+                install.remove()?;
                 Ok(serde_json::Value::Null)
             }
             NetStep::Tc { install } => {
-                install
-                    .remove()
-                    .map_err(|e| FaultError::Failed(e.to_string()))?;
+                install.remove()?;
                 Ok(serde_json::Value::Null)
             }
         }
     }
 }
 
-/// Undo every step, newest first; every step is attempted even when one fails.
-pub fn revert_steps(steps: &[NetStep]) -> Result<Reverted, FaultError> {
+/// Undo every step, newest first; every step is attempted even when one fails. `delayers`
+/// are what this process started for them (none after a crash).
+pub fn revert_steps(steps: &[NetStep], mut delayers: Vec<Delayer>) -> Result<Reverted, FaultError> {
     let mut achieved = Vec::new();
     let mut failures = Vec::new();
     let mut steered = None;
     let mut delayed = None;
     for step in steps.iter().rev() {
-        match step.revert() {
+        match step.revert(&mut delayers) {
             Ok(details) => {
                 match step {
                     NetStep::Iptables { .. } => steered = details["action"]["packets"].as_u64(),
@@ -219,15 +221,15 @@ impl Fault for NetworkFault {
 
 impl NetworkFault {
     fn checked_plan(&self, trees: &TcTrees) -> Result<Prepared, FaultError> {
-        if !crate::doctor::has_capability(crate::doctor::CAP_NET_ADMIN) {
+        if !HostCaps::get().cap_net_admin {
             return Err(FaultError::Permission(
                 "network faults change rules, qdiscs and devices, which needs root (CAP_NET_ADMIN)"
                     .into(),
             ));
         }
-        self.plan_injection(trees).map_err(|e| match e {
-            FaultError::Failed(message) => FaultError::Unsupported(message),
-            other => other,
+        self.plan_injection(trees).map_err(|e| match e.cause() {
+            FaultCause::Failed => FaultError::Unsupported(e.to_string()),
+            _ => e,
         })
     }
 
@@ -285,15 +287,10 @@ impl NetworkFault {
                 correlation,
                 backend,
             } => {
-                let use_netem = match backend {
-                    DelayBackend::Netem => {
-                        require_netem("backend: netem")?;
-                        true
-                    }
-                    DelayBackend::Nfqueue => false,
-                    DelayBackend::Auto => tc::netem_support().is_available(),
-                };
-                if use_netem {
+                let route = HostCaps::get()
+                    .delay_route(*backend)
+                    .map_err(FaultError::Failed)?;
+                if route == DelayRoute::Netem {
                     let spec = NetemSpec {
                         delay: Some(*delay),
                         jitter: (!jitter.is_zero()).then_some(*jitter),
@@ -334,8 +331,7 @@ impl NetworkFault {
                 burst_bytes,
             } => {
                 let install =
-                    TcInstall::bandwidth(&traffic, *rate_bits_per_sec, *burst_bytes, trees)
-                        .map_err(|e| FaultError::Failed(e.to_string()))?;
+                    TcInstall::bandwidth(&traffic, *rate_bits_per_sec, *burst_bytes, trees)?;
                 (vec![NetStep::TcTree { install }], "tc")
             }
             NetworkAction::Duplicate { probability } => {
@@ -371,7 +367,7 @@ impl NetworkFault {
         };
         let summary = format!(
             "{} on target {} via {backend}",
-            crate::plan::render::effect_summary(action),
+            crate::plan::summary::effect_summary(action),
             self.target
         );
         Ok(Prepared {
@@ -390,12 +386,16 @@ fn apply_steps(prepared: &Prepared, trees: &TcTrees) -> Result<Applied, FaultErr
     let RevertRecipe::Network { steps } = &prepared.revert else {
         return Err(FaultError::Failed("not a network injection".into()));
     };
+    // On a failure the delayers started so far stop as they drop: the revert that follows
+    // removes what the steps left, and packets still steered to a stopped queue bypass it.
+    let mut delayers = Vec::new();
     for step in steps {
-        step.apply(trees)?;
+        delayers.extend(step.apply(trees)?);
     }
     Ok(Applied {
         summary: prepared.summary.clone(),
         details: serde_json::json!({ "applied": steps.iter().map(NetStep::describe).collect::<Vec<_>>() }),
+        live: (!delayers.is_empty()).then_some(super::LiveHandle::Delayers(delayers)),
     })
 }
 
@@ -403,17 +403,13 @@ fn apply_steps(prepared: &Prepared, trees: &TcTrees) -> Result<Applied, FaultErr
 const EXPECTED_PPS: u32 = 20_000;
 
 fn require_netem(what: &str) -> Result<(), FaultError> {
-    match tc::netem_support() {
-        Support::Available => Ok(()),
-        Support::Missing { reason } => Err(FaultError::Failed(format!(
-            "{what} needs netem, which this host lacks: {reason} (see `faultline doctor`)"
-        ))),
-    }
+    HostCaps::get()
+        .require_netem(what)
+        .map_err(FaultError::Failed)
 }
 
 fn netem_step(traffic: &Traffic, spec: &NetemSpec, trees: &TcTrees) -> Result<NetStep, FaultError> {
-    let install =
-        TcInstall::netem(traffic, spec, trees).map_err(|e| FaultError::Failed(e.to_string()))?;
+    let install = TcInstall::netem(traffic, spec, trees)?;
     Ok(NetStep::TcTree { install })
 }
 
@@ -423,8 +419,7 @@ fn iptables_step(
     id: &str,
     tables: &CreatedTables,
 ) -> Result<NetStep, FaultError> {
-    let rules = RuleSet::plan_shared(traffic, action, id, None, tables)
-        .map_err(|e| FaultError::Failed(e.to_string()))?;
+    let rules = RuleSet::plan_shared(traffic, action, id, None, tables)?;
     Ok(NetStep::Iptables { rules })
 }
 

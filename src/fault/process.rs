@@ -287,7 +287,11 @@ impl Fault for ProcessFault {
         if !missed.is_empty() {
             summary.push_str(&format!("; missed {}", summarize(&missed)));
         }
-        Ok(Applied { summary, details })
+        Ok(Applied {
+            summary,
+            details,
+            live: None,
+        })
     }
 }
 
@@ -344,7 +348,8 @@ pub fn resume_all(processes: &[ProcRef]) -> Result<Reverted, FaultError> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::sys::proc::testing::{TestChild, by_name, sleep_named, unique};
+    use crate::experiment::model::testing::by_name;
+    use crate::sys::proc::testing::{TestChild, sleep_named, unique};
 
     fn fault(selector: ProcessSelector, action: FaultAction) -> ProcessFault {
         ProcessFault::new("f1", "workers", Some(selector), action)
@@ -395,7 +400,7 @@ mod tests {
         );
         assert!(applied.summary.contains("stopped"), "{}", applied.summary);
 
-        let reverted = prepared.revert.revert().expect("resume");
+        let reverted = prepared.revert.revert(None).expect("resume");
         assert_eq!(
             reverted.summary,
             format!(
@@ -408,7 +413,10 @@ mod tests {
             let back = proc::wait_for_state(child.proc_ref(), |s| s == 'S', Duration::from_secs(2));
             assert_eq!(back, WaitOutcome::Reached('S'));
         }
-        prepared.revert.revert().expect("second resume is harmless");
+        prepared
+            .revert
+            .revert(None)
+            .expect("second resume is harmless");
         assert!(children.iter().all(|c| c.state() == 'S'));
     }
 
@@ -449,7 +457,7 @@ mod tests {
         assert_eq!(resume_refs(&prepared), vec![child.proc_ref()]);
         kill.apply(&prepared).expect("apply");
         assert_eq!(child.state(), 'T');
-        prepared.revert.revert().expect("resume");
+        prepared.revert.revert(None).expect("resume");
         let back = proc::wait_for_state(child.proc_ref(), |s| s == 'S', Duration::from_secs(2));
         assert_eq!(back, WaitOutcome::Reached('S'));
     }

@@ -31,6 +31,7 @@ impl Fault for SimFault {
         Ok(Applied {
             summary: format!("created {}", self.marker.display()),
             details: serde_json::Value::Null,
+            live: None,
         })
     }
 }

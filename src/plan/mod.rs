@@ -3,14 +3,39 @@
 //! `run` executes only a `Plan`; `plan` prints one. Building a plan touches nothing on the host.
 
 use std::collections::BTreeMap;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use serde::Serialize;
 
 use crate::experiment::model::{Experiment, FaultKind, NetworkSelector, NoData, ProcessSelector};
+use crate::experiment::{Diagnostics, Overrides, Source};
 
-pub mod render;
+pub mod compile;
+pub mod jsonpath;
+pub mod summary;
+
+/// Semantic checks (references, cycles, offsets, per-kind parameters) and compilation
+/// into a [`Plan`]. All problems are reported at once, not just the first.
+pub fn compile(source: &Source, experiment: Experiment) -> Result<Plan, Diagnostics> {
+    compile::compile(source, experiment)
+}
+
+/// Read, parse and compile one file.
+pub fn load_plan(path: &Path) -> Result<Plan, Diagnostics> {
+    load_plan_with(path, &Overrides::none())
+}
+
+/// Read, parse with `overrides` and compile one file.
+pub fn load_plan_with(path: &Path, overrides: &Overrides) -> Result<Plan, Diagnostics> {
+    plan_source(&Source::read(path)?, overrides)
+}
+
+/// Parse with `overrides` and compile text already read (the built-in quickstart).
+pub fn plan_source(source: &Source, overrides: &Overrides) -> Result<Plan, Diagnostics> {
+    let experiment = crate::experiment::parse_with(source, overrides)?;
+    compile(source, experiment)
+}
 
 #[derive(Clone, Debug, Serialize)]
 pub struct Plan {
@@ -209,14 +234,7 @@ pub enum NetworkAction {
     },
 }
 
-/// Which mechanism delays packets: chosen at run time (`Auto`) unless the experiment forces one.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "snake_case")]
-pub enum DelayBackend {
-    Auto,
-    Netem,
-    Nfqueue,
-}
+pub use crate::host::DelayBackend;
 
 #[derive(Clone, Debug, Serialize)]
 pub struct ProbeSpec {

@@ -14,11 +14,11 @@ use reqwest::header::{HeaderMap, HeaderName, HeaderValue};
 use reqwest::{Client, Method, RequestBuilder, Response, Url};
 use serde_json::{Value, json};
 
-use super::jsonpath::JsonPath;
 use super::slo::exceeds_max_latency;
 use super::tcp::describe_io_error;
 use super::{Probe, Sample};
 use crate::experiment::Dur;
+use crate::plan::jsonpath::JsonPath;
 use crate::plan::{Check, ProbeKind, ProbeSpec};
 
 /// Enough for any health or status document; a larger body is judged on its first MiB.

@@ -3,13 +3,12 @@
 
 use std::time::Duration;
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use crate::plan::ProbeSpec;
 
 pub mod command;
 pub mod http;
-pub mod jsonpath;
 pub mod process;
 pub mod prometheus;
 pub mod sim;
@@ -25,14 +24,17 @@ pub trait Probe: Send + Sync {
 
 /// One measured sample. `value` is what was observed (status code, exit code, count ...);
 /// `error` says why it failed, when it failed.
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct Sample {
     pub ok: bool,
-    #[serde(serialize_with = "crate::report::serialize_ms")]
+    #[serde(
+        serialize_with = "crate::units::serialize_ms",
+        deserialize_with = "crate::units::deserialize_ms"
+    )]
     pub latency: Duration,
-    #[serde(skip_serializing_if = "Option::is_none")]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub value: Option<serde_json::Value>,
-    #[serde(skip_serializing_if = "Option::is_none")]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
 }
 

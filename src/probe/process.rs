@@ -92,8 +92,9 @@ mod tests {
     use std::time::Duration;
 
     use super::*;
+    use crate::experiment::model::testing::by_name;
     use crate::plan::Check;
-    use crate::sys::proc::testing::{by_name, sleep_named, unique};
+    use crate::sys::proc::testing::{sleep_named, unique};
 
     fn probe(name: &str, min_count: u32, max_count: Option<u32>) -> ProcessProbe {
         ProcessProbe::new(&ProbeSpec {
@@ -172,7 +173,7 @@ mod tests {
         let spec = ProbeSpec {
             name: "bad".into(),
             kind: ProbeKind::Process {
-                selector: crate::sys::proc::testing::by_cmdline("(unclosed"),
+                selector: crate::experiment::model::testing::by_cmdline("(unclosed"),
             },
             check: Check::default(),
             interval: Duration::from_secs(1),

@@ -11,8 +11,10 @@ use std::fmt;
 
 use askama::Template;
 
-use super::view::{AbortView, FaultView, OutcomeView, ProbeView};
+use super::event::{AbortRecord, Phase};
+use super::view::{FaultView, OutcomeView, ProbeView};
 use super::{Reporter, RunView};
+use crate::outcome::Outcome;
 
 pub struct Html;
 
@@ -101,13 +103,13 @@ struct Badge {
 
 impl Badge {
     fn of(outcome: Option<&OutcomeView>) -> Badge {
-        let (label, class) = match outcome.map(|o| o.outcome.as_str()) {
+        let (label, class) = match outcome.map(|o| o.outcome) {
             None => ("incomplete — crashed or killed", "error"),
-            Some("passed") => ("passed", "passed"),
+            Some(Outcome::Passed) => ("passed", "passed"),
             // The system under test misbehaved.
-            Some(o @ ("deviated" | "aborted" | "not_ready")) => (o, "failed"),
+            Some(o) if o.is_system_failure() => (o.as_str(), "failed"),
             // The experiment itself could not be carried out as asked.
-            Some(o) => (o, "error"),
+            Some(o) => (o.as_str(), "error"),
         };
         Badge {
             label: label.into(),
@@ -116,7 +118,7 @@ impl Badge {
     }
 }
 
-fn abort_summary(abort: &AbortView) -> String {
+fn abort_summary(abort: &AbortRecord) -> String {
     let probe = abort
         .probe
         .as_ref()
@@ -124,7 +126,7 @@ fn abort_summary(abort: &AbortView) -> String {
     format!(
         "abort ({}{probe}) at {}: {} — {} fault(s) reverted, all {:.1} ms after the breach",
         abort.trigger,
-        seconds(abort.breach_ms),
+        seconds(abort.breach_t_ms),
         abort.reason,
         abort.faults_reverted,
         abort.breach_to_all_reverted_ms
@@ -168,7 +170,9 @@ impl FaultRow {
             summary: fault.summary.clone(),
             injected: fault.injected_ms.map_or("—".into(), seconds),
             reverted,
-            cause: fault.revert_cause.clone().unwrap_or_else(|| "—".into()),
+            cause: fault
+                .revert_cause
+                .map_or_else(|| "—".into(), |c| c.as_str().into()),
             achieved: (!fault.achieved.is_null()).then(|| fault.achieved.to_string()),
             errors,
         }
@@ -201,12 +205,12 @@ impl ProbeRow {
             failed_during: probe
                 .samples
                 .iter()
-                .filter(|s| !s.ok && s.phase == "during")
+                .filter(|s| !s.ok && s.phase == Phase::During)
                 .count(),
             p50: latency(None, 50.0),
             p99: latency(None, 99.0),
-            p50_during: latency(Some("during"), 50.0),
-            p99_during: latency(Some("during"), 99.0),
+            p50_during: latency(Some(Phase::During), 50.0),
+            p99_during: latency(Some(Phase::During), 99.0),
             first_error: probe.samples.iter().find(|s| !s.ok).map(|s| {
                 let error = s.error.as_deref().unwrap_or("failed");
                 format!("at {} ({}): {error}", seconds(s.t_ms), s.phase)
@@ -361,7 +365,7 @@ impl Timeline {
             lanes,
             faults,
             samples,
-            abort: run.abort.as_ref().map(|a| abort_mark(a, x(a.breach_ms))),
+            abort: run.abort.as_ref().map(|a| abort_mark(a, x(a.breach_t_ms))),
         }
     }
 }
@@ -385,32 +389,32 @@ fn phase_bands(run: &RunView, end_ms: f64, x: &impl Fn(f64) -> f64) -> Vec<Phase
     run.phases
         .iter()
         .zip(ends)
-        .map(|((name, start), end)| {
+        .map(|((phase, start), end)| {
+            let name = phase.as_str();
             let width = x(end) - x(*start);
             let fits = width >= (name.chars().count() as f64 + 2.0) * CHAR_WIDTH;
             PhaseBand {
                 x: Px(x(*start)),
                 width: Px(width),
                 label_x: Px(x(*start) + 3.0),
-                class: phase_class(name),
-                label: fits.then(|| name.clone()),
+                class: phase_class(*phase),
+                label: fits.then(|| name.to_string()),
                 title: format!("{name}: {} → {}", seconds(*start), seconds(end)),
             }
         })
         .collect()
 }
 
-/// A fill per known phase; a phase this version does not know gets a neutral one.
-fn phase_class(phase: &str) -> &'static str {
+/// A fill per phase.
+fn phase_class(phase: Phase) -> &'static str {
     match phase {
-        "setup" => "phase setup",
-        "before" => "phase before",
-        "t0" => "phase t0",
-        "during" => "phase during",
-        "revert" => "phase revert",
-        "after" => "phase after",
-        "cleanup" => "phase cleanup",
-        _ => "phase other",
+        Phase::Setup => "phase setup",
+        Phase::Before => "phase before",
+        Phase::T0 => "phase t0",
+        Phase::During => "phase during",
+        Phase::Revert => "phase revert",
+        Phase::After => "phase after",
+        Phase::Cleanup => "phase cleanup",
     }
 }
 
@@ -501,7 +505,7 @@ fn fault_title(fault: &FaultView) -> String {
         lines.push(format!("injected at {}", seconds(t)));
     }
     if let Some(t) = fault.reverted_ms {
-        let cause = fault.revert_cause.as_deref().unwrap_or("-");
+        let cause = fault.revert_cause.map_or("-", |c| c.as_str());
         lines.push(format!("reverted at {} ({cause})", seconds(t)));
     }
     if let Some(error) = &fault.injection_error {
@@ -527,7 +531,7 @@ fn sample_title(sample: &super::view::SampleView) -> String {
 }
 
 /// The breach line's label goes on whichever side of the line has more room, shortened to it.
-fn abort_mark(abort: &AbortView, x: f64) -> AbortMark {
+fn abort_mark(abort: &AbortRecord, x: f64) -> AbortMark {
     let label = format!(
         "abort: {} — all reverted in {:.1} ms",
         abort.reason, abort.breach_to_all_reverted_ms
@@ -631,7 +635,7 @@ mod tests {
 {"event":"probe_sample","t_ms":650.0,"phase":"during","probe":"api","ok":false,"latency":80.0,"error":"timed out"}
 {"event":"phase","t_ms":651.0,"phase":"revert"}
 {"event":"fault_reverted","t_ms":652.0,"fault":"freeze","record":"r2-freeze-0","summary":"SIGCONT pid 42","cause":"abort"}
-{"event":"abort","trigger":"probe_failure","probe":"api","reason":"probe api: 2 consecutive failed samples","breach_t_ms":650.5,"all_reverted_t_ms":651.7,"breach_to_all_reverted_ms":1.2,"faults_reverted":1}
+{"event":"abort","t_ms":651.7,"trigger":"probe_failure","probe":"api","reason":"probe api: 2 consecutive failed samples","breach_t_ms":650.5,"all_reverted_t_ms":651.7,"breach_to_all_reverted_ms":1.2,"faults_reverted":1}
 {"event":"phase","t_ms":653.0,"phase":"after"}
 {"event":"probe_sample","t_ms":700.0,"phase":"after","probe":"api","ok":true,"latency":2.2}
 {"event":"gate","t_ms":701.0,"phase":"after","passed":true,"attempts":1}

@@ -7,8 +7,10 @@ use std::time::Duration;
 
 use quick_junit::{NonSuccessKind, Property, Report, TestCase, TestCaseStatus, TestSuite};
 
+use super::event::{AbortTrigger, Phase};
 use super::view::{FaultView, GateView, ProbeView};
 use super::{Reporter, RunView};
+use crate::outcome::Outcome;
 
 pub struct Junit;
 
@@ -44,17 +46,17 @@ fn suite(run: &RunView) -> TestSuite {
     }
     let class = format!("faultline.{}", run.name);
     let mut cases = Vec::new();
-    if let Some(gate) = run.gate("before") {
+    if let Some(gate) = run.gate(Phase::Before) {
         cases.push(gate_case("steady state before", gate));
     }
     cases.extend(run.faults.iter().map(fault_case));
     cases.extend(
         run.probes
             .iter()
-            .filter(|p| p.samples.iter().any(|s| s.phase == "during"))
+            .filter(|p| p.samples.iter().any(|s| s.phase == Phase::During))
             .map(|p| slo_case(run, p)),
     );
-    if let Some(gate) = run.gate("after") {
+    if let Some(gate) = run.gate(Phase::After) {
         cases.push(gate_case("recovery after", gate));
     }
     cases.push(outcome_case(run));
@@ -117,7 +119,7 @@ fn fault_case(fault: &FaultView) -> TestCase {
         out.push(format!("injected at {}", seconds(t)));
     }
     if let Some(t) = fault.reverted_ms {
-        let cause = fault.revert_cause.as_deref().unwrap_or("-");
+        let cause = fault.revert_cause.map_or("-", |c| c.as_str());
         out.push(format!("reverted at {} ({cause})", seconds(t)));
     }
     if !fault.achieved.is_null() {
@@ -128,10 +130,9 @@ fn fault_case(fault: &FaultView) -> TestCase {
 }
 
 fn slo_case(run: &RunView, probe: &ProbeView) -> TestCase {
-    let breached = run
-        .abort
-        .as_ref()
-        .filter(|a| a.trigger == "probe_failure" && a.probe.as_deref() == Some(&probe.name));
+    let breached = run.abort.as_ref().filter(|a| {
+        a.trigger == AbortTrigger::ProbeFailure && a.probe.as_deref() == Some(&probe.name)
+    });
     let status = match breached {
         Some(abort) => failure(
             NonSuccessKind::Failure,
@@ -146,14 +147,14 @@ fn slo_case(run: &RunView, probe: &ProbeView) -> TestCase {
     let during: Vec<_> = probe
         .samples
         .iter()
-        .filter(|s| s.phase == "during")
+        .filter(|s| s.phase == Phase::During)
         .collect();
     let failed = during.iter().filter(|s| !s.ok).count();
     let mut out = format!(
         "{} samples while faults were live, {failed} failed",
         during.len()
     );
-    if let Some(p99) = probe.latency_percentile(Some("during"), 99.0) {
+    if let Some(p99) = probe.latency_percentile(Some(Phase::During), 99.0) {
         out.push_str(&format!(", latency p99 {p99:.1} ms"));
     }
     let mut case = TestCase::new(format!("SLO {}", probe.name), status);
@@ -164,13 +165,12 @@ fn slo_case(run: &RunView, probe: &ProbeView) -> TestCase {
 fn outcome_case(run: &RunView) -> TestCase {
     let status = match &run.outcome {
         None => failure(NonSuccessKind::Error, super::view::NO_OUTCOME, "incomplete"),
-        Some(o) if o.outcome == "passed" => TestCaseStatus::success(),
-        // The system under test misbehaved: a test failure.
-        Some(o) if matches!(o.outcome.as_str(), "deviated" | "aborted" | "not_ready") => {
-            failure(NonSuccessKind::Failure, &o.reason, &o.outcome)
+        Some(o) if o.outcome == Outcome::Passed => TestCaseStatus::success(),
+        Some(o) if o.outcome.is_system_failure() => {
+            failure(NonSuccessKind::Failure, &o.reason, o.outcome.as_str())
         }
         // The experiment itself could not be carried out as asked.
-        Some(o) => failure(NonSuccessKind::Error, &o.reason, &o.outcome),
+        Some(o) => failure(NonSuccessKind::Error, &o.reason, o.outcome.as_str()),
     };
     let mut case = TestCase::new("outcome", status);
     case.set_time(millis(run.duration_ms()));
@@ -240,7 +240,7 @@ mod tests {
             sample(300.0, "during", false),
             json!({"event": "fault_reverted", "t_ms": 301.5, "fault": "freeze", "record": "run-1-freeze-0",
                    "summary": "SIGCONT 1 process", "cause": "abort", "achieved": {"resumed": 1}}),
-            json!({"event": "abort", "trigger": "probe_failure", "probe": "health",
+            json!({"event": "abort", "t_ms": 301.5, "trigger": "probe_failure", "probe": "health",
                    "reason": "probe health failed 1 time(s) in a row", "breach_t_ms": 300.2,
                    "all_reverted_t_ms": 301.5, "breach_to_all_reverted_ms": 1.3, "faults_reverted": 1}),
             sample(500.0, "after", true),

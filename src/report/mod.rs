@@ -1,22 +1,31 @@
 //! Reports: the JSON-lines journal written as the run goes, and the reports derived from
 //! journals afterwards (JUnit XML for CI, HTML with a timeline for people).
 
+pub mod event;
 pub mod html;
 pub mod journal;
 pub mod junit;
 pub mod view;
 
-use std::time::Duration;
-
 pub use view::{RunRecord, RunView};
 
-/// Durations in reports are milliseconds as a float (`12.345`), the unit SREs read.
-pub fn serialize_ms<S: serde::Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
-    s.serialize_f64(ms(*d))
-}
+pub use crate::units::{ms, serialize_ms};
 
-pub fn ms(d: Duration) -> f64 {
-    (d.as_secs_f64() * 1_000_000.0).round() / 1000.0
+/// Reports and journals describe a host and the probes' endpoints: readable by the owner and
+/// their group only.
+pub const REPORT_MODE: u32 = 0o640;
+
+/// Write a report file with [`REPORT_MODE`] (replacing one of the same name).
+pub fn write_private(path: &std::path::Path, contents: &[u8]) -> std::io::Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(REPORT_MODE)
+        .open(path)?
+        .write_all(contents)
 }
 
 /// One report format. Every format is rendered from the journals alone, so a report can be

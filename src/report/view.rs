@@ -2,10 +2,13 @@
 //! is the record, every other report is derived from it (so a journal left by a crashed run
 //! still gives a report, one that says the run never ended).
 
+use std::borrow::Cow;
 use std::io;
 use std::path::{Path, PathBuf};
 
-use serde::Deserialize;
+use super::event::{AbortRecord, Event, Phase, RevertCause};
+use crate::fault::RevertRecipe;
+use crate::outcome::Outcome;
 
 /// The largest journal read back: a day-long run with a busy probe stays well below it.
 pub const MAX_JOURNAL_BYTES: u64 = 1 << 30;
@@ -52,28 +55,28 @@ pub struct RunView {
     /// The last `t_ms` in the journal.
     pub end_ms: f64,
     /// Each phase and when it began, in order.
-    pub phases: Vec<(String, f64)>,
+    pub phases: Vec<(Phase, f64)>,
     pub commands: Vec<CommandView>,
     pub gates: Vec<GateView>,
     /// One entry per injection (a repeated fault has several), in intent order.
     pub faults: Vec<FaultView>,
     /// Probes in the order they first sampled.
     pub probes: Vec<ProbeView>,
-    pub abort: Option<AbortView>,
+    pub abort: Option<AbortRecord>,
 }
 
-#[derive(Clone, Debug, PartialEq, Deserialize)]
+#[derive(Clone, Debug, PartialEq)]
 pub struct OutcomeView {
-    pub outcome: String,
+    pub outcome: Outcome,
     pub exit_code: u8,
     pub reason: String,
     pub t_ms: f64,
 }
 
-#[derive(Clone, Debug, PartialEq, Deserialize)]
+#[derive(Clone, Debug, PartialEq)]
 pub struct CommandView {
     pub t_ms: f64,
-    pub phase: String,
+    pub phase: Phase,
     pub name: String,
     pub exit_code: Option<i32>,
     pub background: bool,
@@ -81,11 +84,11 @@ pub struct CommandView {
     pub error: Option<String>,
 }
 
-#[derive(Clone, Debug, PartialEq, Deserialize)]
+#[derive(Clone, Debug, PartialEq)]
 pub struct GateView {
     pub t_ms: f64,
     /// `before` or `after`.
-    pub phase: String,
+    pub phase: Phase,
     pub passed: bool,
     pub attempts: u32,
     pub reason: Option<String>,
@@ -103,8 +106,8 @@ pub struct FaultView {
     pub nothing_to_revert: bool,
     pub injected_ms: Option<f64>,
     pub reverted_ms: Option<f64>,
-    /// Why it was reverted: `duration_elapsed`, `abort`, `end_of_faults`.
-    pub revert_cause: Option<String>,
+    /// Why it was reverted.
+    pub revert_cause: Option<RevertCause>,
     /// What the fault achieved (counters, measured delays...), from its revert.
     pub achieved: serde_json::Value,
     pub injection_error: Option<String>,
@@ -118,28 +121,13 @@ pub struct ProbeView {
     pub samples: Vec<SampleView>,
 }
 
-#[derive(Clone, Debug, PartialEq, Deserialize)]
+#[derive(Clone, Debug, PartialEq)]
 pub struct SampleView {
     pub t_ms: f64,
-    pub phase: String,
+    pub phase: Phase,
     pub ok: bool,
-    #[serde(rename = "latency")]
     pub latency_ms: f64,
     pub error: Option<String>,
-}
-
-#[derive(Clone, Debug, PartialEq, Deserialize)]
-pub struct AbortView {
-    /// `probe_failure`, `max_duration`, `injection_failed`, `interrupted`.
-    pub trigger: String,
-    pub probe: Option<String>,
-    pub reason: String,
-    #[serde(rename = "breach_t_ms")]
-    pub breach_ms: f64,
-    #[serde(rename = "all_reverted_t_ms")]
-    pub all_reverted_ms: f64,
-    pub breach_to_all_reverted_ms: f64,
-    pub faults_reverted: u64,
 }
 
 impl FaultView {
@@ -180,7 +168,7 @@ impl ProbeView {
     }
 
     /// Latency percentile (0-100) of the samples taken in `phase` (all phases if `None`).
-    pub fn latency_percentile(&self, phase: Option<&str>, p: f64) -> Option<f64> {
+    pub fn latency_percentile(&self, phase: Option<Phase>, p: f64) -> Option<f64> {
         let mut latencies: Vec<f64> = self
             .samples
             .iter()
@@ -193,20 +181,36 @@ impl ProbeView {
 
 impl RunView {
     pub fn from_record(record: &RunRecord) -> RunView {
-        let mut view = RunView {
-            journal: record.journal.clone(),
-            ..RunView::default()
-        };
+        let mut view = RunView::of(record.journal.clone());
         for value in &record.events {
-            if let Some(t) = value.get("t_ms").and_then(serde_json::Value::as_f64) {
-                view.end_ms = view.end_ms.max(t);
-            }
-            // Events this version does not know (a newer journal) are skipped.
-            if let Ok(event) = Recorded::deserialize(value) {
-                view.apply(event);
-            }
+            view.push(value);
         }
         view
+    }
+
+    /// The view of the journal being written, read back event by event.
+    pub fn from_journal(journal: &super::journal::Journal) -> RunView {
+        let mut view = RunView::of(journal.path().map(Path::to_path_buf).unwrap_or_default());
+        journal.replay(|value| view.push(&value));
+        view
+    }
+
+    fn of(journal: PathBuf) -> RunView {
+        RunView {
+            journal,
+            ..RunView::default()
+        }
+    }
+
+    /// Take one more event of the journal into the view.
+    fn push(&mut self, value: &serde_json::Value) {
+        if let Some(t) = value.get("t_ms").and_then(serde_json::Value::as_f64) {
+            self.end_ms = self.end_ms.max(t);
+        }
+        // Events this version does not know (a newer journal) are skipped.
+        if let Some(event) = Event::read(value) {
+            self.apply(event);
+        }
     }
 
     /// Wall time the run took, as far as the journal knows.
@@ -214,7 +218,7 @@ impl RunView {
         self.outcome.as_ref().map_or(self.end_ms, |o| o.t_ms)
     }
 
-    pub fn gate(&self, phase: &str) -> Option<&GateView> {
+    pub fn gate(&self, phase: Phase) -> Option<&GateView> {
         self.gates.iter().rev().find(|g| g.phase == phase)
     }
 
@@ -225,53 +229,98 @@ impl RunView {
             .find(|f| f.record.as_deref() == Some(record))
     }
 
-    fn apply(&mut self, event: Recorded) {
+    fn apply(&mut self, event: Event<'static>) {
         match event {
-            Recorded::RunStarted {
+            Event::RunStarted {
                 run_id,
                 experiment_name,
                 host,
                 started_at,
                 tool_version,
+                ..
             } => {
-                self.run_id = run_id;
-                self.name = experiment_name;
-                self.host = host;
-                self.started_at = started_at;
-                self.tool_version = tool_version;
+                self.run_id = run_id.into_owned();
+                self.name = experiment_name.into_owned();
+                self.host = host.into_owned();
+                self.started_at = started_at.into_owned();
+                self.tool_version = tool_version.into_owned();
             }
-            Recorded::Phase { t_ms, phase } => self.phases.push((phase, t_ms)),
-            Recorded::Command(command) => self.commands.push(command),
-            Recorded::ProbeSample { probe, sample } => {
+            Event::Phase { t_ms, phase } => self.phases.push((phase, t_ms)),
+            Event::Command {
+                t_ms,
+                phase,
+                name,
+                exit_code,
+                background,
+                duration_ms,
+                error,
+                ..
+            } => self.commands.push(CommandView {
+                t_ms,
+                phase,
+                name: name.into_owned(),
+                exit_code,
+                background,
+                duration_ms,
+                error,
+            }),
+            Event::ProbeSample {
+                t_ms,
+                phase,
+                probe,
+                sample,
+                ..
+            } => {
+                let sample = SampleView {
+                    t_ms,
+                    phase,
+                    ok: sample.ok,
+                    latency_ms: crate::units::ms(sample.latency),
+                    error: sample.into_owned().error,
+                };
                 match self.probes.iter_mut().find(|p| p.name == probe) {
                     Some(p) => p.samples.push(sample),
                     None => self.probes.push(ProbeView {
-                        name: probe,
+                        name: probe.into_owned(),
                         samples: vec![sample],
                     }),
                 }
             }
-            Recorded::Gate(gate) => self.gates.push(gate),
-            Recorded::FaultIntent {
+            Event::Gate {
+                t_ms,
+                phase,
+                passed,
+                attempts,
+                reason,
+            } => self.gates.push(GateView {
+                t_ms,
+                phase,
+                passed,
+                attempts,
+                reason,
+            }),
+            Event::FaultIntent {
                 t_ms,
                 fault,
                 record,
                 summary,
                 revert,
+                ..
             } => self.faults.push(FaultView {
-                fault,
-                record: Some(record),
-                summary,
+                fault: fault.into_owned(),
+                record: Some(record.into_owned()),
+                summary: summary.into_owned(),
                 intent_ms: t_ms,
-                nothing_to_revert: revert.recipe == "nothing",
+                // A recipe this version cannot read may well need reverting.
+                nothing_to_revert: matches!(revert.as_deref(), Some(RevertRecipe::Nothing)),
                 ..FaultView::default()
             }),
-            Recorded::FaultInjected { t_ms, record, .. } => {
+            Event::FaultInjected { t_ms, record, .. } => {
                 if let Some(f) = self.fault_mut(&record) {
                     f.injected_ms = Some(t_ms);
                 }
             }
-            Recorded::FaultInjectionFailed {
+            Event::FaultInjectionFailed {
                 t_ms,
                 fault,
                 record,
@@ -279,14 +328,15 @@ impl RunView {
             } => match record.as_deref().and_then(|r| self.fault_mut(r)) {
                 Some(f) => f.injection_error = Some(error),
                 None => self.faults.push(FaultView {
-                    fault,
-                    record,
+                    fault: fault.into_owned(),
+                    record: record.map(Cow::into_owned),
                     intent_ms: t_ms,
                     injection_error: Some(error),
                     ..FaultView::default()
                 }),
             },
-            Recorded::FaultReverted {
+            Event::FaultAbandoned { .. } => {}
+            Event::FaultReverted {
                 t_ms,
                 record,
                 cause,
@@ -296,14 +346,15 @@ impl RunView {
                 if let Some(f) = self.fault_mut(&record) {
                     f.reverted_ms = Some(t_ms);
                     f.revert_cause = Some(cause);
-                    f.achieved = achieved;
+                    f.achieved = achieved.into_owned();
                 }
             }
-            Recorded::FaultRevertFailed {
+            Event::FaultRevertFailed {
                 t_ms,
                 record,
                 error,
                 remedy,
+                ..
             } => {
                 if let Some(f) = self.fault_mut(&record) {
                     f.reverted_ms.get_or_insert(t_ms);
@@ -311,75 +362,23 @@ impl RunView {
                     f.revert_remedy = Some(remedy);
                 }
             }
-            Recorded::Abort(abort) => self.abort = Some(abort),
-            Recorded::Outcome(outcome) => self.outcome = Some(outcome),
+            Event::Abort { record, .. } => self.abort = Some(record.into_owned()),
+            Event::Outcome {
+                t_ms,
+                outcome,
+                exit_code,
+                reason,
+                ..
+            } => {
+                self.outcome = Some(OutcomeView {
+                    outcome,
+                    exit_code,
+                    reason: reason.into_owned(),
+                    t_ms,
+                })
+            }
         }
     }
-}
-
-/// The journal's events as read back (the writing side is `engine::events::Event`): only
-/// the fields the reports use; unknown fields are ignored.
-#[derive(Deserialize)]
-#[serde(tag = "event", rename_all = "snake_case")]
-enum Recorded {
-    RunStarted {
-        run_id: String,
-        experiment_name: String,
-        host: String,
-        started_at: String,
-        tool_version: String,
-    },
-    Phase {
-        t_ms: f64,
-        phase: String,
-    },
-    Command(CommandView),
-    ProbeSample {
-        probe: String,
-        #[serde(flatten)]
-        sample: SampleView,
-    },
-    Gate(GateView),
-    FaultIntent {
-        t_ms: f64,
-        fault: String,
-        record: String,
-        summary: String,
-        #[serde(default)]
-        revert: RecipeName,
-    },
-    FaultInjected {
-        t_ms: f64,
-        record: String,
-    },
-    FaultInjectionFailed {
-        t_ms: f64,
-        fault: String,
-        record: Option<String>,
-        error: String,
-    },
-    FaultReverted {
-        t_ms: f64,
-        record: String,
-        cause: String,
-        #[serde(default)]
-        achieved: serde_json::Value,
-    },
-    FaultRevertFailed {
-        t_ms: f64,
-        record: String,
-        error: String,
-        remedy: String,
-    },
-    Abort(AbortView),
-    Outcome(OutcomeView),
-}
-
-/// Which revert recipe a fault intent carries (`recipe` tags `fault::RevertRecipe`).
-#[derive(Default, Deserialize)]
-struct RecipeName {
-    #[serde(default)]
-    recipe: String,
 }
 
 #[cfg(test)]

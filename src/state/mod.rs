@@ -9,10 +9,11 @@
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Write};
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-use crate::fault::{ProcRef, RevertRecipe};
+use crate::fault::{LiveHandle, ProcRef, RevertRecipe, Reverted};
 
 pub mod recover;
 
@@ -30,6 +31,23 @@ pub struct FaultRecord {
     pub recorded_at: String,
     pub summary: String,
     pub revert: RevertRecipe,
+    /// How long a revert of this record may take (the run's `revert_timeout`); records
+    /// written before it was kept get [`DEFAULT_REVERT_TIMEOUT`].
+    #[serde(default = "default_revert_timeout_ms")]
+    pub revert_timeout_ms: u64,
+}
+
+/// What a revert gets when the record does not say (the experiment format's default).
+pub const DEFAULT_REVERT_TIMEOUT: Duration = Duration::from_secs(10);
+
+fn default_revert_timeout_ms() -> u64 {
+    DEFAULT_REVERT_TIMEOUT.as_millis() as u64
+}
+
+impl FaultRecord {
+    pub fn revert_timeout(&self) -> Duration {
+        Duration::from_millis(self.revert_timeout_ms)
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -174,9 +192,62 @@ fn sync_dir(dir: &Path) -> Result<(), StateError> {
         .map_err(io_err(dir))
 }
 
+/// Revert one record: the one way faultline undoes an injection, for the engine, `recover`
+/// and the watchdog alike. The recipe runs on a thread of its own and gets at most the
+/// record's `revert_timeout` (a revert stuck on a hung mount or tool must not hold up the
+/// others, nor the operator); the record is dropped only once its revert succeeded, so a
+/// failed or timed-out revert stays for `recover`. `live` is what the injection's `apply`
+/// left running in this process (the engine holds it; `recover` and the watchdog have none).
+pub fn revert_record(
+    state: &StateDir,
+    record: &FaultRecord,
+    live: Option<LiveHandle>,
+) -> Result<Reverted, RevertFailure> {
+    let recipe = record.revert.clone();
+    let (done, outcome) = std::sync::mpsc::sync_channel(1);
+    let (dir, id) = (state.clone(), record.id.clone());
+    let spawned = std::thread::Builder::new()
+        .name(format!("revert {}", record.fault_id))
+        .spawn(move || {
+            let result =
+                std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| recipe.revert(live)));
+            // Dropped here, not by the caller: a revert that finishes after its timeout still
+            // leaves no record behind for `recover` to do again.
+            if matches!(result, Ok(Ok(_)))
+                && let Err(e) = dir.remove(&id)
+            {
+                tracing::warn!("reverted {id} but could not drop its state record: {e}");
+            }
+            let _ = done.send(result);
+        });
+    if let Err(e) = spawned {
+        return Err(RevertFailure::Failed(format!(
+            "cannot start the revert: {e}"
+        )));
+    }
+    match outcome.recv_timeout(record.revert_timeout()) {
+        Ok(Ok(Ok(reverted))) => Ok(reverted),
+        Ok(Ok(Err(e))) => Err(RevertFailure::Failed(e.to_string())),
+        Ok(Err(_)) => Err(RevertFailure::Failed("the revert panicked".into())),
+        Err(_) => Err(RevertFailure::TimedOut(format!(
+            "revert did not finish within {} (it goes on; if it ends well its record goes)",
+            humantime::format_duration(record.revert_timeout())
+        ))),
+    }
+}
+
+/// Why a revert did not happen; the record stays.
+#[derive(Debug, thiserror::Error)]
+pub enum RevertFailure {
+    #[error("{0}")]
+    Failed(String),
+    #[error("{0}")]
+    TimedOut(String),
+}
+
 /// Is the process that owns a record still running (same PID *and* start time)?
 pub fn owner_alive(owner: &ProcRef) -> bool {
-    crate::sys::proc::start_time(owner.pid).is_ok_and(|t| t == owner.start_time)
+    owner.is_alive()
 }
 
 #[cfg(test)]
@@ -196,6 +267,7 @@ mod tests {
             recorded_at: "2026-01-01T00:00:00Z".into(),
             summary: "s".into(),
             revert: RevertRecipe::Nothing,
+            revert_timeout_ms: 10_000,
         }
     }
 

@@ -56,11 +56,8 @@ fn recover_where(
             report.active.push(record);
             continue;
         }
-        match record.revert.revert() {
-            Ok(reverted) => {
-                state.remove(&record.id)?;
-                report.reverted.push((record, reverted.summary));
-            }
+        match super::revert_record(state, &record, None) {
+            Ok(reverted) => report.reverted.push((record, reverted.summary)),
             Err(e) => report.failed.push((record, e.to_string())),
         }
     }

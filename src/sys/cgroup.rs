@@ -20,7 +20,7 @@ pub const CGROUP_ROOT: &str = "/sys/fs/cgroup";
 
 #[derive(Debug, thiserror::Error)]
 pub enum CgroupError {
-    #[error("cannot {action} {}: {source}", path.display())]
+    #[error("cannot {action} {}: {source}{}", path.display(), root_hint(source))]
     Io {
         action: &'static str,
         path: PathBuf,
@@ -30,7 +30,30 @@ pub enum CgroupError {
     Unsupported(String),
 }
 
+fn root_hint(source: &io::Error) -> &'static str {
+    if source.kind() == io::ErrorKind::PermissionDenied {
+        "; run faultline as root"
+    } else {
+        ""
+    }
+}
+
 impl CgroupError {
+    pub fn cause(&self) -> super::Cause {
+        use super::Cause;
+        match self {
+            CgroupError::Unsupported(_) => Cause::Unsupported,
+            _ if self.is_gone() => Cause::Gone,
+            CgroupError::Io { source, .. }
+                if source.kind() == io::ErrorKind::PermissionDenied
+                    || source.raw_os_error() == Some(libc::EPERM) =>
+            {
+                Cause::Permission
+            }
+            CgroupError::Io { .. } => Cause::Failed,
+        }
+    }
+
     /// True when the kernel said "no such process" or "no such file": the thing to undo is
     /// already gone.
     pub fn is_gone(&self) -> bool {

@@ -6,22 +6,23 @@
 //! creates exactly that (jumps last, so a half-built chain never sees a packet), and
 //! [`RuleSet::remove`] deletes exactly that (jumps first), from the serialised value alone.
 //!
-//! The tools run by argv (`iptables-nft`, `iptables-legacy`, ...; inside a namespace through
-//! `nsenter --net=`), never through a shell. Listing uses the `*-save` tools only: `-S`/`-L`
+//! The tools run by argv (`iptables-nft`, `iptables-legacy`, ...; inside a namespace they
+//! join it with setns(2) before exec), never through a shell. Listing uses the `*-save` tools only: `-S`/`-L`
 //! on iptables-legacy instantiate a table in a namespace that has none, and a listing must
 //! not change the host.
 
 use std::collections::HashSet;
 use std::fmt;
 use std::path::PathBuf;
-use std::process::{Command, Output};
 use std::sync::Mutex;
 
 use serde::{Deserialize, Serialize};
 
 pub use crate::net::Family;
 use crate::net::{IpNet, PortRange, Protocol, Traffic};
+use crate::sys::Cause;
 use crate::sys::netns;
+use crate::sys::tool::{self, Call, ToolError};
 
 /// The prefix of every chain faultline creates; `leftovers` looks for it.
 pub const CHAIN_PREFIX: &str = "FAULTLINE-";
@@ -55,7 +56,12 @@ pub enum IptablesError {
     #[error(
         "`{command}` failed: {stderr}; check that the kernel has the needed netfilter matches and targets (`faultline doctor`)"
     )]
-    Command { command: String, stderr: String },
+    Command {
+        command: String,
+        stderr: String,
+        /// What the tool's words mean, read once when it failed.
+        cause: Cause,
+    },
     #[error("the traffic selection cannot be expressed as iptables rules: {0}")]
     Invalid(String),
     #[error(
@@ -92,6 +98,10 @@ impl Variant {
 
     pub fn save_binary(self, family: Family) -> String {
         format!("{}-save", self.binary(family))
+    }
+
+    pub fn restore_binary(self, family: Family) -> String {
+        format!("{}-restore", self.binary(family))
     }
 }
 
@@ -649,64 +659,84 @@ fn package_of(binary: &str) -> &'static str {
     }
 }
 
-/// The binary's path: `$PATH`, then the sbin directories a non-login root shell may lack.
-fn find_binary(name: &str) -> Option<PathBuf> {
-    let path = std::env::var_os("PATH").unwrap_or_default();
-    std::env::split_paths(&path)
-        .chain(["/usr/sbin", "/sbin", "/usr/bin", "/bin"].map(PathBuf::from))
-        .map(|dir| dir.join(name))
-        .find(|candidate| candidate.is_file())
-}
-
-fn require(name: &str) -> Result<PathBuf, IptablesError> {
-    find_binary(name).ok_or_else(|| IptablesError::Missing {
-        binary: name.to_string(),
-        package: package_of(name),
+/// Run `program args` (inside `netns` if given) through the tool runner and return what it
+/// said, failed or not.
+fn run_call(call: Call) -> Result<tool::Output, IptablesError> {
+    if let Some(name) = &call.netns
+        && !netns::path(name).exists()
+    {
+        return Err(IptablesError::NoNamespace(name.clone()));
+    }
+    tool::run(&call).map_err(|e| match e {
+        ToolError::Missing { program } => IptablesError::Missing {
+            package: package_of(&program),
+            binary: program,
+        },
+        other => IptablesError::Spawn {
+            command: call.display(),
+            source: std::io::Error::other(other.to_string()),
+        },
     })
 }
 
-/// Run `program args` (inside `netns` if given) and return its output, failed or not.
-fn run(netns: Option<&str>, program: &str, args: &[String]) -> Result<Output, IptablesError> {
-    let binary = require(program)?;
-    let mut cmd = match netns {
-        None => Command::new(&binary),
-        Some(name) => {
-            let path = netns::path(name);
-            if !path.exists() {
-                return Err(IptablesError::NoNamespace(name.to_string()));
-            }
-            let mut cmd = Command::new(require("nsenter")?);
-            cmd.arg(format!("--net={}", path.display()))
-                .arg("--")
-                .arg(&binary);
-            cmd
-        }
-    };
-    cmd.args(args);
-    super::dies_with_us(&mut cmd);
-    cmd.output().map_err(|source| IptablesError::Spawn {
-        command: display_command(netns, program, args),
-        source,
-    })
+fn run(netns: Option<&str>, program: &str, args: &[String]) -> Result<tool::Output, IptablesError> {
+    run_call(Call::new(program, args).in_netns(netns))
+}
+
+/// Run `program args` (inside `netns` if given) with `input` on its standard input; an error
+/// unless it succeeds.
+fn run_with_input(
+    netns: Option<&str>,
+    program: &str,
+    args: &[String],
+    input: &str,
+) -> Result<(), IptablesError> {
+    let call = Call::new(program, args).in_netns(netns).with_stdin(input);
+    let command = call.display();
+    let out = run_call(call)?;
+    if out.success {
+        Ok(())
+    } else {
+        Err(command_failed(command, &out))
+    }
 }
 
 fn run_ok(netns: Option<&str>, program: &str, args: &[String]) -> Result<String, IptablesError> {
     let out = run(netns, program, args)?;
-    if out.status.success() {
-        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    if out.success {
+        Ok(out.stdout)
     } else {
-        Err(IptablesError::Command {
-            command: display_command(netns, program, args),
-            stderr: String::from_utf8_lossy(&out.stderr).trim().to_string(),
-        })
+        Err(command_failed(
+            Call::new(program, args).in_netns(netns).display(),
+            &out,
+        ))
     }
 }
 
-fn display_command(netns: Option<&str>, program: &str, args: &[String]) -> String {
-    let place = netns
-        .map(|n| format!(" (in netns {n})"))
-        .unwrap_or_default();
-    format!("{program} {}{place}", args.join(" "))
+fn command_failed(command: String, out: &tool::Output) -> IptablesError {
+    let stderr = out.stderr.trim();
+    let diagnosis = tool::diagnose(stderr);
+    IptablesError::Command {
+        command,
+        stderr: match diagnosis {
+            Some((_, hint)) => format!("{stderr} ({hint})"),
+            None => stderr.to_string(),
+        },
+        cause: diagnosis.map_or(Cause::Failed, |(cause, _)| cause),
+    }
+}
+
+impl IptablesError {
+    pub fn cause(&self) -> Cause {
+        match self {
+            IptablesError::Missing { .. } | IptablesError::Invalid(_) => Cause::Unsupported,
+            IptablesError::NoNamespace(_) => Cause::Gone,
+            IptablesError::Command { cause, .. } => *cause,
+            IptablesError::Spawn { .. }
+            | IptablesError::StillPresent(_)
+            | IptablesError::Counters { .. } => Cause::Failed,
+        }
+    }
 }
 
 fn run_save(
@@ -757,13 +787,90 @@ fn parse_save(text: &str) -> Vec<SavedTable> {
 }
 
 fn mentions(line: &str, chain: &str) -> bool {
-    line.split_whitespace().any(|word| word == chain)
+    save_words(line).iter().any(|word| word == chain)
+}
+
+/// The words of one `iptables-save` line as iptables reads them: `"..."` (with `\"` inside)
+/// is one word, so a comment mentioning a chain is not a jump to it.
+fn save_words(line: &str) -> Vec<String> {
+    let mut words = Vec::new();
+    let mut word = String::new();
+    let mut in_word = false;
+    let mut quoted = false;
+    let mut chars = line.chars();
+    while let Some(c) = chars.next() {
+        match c {
+            '\\' if quoted => {
+                if let Some(next) = chars.next() {
+                    word.push(next);
+                }
+            }
+            '"' => {
+                quoted = !quoted;
+                in_word = true;
+            }
+            c if c.is_whitespace() && !quoted => {
+                if in_word {
+                    words.push(std::mem::take(&mut word));
+                    in_word = false;
+                }
+            }
+            c => {
+                word.push(c);
+                in_word = true;
+            }
+        }
+    }
+    if in_word {
+        words.push(word);
+    }
+    words
+}
+
+/// The `iptables-restore --noflush` input that removes `chains` as `saved` shows them: every
+/// rule jumping to one of them deleted (as listed, so it matches exactly), then each chain
+/// flushed and deleted. `None` when none of them is there.
+fn removal_script(saved: &[SavedTable], chains: &[&OwnedChain]) -> Option<String> {
+    let mut script = String::new();
+    for table in saved {
+        let ours: Vec<&str> = chains
+            .iter()
+            .filter(|c| c.table == table.name && table.chains.iter().any(|(n, _)| *n == c.name))
+            .map(|c| c.name.as_str())
+            .collect();
+        if ours.is_empty() {
+            continue;
+        }
+        script.push_str(&format!("*{}\n", table.name));
+        for rule in &table.rules {
+            let words = save_words(rule);
+            let in_chain = words.get(1).map(String::as_str).unwrap_or_default();
+            // The rule's own target: the last `-j`/`-g` (a comment may hold either, quoted).
+            let target = words
+                .windows(2)
+                .rev()
+                .find(|w| w[0] == "-j" || w[0] == "-g")
+                .map(|w| w[1].as_str());
+            let jumps_to_ours = target.is_some_and(|target| ours.contains(&target));
+            if jumps_to_ours && !ours.contains(&in_chain) {
+                script.push_str(&format!("-D{}\n", &rule["-A".len()..]));
+            }
+        }
+        for chain in &ours {
+            script.push_str(&format!("-F {chain}\n"));
+        }
+        for chain in &ours {
+            script.push_str(&format!("-X {chain}\n"));
+        }
+        script.push_str("COMMIT\n");
+    }
+    (!script.is_empty()).then_some(script)
 }
 
 /// Which variant to use in `netns`: legacy if it holds rules there and nft holds none,
 /// otherwise nft (Debian's default `iptables` alternative). Reads only.
 pub fn detect(netns: Option<&str>) -> Result<Variant, IptablesError> {
-    let installed = |v: Variant| find_binary(&v.save_binary(Family::V4)).is_some();
+    let installed = |v: Variant| tool::find_binary(&v.save_binary(Family::V4)).is_some();
     match (installed(Variant::Nft), installed(Variant::Legacy)) {
         (false, false) => {
             return Err(IptablesError::Missing {
@@ -868,6 +975,15 @@ fn jump_args(chain: &OwnedChain, jump: &Jump, command: &[&str]) -> Vec<String> {
     args
 }
 
+/// One rule set changes the host at a time: two faults ending together (or a revert that
+/// outlived its timeout and the next one) must not both decide that a table they created is
+/// now empty, or list each other's half-removed chains.
+static RULESET_LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+fn ruleset_lock() -> std::sync::MutexGuard<'static, ()> {
+    RULESET_LOCK.lock().unwrap_or_else(|p| p.into_inner())
+}
+
 impl RuleSet {
     fn binary(&self, chain: &OwnedChain) -> String {
         self.variant.binary(chain.family)
@@ -876,11 +992,12 @@ impl RuleSet {
     /// Create the chains and their rules, then the jumps into them. On a failure half-way,
     /// what was created is removed again and the first error returned.
     pub fn apply(&self) -> Result<(), IptablesError> {
+        let _lock = ruleset_lock();
         let result = self.create();
         if let Err(err) = result {
             // The cause matters more than a failed cleanup; `remove` reports leftovers via
             // `status` if this one fails too.
-            let _ = self.remove();
+            let _ = self.remove_unlocked();
             return Err(err);
         }
         Ok(())
@@ -911,6 +1028,11 @@ impl RuleSet {
     /// Then check with `*-save` that nothing of this set is left, and drop tables that
     /// iptables-nft created for it and that hold nothing else.
     pub fn remove(&self) -> Result<(), IptablesError> {
+        let _lock = ruleset_lock();
+        self.remove_unlocked()
+    }
+
+    fn remove_unlocked(&self) -> Result<(), IptablesError> {
         let netns = self.netns.as_deref();
         if let Some(name) = netns
             && !netns::path(name).exists()
@@ -920,12 +1042,23 @@ impl RuleSet {
         }
         for family in self.families() {
             let saved = parse_save(&run_save(netns, self.variant, family)?);
-            for chain in self.chains.iter().filter(|c| c.family == family) {
-                let exists = saved.iter().any(|t| {
-                    t.name == chain.table && t.chains.iter().any(|(c, _)| *c == chain.name)
-                });
-                if exists {
-                    self.delete_chain(chain);
+            let chains: Vec<&OwnedChain> =
+                self.chains.iter().filter(|c| c.family == family).collect();
+            let Some(script) = removal_script(&saved, &chains) else {
+                continue;
+            };
+            // One transaction: the reverts of a breach wait for one tool call, not a dozen.
+            let restore = self.variant.restore_binary(family);
+            let args = strings(&["-w", LOCK_WAIT_SECONDS, "--noflush"]);
+            if run_with_input(netns, &restore, &args, &script).is_err() {
+                // Something changed since the listing: delete one rule at a time instead.
+                for chain in chains {
+                    let exists = saved.iter().any(|t| {
+                        t.name == chain.table && t.chains.iter().any(|(c, _)| *c == chain.name)
+                    });
+                    if exists {
+                        self.delete_chain(chain);
+                    }
                 }
             }
         }
@@ -944,7 +1077,7 @@ impl RuleSet {
             let hook = jump.hook.to_string();
             let args = jump_args(chain, jump, &["-D", &hook]);
             for _ in 0..MAX_JUMP_DELETES {
-                if !matches!(run(netns, &binary, &args), Ok(out) if out.status.success()) {
+                if !matches!(run(netns, &binary, &args), Ok(out) if out.success) {
                     break;
                 }
             }
@@ -1035,7 +1168,7 @@ impl RuleSet {
 
 /// Where the variant's binary is, if installed (for `doctor`).
 pub fn installed(variant: Variant, family: Family) -> Option<PathBuf> {
-    find_binary(&variant.binary(family))
+    tool::find_binary(&variant.binary(family))
 }
 
 #[cfg(test)]
@@ -1072,6 +1205,97 @@ mod tests {
 
     fn build(traffic: &Traffic, action: Action) -> RuleSet {
         RuleSet::build(traffic, action, "t1", Variant::Nft).unwrap()
+    }
+
+    /// A rule set for 192.0.2.0/24 egress: one IPv4 chain, one jump from OUTPUT.
+    fn egress_drop() -> RuleSet {
+        let mut t = any_traffic(Direction::Egress);
+        t.remote = nets(&["192.0.2.0/24"]);
+        build(&t, Action::Drop)
+    }
+
+    const SAVED_WITH_OURS: &str = "*filter\n:INPUT ACCEPT [0:0]\n:OUTPUT ACCEPT [0:0]\n\
+        :FAULTLINE-t1-OUT - [0:0]\n-A OUTPUT -j FAULTLINE-t1-OUT\n\
+        -A FAULTLINE-t1-OUT -d 192.0.2.0/24 -j DROP\nCOMMIT\n";
+    const SAVED_CLEAN: &str = "*filter\n:INPUT ACCEPT [0:0]\n:OUTPUT ACCEPT [0:0]\nCOMMIT\n";
+
+    #[test]
+    fn a_refused_restore_transaction_falls_back_to_one_rule_at_a_time_and_is_verified() {
+        use crate::sys::tool::{self, fake};
+        use std::sync::atomic::{AtomicUsize, Ordering};
+        let saves = AtomicUsize::new(0);
+        let deletes = AtomicUsize::new(0);
+        let runner = fake::Recording::answering(move |call| match call.program.as_str() {
+            "iptables-nft-save" if saves.fetch_add(1, Ordering::SeqCst) == 0 => {
+                fake::ok(SAVED_WITH_OURS)
+            }
+            "iptables-nft-save" => fake::ok(SAVED_CLEAN),
+            "iptables-nft-restore" => fake::failed("iptables-restore: line 3 failed"),
+            // The jump is there once; the second delete finds none.
+            "iptables-nft" if call.args.contains(&"-D".to_string()) => {
+                if deletes.fetch_add(1, Ordering::SeqCst) == 0 {
+                    fake::ok("")
+                } else {
+                    fake::failed("Bad rule (does a matching rule exist in that chain?).")
+                }
+            }
+            _ => fake::ok(""),
+        });
+        let set = egress_drop();
+        tool::scoped(runner.clone(), || set.remove()).expect("removed");
+        assert_eq!(
+            runner.lines(),
+            [
+                "iptables-nft-save ",
+                "iptables-nft-restore -w 5 --noflush",
+                "iptables-nft -w 5 -t filter -D OUTPUT -j FAULTLINE-t1-OUT",
+                "iptables-nft -w 5 -t filter -D OUTPUT -j FAULTLINE-t1-OUT",
+                "iptables-nft -w 5 -t filter -F FAULTLINE-t1-OUT",
+                "iptables-nft -w 5 -t filter -X FAULTLINE-t1-OUT",
+                "iptables-nft-save ",
+            ]
+        );
+        let script = runner.calls()[1].stdin.clone().unwrap();
+        assert_eq!(
+            script,
+            "*filter\n-D OUTPUT -j FAULTLINE-t1-OUT\n-F FAULTLINE-t1-OUT\n-X FAULTLINE-t1-OUT\nCOMMIT\n"
+        );
+    }
+
+    #[test]
+    fn a_rule_the_kernel_refuses_undoes_the_chain_already_made_and_says_why() {
+        use crate::sys::tool::{self, fake};
+        let runner = fake::Recording::answering(|call| match call.program.as_str() {
+            "iptables-nft" if call.args.contains(&"-A".to_string()) => {
+                fake::failed("iptables v1.8.9 (nf_tables): Couldn't load target `DROP'")
+            }
+            "iptables-nft-save" => fake::ok(
+                SAVED_CLEAN
+                    .replace("COMMIT", ":FAULTLINE-t1-OUT - [0:0]\nCOMMIT")
+                    .as_str(),
+            ),
+            _ => fake::ok(""),
+        });
+        let set = egress_drop();
+        let err = tool::scoped(runner.clone(), || set.apply()).unwrap_err();
+        assert!(err.to_string().contains("Couldn't load target"), "{err}");
+        assert!(err.to_string().contains("faultline doctor"), "{err}");
+        let lines = runner.lines();
+        assert_eq!(
+            lines[..3],
+            [
+                "iptables-nft -w 5 -t filter -N FAULTLINE-t1-OUT",
+                "iptables-nft -w 5 -t filter -A FAULTLINE-t1-OUT -d 192.0.2.0/24 -j DROP",
+                "iptables-nft-save ",
+            ]
+        );
+        // No jump was ever inserted; the half-made chain goes in one transaction.
+        assert!(!lines.iter().any(|l| l.contains(" -I ")), "{lines:?}");
+        assert_eq!(lines[3], "iptables-nft-restore -w 5 --noflush");
+        assert_eq!(
+            runner.calls()[3].stdin.as_deref(),
+            Some("*filter\n-F FAULTLINE-t1-OUT\n-X FAULTLINE-t1-OUT\nCOMMIT\n")
+        );
     }
 
     fn invalid(traffic: &Traffic, action: Action, id: &str) -> String {
@@ -1317,6 +1541,38 @@ mod tests {
         assert!(!empty[0].in_use());
         let policy = parse_save("*filter\n:INPUT DROP [0:0]\nCOMMIT\n");
         assert!(policy[0].in_use());
+    }
+
+    #[test]
+    fn the_removal_script_deletes_the_listed_jumps_then_the_chains() {
+        let chain = |name: &str| OwnedChain {
+            family: Family::V4,
+            table: "filter".into(),
+            name: name.into(),
+            jumps: Vec::new(),
+            rules: Vec::new(),
+        };
+        let (inbound, outbound) = (chain("FAULTLINE-1-IN"), chain("FAULTLINE-1-OUT"));
+        let saved = parse_save(
+            "*nat\n:PREROUTING ACCEPT [0:0]\nCOMMIT\n*filter\n:INPUT ACCEPT [0:0]\n\
+             :OUTPUT ACCEPT [0:0]\n:FAULTLINE-1-IN - [0:0]\n:FAULTLINE-1-OUT - [0:0]\n\
+             :OTHER - [0:0]\n-A INPUT -i v0 -j FAULTLINE-1-IN\n-A INPUT -j OTHER\n\
+             -A OUTPUT -o v0 -p tcp -j FAULTLINE-1-OUT\n-A FAULTLINE-1-IN -s 10.0.0.1/32 -j DROP\n\
+             -A OTHER -j FAULTLINE-1-IN\n\
+             -A INPUT -m comment --comment \"undo -j FAULTLINE-1-IN\" -j ACCEPT\n\
+             -A INPUT -m comment --comment \"say \\\"-j ACCEPT\\\"\" -j FAULTLINE-1-OUT\nCOMMIT\n",
+        );
+        assert_eq!(
+            removal_script(&saved, &[&inbound, &outbound]).unwrap(),
+            "*filter\n-D INPUT -i v0 -j FAULTLINE-1-IN\n-D OUTPUT -o v0 -p tcp -j FAULTLINE-1-OUT\n\
+             -D OTHER -j FAULTLINE-1-IN\n\
+             -D INPUT -m comment --comment \"say \\\"-j ACCEPT\\\"\" -j FAULTLINE-1-OUT\n\
+             -F FAULTLINE-1-IN\n-F FAULTLINE-1-OUT\n\
+             -X FAULTLINE-1-IN\n-X FAULTLINE-1-OUT\nCOMMIT\n"
+        );
+        // Already gone: nothing to run.
+        let clean = parse_save("*filter\n:INPUT ACCEPT [0:0]\nCOMMIT\n");
+        assert_eq!(removal_script(&clean, &[&inbound, &outbound]), None);
     }
 
     /// Real-kernel tests: rules in namespaces of a `TestNet`, servers in `b`, clients in `a`.
@@ -1934,6 +2190,26 @@ mod tests {
             assert!(!inside && outside, "inside {inside}, outside {outside}");
             assert!(counted.action.packets >= 1, "{counted:?}");
             assert!(ping_ok(&net.a, &net.ip_b, Some(&cgroup)));
+        }
+
+        #[test]
+        fn one_restore_transaction_removes_a_rule_set() {
+            let net = TestNet::new().expect("create test net (needs root)");
+            let t = busy_fault(&net, &net.b);
+            let set = RuleSet::plan(&t, Action::Drop, &unique_id("r"), None).unwrap();
+            set.apply().unwrap();
+            for family in set.families() {
+                let saved = parse_save(&run_save(Some(&net.b), set.variant, family).unwrap());
+                let chains: Vec<&OwnedChain> =
+                    set.chains.iter().filter(|c| c.family == family).collect();
+                let script = removal_script(&saved, &chains).expect("the chains are there");
+                let restore = set.variant.restore_binary(family);
+                let args = strings(&["-w", LOCK_WAIT_SECONDS, "--noflush"]);
+                run_with_input(Some(&net.b), &restore, &args, &script)
+                    .unwrap_or_else(|e| panic!("{e}\n{script}"));
+            }
+            assert_eq!(leftovers(Some(&net.b)), Vec::<String>::new());
+            set.remove().unwrap();
         }
 
         #[test]

@@ -2,9 +2,9 @@
 //! load a real block device without touching `/` (which every other process on the host
 //! shares). Needs root (`losetup`, `mount`).
 
+use crate::sys::tool::{self, Call};
 use std::io;
 use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 
@@ -123,14 +123,17 @@ impl Drop for LoopFs {
 
 /// Run a tool (argv only); its stdout, or an error carrying its stderr.
 fn run(argv: &[&str]) -> io::Result<String> {
-    let out = Command::new(argv[0]).args(&argv[1..]).output()?;
-    if out.status.success() {
-        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    let args: Vec<String> = argv[1..].iter().map(|a| a.to_string()).collect();
+    // mkfs of a large image can take a while on a busy disk.
+    let call = Call::new(argv[0], &args).with_timeout(Duration::from_secs(60));
+    let out = tool::run(&call).map_err(io::Error::other)?;
+    if out.success {
+        Ok(out.stdout)
     } else {
         Err(io::Error::other(format!(
             "{}: {}",
             argv.join(" "),
-            String::from_utf8_lossy(&out.stderr).trim()
+            out.stderr.trim()
         )))
     }
 }

@@ -4,6 +4,8 @@
 pub mod cgroup;
 pub mod delayer;
 pub mod file;
+#[cfg(test)]
+pub(crate) mod heavy_tests;
 pub mod iptables;
 pub mod loopdev;
 pub mod netns;
@@ -11,6 +13,24 @@ pub mod nfqueue;
 pub mod pidfd;
 pub mod proc;
 pub mod tc;
+pub mod tool;
+
+/// What a failed host operation means for a fault, whatever syscall or tool it came from.
+/// Each error type of this layer says which it is (`cause()`), so the layers above decide
+/// by it and never by an error's text.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Cause {
+    /// What was to be changed is no longer there: a process exited, a namespace, device or
+    /// cgroup was removed.
+    Gone,
+    /// faultline lacks a privilege (root, CAP_NET_ADMIN, CAP_KILL).
+    Permission,
+    /// This host cannot do it: a kernel feature or tool is missing, or someone else's state
+    /// is in the way.
+    Unsupported,
+    /// Anything else: the kernel or tool refused this time.
+    Failed,
+}
 
 /// Make a tool faultline runs (iptables, tc, nsenter) die with the faultline thread that
 /// waits for it. Otherwise a runner killed mid-command leaves the tool running: it could add

@@ -5,7 +5,7 @@ use std::os::fd::{AsRawFd, OwnedFd};
 use rustix::io::Errno;
 use rustix::process::{Pid, PidfdFlags, pidfd_open};
 
-use crate::fault::ProcRef;
+use super::proc::ProcRef;
 
 #[derive(Debug, thiserror::Error)]
 pub enum SignalError {

@@ -13,8 +13,53 @@ use rand::SeedableRng;
 use rand::seq::SliceRandom;
 use regex::Regex;
 
-use crate::experiment::model::ProcessSelector;
-use crate::fault::ProcRef;
+/// A process identity that survives PID reuse: the PID plus its start time
+/// (`/proc/PID/stat` field 22, clock ticks since boot).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+pub struct ProcRef {
+    pub pid: u32,
+    pub start_time: u64,
+}
+
+impl ProcRef {
+    /// Is this process still running (same PID *and* start time)?
+    pub fn is_alive(&self) -> bool {
+        start_time(self.pid).is_ok_and(|t| t == self.start_time)
+    }
+}
+
+/// What a target's process selector says, without its positions in the file: the
+/// filters, the excludes and how to pick among the matches (see the experiment format).
+#[derive(Clone, Debug, Default)]
+pub struct Selector {
+    pub pid: Option<u32>,
+    pub pidfile: Option<String>,
+    pub name: Option<String>,
+    /// A regular expression searched in the command line.
+    pub cmdline: Option<String>,
+    pub cgroup: Option<String>,
+    pub uid: Option<u32>,
+    pub exclude: Option<Exclude>,
+    pub count: Option<u32>,
+    pub percent: Option<u32>,
+    pub random: bool,
+    pub seed: Option<u64>,
+    pub force: bool,
+}
+
+impl From<&Selector> for Selector {
+    fn from(selector: &Selector) -> Self {
+        selector.clone()
+    }
+}
+
+/// Matches a selector leaves alone.
+#[derive(Clone, Debug, Default)]
+pub struct Exclude {
+    pub pids: Vec<u32>,
+    pub name: Option<String>,
+    pub cmdline: Option<String>,
+}
 
 /// What faultline knows about one live process.
 #[derive(Clone, Debug, serde::Serialize)]
@@ -25,7 +70,8 @@ pub struct ProcInfo {
     pub name: String,
     /// Arguments joined by single spaces.
     pub cmdline: String,
-    /// Real uid.
+    /// Real uid. In a selector's [`Matches`] it is read only when the selector filters by
+    /// uid ([`UID_UNREAD`] otherwise); picked processes always have it.
     pub uid: u32,
     /// Clock ticks since boot (`/proc/PID/stat` field 22).
     pub start_time: u64,
@@ -41,6 +87,21 @@ impl ProcInfo {
         }
     }
 }
+
+/// Is capability `bit` in this process's effective set?
+pub fn has_capability(bit: u32) -> bool {
+    let Ok(status) = std::fs::read_to_string("/proc/self/status") else {
+        return false;
+    };
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("CapEff:"))
+        .and_then(|hex| u64::from_str_radix(hex.trim(), 16).ok())
+        .is_some_and(|caps| caps & (1 << bit) != 0)
+}
+
+pub const CAP_KILL: u32 = 5;
+pub const CAP_NET_ADMIN: u32 = 12;
 
 /// Why a selection found nothing usable, or could not be made.
 #[derive(Debug, thiserror::Error)]
@@ -113,8 +174,27 @@ pub fn is_vanished(error: &io::Error) -> bool {
     error.kind() == io::ErrorKind::NotFound || error.raw_os_error() == Some(libc::ESRCH)
 }
 
+/// A /proc file, read in as few calls as it takes: these files report no size, so
+/// `fs::read` would ask for one (statx) and then grow its buffer a read at a time, and a
+/// `plan` over a thousand processes reads three files of each.
 fn proc_file(pid: u32, file: &str) -> io::Result<Vec<u8>> {
-    std::fs::read(format!("/proc/{pid}/{file}"))
+    use std::io::Read;
+    let mut opened = std::fs::File::open(format!("/proc/{pid}/{file}"))?;
+    let mut bytes = vec![0; 4096];
+    let mut filled = 0;
+    loop {
+        if filled == bytes.len() {
+            bytes.resize(bytes.len() * 2, 0);
+        }
+        match opened.read(&mut bytes[filled..]) {
+            Ok(0) => break,
+            Ok(n) => filled += n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    bytes.truncate(filled);
+    Ok(bytes)
 }
 
 pub fn read_stat(pid: u32) -> io::Result<Stat> {
@@ -163,12 +243,24 @@ pub fn read(pid: u32) -> io::Result<ProcInfo> {
     complete(read_stat(pid)?)
 }
 
+/// Stands for a uid not read (yet): /proc/PID/status is the costliest file of the three, and
+/// a `plan` over a thousand candidates needs it only for the few it picks.
+pub const UID_UNREAD: u32 = u32::MAX;
+
 fn complete(stat: Stat) -> io::Result<ProcInfo> {
+    let uid = read_real_uid(stat.pid)?;
+    Ok(ProcInfo {
+        uid,
+        ..complete_without_uid(stat)?
+    })
+}
+
+fn complete_without_uid(stat: Stat) -> io::Result<ProcInfo> {
     Ok(ProcInfo {
         pid: stat.pid,
         ppid: stat.ppid,
         cmdline: read_cmdline(stat.pid)?,
-        uid: read_real_uid(stat.pid)?,
+        uid: UID_UNREAD,
         name: stat.comm,
         start_time: stat.start_time,
         state: stat.state,
@@ -249,7 +341,7 @@ pub fn wait_for_state(
 /// A selector with its regexes compiled, to resolve repeatedly (a probe samples every second).
 #[derive(Clone, Debug)]
 pub struct CompiledSelector {
-    selector: ProcessSelector,
+    selector: Selector,
     cmdline: Option<Regex>,
     exclude_cmdline: Option<Regex>,
 }
@@ -272,7 +364,8 @@ fn compile(what: &str, pattern: &str) -> Result<Regex, SelectError> {
 }
 
 impl CompiledSelector {
-    pub fn new(selector: &ProcessSelector) -> Result<CompiledSelector, SelectError> {
+    pub fn new(selector: impl Into<Selector>) -> Result<CompiledSelector, SelectError> {
+        let selector = selector.into();
         let exclude = selector.exclude.as_ref();
         Ok(CompiledSelector {
             cmdline: selector
@@ -284,7 +377,7 @@ impl CompiledSelector {
                 .and_then(|e| e.cmdline.as_ref())
                 .map(|p| compile("exclude.cmdline", p))
                 .transpose()?,
-            selector: selector.clone(),
+            selector,
         })
     }
 
@@ -345,7 +438,11 @@ impl CompiledSelector {
         {
             return Ok(None);
         }
-        let info = complete(stat)?;
+        let info = if sel.uid.is_some() {
+            complete(stat)?
+        } else {
+            complete_without_uid(stat)?
+        };
         if self
             .cmdline
             .as_ref()
@@ -388,11 +485,13 @@ impl CompiledSelector {
                 None => eligible.shuffle(&mut rand::rngs::StdRng::from_os_rng()),
             }
         }
-        eligible.truncate(pick_count(
-            matched,
-            sel.count.as_deref().copied(),
-            sel.percent.as_deref().copied(),
-        ));
+        eligible.truncate(pick_count(matched, sel.count, sel.percent));
+        // A picked process that exits now is still reported (its fault will find it gone).
+        for info in eligible.iter_mut().filter(|p| p.uid == UID_UNREAD) {
+            if let Ok(uid) = read_real_uid(info.pid) {
+                info.uid = uid;
+            }
+        }
         Ok(Selection {
             picked: eligible,
             matched,
@@ -482,7 +581,7 @@ impl Protection {
 }
 
 /// Resolve `selector` against the processes running now. Never signals anything.
-pub fn select(selector: &ProcessSelector) -> Result<Selection, SelectError> {
+pub fn select(selector: impl Into<Selector>) -> Result<Selection, SelectError> {
     CompiledSelector::new(selector)?.select()
 }
 
@@ -493,9 +592,7 @@ pub(crate) mod testing {
     use std::process::{Child, Command, ExitStatus, Stdio};
     use std::sync::atomic::{AtomicU32, Ordering};
 
-    use crate::experiment::model::ProcessSelector;
-    use crate::experiment::spanned::Sp;
-    use crate::fault::ProcRef;
+    use super::{ProcRef, Selector};
 
     pub struct TestChild {
         child: Child,
@@ -611,16 +708,16 @@ pub(crate) mod testing {
         child
     }
 
-    pub fn by_name(name: &str) -> ProcessSelector {
-        ProcessSelector {
+    pub fn by_name(name: &str) -> Selector {
+        Selector {
             name: Some(name.into()),
             ..Default::default()
         }
     }
 
-    pub fn by_cmdline(pattern: &str) -> ProcessSelector {
-        ProcessSelector {
-            cmdline: Some(Sp::new(pattern.into())),
+    pub fn by_cmdline(pattern: &str) -> Selector {
+        Selector {
+            cmdline: Some(pattern.into()),
             ..Default::default()
         }
     }
@@ -636,8 +733,6 @@ mod tests {
 
     use super::testing::*;
     use super::*;
-    use crate::experiment::model::ProcessExclude;
-    use crate::experiment::spanned::Sp;
 
     #[test]
     fn stat_line_with_parentheses_and_spaces_in_comm_parses_at_last_paren() {
@@ -693,7 +788,7 @@ mod tests {
         let name = unique("nm");
         let child = sleep_named(&name);
         let _other = sleep_named(&format!("{name}x"));
-        let selection = select(&by_name(&name)).expect("select");
+        let selection = select(by_name(&name)).expect("select");
         assert_eq!(pids(&selection), vec![child.pid()]);
         assert_eq!(selection.matched, 1);
         let info = &selection.picked[0];
@@ -707,7 +802,7 @@ mod tests {
         let arg = format!("30.{}", std::process::id());
         let child = sleep_with_arg(&arg);
         let selection =
-            select(&by_cmdline(&format!(r"^sleep {}$", regex::escape(&arg)))).expect("select");
+            select(by_cmdline(&format!(r"^sleep {}$", regex::escape(&arg)))).expect("select");
         assert_eq!(pids(&selection), vec![child.pid()]);
         assert_eq!(selection.picked[0].cmdline, format!("sleep {arg}"));
     }
@@ -718,7 +813,7 @@ mod tests {
         let dir = tempfile::tempdir().expect("tempdir");
         let pidfile = dir.path().join("app.pid");
         std::fs::write(&pidfile, format!("{}\n", child.pid())).expect("write pidfile");
-        let selector = ProcessSelector {
+        let selector = Selector {
             pidfile: Some(pidfile.display().to_string()),
             ..Default::default()
         };
@@ -731,7 +826,7 @@ mod tests {
             "{error}"
         );
 
-        let missing = ProcessSelector {
+        let missing = Selector {
             pidfile: Some(dir.path().join("missing.pid").display().to_string()),
             ..Default::default()
         };
@@ -785,11 +880,11 @@ mod tests {
         let base = by_cmdline(&format!("^sleep {}", regex::escape(&arg)));
         assert_eq!(select(&base).expect("select").matched, 3);
 
-        let with_exclude = |exclude: ProcessExclude| ProcessSelector {
+        let with_exclude = |exclude: Exclude| Selector {
             exclude: Some(exclude),
             ..base.clone()
         };
-        let by_pid = with_exclude(ProcessExclude {
+        let by_pid = with_exclude(Exclude {
             pids: vec![first.pid()],
             ..Default::default()
         });
@@ -797,15 +892,15 @@ mod tests {
             pids(&select(&by_pid).expect("select")),
             vec![second.pid(), third.pid()]
         );
-        let by_cmdline = with_exclude(ProcessExclude {
-            cmdline: Some(Sp::new(format!("{}3$", regex::escape(&arg)))),
+        let by_cmdline = with_exclude(Exclude {
+            cmdline: Some(format!("{}3$", regex::escape(&arg))),
             ..Default::default()
         });
         assert_eq!(
             pids(&select(&by_cmdline).expect("select")),
             vec![first.pid(), second.pid()]
         );
-        let by_name = with_exclude(ProcessExclude {
+        let by_name = with_exclude(Exclude {
             name: Some("sleep".into()),
             ..Default::default()
         });
@@ -814,7 +909,7 @@ mod tests {
         assert_eq!(selection.matched, 0);
     }
 
-    fn five_children(tag: &str) -> (Vec<TestChild>, ProcessSelector) {
+    fn five_children(tag: &str) -> (Vec<TestChild>, Selector) {
         let name = unique(tag);
         let children: Vec<TestChild> = (0..5).map(|_| sleep_named(&name)).collect();
         (children, by_name(&name))
@@ -824,23 +919,23 @@ mod tests {
     fn count_and_percent_pick_oldest_first() {
         let (children, selector) = five_children("cnt");
         let spawned: Vec<u32> = children.iter().map(TestChild::pid).collect();
-        let count = ProcessSelector {
-            count: Some(Sp::new(2)),
+        let count = Selector {
+            count: Some(2),
             ..selector.clone()
         };
         let selection = select(&count).expect("select");
         assert_eq!(pids(&selection), spawned[..2].to_vec());
         assert_eq!(selection.matched, 5);
-        let percent = ProcessSelector {
-            percent: Some(Sp::new(50)),
+        let percent = Selector {
+            percent: Some(50),
             ..selector.clone()
         };
         assert_eq!(
             pids(&select(&percent).expect("select")),
             spawned[..3].to_vec()
         );
-        let tiny = ProcessSelector {
-            percent: Some(Sp::new(1)),
+        let tiny = Selector {
+            percent: Some(1),
             ..selector
         };
         assert_eq!(pids(&select(&tiny).expect("select")), spawned[..1].to_vec());
@@ -849,23 +944,23 @@ mod tests {
     #[test]
     fn seeded_random_picks_are_repeatable() {
         let (children, selector) = five_children("rnd");
-        let seeded = |seed| ProcessSelector {
-            count: Some(Sp::new(2)),
+        let seeded = |seed| Selector {
+            count: Some(2),
             random: true,
             seed: Some(seed),
             ..selector.clone()
         };
-        let first = pids(&select(&seeded(7)).expect("select"));
+        let first = pids(&select(seeded(7)).expect("select"));
         assert_eq!(first.len(), 2);
         for _ in 0..5 {
-            assert_eq!(pids(&select(&seeded(7)).expect("select")), first);
+            assert_eq!(pids(&select(seeded(7)).expect("select")), first);
         }
         // Over 20 seeds a shuffle of five must produce more than one pick.
         let distinct: std::collections::HashSet<Vec<u32>> = (0..20)
-            .map(|seed| pids(&select(&seeded(seed)).expect("select")))
+            .map(|seed| pids(&select(seeded(seed)).expect("select")))
             .collect();
         assert!(distinct.len() > 1);
-        let unseeded = ProcessSelector {
+        let unseeded = Selector {
             seed: None,
             ..seeded(0)
         };
@@ -878,8 +973,8 @@ mod tests {
         );
     }
 
-    fn by_pid(pid: u32, force: bool) -> ProcessSelector {
-        ProcessSelector {
+    fn by_pid(pid: u32, force: bool) -> Selector {
+        Selector {
             pid: Some(pid),
             force,
             ..Default::default()
@@ -897,11 +992,11 @@ mod tests {
             (parent, format!("ancestor of faultline ({parent_name})")),
         ];
         for (pid, reason) in cases {
-            let refused = select(&by_pid(pid, false)).expect("select");
+            let refused = select(by_pid(pid, false)).expect("select");
             assert!(refused.picked.is_empty(), "pid {pid} picked without force");
             assert_eq!(refused.refused, vec![(pid, reason)]);
             assert_eq!(refused.matched, 0);
-            let forced = select(&by_pid(pid, true)).expect("select");
+            let forced = select(by_pid(pid, true)).expect("select");
             assert_eq!(pids(&forced), vec![pid]);
             assert!(forced.refused.is_empty());
         }
@@ -911,20 +1006,20 @@ mod tests {
     fn the_runs_watchdog_is_refused_unless_forced() {
         let watchdog = testing::sleep_with_arg("300.919191");
         protect_helper(watchdog.pid());
-        let refused = select(&by_pid(watchdog.pid(), false)).expect("select");
+        let refused = select(by_pid(watchdog.pid(), false)).expect("select");
         assert!(refused.picked.is_empty());
         assert_eq!(
             refused.refused,
             vec![(watchdog.pid(), "faultline's watchdog".to_string())]
         );
-        let forced = select(&by_pid(watchdog.pid(), true)).expect("select");
+        let forced = select(by_pid(watchdog.pid(), true)).expect("select");
         assert_eq!(pids(&forced), vec![watchdog.pid()]);
     }
 
     #[test]
     fn zombies_are_never_picked() {
         let zombie = zombie();
-        let selection = select(&by_pid(zombie.pid(), true)).expect("select");
+        let selection = select(by_pid(zombie.pid(), true)).expect("select");
         assert!(selection.picked.is_empty());
         assert_eq!(selection.matched, 0);
     }
@@ -934,12 +1029,12 @@ mod tests {
         let kthreadd = read_stat(2).expect("pid 2 is kthreadd");
         assert!(kthreadd.is_kernel_thread());
         assert!(
-            select(&by_name(&kthreadd.comm))
+            select(by_name(&kthreadd.comm))
                 .expect("select")
                 .picked
                 .is_empty()
         );
-        assert_eq!(pids(&select(&by_pid(2, false)).expect("select")), vec![2]);
+        assert_eq!(pids(&select(by_pid(2, false)).expect("select")), vec![2]);
     }
 
     #[test]
@@ -976,7 +1071,7 @@ mod tests {
     #[test]
     #[ignore = "measurement, prints timings"]
     fn measure_select_over_all_of_proc() {
-        let everything = ProcessSelector::default();
+        let everything = Selector::default();
         let mut times: Vec<Duration> = (0..20)
             .map(|_| {
                 let started = Instant::now();

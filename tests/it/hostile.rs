@@ -13,6 +13,15 @@ use nix::sys::signal::Signal;
 
 use crate::util::{self, Proc, Runner, Workspace, events_of, faultline, wait_for};
 
+/// The child's output once it ends, or once it is killed after `limit`; whether it ended.
+fn output_within(mut child: std::process::Child, limit: Duration) -> (bool, std::process::Output) {
+    let ended = wait_for(limit, || child.try_wait().unwrap().is_some());
+    if !ended {
+        let _ = child.kill();
+    }
+    (ended, child.wait_with_output().unwrap())
+}
+
 /// `validate`, `plan` and `run` of `path` end at once with invalid input (64), saying `why`.
 fn refused_at_once(ws: &Workspace, path: &Path, why: &str) {
     for command in ["validate", "plan", "run"] {
@@ -22,14 +31,8 @@ fn refused_at_once(ws: &Workspace, path: &Path, why: &str) {
             cmd.arg("--report-dir").arg(ws.report_dir());
         }
         let started = Instant::now();
-        let mut child = cmd.stderr(Stdio::piped()).spawn().unwrap();
-        let ended = wait_for(Duration::from_secs(10), || {
-            child.try_wait().unwrap().is_some()
-        });
-        if !ended {
-            let _ = child.kill();
-        }
-        let out = child.wait_with_output().unwrap();
+        let child = cmd.stderr(Stdio::piped()).spawn().unwrap();
+        let (ended, out) = output_within(child, Duration::from_secs(10));
         let stderr = String::from_utf8_lossy(&out.stderr);
         assert!(ended, "{command} {} did not end", path.display());
         assert_eq!(out.status.code(), Some(64), "{command}: {stderr}");
@@ -250,9 +253,13 @@ fn a_signal_before_the_run_is_ready_is_honoured_and_nothing_is_injected() {
         // SAFETY: signal(2) and sigprocmask(2) between fork and exec, as a shell does.
         unsafe {
             cmd.pre_exec(move || {
-                if inherited_ignored {
-                    libc::signal(number, libc::SIG_IGN);
-                }
+                // Either way on purpose: the test itself may run under `nohup`.
+                let disposition = if inherited_ignored {
+                    libc::SIG_IGN
+                } else {
+                    libc::SIG_DFL
+                };
+                libc::signal(number, disposition);
                 let mut set: libc::sigset_t = std::mem::zeroed();
                 libc::sigemptyset(&mut set);
                 libc::sigaddset(&mut set, number);
@@ -274,4 +281,83 @@ fn a_signal_before_the_run_is_ready_is_honoured_and_nothing_is_injected() {
         );
         assert_eq!(ws.state_records(), 0);
     }
+}
+
+/// `recover` (and the watchdog, which reverts the same way) gives each revert the run's
+/// `revert_timeout`: a revert stuck on a hung mount fails on time, the other records are
+/// still reverted, and the stuck one stays for a later `recover`.
+#[test]
+fn recover_gives_up_on_a_hung_revert_on_time_and_reverts_the_others() {
+    use faultline::fault::disk::{DiskFillRecipe, FillAmount};
+    use faultline::fault::{ProcRef, RevertRecipe};
+    use faultline::state::{FaultRecord, StateDir};
+
+    let ws = Workspace::new();
+    let hung = HungMount::new();
+    let marker = ws.write("host-is-dirty", "x");
+    let state = StateDir::new(ws.state_dir());
+    // A crashed run's records: a PID that is no process's.
+    let owner = ProcRef {
+        pid: u32::MAX - 7,
+        start_time: 1,
+    };
+    let record = |n: u32, fault: &str, revert: RevertRecipe| FaultRecord {
+        id: format!("run-{fault}-{n}"),
+        run_id: "run".into(),
+        experiment: "hung-revert".into(),
+        fault_id: fault.into(),
+        owner,
+        recorded_at: "2026-12-02T00:00:00Z".into(),
+        summary: fault.into(),
+        revert,
+        revert_timeout_ms: 300,
+    };
+    state
+        .write(&record(
+            1,
+            "marker",
+            RevertRecipe::Simulated {
+                marker: marker.clone(),
+                fail: false,
+            },
+        ))
+        .unwrap();
+    state
+        .write(&record(
+            2,
+            "fill",
+            RevertRecipe::DiskFill(DiskFillRecipe {
+                file: hung.mount_point.join(".faultline-fill-1"),
+                planned_bytes: 1 << 20,
+                amount: FillAmount::Bytes(1 << 20),
+            }),
+        ))
+        .unwrap();
+
+    let started = Instant::now();
+    let child = faultline(&ws)
+        .arg("recover")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let (ended, out) = output_within(child, Duration::from_secs(10));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(ended, "recover hung on the hung revert: {stderr}");
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "{:?}",
+        started.elapsed()
+    );
+    assert_eq!(out.status.code(), Some(5), "revert_failed: {stderr}");
+    assert!(stderr.contains("did not finish within 300ms"), "{stderr}");
+    assert!(!marker.exists(), "the other record was reverted too");
+    let left: Vec<String> = state
+        .list()
+        .unwrap()
+        .into_iter()
+        .map(|r| r.unwrap().id)
+        .collect();
+    assert_eq!(left, ["run-fill-2"]);
+    drop(hung);
 }

@@ -69,10 +69,11 @@ impl Live {
         live
     }
 
-    /// Wait (at most 60 s) until the journal shows `what`.
+    /// Wait (at most 120 s: under emulation two tc faults took 40 s to go in) until the
+    /// journal shows `what`.
     fn wait_until(&self, what: &str, mut seen: impl FnMut(&[Value]) -> bool) {
         assert!(
-            wait_for(Duration::from_secs(60), || seen(&self.ws.journal())),
+            wait_for(Duration::from_secs(120), || seen(&self.ws.journal())),
             "{what}:\n{}",
             self.runner.stderr()
         );
@@ -124,10 +125,13 @@ fn tc_state(ns: &str) -> String {
     state
 }
 
+/// Reverts get a minute, not the default 10 s: under the lane's emulated CPU one `tc` call
+/// can take a second, and a shared tree's revert makes a dozen (CI saw 10 s run out).
 fn network_experiment(name: &str, targets: &str, faults: &[&str]) -> String {
     let faults: String = faults.iter().map(|f| format!("  - {f}\n")).collect();
     format!(
         "apiVersion: faultline/v1\nmetadata: {{name: {name}}}\nmax_duration: 2m\n\
+         abort: {{revert_timeout: 60s}}\n\
          targets: {{{targets}}}\nfaults:\n{faults}"
     )
 }
@@ -592,8 +596,9 @@ fn crash_both_ways(
         let Live { ws, mut runner } = run;
         runner.crash();
         if watched {
+            // Two reverts of one tree run one after the other, each within its timeout.
             assert!(
-                wait_for(Duration::from_secs(30), || ws.state_records() == 0),
+                wait_for(Duration::from_secs(150), || ws.state_records() == 0),
                 "{name}: the watchdog reverted everything:\n{}",
                 runner.stderr()
             );

@@ -3,6 +3,7 @@ mod engine;
 mod hostile;
 mod inject;
 mod lane;
+mod layers;
 mod network;
 mod process_run;
 mod prometheus;

@@ -268,9 +268,11 @@ fn a_hangup_of_the_operators_terminal_aborts_and_reverts() {
         .stdin(Stdio::from(terminal.slave.try_clone().unwrap()))
         .stdout(Stdio::from(terminal.slave.try_clone().unwrap()))
         .stderr(Stdio::from(terminal.slave.try_clone().unwrap()));
-    // SAFETY: setsid and ioctl only, between fork and exec.
+    // SAFETY: signal, setsid and ioctl only, between fork and exec.
     unsafe {
         command.pre_exec(|| {
+            // A login shell's default: the suite itself may run under `nohup`.
+            libc::signal(libc::SIGHUP, libc::SIG_DFL);
             // A session of its own whose controlling terminal is the pty, as a login shell's.
             if libc::setsid() < 0 || libc::ioctl(0, libc::TIOCSCTTY, 0) < 0 {
                 return Err(std::io::Error::last_os_error());

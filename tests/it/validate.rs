@@ -7,8 +7,8 @@ use std::time::Duration;
 use faultline::experiment::model::NoData;
 use faultline::experiment::{self, Diagnostics, Overrides, Pos, Source};
 use faultline::fault::network::protected_flows;
-use faultline::plan::render::render;
 use faultline::plan::{Comparison, FaultAction, Plan, ProbeKind};
+use faultline::view::render;
 
 use crate::util::{Workspace, faultline};
 
@@ -24,7 +24,7 @@ fn yaml_files(dir: &str) -> Vec<PathBuf> {
 }
 
 fn load(path: &Path) -> Result<Plan, Diagnostics> {
-    experiment::load_plan(path)
+    faultline::plan::load_plan(path)
 }
 
 fn compile_text(text: &str) -> Result<Plan, Diagnostics> {
@@ -33,7 +33,7 @@ fn compile_text(text: &str) -> Result<Plan, Diagnostics> {
         text: text.to_string(),
     };
     let experiment = experiment::parse(&source)?;
-    experiment::compile(&source, experiment)
+    faultline::plan::compile(&source, experiment)
 }
 
 fn plan_of(text: &str) -> Plan {
@@ -517,7 +517,7 @@ fn vars_are_substituted_and_overrides_are_what_the_plan_records() {
     let mut overrides = Overrides::none();
     overrides.set("listen", "127.0.0.1:9");
     overrides.set("threshold", "5");
-    let plan = experiment::plan_source(&inline(WITH_VARS), &overrides).unwrap();
+    let plan = faultline::plan::plan_source(&inline(WITH_VARS), &overrides).unwrap();
     match &plan.probes["web"].kind {
         ProbeKind::Http { url, .. } => assert_eq!(url.as_str(), "http://127.0.0.1:9/health"),
         other => panic!("{other:?}"),
@@ -538,7 +538,7 @@ fn vars_are_substituted_and_overrides_are_what_the_plan_records() {
 fn a_bad_value_from_a_var_is_reported_at_its_reference() {
     let mut overrides = Overrides::none();
     overrides.set("threshold", "lots");
-    let diagnostics = experiment::plan_source(&inline(WITH_VARS), &overrides).unwrap_err();
+    let diagnostics = faultline::plan::plan_source(&inline(WITH_VARS), &overrides).unwrap_err();
     assert_eq!(diagnostics.count(), 1, "{}", diagnostics.render(false));
     let item = &diagnostics.items[0];
     let line = WITH_VARS.lines().nth(4).unwrap();

@@ -16,14 +16,14 @@
 //!   IFB devices named `flifb*`; then it checks `tc qdisc show dev X` is byte-for-byte what
 //!   it was before faultline's first tree on X.
 
-use std::process::Command;
-use std::sync::OnceLock;
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
 use crate::net::Traffic;
+use crate::sys::Cause;
 use crate::sys::netns;
+use crate::sys::tool::{self, Call};
 
 pub mod filter;
 pub mod legacy;
@@ -67,6 +67,8 @@ pub enum TcError {
         stderr: String,
         /// `; <what the user can do>`, or empty.
         hint: String,
+        /// What the tool's words mean, read once when it failed.
+        cause: Cause,
     },
     #[error("could not run `{program}`: {error}; install iproute2 (`apt-get install iproute2`)")]
     Spawn { program: String, error: String },
@@ -78,6 +80,21 @@ pub enum TcError {
         cause: Box<TcError>,
         undo: Box<TcError>,
     },
+}
+
+impl TcError {
+    pub fn cause(&self) -> Cause {
+        match self {
+            TcError::Command { cause, .. } => *cause,
+            TcError::Invalid(_) | TcError::ForeignRoot { .. } | TcError::ForeignIngress { .. } => {
+                Cause::Unsupported
+            }
+            // Not installed.
+            TcError::Spawn { .. } => Cause::Unsupported,
+            TcError::NotRestored(_) => Cause::Failed,
+            TcError::UndoFailed { cause, .. } => cause.cause(),
+        }
+    }
 }
 
 /// Whether a kernel/tool feature works here, and why not.
@@ -113,19 +130,15 @@ pub struct TcCapabilities {
     pub mirred: Support,
 }
 
-/// Whether the kernel has `sch_netem`; probed once per process in a scratch namespace.
+/// Whether the kernel has `sch_netem`, probed now (tests; a run reads `HostCaps`).
 pub fn netem_support() -> Support {
     capabilities().netem
 }
 
-/// Probe every tc feature faultline uses, once per process, in a throwaway network namespace
-/// (no real interface is touched; the namespace dies with the probing thread).
+/// Probe every tc feature faultline uses in a throwaway network namespace (no real interface
+/// is touched; the namespace dies with the probing thread). A run probes once, through
+/// `HostCaps`.
 pub fn capabilities() -> TcCapabilities {
-    static CACHE: OnceLock<TcCapabilities> = OnceLock::new();
-    CACHE.get_or_init(probe_capabilities).clone()
-}
-
-fn probe_capabilities() -> TcCapabilities {
     let probed = std::thread::spawn(|| {
         nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWNET)
             .map_err(|e| format!("cannot create a scratch network namespace ({e}); run as root"))?;
@@ -464,7 +477,7 @@ fn links(ns: Option<&str>) -> Result<Vec<Link>, TcError> {
 }
 
 fn link_exists(ns: Option<&str>, name: &str) -> bool {
-    run(ns, "ip", &strings(&["link", "show", "dev", name])).is_ok()
+    matches!(super::netns::link_index(ns, name), Ok(Some(_)))
 }
 
 /// The interfaces to act on: the named ones (which must exist), else every non-loopback
@@ -571,7 +584,13 @@ fn qdisc_show(ns: Option<&str>, dev: &str) -> Result<Option<String>, TcError> {
 }
 
 fn device_missing(e: &TcError) -> bool {
-    matches!(e, TcError::Command { stderr, .. } if stderr.contains("Cannot find device"))
+    matches!(
+        e,
+        TcError::Command {
+            cause: Cause::Gone,
+            ..
+        }
+    )
 }
 
 fn strings(words: &[&str]) -> Vec<String> {
@@ -584,78 +603,38 @@ fn first_line(text: &str) -> &str {
 
 /// Run `program args` (in `/run/netns/NS` when given) and return its stdout.
 fn run(ns: Option<&str>, program: &str, args: &[String]) -> Result<String, TcError> {
-    let mut cmd = match ns {
-        Some(name) => {
-            let mut argv = vec![program];
-            argv.extend(args.iter().map(String::as_str));
-            netns::command_in(name, &argv)
-        }
-        None => {
-            let mut cmd = Command::new(program);
-            cmd.args(args);
-            cmd
-        }
-    };
-    super::dies_with_us(&mut cmd);
-    let out = cmd.output().map_err(|e| TcError::Spawn {
+    if let Some(name) = ns
+        && !netns::path(name).exists()
+    {
+        // Gone (deleted while a fault was live): say so, not "install iproute2".
+        return Err(TcError::Invalid(format!(
+            "network namespace `{name}` is gone (no {})",
+            netns::path(name).display()
+        )));
+    }
+    let out = tool::run(&Call::new(program, args).in_netns(ns)).map_err(|e| TcError::Spawn {
         program: program.into(),
         error: e.to_string(),
     })?;
-    if out.status.success() {
-        return Ok(String::from_utf8_lossy(&out.stdout).into_owned());
+    if out.success {
+        return Ok(out.stdout);
     }
-    let stderr = String::from_utf8_lossy(&out.stderr)
+    let stderr = out
+        .stderr
         .lines()
         .filter(|l| !l.contains("We have an error talking to the kernel"))
         .collect::<Vec<_>>()
         .join(" ")
         .trim()
         .to_string();
-    let hint = hint_for(&stderr);
+    let diagnosis = tool::diagnose(&stderr);
     Err(TcError::Command {
         argv: format!("{program} {}", args.join(" ")),
         place: ns.map(|n| format!(" in namespace {n}")).unwrap_or_default(),
         stderr,
-        hint: hint.map(|h| format!("; {h}")).unwrap_or_default(),
+        hint: diagnosis.map(|(_, h)| format!("; {h}")).unwrap_or_default(),
+        cause: diagnosis.map_or(Cause::Failed, |(cause, _)| cause),
     })
-}
-
-/// What the user can do about a tc/ip failure.
-fn hint_for(stderr: &str) -> Option<&'static str> {
-    let hints = [
-        (
-            "Specified qdisc kind is unknown",
-            "the kernel lacks this qdisc; `faultline doctor` lists what works here",
-        ),
-        (
-            "Exclusivity flag on",
-            "another qdisc was attached meanwhile; faultline will not replace it",
-        ),
-        (
-            "Operation not permitted",
-            "run as root (needs CAP_NET_ADMIN)",
-        ),
-        (
-            "Cannot find device",
-            "the interface does not exist (in that namespace)",
-        ),
-        (
-            "Unknown device type",
-            "the kernel lacks IFB (CONFIG_IFB), needed for ingress faults",
-        ),
-        (
-            "TC classifier not found",
-            "the kernel lacks cls_u32 (CONFIG_NET_CLS_U32)",
-        ),
-        (
-            "Failed to load TC action module",
-            "the kernel lacks act_mirred (CONFIG_NET_ACT_MIRRED), needed for ingress faults",
-        ),
-    ];
-    hints
-        .into_iter()
-        .find(|(needle, _)| stderr.contains(needle))
-        .map(|(_, hint)| hint)
 }
 
 #[cfg(test)]

@@ -29,7 +29,7 @@ use super::{
     first_qdisc, link_exists, qdisc_show, run, strings,
 };
 use crate::net::Traffic;
-use crate::sys::netns;
+use crate::sys::{Cause, netns};
 
 /// Faults one tree can hold at once.
 pub const MAX_MEMBERS: u8 = 8;
@@ -598,12 +598,19 @@ fn ingress_tree_exists(ns: Option<&str>, dev: &str, ifb: &str) -> Result<bool, T
 
 /// Whether device `dev` exists; an error when `ip` itself failed.
 fn device_present(ns: Option<&str>, dev: &str) -> Result<bool, TcError> {
-    match run(ns, "ip", &strings(&["link", "show", "dev", dev])) {
-        Ok(_) => Ok(true),
-        Err(TcError::Command { stderr, .. }) if stderr.contains("does not exist") => Ok(false),
-        Err(e) if super::device_missing(&e) => Ok(false),
-        Err(e) => Err(e),
-    }
+    netns::link_index(ns, dev)
+        .map(|index| index.is_some())
+        .map_err(|e| TcError::Command {
+            argv: format!("if_nametoindex({dev})"),
+            place: ns.map_or(String::new(), |ns| format!(" in namespace {ns}")),
+            hint: String::new(),
+            cause: if e.kind() == std::io::ErrorKind::PermissionDenied {
+                Cause::Permission
+            } else {
+                Cause::Failed
+            },
+            stderr: e.to_string(),
+        })
 }
 
 /// The member sets of faultline's classes on `dev` (none when the device or tree is absent).
@@ -1007,7 +1014,6 @@ mod tests {
 mod kernel_tests {
     use std::io::{Read, Write};
     use std::net::{TcpListener, TcpStream};
-    use std::sync::Mutex;
     use std::time::{Duration, Instant};
 
     use super::*;
@@ -1051,11 +1057,9 @@ mod kernel_tests {
         back
     }
 
-    /// Throughput tests measure each other: one at a time.
-    static SERIAL: Mutex<()> = Mutex::new(());
-
+    /// Throughput tests measure each other and every other heavy test: one at a time.
     fn serial() -> std::sync::MutexGuard<'static, ()> {
-        SERIAL.lock().unwrap_or_else(|e| e.into_inner())
+        crate::sys::heavy_tests::one_at_a_time()
     }
 
     fn listen(ns: &str, ip: &str) -> TcpListener {
@@ -1068,10 +1072,20 @@ mod kernel_tests {
     }
 
     /// Goodput from `from` to `listener` is `rate` (less L2 overhead, 1448/1514).
+    /// Above the rate is never noise: it fails at once. Below it, a burst of other work on
+    /// the box can starve the sender for a moment, so one of three tries must reach 93 %.
     fn assert_shaped(from: &str, listener: &TcpListener, rate: u64, what: &str) {
-        let ratio = goodput(from, listener, 1.0, 3.5) / rate as f64;
-        println!("{what}: goodput/rate = {ratio:.4}");
-        assert!((0.93..=1.0).contains(&ratio), "{what}: ratio {ratio:.4}");
+        let mut ratios = Vec::new();
+        for _ in 0..3 {
+            let ratio = goodput(from, listener, 1.0, 3.5) / rate as f64;
+            println!("{what}: goodput/rate = {ratio:.4}");
+            assert!(ratio <= 1.0, "{what}: ratio {ratio:.4}, above the cap");
+            if ratio >= 0.93 {
+                return;
+            }
+            ratios.push(ratio);
+        }
+        panic!("{what}: ratios {ratios:.4?}, below 93 % of the cap three times");
     }
 
     fn assert_unshaped(from: &str, listener: &TcpListener, what: &str) {
