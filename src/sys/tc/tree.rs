@@ -854,6 +854,16 @@ fn take_out(ns: Option<&str>, member: &TcMember) -> Result<bool, TcError> {
         },
         Side::Ingress => device_present(ns, tree_dev)?,
     };
+    if tree_here && member.side == Side::Egress {
+        let masks = class_masks(ns, tree_dev)?;
+        if masks.iter().all(|mask| mask & !bit == 0) {
+            // The last member on the tree: deleting the root takes its classes and filters
+            // with it, in one call instead of one per filter and class (a revert is on the
+            // abort path).
+            tc(ns, &["qdisc", "del", "dev", tree_dev, "root"])?;
+            return Ok(true);
+        }
+    }
     if tree_here {
         // Filters first: htb refuses to delete a class that filters still steer to.
         for prio in filter_prios(ns, tree_dev, ROOT_HANDLE)? {
@@ -924,7 +934,9 @@ fn still_present(ns: Option<&str>, member: &TcMember, torn_down: bool) -> Vec<St
     let mut problems = Vec::new();
     let tree_dev = member.tree_dev();
     let bit = member.bit();
-    if let Ok(masks) = class_masks(ns, tree_dev) {
+    // A tree taken down has no classes; the qdiscs compared below show that it is gone.
+    let tree_gone = torn_down && member.side == Side::Egress;
+    if !tree_gone && let Ok(masks) = class_masks(ns, tree_dev) {
         for mask in masks.into_iter().filter(|m| m & bit != 0) {
             problems.push(format!(
                 "class {} on {tree_dev} still exists",
