@@ -315,16 +315,13 @@ impl FaultTask {
         match applied {
             Ok(Ok(mut applied)) => {
                 shared.registry.attach(&record_id, applied.live.take());
-                shared.journal.write(&Event::FaultInjected {
+                shared.emit(&Event::FaultInjected {
                     t_ms: shared.t_ms(),
                     fault: spec.id.as_str().into(),
                     record: record_id.as_str().into(),
                     summary: applied.summary.as_str().into(),
                     details: Cow::Borrowed(&applied.details),
                 });
-                shared
-                    .ui
-                    .line(format!("inject  {}: {}", spec.id, applied.summary));
                 if prepared.revert == RevertRecipe::Nothing {
                     // Nothing to undo: forget it now rather than at the end.
                     if let Some(live) = shared.registry.take_record(&record_id) {
@@ -347,28 +344,22 @@ impl FaultTask {
     fn abandoned(&self) -> Injection {
         let spec = self.spec();
         let reason = "the run stopped while its target was being resolved; nothing was injected";
-        self.shared.journal.write(&Event::FaultAbandoned {
+        self.shared.emit(&Event::FaultAbandoned {
             t_ms: self.shared.t_ms(),
             fault: spec.id.as_str().into(),
             reason: reason.into(),
         });
-        self.shared
-            .ui
-            .line(format!("skip    {}: {reason}", spec.id));
         Injection::Abandoned
     }
 
     fn failed(&self, record: Option<&str>, error: String) -> String {
         let spec = self.spec();
-        self.shared.journal.write(&Event::FaultInjectionFailed {
+        self.shared.emit(&Event::FaultInjectionFailed {
             t_ms: self.shared.t_ms(),
             fault: spec.id.as_str().into(),
             record: record.map(Cow::Borrowed),
             error: error.clone(),
         });
-        self.shared
-            .ui
-            .line(format!("FAILED  {}: could not inject: {error}", spec.id));
         error
     }
 }

@@ -123,6 +123,14 @@ impl Shared {
         ms(self.start.elapsed())
     }
 
+    /// Journal `event` and show its terminal line, if it has one: each step said once.
+    pub fn emit(&self, event: &Event<'_>) {
+        self.journal.write(event);
+        if let Some(line) = event.terminal_line() {
+            self.ui.line(line);
+        }
+    }
+
     fn next_record_id(&self, fault_id: &str) -> String {
         let n = self.record_seq.fetch_add(1, Ordering::Relaxed);
         format!(
@@ -148,7 +156,7 @@ impl Shared {
         };
         match result {
             Ok(reverted) => {
-                self.journal.write(&Event::FaultReverted {
+                self.emit(&Event::FaultReverted {
                     t_ms: self.t_ms(),
                     fault: live.record.fault_id.as_str().into(),
                     record: live.record.id.as_str().into(),
@@ -156,10 +164,6 @@ impl Shared {
                     cause,
                     achieved: Cow::Borrowed(&reverted.details),
                 });
-                self.ui.line(format!(
-                    "revert  {}: {}",
-                    live.record.fault_id, reverted.summary
-                ));
                 true
             }
             Err(error) => {
@@ -168,17 +172,13 @@ impl Shared {
                     live.record.revert.describe(),
                     self.state.root().display()
                 );
-                self.journal.write(&Event::FaultRevertFailed {
+                self.emit(&Event::FaultRevertFailed {
                     t_ms: self.t_ms(),
                     fault: live.record.fault_id.as_str().into(),
                     record: live.record.id.as_str().into(),
                     error: error.clone(),
                     remedy: remedy.clone(),
                 });
-                self.ui.line(format!(
-                    "REVERT FAILED  {}: {error}\n          {remedy}",
-                    live.record.fault_id
-                ));
                 self.revert_failures
                     .lock()
                     .unwrap_or_else(|p| p.into_inner())
@@ -654,15 +654,10 @@ impl Runner {
                 breach_to_all_reverted_ms: ms(all_reverted_at.duration_since(breach_at)),
                 faults_reverted: reverted,
             };
-            shared.journal.write(&Event::Abort {
+            shared.emit(&Event::Abort {
                 t_ms: shared.t_ms(),
                 record: Cow::Borrowed(&record),
             });
-            shared.ui.line(format!(
-                "ABORT   {reverted} fault{} reverted {:.1} ms after the breach",
-                plural(reverted),
-                record.breach_to_all_reverted_ms
-            ));
             match trigger {
                 AbortTrigger::ProbeFailure | AbortTrigger::MaxDuration => {
                     self.verdict.aborted = Some(record.reason.clone());

@@ -161,6 +161,36 @@ impl Event<'static> {
     }
 }
 
+impl Event<'_> {
+    /// What the operator's terminal shows for this event, for the events that are a step of
+    /// their own (a fault injected, failed, skipped or reverted; an abort), so the journal
+    /// and the terminal say it from one value. The engine's other lines (a gate's verdict, a
+    /// probe turning healthy) sum up several events and are written where that happens.
+    pub fn terminal_line(&self) -> Option<String> {
+        Some(match self {
+            Event::FaultInjected { fault, summary, .. } => format!("inject  {fault}: {summary}"),
+            Event::FaultInjectionFailed { fault, error, .. } => {
+                format!("FAILED  {fault}: could not inject: {error}")
+            }
+            Event::FaultAbandoned { fault, reason, .. } => format!("skip    {fault}: {reason}"),
+            Event::FaultReverted { fault, summary, .. } => format!("revert  {fault}: {summary}"),
+            Event::FaultRevertFailed {
+                fault,
+                error,
+                remedy,
+                ..
+            } => format!("REVERT FAILED  {fault}: {error}\n          {remedy}"),
+            Event::Abort { record, .. } => format!(
+                "ABORT   {} fault{} reverted {:.1} ms after the breach",
+                record.faults_reverted,
+                if record.faults_reverted == 1 { "" } else { "s" },
+                record.breach_to_all_reverted_ms
+            ),
+            _ => return None,
+        })
+    }
+}
+
 /// The phases of a run, in the order they begin.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
