@@ -216,6 +216,32 @@ pub struct Protected {
     pub reason: String,
 }
 
+/// One end of the flows a network target names: an address or a block, parsed when the plan
+/// is compiled, or a host name, looked up when a fault on the target is prepared.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Endpoint {
+    Net(IpNet),
+    Host(String),
+}
+
+/// A network target as the plan holds it: everything parsed, defaults filled in; only host
+/// names are left to look up (see [`Traffic`], what it becomes then).
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct NetworkTarget {
+    pub netns: Option<String>,
+    pub interfaces: Vec<String>,
+    pub direction: Direction,
+    pub protocol: Protocol,
+    pub remote: Vec<Endpoint>,
+    pub local: Vec<Endpoint>,
+    pub remote_ports: Vec<PortRange>,
+    pub local_ports: Vec<PortRange>,
+    pub cgroup: Option<String>,
+    /// Leave the operator's SSH session and the probes' endpoints alone.
+    pub lockout_protection: bool,
+}
+
 /// The traffic one network fault acts on, fully resolved (hostnames already looked up).
 /// Empty lists mean "any".
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]

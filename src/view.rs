@@ -3,12 +3,12 @@
 
 use std::fmt::Write;
 
-use crate::experiment::model::{NoData, ProcessSelector};
+use crate::experiment::model::NoData;
 use crate::plan::summary::{dur, effect_summary, resource_summary};
 use crate::plan::{Check, FaultAction, Plan, ProbeKind, ProbeSpec, TargetSpec};
 use crate::sys::proc;
 
-pub fn describe_selector(s: &ProcessSelector) -> String {
+pub fn describe_selector(s: &proc::Selector) -> String {
     let mut parts = Vec::new();
     if let Some(pid) = s.pid {
         parts.push(format!("pid={pid}"));
@@ -20,7 +20,7 @@ pub fn describe_selector(s: &ProcessSelector) -> String {
         parts.push(format!("name={n}"));
     }
     if let Some(c) = &s.cmdline {
-        parts.push(format!("cmdline=/{}/", c.value));
+        parts.push(format!("cmdline=/{c}/"));
     }
     if let Some(c) = &s.cgroup {
         parts.push(format!("cgroup={c}"));
@@ -29,10 +29,10 @@ pub fn describe_selector(s: &ProcessSelector) -> String {
         parts.push(format!("uid={u}"));
     }
     if let Some(c) = &s.count {
-        parts.push(format!("count={}", c.value));
+        parts.push(format!("count={c}"));
     }
     if let Some(p) = &s.percent {
-        parts.push(format!("percent={}", p.value));
+        parts.push(format!("percent={p}"));
     }
     if s.random {
         parts.push(match s.seed {
@@ -52,7 +52,10 @@ fn describe_probe(p: &ProbeSpec) -> String {
         ProbeKind::Tcp { address } => format!("tcp connect {address}"),
         ProbeKind::Command { argv, .. } => format!("command {argv:?}"),
         ProbeKind::Process { selector } => {
-            format!("process count of [{}]", describe_selector(selector))
+            format!(
+                "process count of [{}]",
+                describe_selector(selector.selector())
+            )
         }
         ProbeKind::Prometheus { url, query, .. } => {
             let comparisons: Vec<String> =
@@ -183,8 +186,12 @@ pub fn render(plan: &Plan) -> String {
                 continue;
             }
         };
-        let _ = writeln!(out, "  {name}: process [{}]", describe_selector(selector));
-        match proc::select(selector) {
+        let _ = writeln!(
+            out,
+            "  {name}: process [{}]",
+            describe_selector(selector.selector())
+        );
+        match selector.select() {
             Ok(selection) => {
                 if selection.picked.is_empty() {
                     let _ = writeln!(out, "    matches nothing now (setup may start it)");
@@ -373,7 +380,7 @@ pub fn render(plan: &Plan) -> String {
 fn describe_network(
     out: &mut String,
     name: &str,
-    selector: &crate::experiment::model::NetworkSelector,
+    selector: &crate::net::NetworkTarget,
     protected: &[crate::net::Protected],
 ) {
     let _ = writeln!(out, "  {name}: network");

@@ -840,18 +840,11 @@ pub struct Command {
 /// Selectors for tests elsewhere in the crate.
 #[cfg(test)]
 pub(crate) mod testing {
-    use super::{ProcessSelector, Sp};
+    use super::ProcessSelector;
 
     pub fn by_name(name: &str) -> ProcessSelector {
         ProcessSelector {
             name: Some(name.into()),
-            ..Default::default()
-        }
-    }
-
-    pub fn by_cmdline(pattern: &str) -> ProcessSelector {
-        ProcessSelector {
-            cmdline: Some(Sp::new(pattern.into())),
             ..Default::default()
         }
     }

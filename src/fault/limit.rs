@@ -17,11 +17,10 @@ use std::time::{Duration, Instant};
 use serde::{Deserialize, Serialize};
 
 use super::{Applied, FaultError, ProcRef, Reverted};
-use crate::experiment::model::ProcessSelector;
 use crate::sys::cgroup::{
     self, CgroupError, Controller, DeviceNumber, Hierarchy, IoLimits, Version,
 };
-use crate::sys::proc::{self, ProcInfo};
+use crate::sys::proc::{self, CompiledSelector, ProcInfo};
 
 /// The CFS period when the experiment names none.
 pub const DEFAULT_PERIOD: Duration = Duration::from_millis(100);
@@ -235,11 +234,11 @@ pub struct IoLimitFault {
 
 struct Target {
     name: String,
-    selector: ProcessSelector,
+    selector: CompiledSelector,
 }
 
 impl CpuLimitFault {
-    pub fn new(params: CpuLimitParams, target_name: &str, selector: ProcessSelector) -> Self {
+    pub fn new(params: CpuLimitParams, target_name: &str, selector: CompiledSelector) -> Self {
         CpuLimitFault {
             params,
             target: Target {
@@ -264,7 +263,7 @@ impl CpuLimitFault {
 }
 
 impl IoLimitFault {
-    pub fn new(params: IoLimitParams, target_name: &str, selector: ProcessSelector) -> Self {
+    pub fn new(params: IoLimitParams, target_name: &str, selector: CompiledSelector) -> Self {
         IoLimitFault {
             params,
             target: Target {
@@ -288,8 +287,10 @@ impl IoLimitFault {
 
 impl Target {
     fn pick(&self) -> Result<Vec<ProcInfo>, FaultError> {
-        let selection =
-            proc::select(&self.selector).map_err(|e| FaultError::Failed(e.to_string()))?;
+        let selection = self
+            .selector
+            .select()
+            .map_err(|e| FaultError::Failed(e.to_string()))?;
         if selection.picked.is_empty() {
             let refused: Vec<String> = selection
                 .refused
@@ -889,11 +890,12 @@ mod tests {
         crate::sys::heavy_tests::one_at_a_time()
     }
 
-    fn by_pid(pid: u32) -> ProcessSelector {
-        ProcessSelector {
+    fn by_pid(pid: u32) -> CompiledSelector {
+        CompiledSelector::new(proc::Selector {
             pid: Some(pid),
-            ..ProcessSelector::default()
-        }
+            ..proc::Selector::default()
+        })
+        .expect("a valid selector")
     }
 
     fn cgroup_text(pid: u32) -> String {
@@ -1072,10 +1074,11 @@ mod tests {
                 period: DEFAULT_PERIOD,
             },
             "busy",
-            ProcessSelector {
-                cmdline: Some(crate::experiment::spanned::Sp::new(format!("^yes {tag}$"))),
-                ..ProcessSelector::default()
-            },
+            CompiledSelector::new(proc::Selector {
+                cmdline: Some(format!("^yes {tag}$")),
+                ..proc::Selector::default()
+            })
+            .expect("a valid selector"),
         );
         let (summary, recipe, _) = fault.prepare_recipe().expect("prepare");
         assert_eq!(recipe.groups.len(), 2, "{summary}");

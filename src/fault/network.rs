@@ -8,10 +8,8 @@ use std::sync::Arc;
 use serde::{Deserialize, Serialize};
 
 use super::{Applied, Fault, FaultCause, FaultError, Prepared, RevertRecipe, Reverted};
-use crate::experiment::model::{NetworkSelector, PortSpec};
 use crate::host::{DelayRoute, HostCaps};
-use crate::net::{Direction, IpNet, PortRange, Protected, Protocol, Traffic};
-use crate::plan::compile::port_range;
+use crate::net::{Endpoint, IpNet, NetworkTarget, Protected, Traffic};
 use crate::plan::{FaultAction, FaultSpec, NetworkAction, Plan, ProbeKind, TargetSpec};
 use crate::sys::delayer::{self, DelaySpec, Delayer};
 use crate::sys::iptables::{Action, CreatedTables, RuleSet};
@@ -189,7 +187,7 @@ pub fn describe_steps(steps: &[NetStep]) -> String {
 
 struct NetworkFault {
     target: String,
-    selector: Option<NetworkSelector>,
+    selector: Option<NetworkTarget>,
     action: Option<NetworkAction>,
     protected: Vec<Protected>,
     trees: Arc<TcTrees>,
@@ -423,47 +421,31 @@ fn iptables_step(
     Ok(NetStep::Iptables { rules })
 }
 
-/// Look up host names and turn a validated selector into the traffic a backend acts on.
-pub fn resolve(selector: &NetworkSelector, protected: &[Protected]) -> Result<Traffic, String> {
-    let addresses = |entries: &[crate::experiment::Sp<String>]| -> Result<Vec<IpNet>, String> {
+/// Look up the target's host names: the traffic a backend acts on.
+pub fn resolve(target: &NetworkTarget, protected: &[Protected]) -> Result<Traffic, String> {
+    let addresses = |entries: &[Endpoint]| -> Result<Vec<IpNet>, String> {
         let mut nets = Vec::new();
         for entry in entries {
-            match entry.parse::<IpNet>() {
-                Ok(net) => nets.push(net),
-                Err(_) => {
-                    let found = lookup(entry)?;
-                    nets.extend(found.into_iter().map(IpNet::host));
-                }
+            match entry {
+                Endpoint::Net(net) => nets.push(*net),
+                Endpoint::Host(host) => nets.extend(lookup(host)?.into_iter().map(IpNet::host)),
             }
         }
         nets.sort_by_key(|n| (n.addr, n.prefix));
         nets.dedup();
         Ok(nets)
     };
-    let ports = |entries: &[crate::experiment::Sp<PortSpec>]| -> Result<Vec<PortRange>, String> {
-        entries.iter().map(|p| port_range(p)).collect()
-    };
     Ok(Traffic {
-        netns: selector.netns.as_ref().map(|n| n.value.clone()),
-        interfaces: selector
-            .interfaces
-            .iter()
-            .map(|i| i.value.clone())
-            .collect(),
-        direction: selector
-            .direction
-            .as_ref()
-            .map_or(Direction::Egress, |d| d.value),
-        protocol: selector
-            .protocol
-            .as_ref()
-            .map_or(Protocol::All, |p| p.value),
-        remote: addresses(&selector.remote)?,
-        local: addresses(&selector.local)?,
-        remote_ports: ports(&selector.remote_ports)?,
-        local_ports: ports(&selector.local_ports)?,
-        cgroup: selector.cgroup.as_ref().map(|c| c.value.clone()),
-        protected: if selector.lockout_protection {
+        netns: target.netns.clone(),
+        interfaces: target.interfaces.clone(),
+        direction: target.direction,
+        protocol: target.protocol,
+        remote: addresses(&target.remote)?,
+        local: addresses(&target.local)?,
+        remote_ports: target.remote_ports.clone(),
+        local_ports: target.local_ports.clone(),
+        cgroup: target.cgroup.clone(),
+        protected: if target.lockout_protection {
             protected.to_vec()
         } else {
             Vec::new()
@@ -552,6 +534,7 @@ pub fn parse_ssh_connection(text: &str) -> Option<Protected> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::net::{Direction, PortRange};
 
     #[test]
     fn ssh_connection_becomes_a_protected_flow() {
@@ -561,14 +544,40 @@ mod tests {
         assert!(parse_ssh_connection("garbage").is_none());
     }
 
+    /// The network target `traffic` of an experiment whose targets section is `targets`,
+    /// compiled as `run` compiles it.
+    fn compiled_target(targets: &str) -> NetworkTarget {
+        let source = crate::experiment::Source {
+            path: "test.yaml".into(),
+            text: format!(
+                "apiVersion: faultline/v1\nmetadata: {{name: t}}\nmax_duration: 1m\ntargets: {targets}\n\
+                 faults: [{{id: f, kind: network-loss, target: traffic, params: {{probability: 10%}}, duration: 1s}}]\n"
+            ),
+        };
+        let plan = crate::plan::plan_source(&source, &crate::experiment::Overrides::none())
+            .expect("compiles");
+        match plan.targets.get("traffic") {
+            Some(TargetSpec::Network(target)) => target.clone(),
+            other => panic!("not a network target: {other:?}"),
+        }
+    }
+
     #[test]
     fn selectors_resolve_addresses_ports_and_protection() {
-        let selector: NetworkSelector = serde_saphyr::from_str(
-            "{remote: [10.0.0.0/8, localhost, '::1'], remote_ports: [5432, '8000-8100'], direction: both, protocol: tcp}",
-        )
-        .unwrap();
+        let target = compiled_target(
+            "{traffic: {network: {remote: [10.0.0.0/8, localhost, '::1'], remote_ports: [5432, '8000-8100'], direction: both, protocol: tcp}}}",
+        );
+        assert_eq!(
+            target.remote_ports,
+            vec![
+                PortRange { lo: 5432, hi: 5432 },
+                PortRange { lo: 8000, hi: 8100 }
+            ],
+            "ports are parsed when the plan is compiled"
+        );
+        assert_eq!(target.remote[1], Endpoint::Host("localhost".into()));
         let guard = parse_ssh_connection("192.0.2.10 51234 192.0.2.1 22").unwrap();
-        let t = resolve(&selector, std::slice::from_ref(&guard)).unwrap();
+        let t = resolve(&target, std::slice::from_ref(&guard)).unwrap();
         assert_eq!(t.direction, Direction::Both);
         assert!(t.remote.contains(&"10.0.0.0/8".parse().unwrap()));
         assert!(
@@ -577,17 +586,12 @@ mod tests {
             t.remote
         );
         assert!(t.remote.contains(&"::1".parse().unwrap()));
-        assert_eq!(
-            t.remote_ports,
-            vec![
-                PortRange { lo: 5432, hi: 5432 },
-                PortRange { lo: 8000, hi: 8100 }
-            ]
-        );
+        assert_eq!(t.remote_ports, target.remote_ports);
         assert_eq!(t.protected, vec![guard]);
 
-        let unprotected: NetworkSelector =
-            serde_saphyr::from_str("{lockout_protection: false}").unwrap();
+        let unprotected = compiled_target(
+            "{traffic: {network: {remote: [10.0.0.1], lockout_protection: false}}}",
+        );
         assert!(
             resolve(
                 &unprotected,

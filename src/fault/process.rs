@@ -5,7 +5,6 @@ use std::time::{Duration, Instant};
 use serde::{Deserialize, Serialize};
 
 use super::{Applied, Fault, FaultError, Prepared, ProcRef, RevertRecipe, Reverted};
-use crate::experiment::model::ProcessSelector;
 use crate::plan::{FaultAction, FaultSpec, Plan, TargetSpec};
 use crate::sys::pidfd::{self, SignalError};
 use crate::sys::proc::{self, CompiledSelector, ProcInfo, Selection, WaitOutcome};
@@ -18,7 +17,7 @@ pub struct ProcessFault {
     fault_id: String,
     target_name: String,
     /// `None` when the plan has no such target (validation should make that impossible).
-    selector: Option<ProcessSelector>,
+    selector: Option<CompiledSelector>,
     action: FaultAction,
 }
 
@@ -62,7 +61,7 @@ impl ProcessFault {
     pub fn new(
         fault_id: &str,
         target_name: &str,
-        selector: Option<ProcessSelector>,
+        selector: Option<CompiledSelector>,
         action: FaultAction,
     ) -> ProcessFault {
         ProcessFault {
@@ -186,8 +185,8 @@ impl Fault for ProcessFault {
                 self.fault_id, self.target_name
             ))
         })?;
-        let selection = CompiledSelector::new(selector)
-            .and_then(|compiled| compiled.select())
+        let selection = selector
+            .select()
             .map_err(|e| FaultError::Failed(format!("{}: {e}", self.describe_target())))?;
         if selection.picked.is_empty() {
             return Err(self.no_target(&selection));
@@ -348,10 +347,12 @@ pub fn resume_all(processes: &[ProcRef]) -> Result<Reverted, FaultError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::experiment::model::ProcessSelector;
     use crate::experiment::model::testing::by_name;
     use crate::sys::proc::testing::{TestChild, sleep_named, unique};
 
     fn fault(selector: ProcessSelector, action: FaultAction) -> ProcessFault {
+        let selector = CompiledSelector::new(&selector).expect("a valid selector");
         ProcessFault::new("f1", "workers", Some(selector), action)
     }
 

@@ -6,17 +6,17 @@ use super::disk::{self, DiskFill, DiskFillParams, DiskIoParams, DiskIoPressure};
 use super::limit::{self, CpuLimitFault, CpuLimitParams, IoLimitFault, IoLimitParams};
 use super::memory::{self, MemoryPressure, MemoryPressureParams};
 use super::{Applied, Fault, FaultError, Prepared, RevertRecipe};
-use crate::experiment::model::ProcessSelector;
 use crate::plan::{
     CoreSelection, FaultSpec, FillAmount, IoMode, IoRate, MemorySize, Plan, ResourceAction,
     TargetSpec,
 };
+use crate::sys::proc::CompiledSelector;
 
 pub fn build(spec: &FaultSpec, plan: &Plan, action: &ResourceAction) -> Box<dyn Fault> {
     let target = spec.target.clone().unwrap_or_default();
     let selector = match plan.targets.get(&target) {
         Some(TargetSpec::Process(selector)) => selector.clone(),
-        _ => ProcessSelector::default(),
+        _ => CompiledSelector::default(),
     };
     match action {
         ResourceAction::CpuLimit { cpus } => Box::new(Limit(LimitKind::Cpu(CpuLimitFault::new(

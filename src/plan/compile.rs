@@ -23,12 +23,13 @@ use crate::experiment::model::{
 use crate::experiment::vars::{self, ColumnMap};
 use crate::experiment::{Diagnostic, Diagnostics, Dur, Experiment, Pos, Source, Sp};
 use crate::secrets::SecretSource;
+use crate::sys::proc::CompiledSelector;
 
 mod network;
 mod prometheus;
 mod resource;
 
-pub use network::{parse_bytes, parse_rate, port_range};
+pub use network::{parse_bytes, parse_rate};
 
 /// `a -> b -> a`; a long cycle shows its first and last few faults and how many between.
 fn cycle_words(path: &[&str]) -> String {
@@ -55,6 +56,7 @@ pub fn compile(source: &Source, experiment: Experiment) -> Result<Plan, Diagnost
     let mut checker = Checker {
         experiment: &experiment,
         problems: Vec::new(),
+        compiled_targets: HashMap::new(),
     };
     let parts = checker.run();
     let mut problems = checker.problems;
@@ -248,6 +250,8 @@ struct PlanParts {
 struct Checker<'a> {
     experiment: &'a Experiment,
     problems: Vec<Diagnostic>,
+    /// Process targets compiled by `targets`, for the probes that name them.
+    compiled_targets: HashMap<String, CompiledSelector>,
 }
 
 impl<'a> Checker<'a> {
@@ -357,12 +361,14 @@ impl<'a> Checker<'a> {
             let owner = format!("target `{name}`");
             match (&target.process, &target.network) {
                 (Some(selector), None) => {
-                    self.selector(selector, target.pos, &owner);
-                    specs.insert(name.clone(), TargetSpec::Process(selector.clone()));
+                    if let Some(compiled) = self.selector(selector, target.pos, &owner) {
+                        self.compiled_targets.insert(name.clone(), compiled.clone());
+                        specs.insert(name.clone(), TargetSpec::Process(compiled));
+                    }
                 }
                 (None, Some(selector)) => {
-                    self.network_selector(selector, &owner);
-                    specs.insert(name.clone(), TargetSpec::Network(selector.clone()));
+                    let compiled = self.network_selector(selector, &owner);
+                    specs.insert(name.clone(), TargetSpec::Network(compiled));
                 }
                 (Some(_), Some(_)) => self.report(
                     Diagnostic::at(target.pos, format!("{owner} has two kinds"), "process and network")
@@ -378,8 +384,15 @@ impl<'a> Checker<'a> {
         specs
     }
 
-    /// `owner` names where the selector is written, for messages ("target `worker`").
-    fn selector(&mut self, selector: &ProcessSelector, pos: Pos, owner: &str) {
+    /// Check a process selector and compile its patterns, once: `owner` names where it is
+    /// written, for messages ("target `worker`"). What is wrong is reported (the plan is then
+    /// not built) and left out of what is returned.
+    fn selector(
+        &mut self,
+        selector: &ProcessSelector,
+        pos: Pos,
+        owner: &str,
+    ) -> Option<CompiledSelector> {
         let has_filter = selector.pid.is_some()
             || selector.pidfile.is_some()
             || selector.name.is_some()
@@ -424,12 +437,15 @@ impl<'a> Checker<'a> {
                 )),
             );
         }
-        if let Some(pattern) = &selector.cmdline {
-            self.regex(pattern, "cmdline");
-        }
-        if let Some(pattern) = selector.exclude.as_ref().and_then(|e| e.cmdline.as_ref()) {
-            self.regex(pattern, "exclude.cmdline");
-        }
+        let cmdline = selector
+            .cmdline
+            .as_ref()
+            .and_then(|pattern| self.regex(pattern, "cmdline"));
+        let exclude_cmdline = selector
+            .exclude
+            .as_ref()
+            .and_then(|e| e.cmdline.as_ref())
+            .and_then(|pattern| self.regex(pattern, "exclude.cmdline"));
         if let (Some(_), Some(percent)) = (&selector.count, &selector.percent) {
             self.report(
                 Diagnostic::at(percent.pos, format!("{owner} has both `count` and `percent`"), "second limit")
@@ -468,6 +484,7 @@ impl<'a> Checker<'a> {
                 ),
             );
         }
+        CompiledSelector::from_compiled(selector.into(), cmdline, exclude_cmdline)
     }
 
     fn regex(&mut self, pattern: &Sp<String>, key: &str) -> Option<regex::Regex> {
@@ -802,14 +819,14 @@ impl<'a> Checker<'a> {
     ) -> Option<ProbeKind> {
         match (&process.target, &process.select) {
             (Some(target), None) => {
-                let selector = self.process_target_ref(target, &format!("probe `{name}`"))?;
+                self.process_target_ref(target, &format!("probe `{name}`"))?;
+                // Not there when the target's own selector is wrong (reported with it).
+                let selector = self.compiled_targets.get(target.as_str())?.clone();
                 Some(ProbeKind::Process { selector })
             }
             (None, Some(selector)) => {
-                self.selector(selector, probe_pos, &format!("probe `{name}`"));
-                Some(ProbeKind::Process {
-                    selector: selector.clone(),
-                })
+                let selector = self.selector(selector, probe_pos, &format!("probe `{name}`"))?;
+                Some(ProbeKind::Process { selector })
             }
             (Some(target), Some(_)) => {
                 self.report(

@@ -8,8 +8,10 @@ use std::time::Duration;
 
 use serde::Serialize;
 
-use crate::experiment::model::{Experiment, FaultKind, NetworkSelector, NoData, ProcessSelector};
+use crate::experiment::model::{Experiment, FaultKind, NoData};
 use crate::experiment::{Diagnostics, Overrides, Source};
+use crate::net::NetworkTarget;
+use crate::sys::proc::CompiledSelector;
 
 pub mod compile;
 pub mod jsonpath;
@@ -64,9 +66,11 @@ pub struct Plan {
 #[derive(Clone, Debug, Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum TargetSpec {
-    Process(ProcessSelector),
-    /// Host names are looked up when a fault on it is prepared (and by `faultline plan`).
-    Network(NetworkSelector),
+    /// Its patterns compiled once, here.
+    Process(CompiledSelector),
+    /// Addresses, blocks and ports parsed; host names are looked up when a fault on it is
+    /// prepared (and by `faultline plan`).
+    Network(NetworkTarget),
 }
 
 #[derive(Clone, Debug, Serialize)]
@@ -264,7 +268,7 @@ pub enum ProbeKind {
         env: BTreeMap<String, String>,
     },
     Process {
-        selector: ProcessSelector,
+        selector: CompiledSelector,
     },
     Prometheus {
         /// The server's base URL, as written.

@@ -25,9 +25,7 @@ pub struct ProcessProbe {
 impl ProcessProbe {
     pub fn new(spec: &ProbeSpec) -> ProcessProbe {
         let selector = match &spec.kind {
-            ProbeKind::Process { selector } => CompiledSelector::new(selector)
-                .map(Arc::new)
-                .map_err(|e| format!("probe `{}`: {e}", spec.name)),
+            ProbeKind::Process { selector } => Ok(Arc::new(selector.clone())),
             _ => Err(format!("probe `{}` is not a process probe", spec.name)),
         };
         ProcessProbe {
@@ -100,10 +98,11 @@ mod tests {
         ProcessProbe::new(&ProbeSpec {
             name: "workers-alive".into(),
             kind: ProbeKind::Process {
-                selector: crate::experiment::model::ProcessSelector {
+                selector: CompiledSelector::new(&crate::experiment::model::ProcessSelector {
                     count: Some(crate::experiment::spanned::Sp::new(1)),
                     ..by_name(name)
-                },
+                })
+                .expect("a valid selector"),
             },
             check: Check {
                 min_count: Some(min_count),
@@ -168,24 +167,23 @@ mod tests {
         );
     }
 
-    #[tokio::test]
-    async fn an_invalid_regex_fails_every_sample_with_the_reason() {
-        let spec = ProbeSpec {
-            name: "bad".into(),
-            kind: ProbeKind::Process {
-                selector: crate::experiment::model::testing::by_cmdline("(unclosed"),
-            },
-            check: Check::default(),
-            interval: Duration::from_secs(1),
-            timeout: Duration::from_secs(2),
-            failure_threshold: 1,
-            slo: None,
+    #[test]
+    fn a_bad_pattern_in_a_process_probe_is_refused_before_any_probe_runs() {
+        let source = crate::experiment::Source {
+            path: "bad.yaml".into(),
+            text: "apiVersion: faultline/v1\nmetadata: {name: t}\n\
+                   probes: {bad: {process: {select: {cmdline: '(unclosed'}}}}\n\
+                   steady_state: {before: {probes: [bad]}}\nmax_duration: 1m\n"
+                .into(),
         };
-        let sample = ProcessProbe::new(&spec).sample().await;
-        let error = sample.error.expect("fails");
+        let diagnostics = crate::plan::plan_source(&source, &crate::experiment::Overrides::none())
+            .expect_err("no plan, so no probe");
+        let text = diagnostics.to_string();
         assert!(
-            error.contains("probe `bad`") && error.contains("(unclosed"),
-            "{error}"
+            text.contains("(unclosed")
+                && text.contains("bad.yaml:3:")
+                && text.matches("-->").count() == 1,
+            "the one problem, at the pattern: {text}"
         );
     }
 }

@@ -30,7 +30,7 @@ impl ProcRef {
 
 /// What a target's process selector says, without its positions in the file: the
 /// filters, the excludes and how to pick among the matches (see the experiment format).
-#[derive(Clone, Debug, Default)]
+#[derive(Clone, Debug, Default, serde::Serialize)]
 pub struct Selector {
     pub pid: Option<u32>,
     pub pidfile: Option<String>,
@@ -54,7 +54,7 @@ impl From<&Selector> for Selector {
 }
 
 /// Matches a selector leaves alone.
-#[derive(Clone, Debug, Default)]
+#[derive(Clone, Debug, Default, serde::Serialize)]
 pub struct Exclude {
     pub pids: Vec<u32>,
     pub name: Option<String>,
@@ -339,10 +339,14 @@ pub fn wait_for_state(
 }
 
 /// A selector with its regexes compiled, to resolve repeatedly (a probe samples every second).
-#[derive(Clone, Debug)]
+/// Serialised as the selector it was compiled from.
+#[derive(Clone, Debug, Default, serde::Serialize)]
+#[serde(transparent)]
 pub struct CompiledSelector {
     selector: Selector,
+    #[serde(skip)]
     cmdline: Option<Regex>,
+    #[serde(skip)]
     exclude_cmdline: Option<Regex>,
 }
 
@@ -379,6 +383,34 @@ impl CompiledSelector {
                 .transpose()?,
             selector,
         })
+    }
+
+    /// A selector whose patterns its caller has compiled already (the plan's compile step,
+    /// which reports a bad pattern at its place in the file): `cmdline` and
+    /// `exclude_cmdline` are `selector`'s two patterns, compiled. `None` when a pattern has
+    /// no regex: a selector must never match more than it says.
+    pub fn from_compiled(
+        selector: Selector,
+        cmdline: Option<Regex>,
+        exclude_cmdline: Option<Regex>,
+    ) -> Option<CompiledSelector> {
+        let exclude_pattern = selector.exclude.as_ref().and_then(|e| e.cmdline.as_ref());
+        let same = |pattern: Option<&String>, regex: &Option<Regex>| match (pattern, regex) {
+            (None, None) => true,
+            (Some(pattern), Some(regex)) => regex.as_str() == pattern,
+            _ => false,
+        };
+        (same(selector.cmdline.as_ref(), &cmdline) && same(exclude_pattern, &exclude_cmdline))
+            .then_some(CompiledSelector {
+                selector,
+                cmdline,
+                exclude_cmdline,
+            })
+    }
+
+    /// What the selector says, as written.
+    pub fn selector(&self) -> &Selector {
+        &self.selector
     }
 
     /// Every live, non-zombie process the filters and excludes match. Kernel threads only when

@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use faultline::engine::interrupt::{self, Interrupt};
 use faultline::engine::{self, Backend, RunContext, RunReport};
-use faultline::experiment::model::{FaultKind, ProcessSelector};
+use faultline::experiment::model::FaultKind;
 use faultline::fault::sim::SimFault;
 use faultline::fault::{Applied, Fault, FaultError, Prepared};
 use faultline::outcome::Outcome;
@@ -20,6 +20,7 @@ use faultline::probe::Probe;
 use faultline::probe::sim::{Answer, SimProbe};
 use faultline::report::journal::Journal;
 use faultline::state::StateDir;
+use faultline::sys::proc::CompiledSelector;
 use serde_json::Value;
 use tokio::time::Instant;
 
@@ -150,7 +151,7 @@ impl Scenario {
         let mut targets = BTreeMap::new();
         targets.insert(
             "t".to_string(),
-            TargetSpec::Process(ProcessSelector::default()),
+            TargetSpec::Process(CompiledSelector::default()),
         );
         let plan = Plan {
             name: "engine-test".into(),

@@ -325,7 +325,7 @@ max_duration: 1m
     assert_eq!(workers.check.min_count, Some(1));
     match &workers.kind {
         ProbeKind::Process { selector } => {
-            assert_eq!(selector.name.as_deref(), Some("demo-worker"))
+            assert_eq!(selector.selector().name.as_deref(), Some("demo-worker"))
         }
         other => panic!("{other:?}"),
     }

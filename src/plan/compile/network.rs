@@ -7,7 +7,7 @@ use crate::experiment::model::{
     BackendChoice, FaultDef, FaultKind, JitterDistribution, NetworkSelector, PercentSpec, PortSpec,
 };
 use crate::experiment::{Diagnostic, Pos, Sp};
-use crate::net::{Direction, IpNet, PortRange, Protocol};
+use crate::net::{Direction, Endpoint, IpNet, NetworkTarget, PortRange, Protocol};
 use crate::plan::{DelayBackend, NetworkAction};
 
 /// Which fault kinds take each parameter.
@@ -188,7 +188,13 @@ pub fn port_range(spec: &PortSpec) -> Result<PortRange, String> {
 }
 
 impl<'a> Checker<'a> {
-    pub(super) fn network_selector(&mut self, selector: &NetworkSelector, owner: &str) {
+    /// Check a network selector and compile it: addresses, blocks and ports parsed once,
+    /// here (what is wrong is reported and left out).
+    pub(super) fn network_selector(
+        &mut self,
+        selector: &NetworkSelector,
+        owner: &str,
+    ) -> NetworkTarget {
         if let Some(netns) = &selector.netns
             && (netns.is_empty()
                 || netns.contains('/')
@@ -217,8 +223,19 @@ impl<'a> Checker<'a> {
                 );
             }
         }
-        for (list, key) in [(&selector.remote, "remote"), (&selector.local, "local")] {
+        let mut endpoints = [Vec::new(), Vec::new()];
+        for ((list, key), compiled) in [(&selector.remote, "remote"), (&selector.local, "local")]
+            .into_iter()
+            .zip(endpoints.iter_mut())
+        {
             for entry in list {
+                match entry.parse::<IpNet>() {
+                    Ok(net) if net.network() == net => compiled.push(Endpoint::Net(net)),
+                    Err(_) if is_host_name(entry) => {
+                        compiled.push(Endpoint::Host(entry.value.clone()));
+                    }
+                    _ => {}
+                }
                 if let Ok(net) = entry.parse::<IpNet>()
                     && net.network() != net
                 {
@@ -262,16 +279,21 @@ impl<'a> Checker<'a> {
             }
         }
         let protocol = selector.protocol.as_ref().map(|p| p.value);
-        for (list, key) in [
+        let mut port_ranges = [Vec::new(), Vec::new()];
+        for ((list, key), compiled) in [
             (&selector.remote_ports, "remote_ports"),
             (&selector.local_ports, "local_ports"),
-        ] {
+        ]
+        .into_iter()
+        .zip(port_ranges.iter_mut())
+        {
             for port in list {
-                if let Err(e) = port_range(port) {
-                    self.report(
+                match port_range(port) {
+                    Ok(range) => compiled.push(range),
+                    Err(e) => self.report(
                         Diagnostic::at(port.pos, format!("{owner}: {e}"), "not a port")
                             .with_hint("write a port (`5432`) or a range (`\"8000-8100\"`)"),
-                    );
+                    ),
                 }
             }
             if let (Some(first), Some(Protocol::Icmp)) = (list.first(), protocol) {
@@ -303,6 +325,27 @@ impl<'a> Checker<'a> {
                     .with_hint("write it as in /proc/PID/cgroup, e.g. `/system.slice/app.service`"),
                 );
             }
+        }
+        let [remote, local] = endpoints;
+        let [remote_ports, local_ports] = port_ranges;
+        NetworkTarget {
+            netns: selector.netns.as_ref().map(|n| n.value.clone()),
+            interfaces: selector
+                .interfaces
+                .iter()
+                .map(|i| i.value.clone())
+                .collect(),
+            direction: selector
+                .direction
+                .as_ref()
+                .map_or(Direction::Egress, |d| d.value),
+            protocol: protocol.unwrap_or(Protocol::All),
+            remote,
+            local,
+            remote_ports,
+            local_ports,
+            cgroup: selector.cgroup.as_ref().map(|c| c.value.clone()),
+            lockout_protection: selector.lockout_protection,
         }
     }
 
