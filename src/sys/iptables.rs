@@ -780,6 +780,13 @@ fn parse_save(text: &str) -> Vec<SavedTable> {
                 }
             } else if line.starts_with("-A ") {
                 table.rules.push(line.to_string());
+            } else if let Some((_, rule)) = line
+                .strip_prefix('[')
+                .and_then(|counted| counted.split_once("] "))
+                .filter(|(_, rule)| rule.starts_with("-A "))
+            {
+                // `*-save -c`: `[PACKETS:BYTES] -A ...`.
+                table.rules.push(rule.to_string());
             }
         }
     }
@@ -1028,22 +1035,44 @@ impl RuleSet {
     /// Then check with `*-save` that nothing of this set is left, and drop tables that
     /// iptables-nft created for it and that hold nothing else.
     pub fn remove(&self) -> Result<(), IptablesError> {
+        self.remove_counted().map(drop)
+    }
+
+    /// Remove, and say what the rules had matched until then, read from the listing the
+    /// removal starts from (`None` when a chain was not there to count).
+    pub fn remove_counted(&self) -> Result<Option<Counters>, IptablesError> {
         let _lock = ruleset_lock();
         self.remove_unlocked()
     }
 
-    fn remove_unlocked(&self) -> Result<(), IptablesError> {
+    fn remove_unlocked(&self) -> Result<Option<Counters>, IptablesError> {
         let netns = self.netns.as_deref();
         if let Some(name) = netns
             && !netns::path(name).exists()
         {
             // The namespace, and everything in it, is gone.
-            return Ok(());
+            return Ok(None);
         }
+        let mut counted = Some(Counters::default());
         for family in self.families() {
-            let saved = parse_save(&run_save(netns, self.variant, family)?);
+            let listing = run_ok(netns, &self.variant.save_binary(family), &strings(&["-c"]))?;
             let chains: Vec<&OwnedChain> =
                 self.chains.iter().filter(|c| c.family == family).collect();
+            for chain in &chains {
+                counted = counted.and_then(|mut total| {
+                    let counts = chain_counters(&listing, chain).ok()?;
+                    total.action.add(counts.action);
+                    total.protected.add(counts.protected);
+                    total.chains.push(counts);
+                    Some(total)
+                });
+            }
+            let mut saved = parse_save(&listing);
+            // A table iptables-nft created for this run that holds nothing but these chains
+            // goes in one call (the restore transaction alone takes longer on nft), and with
+            // it the empty base chains it was created with.
+            let deleted = self.delete_created_tables_holding_only(family, &saved, &chains);
+            saved.retain(|table| !deleted.contains(&table.name));
             let Some(script) = removal_script(&saved, &chains) else {
                 continue;
             };
@@ -1062,11 +1091,58 @@ impl RuleSet {
                 }
             }
         }
-        let remaining = self.remaining()?;
+        // One listing per family, for the check and for the tables left to drop.
+        let mut now = Vec::new();
+        for family in self.families() {
+            now.push((family, parse_save(&run_save(netns, self.variant, family)?)));
+        }
+        let remaining = self.remaining(&now);
         if !remaining.is_empty() {
             return Err(IptablesError::StillPresent(remaining));
         }
-        self.drop_created_tables()
+        self.drop_created_tables(&now)?;
+        Ok(counted)
+    }
+
+    /// Of the tables this set's run created in `family`, delete those that (as `saved`
+    /// shows them) hold only `chains` and the jumps into them; the names of those deleted.
+    /// Best effort: a table that is not deleted here goes through the restore path.
+    fn delete_created_tables_holding_only(
+        &self,
+        family: Family,
+        saved: &[SavedTable],
+        chains: &[&OwnedChain],
+    ) -> Vec<String> {
+        if self.variant != Variant::Nft {
+            return Vec::new();
+        }
+        let mut deleted = Vec::new();
+        for created in self.created_tables.iter().filter(|t| t.family == family) {
+            let Some(table) = saved.iter().find(|t| t.name == created.table) else {
+                continue;
+            };
+            let ours: Vec<&str> = chains
+                .iter()
+                .filter(|c| c.table == table.name)
+                .map(|c| c.name.as_str())
+                .collect();
+            let foreign_rule = table
+                .rules
+                .iter()
+                .any(|rule| !ours.iter().any(|chain| mentions(rule, chain)));
+            let foreign_chain = table
+                .chains
+                .iter()
+                .any(|(name, policy)| !ours.contains(&name.as_str()) && policy != "ACCEPT");
+            if ours.is_empty() || foreign_rule || foreign_chain {
+                continue;
+            }
+            let args = strings(&["delete", "table", family.nft_name(), &created.table]);
+            if run_ok(self.netns.as_deref(), "nft", &args).is_ok() {
+                deleted.push(created.table.clone());
+            }
+        }
+        deleted
     }
 
     /// Best effort: failures show up in the verification that follows.
@@ -1086,17 +1162,16 @@ impl RuleSet {
         let _ = run(netns, &binary, &table_args(chain, &["-X", &chain.name]));
     }
 
-    /// Lines of `*-save` that still name one of this set's chains.
-    fn remaining(&self) -> Result<Vec<String>, IptablesError> {
-        let netns = self.netns.as_deref();
+    /// Lines of `*-save` (`now`, by family) that still name one of this set's chains.
+    fn remaining(&self, now: &[(Family, Vec<SavedTable>)]) -> Vec<String> {
         let mut remaining = Vec::new();
-        for family in self.families() {
-            let binary = self.variant.binary(family);
-            for table in parse_save(&run_save(netns, self.variant, family)?) {
+        for (family, tables) in now {
+            let binary = self.variant.binary(*family);
+            for table in tables {
                 for chain in self
                     .chains
                     .iter()
-                    .filter(|c| c.family == family && c.table == table.name)
+                    .filter(|c| c.family == *family && c.table == table.name)
                 {
                     if table.chains.iter().any(|(c, _)| *c == chain.name) {
                         remaining.push(format!("{binary} -t {}: chain {}", table.name, chain.name));
@@ -1107,16 +1182,24 @@ impl RuleSet {
                 }
             }
         }
-        Ok(remaining)
+        remaining
     }
 
-    fn drop_created_tables(&self) -> Result<(), IptablesError> {
+    /// The tables the run created that (as `now` shows them) hold nothing any more.
+    fn drop_created_tables(&self, now: &[(Family, Vec<SavedTable>)]) -> Result<(), IptablesError> {
         if self.variant != Variant::Nft {
             return Ok(());
         }
         let netns = self.netns.as_deref();
         for created in &self.created_tables {
-            let saved = parse_save(&run_save(netns, self.variant, created.family)?);
+            let listed;
+            let saved = match now.iter().find(|(family, _)| *family == created.family) {
+                Some((_, saved)) => saved,
+                None => {
+                    listed = parse_save(&run_save(netns, self.variant, created.family)?);
+                    &listed
+                }
+            };
             let unused = saved
                 .iter()
                 .find(|t| t.name == created.table)
@@ -1129,41 +1212,82 @@ impl RuleSet {
         Ok(())
     }
 
-    /// Packets and bytes matched so far by the action rules and by the protection rules.
+    /// Packets and bytes matched so far by the action rules and by the protection rules:
+    /// one `*-save -c` per family (a listing per chain took a tool call each, on the abort
+    /// path). A chain that is not there is an error.
     pub fn counters(&self) -> Result<Counters, IptablesError> {
         let netns = self.netns.as_deref();
         let mut total = Counters::default();
-        for chain in &self.chains {
-            let args = table_args(chain, &["-L", &chain.name, "-v", "-x", "-n"]);
-            let listing = run_ok(netns, &self.binary(chain), &args)?;
-            let mut counts = ChainCounters {
-                family: chain.family,
-                chain: chain.name.clone(),
-                action: PacketCount::default(),
-                protected: PacketCount::default(),
-            };
-            // Two header lines: `Chain NAME (1 references)` and the column titles.
-            for line in listing.lines().skip(2).filter(|l| !l.trim().is_empty()) {
-                let bad = || IptablesError::Counters {
-                    chain: chain.name.clone(),
-                    line: line.to_string(),
-                };
-                let mut words = line.split_whitespace();
-                let packets = words.next().and_then(|w| w.parse().ok()).ok_or_else(bad)?;
-                let bytes = words.next().and_then(|w| w.parse().ok()).ok_or_else(bad)?;
-                let count = PacketCount { packets, bytes };
-                if words.next() == Some("RETURN") {
-                    counts.protected.add(count);
-                } else {
-                    counts.action.add(count);
-                }
+        for family in self.families() {
+            let listing = run_ok(netns, &self.variant.save_binary(family), &strings(&["-c"]))?;
+            for chain in self.chains.iter().filter(|c| c.family == family) {
+                let counts = chain_counters(&listing, chain)?;
+                total.action.add(counts.action);
+                total.protected.add(counts.protected);
+                total.chains.push(counts);
             }
-            total.action.add(counts.action);
-            total.protected.add(counts.protected);
-            total.chains.push(counts);
         }
         Ok(total)
     }
+}
+
+/// What the rules of `chain` matched, from `*-save -c` output: `[PACKETS:BYTES] -A CHAIN
+/// ... -j TARGET` lines; a rule whose target is RETURN lets a protected flow through.
+fn chain_counters(listing: &str, chain: &OwnedChain) -> Result<ChainCounters, IptablesError> {
+    let mut counts = ChainCounters {
+        family: chain.family,
+        chain: chain.name.clone(),
+        action: PacketCount::default(),
+        protected: PacketCount::default(),
+    };
+    let mut table = "";
+    let mut declared = false;
+    for line in listing.lines() {
+        if let Some(name) = line.strip_prefix('*') {
+            table = name.trim();
+            continue;
+        }
+        if table != chain.table {
+            continue;
+        }
+        if let Some(decl) = line.strip_prefix(':') {
+            declared |= decl.split_whitespace().next() == Some(chain.name.as_str());
+            continue;
+        }
+        let Some((count, rule)) = line.strip_prefix('[').and_then(|l| l.split_once("] ")) else {
+            continue;
+        };
+        let words = save_words(rule);
+        if words.first().map(String::as_str) != Some("-A") || words.get(1) != Some(&chain.name) {
+            continue;
+        }
+        let bad = || IptablesError::Counters {
+            chain: chain.name.clone(),
+            line: line.to_string(),
+        };
+        let (packets, bytes) = count.split_once(':').ok_or_else(bad)?;
+        let count = PacketCount {
+            packets: packets.parse().map_err(|_| bad())?,
+            bytes: bytes.parse().map_err(|_| bad())?,
+        };
+        let target = words
+            .windows(2)
+            .rev()
+            .find(|w| w[0] == "-j" || w[0] == "-g")
+            .map(|w| w[1].as_str());
+        if target == Some("RETURN") {
+            counts.protected.add(count);
+        } else {
+            counts.action.add(count);
+        }
+    }
+    if !declared {
+        return Err(IptablesError::Counters {
+            chain: chain.name.clone(),
+            line: format!("(no chain {} in table {})", chain.name, chain.table),
+        });
+    }
+    Ok(counts)
 }
 
 /// Where the variant's binary is, if installed (for `doctor`).
@@ -1226,8 +1350,9 @@ mod tests {
         let saves = AtomicUsize::new(0);
         let deletes = AtomicUsize::new(0);
         let runner = fake::Recording::answering(move |call| match call.program.as_str() {
+            // The removal starts from a listing with counters (`-c`).
             "iptables-nft-save" if saves.fetch_add(1, Ordering::SeqCst) == 0 => {
-                fake::ok(SAVED_WITH_OURS)
+                fake::ok(&SAVED_WITH_OURS.replace("\n-A ", "\n[3:180] -A "))
             }
             "iptables-nft-save" => fake::ok(SAVED_CLEAN),
             "iptables-nft-restore" => fake::failed("iptables-restore: line 3 failed"),
@@ -1246,7 +1371,7 @@ mod tests {
         assert_eq!(
             runner.lines(),
             [
-                "iptables-nft-save ",
+                "iptables-nft-save -c",
                 "iptables-nft-restore -w 5 --noflush",
                 "iptables-nft -w 5 -t filter -D OUTPUT -j FAULTLINE-t1-OUT",
                 "iptables-nft -w 5 -t filter -D OUTPUT -j FAULTLINE-t1-OUT",
@@ -1286,7 +1411,7 @@ mod tests {
             [
                 "iptables-nft -w 5 -t filter -N FAULTLINE-t1-OUT",
                 "iptables-nft -w 5 -t filter -A FAULTLINE-t1-OUT -d 192.0.2.0/24 -j DROP",
-                "iptables-nft-save ",
+                "iptables-nft-save -c",
             ]
         );
         // No jump was ever inserted; the half-made chain goes in one transaction.
@@ -1492,6 +1617,41 @@ mod tests {
             t.direction = direction;
             assert!(invalid(&t, Action::Drop, "t1").contains("egress"));
         }
+    }
+
+    #[test]
+    fn counters_come_from_one_save_listing_per_family() {
+        let chain = egress_drop().chains.remove(0);
+        let name = &chain.name;
+        let listing = format!(
+            "# Generated by iptables-nft-save\n*nat\n:{name} - [0:0]\n[9:9] -A {name} -j DROP\nCOMMIT\n\
+             *filter\n:INPUT ACCEPT [0:0]\n:OUTPUT ACCEPT [5:300]\n:{name} - [0:0]\n\
+             [7:420] -A OUTPUT -j {name}\n\
+             [2:120] -A {name} -d 10.0.0.9/32 -m comment --comment \"-j DROP\" -j RETURN\n\
+             [5:300] -A {name} -j DROP\nCOMMIT\n"
+        );
+        let counts = chain_counters(&listing, &chain).unwrap();
+        assert_eq!(
+            counts.protected,
+            PacketCount {
+                packets: 2,
+                bytes: 120
+            },
+            "the RETURN rule, whatever its comment says"
+        );
+        assert_eq!(
+            counts.action,
+            PacketCount {
+                packets: 5,
+                bytes: 300
+            },
+            "only the chain's own rules in its own table"
+        );
+        let gone = listing.replace(&format!(":{name} - [0:0]\n"), "");
+        assert!(
+            chain_counters(&gone, &chain).is_err(),
+            "a chain not listed: {gone}"
+        );
     }
 
     #[test]
@@ -1978,6 +2138,39 @@ mod tests {
             assert!(snapshot(&net.a, Variant::Nft).0.contains("NFQUEUE"));
             set.remove().unwrap();
             assert_eq!(snapshot(&net.a, Variant::Nft), before);
+        }
+
+        /// A table faultline created goes in one call when only its chains are in it, but
+        /// not when someone added a rule of their own meanwhile: that rule stays, exactly.
+        #[test]
+        fn a_created_table_someone_else_used_meanwhile_keeps_their_rule() {
+            let net = TestNet::new().expect("create test net (needs root)");
+            let t = busy_fault(&net, &net.a);
+            let set = RuleSet::plan(&t, Action::Drop, &unique_id("f"), None).unwrap();
+            assert!(!set.created_tables.is_empty());
+            set.apply().unwrap();
+            let theirs = [
+                "iptables-nft",
+                "-t",
+                "filter",
+                "-A",
+                "INPUT",
+                "-p",
+                "udp",
+                "--dport",
+                "5353",
+                "-j",
+                "ACCEPT",
+            ];
+            let out = netns::command_in(&net.a, &theirs).output().unwrap();
+            assert!(out.status.success(), "{out:?}");
+            set.remove().unwrap();
+            let (v4, _) = snapshot(&net.a, Variant::Nft);
+            assert!(
+                v4.contains("-A INPUT -p udp -m udp --dport 5353 -j ACCEPT"),
+                "{v4}"
+            );
+            assert!(!v4.contains("FAULTLINE"), "{v4}");
         }
 
         /// Two rule sets of one run in a namespace without tables: the second one planned
