@@ -134,7 +134,7 @@ impl RevertRecipe {
     /// run one after the other; `None` reverts alongside anything.
     pub fn shared_with(&self) -> Option<&'static str> {
         match self {
-            RevertRecipe::Network { .. } => Some("network"),
+            RevertRecipe::Network { steps } => Some(network::shared_structure(steps)),
             RevertRecipe::CgroupLimit(_) => Some("cgroups"),
             RevertRecipe::Simulated { .. } => Some("simulated"),
             // Each reports the free space it saw while in place: another's revert on the same

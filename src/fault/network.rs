@@ -60,6 +60,23 @@ pub enum NetStep {
     Tc { install: LegacyTcInstall },
 }
 
+/// Which of the kernel's network structures the reverts of `steps` touch: tc trees and
+/// iptables rule sets are apart (each has its own lock in `sys`), so the reverts of a tc
+/// fault and of an iptables fault run side by side.
+pub fn shared_structure(steps: &[NetStep]) -> &'static str {
+    let tc = steps
+        .iter()
+        .any(|s| matches!(s, NetStep::TcTree { .. } | NetStep::Tc { .. }));
+    let iptables = steps
+        .iter()
+        .any(|s| matches!(s, NetStep::Iptables { .. } | NetStep::Delayer { .. }));
+    match (tc, iptables) {
+        (true, false) => "tc",
+        (false, true) => "iptables",
+        _ => "network",
+    }
+}
+
 impl NetStep {
     fn describe(&self) -> String {
         match self {
@@ -98,10 +115,9 @@ impl NetStep {
     fn revert(&self, delayers: &mut Vec<Delayer>) -> Result<serde_json::Value, FaultError> {
         match self {
             NetStep::Iptables { rules } => {
-                // Counters first: they vanish with the chains. Their absence (a crash took the
-                // chains already) is not an error.
-                let counters = rules.counters().ok();
-                rules.remove()?;
+                // Counters are read from the listing the removal starts from: they vanish with
+                // the chains. Their absence (a crash took the chains already) is no error.
+                let counters = rules.remove_counted()?;
                 Ok(serde_json::to_value(counters).unwrap_or_default())
             }
             // Stopping releases every held packet at once; after a crash there is nothing to stop.
