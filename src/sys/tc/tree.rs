@@ -864,6 +864,27 @@ fn take_out(ns: Option<&str>, member: &TcMember) -> Result<bool, TcError> {
             return Ok(true);
         }
     }
+    if tree_here && member.side == Side::Ingress {
+        let masks = class_masks(ns, tree_dev)?;
+        let dev = member.dev.as_str();
+        if masks.iter().all(|mask| mask & !bit == 0) {
+            let ingress_here = first_qdisc(ns, dev, "ingress")?.is_some();
+            let prios = if ingress_here {
+                filter_prios(ns, dev, INGRESS_HANDLE)?
+            } else {
+                BTreeSet::new()
+            };
+            if prios.iter().all(|prio| ours(*prio)) {
+                // The last member, alone on the ingress qdisc: the qdisc takes its redirects
+                // with it and the IFB device its tree.
+                if ingress_here {
+                    tc(ns, &["qdisc", "del", "dev", dev, "ingress"])?;
+                }
+                run(ns, "ip", &strings(&["link", "del", "dev", tree_dev]))?;
+                return Ok(true);
+            }
+        }
+    }
     if tree_here {
         // Filters first: htb refuses to delete a class that filters still steer to.
         for prio in filter_prios(ns, tree_dev, ROOT_HANDLE)? {
