@@ -15,6 +15,10 @@ fn main() -> ExitCode {
     if args.get(1).map(String::as_str) == Some(faultline::watchdog::SUBCOMMAND) {
         return ExitCode::from(faultline::watchdog::watchdog_main(&args[2..]));
     }
+    // glibc gives each thread that allocates an arena of its own; the runner's few threads
+    // (probes, reverts, the runtime's workers) allocate little, and arenas they do not need
+    // cost resident memory on the host under test (measured: 0.4 MiB of 12.6).
+    faultline::sys::limit_malloc_arenas(2);
     // Before anything else a run does: a SIGINT/SIGTERM/SIGHUP from here on is acted on
     // once the runner listens, never lost or fatal half-way through settling leftovers.
     if let Err(e) = faultline::engine::interrupt::take_over() {

@@ -32,6 +32,20 @@ pub enum Cause {
     Failed,
 }
 
+/// At most `arenas` malloc arenas for this process (glibc; elsewhere nothing to do). A
+/// `MALLOC_ARENA_MAX` in the environment, set by whoever runs faultline, wins.
+pub fn limit_malloc_arenas(arenas: i32) {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    if std::env::var_os("MALLOC_ARENA_MAX").is_none() {
+        // SAFETY: mallopt only sets an allocator parameter; called before any thread starts.
+        unsafe {
+            libc::mallopt(libc::M_ARENA_MAX, arenas);
+        }
+    }
+    #[cfg(not(all(target_os = "linux", target_env = "gnu")))]
+    let _ = arenas;
+}
+
 /// Make a tool faultline runs (iptables, tc, nsenter) die with the faultline thread that
 /// waits for it. Otherwise a runner killed mid-command leaves the tool running: it could add
 /// its rule after the watchdog has reverted the run, leaving a rule nothing records.
