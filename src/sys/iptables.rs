@@ -834,6 +834,65 @@ fn save_words(line: &str) -> Vec<String> {
     words
 }
 
+/// The chain an `-A CHAIN ...` line of `*-save` adds to, and the rule's own target: its last
+/// `-j`/`-g` (a comment may hold either word, quoted, and is one word here).
+fn chain_and_target(rule: &str) -> (String, Option<String>) {
+    let words = save_words(rule);
+    let target = words
+        .windows(2)
+        .rev()
+        .find(|w| w[0] == "-j" || w[0] == "-g")
+        .map(|w| w[1].clone());
+    (words.get(1).cloned().unwrap_or_default(), target)
+}
+
+/// Whether nft itself, which also shows what `*-save` cannot (native sets, maps, chains and
+/// rules someone added with `nft`), finds in `table` only the chains `ours` and base chains
+/// whose rules all jump into them. Anything else, or a listing that fails: `false`, and the
+/// table is kept.
+fn nft_table_holds_only(netns: Option<&str>, family: Family, table: &str, ours: &[&str]) -> bool {
+    let args = strings(&["list", "table", family.nft_name(), table]);
+    let Ok(text) = run_ok(netns, "nft", &args) else {
+        return false;
+    };
+    nft_listing_holds_only(&text, ours)
+}
+
+fn nft_listing_holds_only(text: &str, ours: &[&str]) -> bool {
+    let mut chain: Option<&str> = None;
+    for line in text.lines().map(str::trim) {
+        if line.is_empty() || line.starts_with("table ") {
+            continue;
+        }
+        if line == "}" {
+            chain = None;
+            continue;
+        }
+        if let Some(name) = line.strip_prefix("chain ") {
+            chain = Some(name.trim_end_matches('{').trim().trim_matches('"'));
+            continue;
+        }
+        match chain {
+            // A set, map, flowtable or named object at table level.
+            None => return false,
+            Some(name) if ours.contains(&name) => {}
+            Some(_) => {
+                if line.starts_with("type ") {
+                    continue;
+                }
+                let words: Vec<&str> = line.split_whitespace().collect();
+                let into_ours = words
+                    .windows(2)
+                    .any(|w| (w[0] == "jump" || w[0] == "goto") && ours.contains(&w[1]));
+                if !into_ours {
+                    return false;
+                }
+            }
+        }
+    }
+    true
+}
+
 /// The `iptables-restore --noflush` input that removes `chains` as `saved` shows them: every
 /// rule jumping to one of them deleted (as listed, so it matches exactly), then each chain
 /// flushed and deleted. `None` when none of them is there.
@@ -850,16 +909,9 @@ fn removal_script(saved: &[SavedTable], chains: &[&OwnedChain]) -> Option<String
         }
         script.push_str(&format!("*{}\n", table.name));
         for rule in &table.rules {
-            let words = save_words(rule);
-            let in_chain = words.get(1).map(String::as_str).unwrap_or_default();
-            // The rule's own target: the last `-j`/`-g` (a comment may hold either, quoted).
-            let target = words
-                .windows(2)
-                .rev()
-                .find(|w| w[0] == "-j" || w[0] == "-g")
-                .map(|w| w[1].as_str());
-            let jumps_to_ours = target.is_some_and(|target| ours.contains(&target));
-            if jumps_to_ours && !ours.contains(&in_chain) {
+            let (in_chain, target) = chain_and_target(rule);
+            let jumps_to_ours = target.is_some_and(|target| ours.contains(&target.as_str()));
+            if jumps_to_ours && !ours.contains(&in_chain.as_str()) {
                 script.push_str(&format!("-D{}\n", &rule["-A".len()..]));
             }
         }
@@ -1126,15 +1178,22 @@ impl RuleSet {
                 .filter(|c| c.table == table.name)
                 .map(|c| c.name.as_str())
                 .collect();
-            let foreign_rule = table
-                .rules
-                .iter()
-                .any(|rule| !ours.iter().any(|chain| mentions(rule, chain)));
+            // Ours: a rule in one of our chains, or one whose own target is one of them (as
+            // `removal_script` decides; a comment that merely names a chain is not).
+            let foreign_rule = table.rules.iter().any(|rule| {
+                let (in_chain, target) = chain_and_target(rule);
+                !ours.contains(&in_chain.as_str())
+                    && !target.is_some_and(|target| ours.contains(&target.as_str()))
+            });
             let foreign_chain = table
                 .chains
                 .iter()
                 .any(|(name, policy)| !ours.contains(&name.as_str()) && policy != "ACCEPT");
-            if ours.is_empty() || foreign_rule || foreign_chain {
+            if ours.is_empty()
+                || foreign_rule
+                || foreign_chain
+                || !nft_table_holds_only(self.netns.as_deref(), family, &created.table, &ours)
+            {
                 continue;
             }
             let args = strings(&["delete", "table", family.nft_name(), &created.table]);
@@ -1203,7 +1262,8 @@ impl RuleSet {
             let unused = saved
                 .iter()
                 .find(|t| t.name == created.table)
-                .is_some_and(|t| !t.in_use());
+                .is_some_and(|t| !t.in_use())
+                && nft_table_holds_only(netns, created.family, &created.table, &[]);
             if unused {
                 let args = strings(&["delete", "table", created.family.nft_name(), &created.table]);
                 run_ok(netns, "nft", &args)?;
@@ -1617,6 +1677,38 @@ mod tests {
             t.direction = direction;
             assert!(invalid(&t, Action::Drop, "t1").contains("egress"));
         }
+    }
+
+    #[test]
+    fn a_table_is_only_ours_when_nft_shows_nothing_else() {
+        let ours = ["FAULTLINE-t1-OUT"];
+        let listing = "table ip filter {\n\tchain OUTPUT {\n\t\ttype filter hook output priority filter; policy accept;\n\
+                       \t\tcounter packets 3 bytes 180 jump FAULTLINE-t1-OUT\n\t}\n\n\
+                       \tchain FAULTLINE-t1-OUT {\n\t\tip daddr 192.0.2.0/24 counter packets 0 bytes 0 drop\n\t}\n}\n";
+        assert!(nft_listing_holds_only(listing, &ours));
+        assert!(
+            !nft_listing_holds_only(listing, &[]),
+            "our chain is something else to a table with none"
+        );
+        let with_set = listing.replace(
+            "\n}\n",
+            "\n\tset blocked {\n\t\ttype ipv4_addr\n\t\telements = { 10.1.1.1 }\n\t}\n}\n",
+        );
+        assert!(!nft_listing_holds_only(&with_set, &ours), "a native set");
+        let native_rule = listing.replace(
+            "jump FAULTLINE-t1-OUT\n",
+            "jump FAULTLINE-t1-OUT\n\t\tudp dport 5353 accept comment \"FAULTLINE-t1-OUT\"\n",
+        );
+        assert!(
+            !nft_listing_holds_only(&native_rule, &ours),
+            "a rule of someone else's"
+        );
+        let (chain, target) =
+            chain_and_target("-A INPUT -m comment --comment FAULTLINE-t1-OUT -j ACCEPT");
+        assert_eq!(
+            (chain.as_str(), target.as_deref()),
+            ("INPUT", Some("ACCEPT"))
+        );
     }
 
     #[test]
@@ -2141,9 +2233,10 @@ mod tests {
         }
 
         /// A table faultline created goes in one call when only its chains are in it, but
-        /// not when someone added a rule of their own meanwhile: that rule stays, exactly.
+        /// not when someone added a rule (or a native nft set) of their own meanwhile: that
+        /// stays, exactly.
         #[test]
-        fn a_created_table_someone_else_used_meanwhile_keeps_their_rule() {
+        fn a_created_table_someone_else_used_meanwhile_keeps_their_rule_and_set() {
             let net = TestNet::new().expect("create test net (needs root)");
             let t = busy_fault(&net, &net.a);
             let set = RuleSet::plan(&t, Action::Drop, &unique_id("f"), None).unwrap();
@@ -2171,6 +2264,35 @@ mod tests {
                 "{v4}"
             );
             assert!(!v4.contains("FAULTLINE"), "{v4}");
+
+            // What iptables-save cannot show either: a native nft set added to the table.
+            let net = TestNet::new().expect("create test net (needs root)");
+            let t = busy_fault(&net, &net.a);
+            let set = RuleSet::plan(&t, Action::Drop, &unique_id("g"), None).unwrap();
+            assert!(!set.created_tables.is_empty());
+            set.apply().unwrap();
+            let native = [
+                "nft",
+                "add",
+                "set",
+                "ip",
+                "filter",
+                "blocked",
+                "{",
+                "type",
+                "ipv4_addr",
+                ";",
+                "}",
+            ];
+            let out = netns::command_in(&net.a, &native).output().unwrap();
+            assert!(out.status.success(), "{out:?}");
+            set.remove().unwrap();
+            let listed = netns::command_in(&net.a, &["nft", "list", "table", "ip", "filter"])
+                .output()
+                .unwrap();
+            let listed = String::from_utf8_lossy(&listed.stdout);
+            assert!(listed.contains("set blocked"), "the set stays: {listed}");
+            assert!(!listed.contains("FAULTLINE"), "{listed}");
         }
 
         /// Two rule sets of one run in a namespace without tables: the second one planned
