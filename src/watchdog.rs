@@ -204,57 +204,41 @@ fn take_over(state: &StateDir, owner: ProcRef, current: Option<&Current>) {
             )
         }
     )];
-    for (record, summary) in &report.reverted {
-        lines.push(format!("  reverted {}: {summary}", record.fault_id));
-    }
-    for (record, error) in &report.failed {
-        lines.push(format!("  FAILED   {}: {error}", record.fault_id));
-    }
+    let t_ms = current.map_or(0.0, |current| run_clock_ms(&current.journal));
+    let events = revert_events(&report, t_ms);
+    // The terminal says each revert as the runner would have, from the event the journal gets.
+    lines.extend(
+        events
+            .iter()
+            .filter_map(|(_, event)| event.terminal_line())
+            .map(|line| format!("  {line}")),
+    );
     crate::say!("{}", lines.join("\n"));
     if let Some(current) = current {
-        append_to_journal(current, &report);
+        let ours = events
+            .iter()
+            .filter(|(record, _)| record.run_id == current.run_id)
+            .map(|(_, event)| event);
+        append_to_journal(&current.journal, ours);
     }
 }
 
-/// The reverts of the current experiment's records as journal events, with `t_ms` on the
-/// run's clock (from its start time). Records of an earlier experiment of a game day (a
-/// revert that had failed) are reverted and reported above, not written into this journal.
-fn append_to_journal(current: &Current, report: &recover::RecoverReport) {
-    let Ok(bytes) = std::fs::read(&current.journal) else {
-        return;
-    };
-    let started: Option<jiff::Timestamp> = bytes
-        .split(|b| *b == b'\n')
-        .next()
-        .and_then(|line| serde_json::from_slice::<serde_json::Value>(line).ok())
-        .and_then(|event| event["started_at"].as_str().and_then(|t| t.parse().ok()));
-    let t_ms = started.map_or(0.0, |started| {
-        (jiff::Timestamp::now() - started)
-            .total(jiff::Unit::Millisecond)
-            .unwrap_or(0.0)
-    });
-    let ours = |record: &&FaultRecord| record.run_id == current.run_id;
-    // A line cut short (a full disk) must not swallow the first event.
-    let mut out = match bytes.last() {
-        Some(b'\n') | None => Vec::new(),
-        Some(_) => b"\n".to_vec(),
-    };
-    let mut push = |event: &Event| {
-        out.extend(serde_json::to_vec(event).expect("events serialise"));
-        out.push(b'\n');
-    };
-    for (record, summary) in report.reverted.iter().filter(|(r, _)| ours(&r)) {
-        push(&Event::FaultReverted {
+/// Every revert of the report as the event a runner would have journalled for it, with the
+/// record it is about.
+fn revert_events(report: &recover::RecoverReport, t_ms: f64) -> Vec<(&FaultRecord, Event<'_>)> {
+    let reverted = report.reverted.iter().map(|(record, summary)| {
+        let event = Event::FaultReverted {
             t_ms,
             fault: record.fault_id.as_str().into(),
             record: record.id.as_str().into(),
             summary: summary.as_str().into(),
             cause: RevertCause::Watchdog,
             achieved: Cow::Owned(serde_json::Value::Null),
-        });
-    }
-    for (record, error) in report.failed.iter().filter(|(r, _)| ours(&r)) {
-        push(&Event::FaultRevertFailed {
+        };
+        (record, event)
+    });
+    let failed = report.failed.iter().map(|(record, error)| {
+        let event = Event::FaultRevertFailed {
             t_ms,
             fault: record.fault_id.as_str().into(),
             record: record.id.as_str().into(),
@@ -262,11 +246,50 @@ fn append_to_journal(current: &Current, report: &recover::RecoverReport) {
             remedy: "the run died and its watchdog could not revert this: run \
                      `faultline recover` (with the run's --state-dir)"
                 .into(),
-        });
-    }
-    let Ok(mut file) = OpenOptions::new().append(true).open(&current.journal) else {
+        };
+        (record, event)
+    });
+    reverted.chain(failed).collect()
+}
+
+/// Milliseconds since the run started, on the clock of its journal's first event.
+fn run_clock_ms(journal: &std::path::Path) -> f64 {
+    let Ok(bytes) = std::fs::read(journal) else {
+        return 0.0;
+    };
+    let started: Option<jiff::Timestamp> = bytes
+        .split(|b| *b == b'\n')
+        .next()
+        .and_then(|line| serde_json::from_slice::<serde_json::Value>(line).ok())
+        .and_then(|event| event["started_at"].as_str().and_then(|t| t.parse().ok()));
+    started.map_or(0.0, |started| {
+        (jiff::Timestamp::now() - started)
+            .total(jiff::Unit::Millisecond)
+            .unwrap_or(0.0)
+    })
+}
+
+/// Appends the reverts of the current experiment's records to its journal. Records of an
+/// earlier experiment of a game day (a revert that had failed) are reverted and reported on
+/// the terminal, not written into this journal.
+fn append_to_journal<'e>(journal: &std::path::Path, events: impl Iterator<Item = &'e Event<'e>>) {
+    let Ok(mut file) = OpenOptions::new().read(true).append(true).open(journal) else {
         return;
     };
+    // A line cut short (a full disk) must not swallow the first event.
+    let cut_short = std::fs::read(journal)
+        .ok()
+        .and_then(|bytes| bytes.last().copied())
+        .is_some_and(|last| last != b'\n');
+    let mut out = if cut_short {
+        b"\n".to_vec()
+    } else {
+        Vec::new()
+    };
+    for event in events {
+        out.extend(serde_json::to_vec(event).expect("events serialise"));
+        out.push(b'\n');
+    }
     let _ = file.write_all(&out).and_then(|()| file.sync_all());
 }
 

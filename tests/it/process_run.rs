@@ -356,6 +356,12 @@ fn kill_9_of_the_runner_is_reverted_at_once_by_its_watchdog() {
         "{}",
         runner.stderr()
     );
+    // Each revert is said in the runner's own words, from the event the journal gets.
+    assert!(
+        runner.stderr().contains("  revert  freeze: SIGCONT pid "),
+        "{}",
+        runner.stderr()
+    );
 
     // The journal is written last, after the revert and the message.
     assert!(wait_for(Duration::from_secs(2), || !events_of(
