@@ -140,9 +140,8 @@ pub struct RunnerArgs {
     Values are YAML scalars or flow collections (cores=[0,1])."
 )]
 pub struct InjectArgs {
-    /// The fault kind: process-kill, process-stop, network-delay, network-loss,
-    /// network-partition, network-bandwidth, cpu-pressure, cpu-limit, memory-pressure,
-    /// disk-io-pressure, disk-io-limit, disk-fill, ...
+    /// The fault kind, as in an experiment file: process-kill, network-delay, cpu-pressure,
+    /// ... (`faultline schema` lists them all).
     pub kind: String,
     /// The fault's params.
     #[arg(value_name = "PARAM=VALUE")]

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use crate::adhoc;
 use crate::cli::{Command, DemoArgs, InjectArgs, RunArgs, RunnerArgs, StateArgs, VarArgs};
 use crate::engine::{self, RealBackend, RunContext, RunReport, interrupt};
-use crate::experiment::{self, Diagnostics, Overrides, Source};
+use crate::experiment::{Diagnostics, Overrides, Source};
 use crate::outcome::{EXIT_ERROR, EXIT_INVALID_INPUT, Outcome};
 use crate::plan::Plan;
 use crate::report::journal::Journal;
@@ -30,7 +30,7 @@ pub async fn dispatch(command: Command) -> u8 {
         Command::Schema => {
             println!(
                 "{}",
-                serde_json::to_string_pretty(&experiment::schema::json_schema())
+                serde_json::to_string_pretty(&crate::plan::schema::json_schema())
                     .expect("schema serialises")
             );
             0
@@ -461,8 +461,8 @@ async fn run_plans(plans: Vec<Plan>, options: &RunnerArgs) -> u8 {
             );
         }
         print_summary(&report, &journal_path);
-        // Read back from the journal, with any event its file could not take (a disk-fill of
-        // its filesystem) in its place, so the reports are complete.
+        // Read back from the journal, with any event its file could not take (its filesystem
+        // filled by a fault) in its place, so the reports are complete.
         views.push(RunView::from_journal(&journal));
         reports.push((report, journal_path));
     }
@@ -564,7 +564,7 @@ async fn inject(args: InjectArgs) -> u8 {
     run_plans(vec![plan], &args.runner).await
 }
 
-/// `disk-fill` faults whose filesystem also holds the state directory or the reports: while
+/// Faults that fill a filesystem which also holds the state directory or the reports: while
 /// it is full, later injections cannot be recorded (they fail safely, as injection_failed)
 /// and the journal stops growing. Said before the run, not discovered after it.
 fn fills_own_records(plan: &Plan, state_dir: &Path, report_dir: &Path) -> Vec<String> {
@@ -577,24 +577,21 @@ fn fills_own_records(plan: &Plan, state_dir: &Path, report_dir: &Path) -> Vec<St
     };
     let mut warnings = Vec::new();
     for fault in &plan.faults {
-        let crate::plan::FaultAction::Resource(crate::plan::ResourceAction::DiskFill {
-            path, ..
-        }) = &fault.action
-        else {
+        let Some(filled) = fault.action.fills().and_then(device) else {
             continue;
         };
-        let Some(filled) = device(path) else { continue };
         for (what, dir) in [
             ("state directory", state_dir),
             ("report directory", report_dir),
         ] {
             if device(dir) == Some(filled) {
                 warnings.push(format!(
-                    "{}: disk-fill `{}` fills the filesystem of the {what} {}; while it is \
+                    "{}: {} `{}` fills the filesystem of the {what} {}; while it is \
                      full, faultline cannot record further injections (they fail as \
                      injection_failed) or extend the journal. Put `--state-dir` / \
                      `--report-dir` on another filesystem to avoid this.",
                     plan.name,
+                    fault.kind.as_str(),
                     fault.id,
                     dir.display()
                 ));

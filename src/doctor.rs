@@ -208,10 +208,17 @@ pub fn examine(netns: Option<&str>) -> Report {
     }
 
     backends.push(BackendChoice {
-        kind: "cpu-pressure, disk-io-pressure, disk-fill",
+        kind: "cpu-pressure, disk-io-pressure",
         backend: Some("threads / files".into()),
         detail: "worker threads inside faultline; files recorded before they exist".into(),
     });
+    for module in crate::fault::MODULE_KINDS {
+        backends.push(BackendChoice {
+            kind: module.kind.as_str(),
+            backend: Some(module.backend.into()),
+            detail: module.detail.into(),
+        });
+    }
     backends.push(BackendChoice {
         kind: "memory-pressure",
         backend: Some("hog process".into()),

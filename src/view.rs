@@ -4,7 +4,7 @@
 use std::fmt::Write;
 
 use crate::experiment::model::NoData;
-use crate::plan::summary::{dur, effect_summary, resource_summary};
+use crate::fault::summary::dur;
 use crate::plan::{Check, FaultAction, Plan, ProbeKind, ProbeSpec, TargetSpec};
 use crate::sys::proc;
 
@@ -177,7 +177,7 @@ pub fn render(plan: &Plan) -> String {
     }
 
     let _ = writeln!(out, "\ntargets (matched now)");
-    let protected = crate::fault::network::protected_flows(plan);
+    let protected = plan.protected_flows();
     for (name, target) in &plan.targets {
         let selector = match target {
             TargetSpec::Process(selector) => selector,
@@ -285,18 +285,7 @@ pub fn render(plan: &Plan) -> String {
             Some(d) => format!("+{} .. +{}", dur(start), dur(start + d)),
             None => format!("+{}", dur(start)),
         };
-        let action = match &f.action {
-            FaultAction::Signal { signal_name, .. } => {
-                format!("{} ({signal_name})", f.kind.as_str())
-            }
-            FaultAction::Stop => format!("{} (SIGSTOP, SIGCONT on revert)", f.kind.as_str()),
-            FaultAction::Network(effect) => {
-                format!("{} ({})", f.kind.as_str(), effect_summary(effect))
-            }
-            FaultAction::Resource(effect) => {
-                format!("{} ({})", f.kind.as_str(), resource_summary(effect))
-            }
-        };
+        let action = format!("{} ({})", f.kind.as_str(), f.action.effect());
         let mut extra = Vec::new();
         if !f.after.is_empty() {
             extra.push(format!("after {} + {}", f.after.join(", "), dur(f.delay)));

@@ -60,7 +60,7 @@ impl RealBackend {
 
 impl Backend for RealBackend {
     fn fault(&self, spec: &FaultSpec, plan: &Plan) -> Box<dyn Fault> {
-        crate::fault::build(spec, plan, &self.shared)
+        spec.build(plan, &self.shared)
     }
 
     fn probe(&self, spec: &ProbeSpec) -> Box<dyn Probe> {

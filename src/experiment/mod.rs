@@ -8,6 +8,7 @@ use std::path::{Path, PathBuf};
 pub mod diagnostic;
 pub mod duration;
 pub mod model;
+pub mod params;
 pub mod parse;
 pub mod schema;
 pub mod spanned;

@@ -15,16 +15,70 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::plan::{FaultAction, FaultSpec, Plan};
+use crate::experiment::Sp;
+use crate::experiment::model::{FaultDef, FaultKind};
+use crate::experiment::params::ParamChecks;
 
+pub mod action;
 pub mod cpu;
 pub mod disk;
+pub mod disk_fill;
 pub mod limit;
 pub mod memory;
 pub mod network;
 pub mod process;
 pub mod resource;
 pub mod sim;
+pub mod summary;
+
+pub use action::{
+    CoreSelection, DelayBackend, IoMode, IoRate, MemorySize, NetworkAction, ResourceAction,
+};
+
+/// What one fault of a plan does, checked: one variant per fault kind's compiled effect.
+#[derive(Clone, Debug, Serialize)]
+#[serde(rename_all = "snake_case", tag = "action")]
+pub enum FaultAction {
+    /// Send `signal` (a raw signal number, validated) to every selected process.
+    Signal {
+        signal: i32,
+        signal_name: String,
+    },
+    /// SIGSTOP now, SIGCONT on revert.
+    Stop,
+    Network(NetworkAction),
+    Resource(ResourceAction),
+    DiskFill(disk_fill::DiskFill),
+}
+
+/// A fault kind whose module owns all of it: parameters (keys, checks, compiled form),
+/// summary, apply, recipe and revert.
+pub struct ModuleKind {
+    pub kind: FaultKind,
+    /// The keys of `params` it takes.
+    pub keys: &'static [&'static str],
+    /// How it acts on a host, for `doctor`: the same on every host.
+    pub backend: &'static str,
+    pub detail: &'static str,
+}
+
+/// The kinds with a module of their own. Registering one is an entry here, a variant of
+/// [`FaultAction`] and of [`RevertRecipe`], and their arms below.
+pub const MODULE_KINDS: &[ModuleKind] = &[disk_fill::KIND];
+
+/// The module of a kind, if it has one.
+pub fn module_kind(kind: FaultKind) -> Option<&'static ModuleKind> {
+    MODULE_KINDS.iter().find(|module| module.kind == kind)
+}
+
+/// Check and compile a fault of a kind in [`MODULE_KINDS`]; `None` after reporting what is
+/// wrong (and for the other kinds, which the plan's compile step checks).
+pub fn compile(fault: &Sp<FaultDef>, checks: &mut ParamChecks<'_>) -> Option<FaultAction> {
+    match fault.kind.value {
+        FaultKind::DiskFill => disk_fill::compile(fault, checks).map(FaultAction::DiskFill),
+        _ => None,
+    }
+}
 
 /// A fault that can be injected. `Send + Sync` so the engine can run it on blocking threads.
 pub trait Fault: Send + Sync {
@@ -107,7 +161,7 @@ pub enum RevertRecipe {
     /// Kill the memory hog child (`memory-pressure`), checked by PID and start time.
     MemoryPressure(memory::MemoryRecipe),
     /// Delete faultline's fill file (`disk-fill`).
-    DiskFill(disk::DiskFillRecipe),
+    DiskFill(disk_fill::Recipe),
     /// Stop faultline's I/O workers and delete their work file (`disk-io-pressure`).
     DiskIoPressure(disk::DiskIoRecipe),
     /// Engine tests only: remove this marker file (stands in for "the host is dirty").
@@ -279,11 +333,47 @@ pub struct RunShared {
     pub iptables_tables: std::sync::Arc<crate::sys::iptables::CreatedTables>,
 }
 
-/// Build the fault a plan entry describes.
-pub fn build(spec: &FaultSpec, plan: &Plan, shared: &RunShared) -> Box<dyn Fault> {
-    match &spec.action {
-        FaultAction::Network(_) => network::build(spec, plan, shared),
-        FaultAction::Resource(action) => resource::build(spec, plan, action),
-        FaultAction::Signal { .. } | FaultAction::Stop => process::build(spec, plan),
+/// What a kind's module needs from the plan to build a live fault: its target, compiled, and
+/// the flows a network fault must spare.
+pub struct BuildContext<'a> {
+    pub fault_id: &'a str,
+    /// The target's name in the experiment (empty for host-wide faults).
+    pub target_name: &'a str,
+    /// The target, when it is a process target.
+    pub process: Option<&'a crate::sys::proc::CompiledSelector>,
+    /// The target, when it is a network target.
+    pub network: Option<&'a crate::net::NetworkTarget>,
+    pub protected: &'a [crate::net::Protected],
+    pub shared: &'a RunShared,
+}
+
+impl FaultAction {
+    /// The live fault, built by its kind's module.
+    pub fn build(&self, ctx: &BuildContext<'_>) -> Box<dyn Fault> {
+        match self {
+            FaultAction::Network(action) => network::build(action, ctx),
+            FaultAction::Resource(action) => resource::build(action, ctx),
+            FaultAction::Signal { .. } | FaultAction::Stop => process::build(self, ctx),
+            FaultAction::DiskFill(fill) => Box::new(fill.clone()),
+        }
+    }
+
+    /// What the fault does, in a few words: `SIGTERM`, `delay 200ms, backend netem`.
+    pub fn effect(&self) -> String {
+        match self {
+            FaultAction::Signal { signal_name, .. } => signal_name.clone(),
+            FaultAction::Stop => "SIGSTOP, SIGCONT on revert".into(),
+            FaultAction::Network(effect) => summary::effect_summary(effect),
+            FaultAction::Resource(effect) => summary::resource_summary(effect),
+            FaultAction::DiskFill(fill) => fill.summary(),
+        }
+    }
+
+    /// The directory whose filesystem the fault fills, if it fills one.
+    pub fn fills(&self) -> Option<&std::path::Path> {
+        match self {
+            FaultAction::DiskFill(fill) => Some(&fill.path),
+            _ => None,
+        }
     }
 }

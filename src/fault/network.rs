@@ -7,10 +7,10 @@ use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
+use super::NetworkAction;
 use super::{Applied, Fault, FaultCause, FaultError, Prepared, RevertRecipe, Reverted};
 use crate::host::{DelayRoute, HostCaps};
 use crate::net::{Endpoint, IpNet, NetworkTarget, Protected, Traffic};
-use crate::plan::{FaultAction, FaultSpec, NetworkAction, Plan, ProbeKind, TargetSpec};
 use crate::sys::delayer::{self, DelaySpec, Delayer};
 use crate::sys::iptables::{Action, CreatedTables, RuleSet};
 use crate::sys::tc::legacy::LegacyTcInstall;
@@ -18,23 +18,14 @@ use crate::sys::tc::{self, NetemSpec, TcInstall, TcTrees};
 
 /// Build a network fault. Backends are chosen when it is prepared, from what this host has;
 /// `shared` records the tc trees and iptables tables the run's faults share.
-pub fn build(spec: &FaultSpec, plan: &Plan, shared: &super::RunShared) -> Box<dyn Fault> {
-    let target = spec.target.clone().unwrap_or_default();
-    let selector = match plan.targets.get(&target) {
-        Some(TargetSpec::Network(selector)) => Some(selector.clone()),
-        _ => None,
-    };
-    let action = match &spec.action {
-        FaultAction::Network(action) => Some(action.clone()),
-        _ => None,
-    };
+pub fn build(action: &NetworkAction, ctx: &super::BuildContext<'_>) -> Box<dyn Fault> {
     Box::new(NetworkFault {
-        target,
-        selector,
-        action,
-        protected: protected_flows(plan),
-        trees: shared.tc_trees.clone(),
-        tables: shared.iptables_tables.clone(),
+        target: ctx.target_name.to_string(),
+        selector: ctx.network.cloned(),
+        action: Some(action.clone()),
+        protected: ctx.protected.to_vec(),
+        trees: ctx.shared.tc_trees.clone(),
+        tables: ctx.shared.iptables_tables.clone(),
     })
 }
 
@@ -381,7 +372,7 @@ impl NetworkFault {
         };
         let summary = format!(
             "{} on target {} via {backend}",
-            crate::plan::summary::effect_summary(action),
+            super::summary::effect_summary(action),
             self.target
         );
         Ok(Prepared {
@@ -481,43 +472,8 @@ fn lookup(host: &str) -> Result<Vec<IpAddr>, String> {
     Ok(found)
 }
 
-/// Flows no network fault may touch unless its target turns lockout protection off: the
-/// operator's SSH session and every endpoint this experiment's probes talk to (so the
-/// experiment can still see — and abort — what it breaks).
-pub fn protected_flows(plan: &Plan) -> Vec<Protected> {
-    let mut flows = Vec::new();
-    if let Some(ssh) = std::env::var_os("SSH_CONNECTION") {
-        flows.extend(parse_ssh_connection(&ssh.to_string_lossy()));
-    }
-    for (name, probe) in &plan.probes {
-        let endpoint = match &probe.kind {
-            ProbeKind::Http { url, .. } | ProbeKind::Prometheus { url, .. } => {
-                reqwest::Url::parse(url).ok().and_then(|u| {
-                    let port = u.port_or_known_default()?;
-                    Some(format!(
-                        "{}:{port}",
-                        u.host_str()?.trim_start_matches('[').trim_end_matches(']')
-                    ))
-                })
-            }
-            ProbeKind::Tcp { address } => Some(address.clone()),
-            ProbeKind::Command { .. } | ProbeKind::Process { .. } => None,
-        };
-        let Some(endpoint) = endpoint else { continue };
-        for addr in socket_addrs(&endpoint) {
-            flows.push(Protected {
-                addr: addr.ip(),
-                remote_port: Some(addr.port()),
-                local_port: None,
-                reason: format!("probe {name}"),
-            });
-        }
-    }
-    flows.dedup();
-    flows
-}
-
-fn socket_addrs(endpoint: &str) -> Vec<SocketAddr> {
+/// The addresses `host:port` (or `[v6]:port`) stands for, looked up when it is a name.
+pub fn socket_addrs(endpoint: &str) -> Vec<SocketAddr> {
     if let Ok(addr) = endpoint.parse::<SocketAddr>() {
         return vec![addr];
     }
@@ -550,7 +506,6 @@ pub fn parse_ssh_connection(text: &str) -> Option<Protected> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::net::{Direction, PortRange};
 
     #[test]
     fn ssh_connection_becomes_a_protected_flow() {
@@ -558,64 +513,5 @@ mod tests {
         assert_eq!(p.addr, "192.0.2.10".parse::<IpAddr>().unwrap());
         assert_eq!((p.remote_port, p.local_port), (Some(51234), Some(22)));
         assert!(parse_ssh_connection("garbage").is_none());
-    }
-
-    /// The network target `traffic` of an experiment whose targets section is `targets`,
-    /// compiled as `run` compiles it.
-    fn compiled_target(targets: &str) -> NetworkTarget {
-        let source = crate::experiment::Source {
-            path: "test.yaml".into(),
-            text: format!(
-                "apiVersion: faultline/v1\nmetadata: {{name: t}}\nmax_duration: 1m\ntargets: {targets}\n\
-                 faults: [{{id: f, kind: network-loss, target: traffic, params: {{probability: 10%}}, duration: 1s}}]\n"
-            ),
-        };
-        let plan = crate::plan::plan_source(&source, &crate::experiment::Overrides::none())
-            .expect("compiles");
-        match plan.targets.get("traffic") {
-            Some(TargetSpec::Network(target)) => target.clone(),
-            other => panic!("not a network target: {other:?}"),
-        }
-    }
-
-    #[test]
-    fn selectors_resolve_addresses_ports_and_protection() {
-        let target = compiled_target(
-            "{traffic: {network: {remote: [10.0.0.0/8, localhost, '::1'], remote_ports: [5432, '8000-8100'], direction: both, protocol: tcp}}}",
-        );
-        assert_eq!(
-            target.remote_ports,
-            vec![
-                PortRange { lo: 5432, hi: 5432 },
-                PortRange { lo: 8000, hi: 8100 }
-            ],
-            "ports are parsed when the plan is compiled"
-        );
-        assert_eq!(target.remote[1], Endpoint::Host("localhost".into()));
-        let guard = parse_ssh_connection("192.0.2.10 51234 192.0.2.1 22").unwrap();
-        let t = resolve(&target, std::slice::from_ref(&guard)).unwrap();
-        assert_eq!(t.direction, Direction::Both);
-        assert!(t.remote.contains(&"10.0.0.0/8".parse().unwrap()));
-        assert!(
-            t.remote.contains(&"127.0.0.1".parse().unwrap()),
-            "localhost was looked up: {:?}",
-            t.remote
-        );
-        assert!(t.remote.contains(&"::1".parse().unwrap()));
-        assert_eq!(t.remote_ports, target.remote_ports);
-        assert_eq!(t.protected, vec![guard]);
-
-        let unprotected = compiled_target(
-            "{traffic: {network: {remote: [10.0.0.1], lockout_protection: false}}}",
-        );
-        assert!(
-            resolve(
-                &unprotected,
-                &[parse_ssh_connection("192.0.2.10 1 192.0.2.1 22").unwrap()]
-            )
-            .unwrap()
-            .protected
-            .is_empty()
-        );
     }
 }

@@ -4,8 +4,7 @@ use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
 
-use super::{Applied, Fault, FaultError, Prepared, ProcRef, RevertRecipe, Reverted};
-use crate::plan::{FaultAction, FaultSpec, Plan, TargetSpec};
+use super::{Applied, Fault, FaultAction, FaultError, Prepared, ProcRef, RevertRecipe, Reverted};
 use crate::sys::pidfd::{self, SignalError};
 use crate::sys::proc::{self, CompiledSelector, ProcInfo, Selection, WaitOutcome};
 
@@ -21,17 +20,12 @@ pub struct ProcessFault {
     action: FaultAction,
 }
 
-pub fn build(spec: &FaultSpec, plan: &Plan) -> Box<dyn Fault> {
-    let target = spec.target.as_deref().unwrap_or_default();
-    let selector = plan.targets.get(target).and_then(|target| match target {
-        TargetSpec::Process(selector) => Some(selector.clone()),
-        TargetSpec::Network(_) => None,
-    });
+pub fn build(action: &FaultAction, ctx: &super::BuildContext<'_>) -> Box<dyn Fault> {
     Box::new(ProcessFault::new(
-        &spec.id,
-        target,
-        selector,
-        spec.action.clone(),
+        ctx.fault_id,
+        ctx.target_name,
+        ctx.process.cloned(),
+        action.clone(),
     ))
 }
 
@@ -80,7 +74,7 @@ impl ProcessFault {
             } => (*signal, signal_name),
             FaultAction::Stop => (libc::SIGSTOP, "SIGSTOP"),
             // Validation never gives a process fault a network action; signal 0 only probes.
-            FaultAction::Network(_) | FaultAction::Resource(_) => (0, "no signal"),
+            _ => (0, "no signal"),
         }
     }
 

@@ -2,22 +2,15 @@
 //! file turns a plan entry into the right one and wraps its recipe for the state file.
 
 use super::cpu::{self, CpuPressure, CpuPressureParams};
-use super::disk::{self, DiskFill, DiskFillParams, DiskIoParams, DiskIoPressure};
+use super::disk::{self, DiskIoParams, DiskIoPressure};
 use super::limit::{self, CpuLimitFault, CpuLimitParams, IoLimitFault, IoLimitParams};
 use super::memory::{self, MemoryPressure, MemoryPressureParams};
 use super::{Applied, Fault, FaultError, Prepared, RevertRecipe};
-use crate::plan::{
-    CoreSelection, FaultSpec, FillAmount, IoMode, IoRate, MemorySize, Plan, ResourceAction,
-    TargetSpec,
-};
-use crate::sys::proc::CompiledSelector;
+use super::{CoreSelection, IoMode, IoRate, MemorySize, ResourceAction};
 
-pub fn build(spec: &FaultSpec, plan: &Plan, action: &ResourceAction) -> Box<dyn Fault> {
-    let target = spec.target.clone().unwrap_or_default();
-    let selector = match plan.targets.get(&target) {
-        Some(TargetSpec::Process(selector)) => selector.clone(),
-        _ => CompiledSelector::default(),
-    };
+pub fn build(action: &ResourceAction, ctx: &super::BuildContext<'_>) -> Box<dyn Fault> {
+    let target = ctx.target_name.to_string();
+    let selector = ctx.process.cloned().unwrap_or_default();
     match action {
         ResourceAction::CpuLimit { cpus } => Box::new(Limit(LimitKind::Cpu(CpuLimitFault::new(
             CpuLimitParams {
@@ -44,23 +37,13 @@ pub fn build(spec: &FaultSpec, plan: &Plan, action: &ResourceAction) -> Box<dyn 
             &target,
             selector,
         )))),
-        ResourceAction::DiskFill { path, amount } => {
-            Box::new(Disk::Fill(DiskFill::new(DiskFillParams {
-                path: path.clone(),
-                amount: match amount {
-                    FillAmount::Bytes(b) => disk::FillAmount::Bytes(*b),
-                    FillAmount::UsedShare(s) => disk::FillAmount::Percent(s * 100.0),
-                    FillAmount::LeaveFree(b) => disk::FillAmount::LeaveFree(*b),
-                },
-            })))
-        }
         ResourceAction::DiskIoPressure {
             path,
             mode,
             block_size,
             rate,
             workers,
-        } => Box::new(Disk::Io(DiskIoPressure::new(DiskIoParams {
+        } => Box::new(DiskIo(DiskIoPressure::new(DiskIoParams {
             path: path.clone(),
             mode: match mode {
                 IoMode::Read => disk::IoMode::Read,
@@ -156,7 +139,7 @@ impl Fault for Pressure {
 }
 
 /// The work file: the default size, but never more than half the free space (an I/O fault
-/// must not turn into a disk-fill fault), and at least one block per worker.
+/// must take the space it loads), and at least one block per worker.
 fn work_file_size(path: &std::path::Path, workers: u32, block_size: u64) -> u64 {
     let floor = u64::from(workers) * block_size;
     let half_free =
@@ -165,38 +148,22 @@ fn work_file_size(path: &std::path::Path, workers: u32, block_size: u64) -> u64 
     (size - size % block_size.max(1)).max(floor)
 }
 
-/// `disk-fill` and `disk-io-pressure`: files of faultline's, recorded before they exist.
-enum Disk {
-    Fill(DiskFill),
-    Io(DiskIoPressure),
-}
+/// `disk-io-pressure`: a work file of faultline's, recorded before it exists.
+struct DiskIo(DiskIoPressure);
 
-impl Fault for Disk {
+impl Fault for DiskIo {
     fn prepare(&self) -> Result<Prepared, FaultError> {
-        match self {
-            Disk::Fill(fault) => {
-                let (summary, recipe, details) = fault.prepare_recipe()?;
-                Ok(Prepared {
-                    summary,
-                    revert: RevertRecipe::DiskFill(recipe),
-                    details,
-                })
-            }
-            Disk::Io(fault) => {
-                let (summary, recipe, details) = fault.prepare_recipe()?;
-                Ok(Prepared {
-                    summary,
-                    revert: RevertRecipe::DiskIoPressure(recipe),
-                    details,
-                })
-            }
-        }
+        let (summary, recipe, details) = self.0.prepare_recipe()?;
+        Ok(Prepared {
+            summary,
+            revert: RevertRecipe::DiskIoPressure(recipe),
+            details,
+        })
     }
 
     fn apply(&self, prepared: &Prepared) -> Result<Applied, FaultError> {
-        match (self, &prepared.revert) {
-            (Disk::Fill(fault), RevertRecipe::DiskFill(recipe)) => fault.apply_recipe(recipe),
-            (Disk::Io(fault), RevertRecipe::DiskIoPressure(recipe)) => fault.apply_recipe(recipe),
+        match &prepared.revert {
+            RevertRecipe::DiskIoPressure(recipe) => self.0.apply_recipe(recipe),
             _ => Err(FaultError::Failed("recipe of another fault kind".into())),
         }
     }

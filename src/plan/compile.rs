@@ -20,6 +20,7 @@ use crate::experiment::model::{
     self as model, Command, Expect, FaultDef, FaultKind, NoData, ProbeDef, ProcessSelector,
     SignalSpec, StatusItem, StatusSet, WindowSlo,
 };
+use crate::experiment::params::ParamChecks;
 use crate::experiment::vars::{self, ColumnMap};
 use crate::experiment::{Diagnostic, Diagnostics, Dur, Experiment, Pos, Source, Sp};
 use crate::secrets::SecretSource;
@@ -29,7 +30,7 @@ mod network;
 mod prometheus;
 mod resource;
 
-pub use network::{parse_bytes, parse_rate};
+pub use network::{params_of, parse_bytes, parse_rate};
 
 /// `a -> b -> a`; a long cycle shows its first and last few faults and how many between.
 fn cycle_words(path: &[&str]) -> String {
@@ -262,6 +263,11 @@ impl<'a> Checker<'a> {
 
     fn report(&mut self, diagnostic: Diagnostic) {
         self.problems.push(diagnostic);
+    }
+
+    /// Where a fault kind's parameter checks report.
+    fn params(&mut self) -> ParamChecks<'_> {
+        ParamChecks::new(&mut self.problems)
     }
 
     fn run(&mut self) -> PlanParts {
@@ -1264,8 +1270,7 @@ impl<'a> Checker<'a> {
             | FaultKind::CpuLimit
             | FaultKind::MemoryPressure
             | FaultKind::DiskIoPressure
-            | FaultKind::DiskIoLimit
-            | FaultKind::DiskFill => self
+            | FaultKind::DiskIoLimit => self
                 .resource_action(fault)
                 .map(FaultAction::Resource)
                 .unwrap_or(FaultAction::Stop),
@@ -1292,6 +1297,8 @@ impl<'a> Checker<'a> {
                 }
                 FaultAction::Stop
             }
+            // A kind with a module of its own checks and compiles its parameters there.
+            _ => crate::fault::compile(fault, &mut self.params()).unwrap_or(FaultAction::Stop),
         };
         let duration = fault
             .duration

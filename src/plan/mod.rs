@@ -10,12 +10,12 @@ use serde::Serialize;
 
 use crate::experiment::model::{Experiment, FaultKind, NoData};
 use crate::experiment::{Diagnostics, Overrides, Source};
-use crate::net::NetworkTarget;
+use crate::net::{NetworkTarget, Protected};
 use crate::sys::proc::CompiledSelector;
 
 pub mod compile;
 pub mod jsonpath;
-pub mod summary;
+pub mod schema;
 
 /// Semantic checks (references, cycles, offsets, per-kind parameters) and compilation
 /// into a [`Plan`]. All problems are reported at once, not just the first.
@@ -103,142 +103,41 @@ pub struct FaultSpec {
     pub repeat_every: Option<Duration>,
 }
 
-#[derive(Clone, Debug, Serialize)]
-#[serde(rename_all = "snake_case", tag = "action")]
-pub enum FaultAction {
-    /// Send `signal` (a raw signal number, validated) to every selected process.
-    Signal {
-        signal: i32,
-        signal_name: String,
-    },
-    /// SIGSTOP now, SIGCONT on revert.
-    Stop,
-    Network(NetworkAction),
-    Resource(ResourceAction),
+impl FaultSpec {
+    /// The live fault this entry describes, built by its kind's module.
+    pub fn build(
+        &self,
+        plan: &Plan,
+        shared: &crate::fault::RunShared,
+    ) -> Box<dyn crate::fault::Fault> {
+        let target_name = self.target.as_deref().unwrap_or_default();
+        let target = plan.targets.get(target_name);
+        let protected = if self.kind.is_network() {
+            plan.protected_flows()
+        } else {
+            Vec::new()
+        };
+        self.action.build(&crate::fault::BuildContext {
+            fault_id: &self.id,
+            target_name,
+            process: match target {
+                Some(TargetSpec::Process(selector)) => Some(selector),
+                _ => None,
+            },
+            network: match target {
+                Some(TargetSpec::Network(selector)) => Some(selector),
+                _ => None,
+            },
+            protected: &protected,
+            shared,
+        })
+    }
 }
 
-/// A resource fault's effect, validated (shares as fractions).
-#[derive(Clone, Debug, PartialEq, Serialize)]
-#[serde(rename_all = "snake_case", tag = "effect")]
-pub enum ResourceAction {
-    CpuPressure {
-        /// 0..=1 of each selected core.
-        load: f64,
-        /// `None`: every online core.
-        cores: Option<CoreSelection>,
-        /// Top each core up to `load` (true) or add `load` on top of what runs (false).
-        total: bool,
-        ramp: Duration,
-    },
-    CpuLimit {
-        /// In CPUs: 0.5 is half a core, 1.5 one and a half.
-        cpus: f64,
-    },
-    MemoryPressure {
-        size: MemorySize,
-        ramp: Duration,
-        keep_free: u64,
-    },
-    DiskIoPressure {
-        path: PathBuf,
-        mode: IoMode,
-        block_size: u64,
-        rate: IoRate,
-        workers: u32,
-    },
-    DiskIoLimit {
-        path: PathBuf,
-        read_bytes_per_sec: Option<u64>,
-        write_bytes_per_sec: Option<u64>,
-        read_iops: Option<u64>,
-        write_iops: Option<u64>,
-    },
-    DiskFill {
-        path: PathBuf,
-        amount: FillAmount,
-    },
-}
-
-#[derive(Clone, Debug, PartialEq, Serialize)]
-#[serde(rename_all = "snake_case")]
-pub enum CoreSelection {
-    Count(u32),
-    List(Vec<u32>),
-}
-
-#[derive(Clone, Copy, Debug, PartialEq, Serialize)]
-#[serde(rename_all = "snake_case")]
-pub enum MemorySize {
-    Bytes(u64),
-    /// Of total RAM, 0..=1.
-    Share(f64),
-}
-
-#[derive(Clone, Copy, Debug, PartialEq, Serialize)]
-#[serde(rename_all = "snake_case")]
-pub enum IoMode {
-    Read,
-    Write,
-    /// Share of reads 0..=1.
-    Mixed(f64),
-}
-
-#[derive(Clone, Copy, Debug, PartialEq, Serialize)]
-#[serde(rename_all = "snake_case")]
-pub enum IoRate {
-    Max,
-    BytesPerSec(u64),
-    Iops(u64),
-}
-
-#[derive(Clone, Copy, Debug, PartialEq, Serialize)]
-#[serde(rename_all = "snake_case")]
-pub enum FillAmount {
-    /// Add this many bytes.
-    Bytes(u64),
-    /// Fill until this share of the filesystem (0..=1) is in use.
-    UsedShare(f64),
-    /// Fill until only this many bytes are free.
-    LeaveFree(u64),
-}
-
-/// A network fault's effect, validated (probabilities as fractions 0..=1).
-#[derive(Clone, Debug, PartialEq, Serialize)]
-#[serde(rename_all = "snake_case", tag = "effect")]
-pub enum NetworkAction {
-    Delay {
-        delay: Duration,
-        jitter: Duration,
-        normal: bool,
-        correlation: f64,
-        backend: DelayBackend,
-    },
-    Loss {
-        probability: f64,
-        correlation: f64,
-    },
-    Partition {
-        reject: bool,
-    },
-    Bandwidth {
-        rate_bits_per_sec: u64,
-        burst_bytes: Option<u64>,
-    },
-    /// netem-only effects.
-    Duplicate {
-        probability: f64,
-    },
-    Corrupt {
-        probability: f64,
-    },
-    Reorder {
-        probability: f64,
-        delay: Duration,
-        gap: Option<u32>,
-    },
-}
-
-pub use crate::host::DelayBackend;
+pub use crate::fault::{
+    CoreSelection, DelayBackend, FaultAction, IoMode, IoRate, MemorySize, NetworkAction,
+    ResourceAction,
+};
 
 #[derive(Clone, Debug, Serialize)]
 pub struct ProbeSpec {
@@ -429,6 +328,44 @@ pub struct CommandSpec {
 }
 
 impl Plan {
+    /// Flows no network fault may touch unless its target turns lockout protection off: the
+    /// operator's SSH session and every endpoint this experiment's probes talk to (so the
+    /// experiment can still see — and abort — what it breaks).
+    pub fn protected_flows(&self) -> Vec<Protected> {
+        let mut flows = Vec::new();
+        if let Some(ssh) = std::env::var_os("SSH_CONNECTION") {
+            flows.extend(crate::fault::network::parse_ssh_connection(
+                &ssh.to_string_lossy(),
+            ));
+        }
+        for (name, probe) in &self.probes {
+            let endpoint = match &probe.kind {
+                ProbeKind::Http { url, .. } | ProbeKind::Prometheus { url, .. } => {
+                    reqwest::Url::parse(url).ok().and_then(|u| {
+                        let port = u.port_or_known_default()?;
+                        Some(format!(
+                            "{}:{port}",
+                            u.host_str()?.trim_start_matches('[').trim_end_matches(']')
+                        ))
+                    })
+                }
+                ProbeKind::Tcp { address } => Some(address.clone()),
+                ProbeKind::Command { .. } | ProbeKind::Process { .. } => None,
+            };
+            let Some(endpoint) = endpoint else { continue };
+            for addr in crate::fault::network::socket_addrs(&endpoint) {
+                flows.push(Protected {
+                    addr: addr.ip(),
+                    remote_port: Some(addr.port()),
+                    local_port: None,
+                    reason: format!("probe {name}"),
+                });
+            }
+        }
+        flows.dedup();
+        flows
+    }
+
     /// Earliest start of every fault (offset from T0, in plan order), taking `at`, `after`
     /// and `delay` into account and assuming injections take no time. `None` for a fault
     /// caught in an `after` cycle (validation rejects those).
@@ -490,4 +427,72 @@ pub fn earliest_starts(faults: &[ScheduleInput<'_>]) -> Vec<Option<Duration>> {
     (0..faults.len())
         .map(|i| visit(i, faults, &mut memo, &mut visiting))
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::net::{Direction, Endpoint, PortRange};
+
+    /// The network target `traffic` of an experiment whose targets section is `targets`,
+    /// compiled as `run` compiles it.
+    fn compiled_target(targets: &str) -> NetworkTarget {
+        let source = crate::experiment::Source {
+            path: "test.yaml".into(),
+            text: format!(
+                "apiVersion: faultline/v1\nmetadata: {{name: t}}\nmax_duration: 1m\ntargets: {targets}\n\
+                 faults: [{{id: f, kind: network-loss, target: traffic, params: {{probability: 10%}}, duration: 1s}}]\n"
+            ),
+        };
+        let plan = plan_source(&source, &crate::experiment::Overrides::none()).expect("compiles");
+        match plan.targets.get("traffic") {
+            Some(TargetSpec::Network(target)) => target.clone(),
+            other => panic!("not a network target: {other:?}"),
+        }
+    }
+
+    #[test]
+    fn selectors_resolve_addresses_ports_and_protection() {
+        let target = compiled_target(
+            "{traffic: {network: {remote: [10.0.0.0/8, localhost, '::1'], remote_ports: [5432, '8000-8100'], direction: both, protocol: tcp}}}",
+        );
+        assert_eq!(
+            target.remote_ports,
+            vec![
+                PortRange { lo: 5432, hi: 5432 },
+                PortRange { lo: 8000, hi: 8100 }
+            ],
+            "ports are parsed when the plan is compiled"
+        );
+        assert_eq!(target.remote[1], Endpoint::Host("localhost".into()));
+        let guard =
+            crate::fault::network::parse_ssh_connection("192.0.2.10 51234 192.0.2.1 22").unwrap();
+        let t = crate::fault::network::resolve(&target, std::slice::from_ref(&guard)).unwrap();
+        assert_eq!(t.direction, Direction::Both);
+        assert!(t.remote.contains(&"10.0.0.0/8".parse().unwrap()));
+        assert!(
+            t.remote.contains(&"127.0.0.1".parse().unwrap()),
+            "localhost was looked up: {:?}",
+            t.remote
+        );
+        assert!(t.remote.contains(&"::1".parse().unwrap()));
+        assert_eq!(t.remote_ports, target.remote_ports);
+        assert_eq!(t.protected, vec![guard]);
+
+        let unprotected = compiled_target(
+            "{traffic: {network: {remote: [10.0.0.1], lockout_protection: false}}}",
+        );
+        assert!(
+            crate::fault::network::resolve(
+                &unprotected,
+                &[
+                    crate::fault::network::parse_ssh_connection("192.0.2.10 1 192.0.2.1 22")
+                        .unwrap()
+                ]
+            )
+            .unwrap()
+            .protected
+            .is_empty()
+        );
+    }
 }

@@ -12,8 +12,7 @@ use serde::Serialize;
 ///
 /// Events are not kept in memory: the file is the record, read back when the run ends, so a
 /// day-long run holds no more than a short one. Only an event that could not be written (the
-/// journal's filesystem full during a disk-fill) is kept, in its place, so reports stay
-/// complete.
+/// journal's filesystem filled by a fault) is kept, in its place, so reports stay complete.
 #[derive(Clone)]
 pub struct Journal {
     inner: Arc<Mutex<Sink>>,

@@ -126,6 +126,112 @@ fn schema_is_json_schema_for_the_format() {
     }
 }
 
+/// A Python whose `jsonschema` knows draft 2020-12, if the machine has one (the test
+/// command installs Debian's `python3-jsonschema`).
+fn jsonschema_python() -> Option<&'static str> {
+    ["python3", "/usr/bin/python3"].into_iter().find(|python| {
+        std::process::Command::new(python)
+            .args(["-c", "import jsonschema; jsonschema.Draft202012Validator"])
+            .output()
+            .is_ok_and(|out| out.status.success())
+    })
+}
+
+/// Validate each document against the schema with an independent validator; the errors of
+/// those it rejects, in order (`None` for a document it accepts).
+fn schema_errors(
+    python: &str,
+    schema: &std::path::Path,
+    docs: &[serde_json::Value],
+) -> Vec<Option<String>> {
+    const CHECK: &str = r#"
+import json, sys, jsonschema
+schema = json.load(open(sys.argv[1]))
+validator = jsonschema.Draft202012Validator(schema)
+for line in sys.stdin:
+    errors = [e.message for e in validator.iter_errors(json.loads(line))]
+    print(json.dumps("; ".join(errors) if errors else None))
+"#;
+    let mut child = std::process::Command::new(python)
+        .args(["-c", CHECK])
+        .arg(schema)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let input: String = docs.iter().map(|d| format!("{d}\n")).collect();
+    use std::io::Write as _;
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(input.as_bytes())
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "the validator ran: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout)
+        .unwrap()
+        .lines()
+        .map(|line| serde_json::from_str(line).unwrap())
+        .collect()
+}
+
+#[test]
+fn the_schema_accepts_every_example_and_gives_each_fault_kind_only_its_own_params() {
+    let Some(python) = jsonschema_python() else {
+        eprintln!("SKIPPED: no python3 with jsonschema (Draft 2020-12) on this machine");
+        return;
+    };
+    let ws = Workspace::new();
+    let out = faultline(&ws).arg("schema").output().unwrap();
+    assert_eq!(out.status.code(), Some(0));
+    let schema = ws.write("schema.json", std::str::from_utf8(&out.stdout).unwrap());
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    let mut files: Vec<std::path::PathBuf> = ["experiments", "tests/good"]
+        .iter()
+        .flat_map(|dir| std::fs::read_dir(root.join(dir)).unwrap())
+        .map(|entry| entry.unwrap().path())
+        .filter(|path| path.extension().is_some_and(|e| e == "yaml"))
+        .collect();
+    files.sort();
+    assert!(files.len() >= 10, "{files:?}");
+    let fill = |params: &str| {
+        format!(
+            "apiVersion: faultline/v1\nmetadata: {{name: s}}\nmax_duration: 1m\n\
+             faults: [{{id: f, kind: disk-fill, params: {params}, duration: 5s}}]\n"
+        )
+    };
+    let mut texts: Vec<String> = files
+        .iter()
+        .map(|path| std::fs::read_to_string(path).unwrap())
+        .collect();
+    texts.push(fill("{path: /srv, size: 95%}"));
+    texts.push(fill("{path: /srv, load: 60%}"));
+    let docs: Vec<serde_json::Value> = texts
+        .iter()
+        .map(|text| serde_saphyr::from_str(text).unwrap())
+        .collect();
+    let errors = schema_errors(python, &schema, &docs);
+    for (path, error) in files.iter().zip(&errors) {
+        assert_eq!(error, &None, "{} is valid", path.display());
+    }
+    assert_eq!(
+        errors[files.len()],
+        None,
+        "a disk-fill with its own params is valid"
+    );
+    let foreign = errors[files.len() + 1].as_deref().unwrap_or_default();
+    assert!(
+        foreign.contains("'load'"),
+        "a disk-fill's `load` is refused: {foreign}"
+    );
+}
+
 #[test]
 fn a_game_day_runs_in_order_and_exits_with_the_worst_outcome() {
     let _serial = util::serial();

@@ -288,7 +288,7 @@ fn a_signal_before_the_run_is_ready_is_honoured_and_nothing_is_injected() {
 /// still reverted, and the stuck one stays for a later `recover`.
 #[test]
 fn recover_gives_up_on_a_hung_revert_on_time_and_reverts_the_others() {
-    use faultline::fault::disk::{DiskFillRecipe, FillAmount};
+    use faultline::fault::disk_fill::{FillAmount, Recipe as DiskFillRecipe};
     use faultline::fault::{ProcRef, RevertRecipe};
     use faultline::state::{FaultRecord, StateDir};
 

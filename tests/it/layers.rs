@@ -1,8 +1,9 @@
-//! The crate's top-level modules form layers: data flows one way (file → experiment → plan →
-//! engine → faults and probes → events → state, journal and reports), and a module imports
-//! only modules in layers below its own. `sys` (the Linux seams) imports nothing but plain
-//! values. This test reads `src/` and fails on any `crate::` path that points sideways or up,
-//! so a dependency cycle cannot come back unnoticed.
+//! The crate's top-level modules form layers: data flows one way (file → experiment → plan,
+//! compiled through each fault kind's module → engine → faults and probes → events → state,
+//! journal and reports), and a module imports only modules in layers below its own. `sys`
+//! (the Linux seams) imports nothing but plain values. This test reads `src/` and fails on
+//! any `crate::` path that points sideways or up, so a dependency cycle cannot come back
+//! unnoticed.
 
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
@@ -15,12 +16,15 @@ const LAYERS: &[&[&str]] = &[
     &["sys"],
     // What the host can do, probed once; which backend a fault takes.
     &["host"],
-    &["secrets", "doctor"],
+    &["secrets"],
     // The experiment file: model, parsing, diagnostics.
     &["experiment"],
-    // Compiled from the experiment: what a run does.
-    &["plan"],
-    &["fault", "probe"],
+    // One module per fault kind: its parameters' checks, its compiled effect, its summary,
+    // apply and revert. Below the plan, which compiles each fault through its kind.
+    &["fault"],
+    // Compiled from the experiment: what a run does. What this host can do, per kind.
+    &["plan", "doctor"],
+    &["probe"],
     &["state"],
     &["report"],
     &["engine"],

@@ -6,7 +6,6 @@ use std::time::Duration;
 
 use faultline::experiment::model::NoData;
 use faultline::experiment::{self, Diagnostics, Overrides, Pos, Source};
-use faultline::fault::network::protected_flows;
 use faultline::plan::{Comparison, FaultAction, Plan, ProbeKind};
 use faultline::view::render;
 
@@ -391,7 +390,7 @@ max_duration: 1m
     );
 
     // A network fault must not cut faultline off from the server its SLOs are read from.
-    let protected = protected_flows(&plan);
+    let protected = plan.protected_flows();
     for (port, probe) in [(9090, "probe errors"), (9091, "probe replicas")] {
         assert!(
             protected

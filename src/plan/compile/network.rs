@@ -44,17 +44,9 @@ const PARAMS: &[(&str, &[FaultKind])] = &[
     ("quota", &[FaultKind::CpuLimit]),
     ("cores", &[FaultKind::CpuPressure]),
     ("ramp", &[FaultKind::CpuPressure, FaultKind::MemoryPressure]),
-    ("size", &[FaultKind::MemoryPressure, FaultKind::DiskFill]),
-    ("leave_free", &[FaultKind::DiskFill]),
+    ("size", &[FaultKind::MemoryPressure]),
     ("keep_free", &[FaultKind::MemoryPressure]),
-    (
-        "path",
-        &[
-            FaultKind::DiskIoPressure,
-            FaultKind::DiskIoLimit,
-            FaultKind::DiskFill,
-        ],
-    ),
+    ("path", &[FaultKind::DiskIoPressure, FaultKind::DiskIoLimit]),
     ("block_size", &[FaultKind::DiskIoPressure]),
     ("throughput", &[FaultKind::DiskIoPressure]),
     ("iops", &[FaultKind::DiskIoPressure]),
@@ -69,6 +61,18 @@ const PARAMS: &[(&str, &[FaultKind])] = &[
     ("gap", &[FaultKind::NetworkReorder]),
     ("backend", &[FaultKind::NetworkDelay]),
 ];
+
+/// The keys of `params` a fault kind takes, in the order of the model's fields.
+pub fn params_of(kind: FaultKind) -> Vec<&'static str> {
+    match crate::fault::module_kind(kind) {
+        Some(module) => module.keys.to_vec(),
+        None => PARAMS
+            .iter()
+            .filter(|(_, kinds)| kinds.contains(&kind))
+            .map(|(key, _)| *key)
+            .collect(),
+    }
+}
 
 /// A host name as DNS allows it (letters, digits, `-`, dots between labels), whose last label
 /// is not all digits: `256.1.1.1` is a mistyped address, not a name to look up.
@@ -116,50 +120,7 @@ pub fn parse_rate(text: &str) -> Result<u64, String> {
     Ok(bits.round() as u64)
 }
 
-/// `32kb`, `64kib`, `1mb`, `1500b` → bytes.
-pub fn parse_bytes(text: &str) -> Result<u64, String> {
-    let lower = text.trim().to_ascii_lowercase();
-    let split = lower
-        .find(|c: char| !c.is_ascii_digit())
-        .unwrap_or(lower.len());
-    let (number, unit) = lower.split_at(split);
-    let factor: u64 = match unit.trim() {
-        "b" | "" => 1,
-        "kb" => 1_000,
-        "kib" | "k" => 1 << 10,
-        "mb" => 1_000_000,
-        "mib" | "m" => 1 << 20,
-        "gb" => 1_000_000_000,
-        "gib" | "g" => 1 << 30,
-        "tb" => 1_000_000_000_000,
-        "tib" | "t" => 1 << 40,
-        _ => {
-            return Err(format!(
-                "`{text}` is not a size; write it like `64KiB`, `512MiB` or `2GB`"
-            ));
-        }
-    };
-    let number: u64 = number
-        .parse()
-        .map_err(|_| format!("`{text}` is not a size; write it like `64KiB`, `512MiB` or `2GB`"))?;
-    number
-        .checked_mul(factor)
-        .ok_or_else(|| format!("`{text}` is too large"))
-}
-
-/// A percentage as written, 0 or more (range checks are the caller's).
-pub fn percent_value(spec: &PercentSpec) -> Result<f64, String> {
-    match spec {
-        PercentSpec::Number(n) if *n >= 0.0 => Ok(*n),
-        PercentSpec::Number(n) => Err(format!("{n}% is negative")),
-        PercentSpec::Text(text) => text
-            .trim()
-            .strip_suffix('%')
-            .and_then(|n| n.trim().parse::<f64>().ok())
-            .filter(|n| *n >= 0.0)
-            .ok_or_else(|| format!("`{text}` is not a percentage; write it like `30%`")),
-    }
-}
+pub use crate::experiment::params::parse_bytes;
 
 fn percent(spec: &PercentSpec) -> Result<f64, String> {
     let value = match spec {
@@ -393,8 +354,18 @@ impl<'a> Checker<'a> {
                 .iter()
                 .find(|(k, _)| *k == key)
                 .map_or(&[][..], |(_, kinds)| kinds);
-            if !kinds.contains(&kind) {
-                let takers: Vec<&str> = kinds.iter().map(|k| k.as_str()).collect();
+            let takes = match crate::fault::module_kind(kind) {
+                Some(module) => module.keys.contains(&key),
+                None => kinds.contains(&kind),
+            };
+            if !takes {
+                let modules = crate::fault::MODULE_KINDS.iter();
+                let takers: Vec<&str> = kinds
+                    .iter()
+                    .copied()
+                    .chain(modules.filter(|m| m.keys.contains(&key)).map(|m| m.kind))
+                    .map(|k| k.as_str())
+                    .collect();
                 self.report(
                     Diagnostic::at(
                         pos,

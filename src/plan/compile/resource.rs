@@ -4,11 +4,10 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
-use super::network::{parse_bytes, percent_value};
 use super::{Checker, suggest};
 use crate::experiment::model::{CoresSpec, FaultDef, FaultKind, PercentSpec};
 use crate::experiment::{Diagnostic, Sp};
-use crate::plan::{CoreSelection, FillAmount, IoMode, IoRate, MemorySize, ResourceAction};
+use crate::plan::{CoreSelection, IoMode, IoRate, MemorySize, ResourceAction};
 
 const DEFAULT_KEEP_FREE: u64 = 256 << 20;
 const DEFAULT_BLOCK_SIZE: u64 = 1 << 20;
@@ -84,43 +83,11 @@ impl<'a> Checker<'a> {
     }
 
     fn size(&mut self, value: &Sp<String>, what: &str) -> Option<u64> {
-        match parse_bytes(value.trim_end_matches("/s")) {
-            Ok(0) => {
-                self.report(
-                    Diagnostic::at(value.pos, format!("{what} must be more than 0"), "zero")
-                        .with_hint("write it like `512MiB`"),
-                );
-                None
-            }
-            Ok(bytes) => Some(bytes),
-            Err(e) => {
-                self.report(
-                    Diagnostic::at(value.pos, e, "not a size")
-                        .with_hint(format!("{what} is a size like `64KiB`, `512MiB` or `2GB`")),
-                );
-                None
-            }
-        }
+        self.params().size(value, what)
     }
 
     fn share(&mut self, spec: &Sp<PercentSpec>, max: f64) -> Option<f64> {
-        match percent_value(spec) {
-            Ok(p) if p > 0.0 && p <= max => Some(p / 100.0),
-            Ok(p) => {
-                self.report(
-                    Diagnostic::at(spec.pos, format!("{p}% is out of range"), "out of range")
-                        .with_hint(format!("give more than 0% and at most {max}%")),
-                );
-                None
-            }
-            Err(e) => {
-                self.report(
-                    Diagnostic::at(spec.pos, e, "not a percentage")
-                        .with_hint("write it like `60%`"),
-                );
-                None
-            }
-        }
+        self.params().share(spec, max)
     }
 
     fn required<'p, T>(
@@ -130,50 +97,17 @@ impl<'a> Checker<'a> {
         value: &'p Option<T>,
         example: &str,
     ) -> Option<&'p T> {
-        if value.is_none() {
-            self.report(
-                Diagnostic::at(
-                    fault.kind.pos,
-                    format!(
-                        "fault `{}` ({}) needs `params.{key}`",
-                        fault.id.value,
-                        fault.kind.as_str()
-                    ),
-                    format!("no {key}"),
-                )
-                .with_hint(format!("add `params: {{{key}: {example}}}`")),
-            );
-        }
-        value.as_ref()
+        self.params().required(fault, key, value, example)
     }
 
     fn directory(&mut self, path: &Sp<String>) -> PathBuf {
-        if !path.starts_with('/') {
-            self.report(
-                Diagnostic::at(path.pos, format!("`{}` is not an absolute path", path.value), "relative path")
-                    .with_hint("write the full path of a directory on the filesystem to act on, e.g. `/var/lib/app`"),
-            );
-        }
-        PathBuf::from(&path.value)
+        self.params().directory(path)
     }
 
     /// The resource fault's validated effect; `None` after reporting what is wrong.
     pub(super) fn resource_action(&mut self, fault: &Sp<FaultDef>) -> Option<ResourceAction> {
         let p = &fault.params;
-        if fault.duration.is_none() {
-            self.report(
-                Diagnostic::at(
-                    fault.kind.pos,
-                    format!(
-                        "fault `{}` ({}) has no `duration`",
-                        fault.id.value,
-                        fault.kind.as_str()
-                    ),
-                    "needs a duration",
-                )
-                .with_hint("add `duration: 30s`: the pressure or limit is removed when it is over"),
-            );
-        }
+        self.params().needs_duration(fault);
         let ramp = p.ramp.as_ref().map_or(Duration::ZERO, |r| r.get());
         if let (Some(r), Some(d)) = (&p.ramp, &fault.duration)
             && r.get() > d.get()
@@ -349,39 +283,6 @@ impl<'a> Checker<'a> {
                     read_iops,
                     write_iops,
                 })
-            }
-            FaultKind::DiskFill => {
-                let path = self.required(fault, "path", &p.path, "/var/lib/app")?;
-                let path = self.directory(path);
-                let amount = match (&p.size, &p.leave_free) {
-                    (Some(s), Some(_)) => {
-                        self.report(Diagnostic::at(s.pos, "both `size` and `leave_free`", "two amounts").with_hint("give `size` (bytes to add, or `95%` in use) or `leave_free`, not both"));
-                        return None;
-                    }
-                    (Some(s), None) if s.trim_end().ends_with('%') => {
-                        let spec = Sp::at(PercentSpec::Text(s.value.clone()), s.pos);
-                        FillAmount::UsedShare(self.share(&spec, 100.0)?)
-                    }
-                    (Some(s), None) => FillAmount::Bytes(self.size(s, "`size`")?),
-                    (None, Some(l)) => FillAmount::LeaveFree(match parse_bytes(l) {
-                        Ok(bytes) => bytes,
-                        Err(e) => {
-                            self.report(
-                                Diagnostic::at(l.pos, e, "not a size")
-                                    .with_hint("write it like `100MiB`"),
-                            );
-                            return None;
-                        }
-                    }),
-                    (None, None) => {
-                        self.report(
-                            Diagnostic::at(fault.kind.pos, format!("fault `{}` (disk-fill) says nothing about how much to fill", fault.id.value), "no amount")
-                                .with_hint("add `size: 95%` (in use), `size: 2GiB` (to add) or `leave_free: 100MiB`"),
-                        );
-                        return None;
-                    }
-                };
-                Some(ResourceAction::DiskFill { path, amount })
             }
             _ => None,
         }

@@ -77,7 +77,7 @@ pub fn effect_summary(effect: &super::NetworkAction) -> String {
 
 /// One line describing a resource fault's effect.
 pub fn resource_summary(effect: &super::ResourceAction) -> String {
-    use super::{CoreSelection, FillAmount, IoMode, IoRate, MemorySize, ResourceAction::*};
+    use super::{CoreSelection, IoMode, IoRate, MemorySize, ResourceAction::*};
     let pct = |f: f64| format!("{}%", (f * 10_000.0).round() / 100.0);
     let ramp = |r: &Duration| {
         if r.is_zero() {
@@ -164,14 +164,5 @@ pub fn resource_summary(effect: &super::ResourceAction) -> String {
                 caps.join(", ")
             )
         }
-        DiskFill { path, amount } => format!(
-            "fill the filesystem of {} {}",
-            path.display(),
-            match amount {
-                FillAmount::Bytes(b) => format!("by {}", crate::units::bytes(*b)),
-                FillAmount::UsedShare(s) => format!("to {} in use", pct(*s)),
-                FillAmount::LeaveFree(b) => format!("until {} is free", crate::units::bytes(*b)),
-            }
-        ),
     }
 }
