@@ -148,11 +148,6 @@ pub fn examine(netns: Option<&str>) -> Report {
     let nfqueue_ok = iptables_ok && queue.is_ok();
     let mut backends = vec![
         BackendChoice {
-            kind: "process-kill, process-stop",
-            backend: Some("pidfd signals".into()),
-            detail: "always available".into(),
-        },
-        BackendChoice {
             kind: "network-delay",
             backend: match delay_route {
                 Ok(DelayRoute::Netem) if net_admin => Some("netem".into()),
@@ -207,37 +202,12 @@ pub fn examine(netns: Option<&str>) -> Report {
         });
     }
 
-    backends.push(BackendChoice {
-        kind: "cpu-pressure, disk-io-pressure",
-        backend: Some("threads / files".into()),
-        detail: "worker threads inside faultline; files recorded before they exist".into(),
-    });
     for module in crate::fault::MODULE_KINDS {
+        let backend = (module.backend)(host);
         backends.push(BackendChoice {
             kind: module.kind.as_str(),
-            backend: Some(module.backend.into()),
-            detail: module.detail.into(),
-        });
-    }
-    backends.push(BackendChoice {
-        kind: "memory-pressure",
-        backend: Some("hog process".into()),
-        detail: "a child with oom_score_adj 1000 that dies with faultline".into(),
-    });
-    for (kind, controller) in [
-        ("cpu-limit", crate::sys::cgroup::Controller::Cpu),
-        ("disk-io-limit", crate::sys::cgroup::Controller::Io),
-    ] {
-        let found = host
-            .cgroup(controller)
-            .map(|h| format!("cgroup {:?} at {}", h.version, h.mount.display()).to_lowercase());
-        backends.push(BackendChoice {
-            kind,
-            backend: found.as_ref().ok().map(|_| "cgroup".to_string()),
-            detail: match found {
-                Ok(where_) => where_,
-                Err(e) => e,
-            },
+            backend: backend.name,
+            detail: backend.detail,
         });
     }
 

@@ -2,7 +2,9 @@
 //! helpers that read sizes, shares, required keys and paths with the same wording for all.
 
 use std::path::PathBuf;
+use std::time::Duration;
 
+use super::diagnostic::suggest;
 use super::model::{FaultDef, PercentSpec};
 use super::{Diagnostic, Sp};
 
@@ -37,6 +39,48 @@ impl<'a> ParamChecks<'a> {
                 .with_hint("add `duration: 30s`: the pressure or limit is removed when it is over"),
             );
         }
+    }
+
+    /// `params.mode`, one of `allowed` (the first is the default).
+    pub fn mode(&mut self, fault: &Sp<FaultDef>, allowed: &[&'static str]) -> Option<&'static str> {
+        let Some(mode) = &fault.params.mode else {
+            return Some(allowed[0]);
+        };
+        match allowed.iter().find(|m| **m == mode.as_str()) {
+            Some(m) => Some(m),
+            None => {
+                self.report(
+                    Diagnostic::at(
+                        mode.pos,
+                        format!("`{}` is not a mode of {}", mode.value, fault.kind.as_str()),
+                        "unknown mode",
+                    )
+                    .with_hint(suggest(mode, allowed.iter().copied(), "modes")),
+                );
+                None
+            }
+        }
+    }
+
+    /// `params.ramp` (zero when not given), reported when it is longer than the fault lasts.
+    pub fn ramp(&mut self, fault: &Sp<FaultDef>) -> Duration {
+        let p = &fault.params;
+        if let (Some(r), Some(d)) = (&p.ramp, &fault.duration)
+            && r.get() > d.get()
+        {
+            self.report(
+                Diagnostic::at(
+                    r.pos,
+                    format!(
+                        "ramp {} is longer than the fault's duration {}",
+                        r.value, d.value
+                    ),
+                    "never reaches the target",
+                )
+                .with_hint("make the ramp shorter than the duration"),
+            );
+        }
+        p.ramp.as_ref().map_or(Duration::ZERO, |r| r.get())
     }
 
     pub fn size(&mut self, value: &Sp<String>, what: &str) -> Option<u64> {

@@ -15,8 +15,8 @@
 //! crash or `kill -9` frees the CPU by itself, and faultline's controller threads are never
 //! starved by its own load (the kernel shares a core fairly between them). `SCHED_IDLE`
 //! would be gentler but could not reach the target on a core where anything else runs.
-//! The live workers are found through a process-global registry keyed by the recipe's id;
-//! after a crash the registry is empty and the revert has nothing to stop.
+//! `apply` returns the live workers ([`Running`]) for the engine to hold and hand to the
+//! revert; after a crash they are gone with the process and the revert has nothing to stop.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
@@ -27,7 +27,13 @@ use std::time::{Duration, Instant};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 
-use super::{Applied, FaultError, ProcRef, Reverted};
+use super::{
+    Applied, Backend, BuildContext, Fault, FaultAction, FaultError, KindPlan, ModuleKind, Prepared,
+    ProcRef, RevertRecipe, Reverted,
+};
+use crate::experiment::model::{CoresSpec, FaultDef, FaultKind};
+use crate::experiment::params::ParamChecks;
+use crate::experiment::{Diagnostic, Sp};
 
 /// Which cores to load.
 #[derive(Clone, Debug, Default, PartialEq, Serialize)]
@@ -770,6 +776,104 @@ fn shortfall(mode: CpuMode, requested: f64, worker: f64, core_busy: Option<f64>)
 
 fn round2(value: f64) -> f64 {
     (value * 100.0).round() / 100.0
+}
+
+// ---- the kind: its parameters, checks, summary and fault -------------------------------
+
+/// The kind, as the list in [`super::MODULE_KINDS`] registers it.
+pub const KIND: ModuleKind = ModuleKind {
+    kind: FaultKind::CpuPressure,
+    keys: &["mode", "load", "cores", "ramp"],
+    compile: |fault, checks| compile(fault, checks).map(FaultAction::CpuPressure),
+    backend: |_| {
+        Backend::always(
+            "threads",
+            "busy-loop worker threads inside faultline, one pinned to each core",
+        )
+    },
+};
+
+/// Check a cpu-pressure's `params` and compile them; `None` after reporting what is wrong.
+pub fn compile(fault: &Sp<FaultDef>, checks: &mut ParamChecks<'_>) -> Option<CpuPressureParams> {
+    checks.needs_duration(fault);
+    let ramp = checks.ramp(fault);
+    let p = &fault.params;
+    // Both are checked before giving up, so both problems are reported at once.
+    let percent = checks
+        .required(fault, "load", &p.load, "60%")
+        .and_then(|l| checks.percent(l, 100.0));
+    let mode = checks.mode(fault, &["added", "total"]);
+    let (percent, mode) = (percent?, mode?);
+    let cores = match p.cores.as_ref().map(|c| &c.value) {
+        None => Cores::All,
+        Some(CoresSpec::Count(n)) => Cores::Count(*n as usize),
+        Some(CoresSpec::List(list)) => Cores::List(list.iter().map(|c| *c as usize).collect()),
+    };
+    if let Some(c) = &p.cores {
+        let problem = match &c.value {
+            CoresSpec::Count(0) => Some("`cores: 0` selects no core"),
+            CoresSpec::List(list) if list.is_empty() => Some("an empty core list selects no core"),
+            _ => None,
+        };
+        if let Some(problem) = problem {
+            checks.report(
+                Diagnostic::at(c.pos, problem, "no core")
+                    .with_hint("give a count (`2`) or core numbers (`[0, 1]`)"),
+            );
+            return None;
+        }
+    }
+    Some(CpuPressureParams {
+        percent,
+        cores,
+        mode: if mode == "total" {
+            CpuMode::Total
+        } else {
+            CpuMode::Added
+        },
+        ramp,
+    })
+}
+
+impl KindPlan for CpuPressureParams {
+    fn summary(&self) -> String {
+        format!(
+            "{} {}% on {}{}",
+            match self.mode {
+                CpuMode::Total => "top up to",
+                CpuMode::Added => "burn",
+            },
+            (self.percent * 100.0).round() / 100.0,
+            match &self.cores {
+                Cores::All => "every core".to_string(),
+                Cores::Count(n) => format!("{n} core(s)"),
+                Cores::List(list) => format!("cores {list:?}"),
+            },
+            super::summary::ramp(self.ramp)
+        )
+    }
+
+    fn build(&self, _: &BuildContext<'_>) -> Box<dyn Fault> {
+        Box::new(CpuPressure::new(self.clone()))
+    }
+}
+
+impl Fault for CpuPressure {
+    fn prepare(&self) -> Result<Prepared, FaultError> {
+        let (summary, recipe, details) = self.prepare_recipe()?;
+        Ok(Prepared {
+            summary,
+            revert: RevertRecipe::CpuPressure(recipe),
+            details,
+        })
+    }
+
+    fn apply(&self, prepared: &Prepared) -> Result<Applied, FaultError> {
+        match &prepared.revert {
+            RevertRecipe::CpuPressure(recipe) => self.apply_recipe(recipe),
+            _ => Err(FaultError::Failed("recipe of another fault kind".into())),
+        }
+    }
 }
 
 #[cfg(test)]

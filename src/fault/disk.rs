@@ -21,7 +21,13 @@ use rand::RngCore;
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 
-use super::{Applied, FaultError, Reverted};
+use super::{
+    Applied, Backend, BuildContext, Fault, FaultAction, FaultError, KindPlan, ModuleKind, Prepared,
+    RevertRecipe, Reverted,
+};
+use crate::experiment::model::{FaultDef, FaultKind};
+use crate::experiment::params::ParamChecks;
+use crate::experiment::{Diagnostic, Sp};
 
 pub(super) const MIB: u64 = 1 << 20;
 /// Buffers are aligned for `O_DIRECT` on any logical block size up to 4 KiB.
@@ -799,6 +805,173 @@ impl DeviceStats {
                 sectors_written: number(9)?,
             },
         ))
+    }
+}
+
+// ---- the kind: its parameters, checks, summary and fault -------------------------------
+
+/// The kind, as the list in [`super::MODULE_KINDS`] registers it.
+pub const KIND: ModuleKind = ModuleKind {
+    kind: FaultKind::DiskIoPressure,
+    keys: &[
+        "mode",
+        "path",
+        "block_size",
+        "throughput",
+        "iops",
+        "workers",
+        "read_share",
+    ],
+    compile: |fault, checks| compile(fault, checks).map(FaultAction::DiskIoPressure),
+    backend: |_| {
+        Backend::always(
+            "threads / a file",
+            "I/O worker threads inside faultline on a work file recorded before it exists",
+        )
+    },
+};
+
+/// A disk-io-pressure as the plan holds it, checked; the work file's size is decided when
+/// the fault is built, from the space there is then.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct DiskIoPressureSpec {
+    pub path: PathBuf,
+    pub mode: IoMode,
+    pub block_size: u64,
+    pub target: IoTarget,
+    pub workers: u32,
+}
+
+/// Check a disk-io-pressure's `params` and compile them; `None` after reporting what is wrong.
+pub fn compile(fault: &Sp<FaultDef>, checks: &mut ParamChecks<'_>) -> Option<DiskIoPressureSpec> {
+    checks.needs_duration(fault);
+    let p = &fault.params;
+    let path = checks.required(fault, "path", &p.path, "/var/lib/app")?;
+    let path = checks.directory(path);
+    let mode = match checks.mode(fault, &["write", "read", "mixed"])? {
+        "read" => IoMode::Read,
+        "write" => IoMode::Write,
+        _ => IoMode::Mixed {
+            read_percent: match &p.read_share {
+                Some(s) => checks.percent(s, 100.0)?.round() as u8,
+                None => 50,
+            },
+        },
+    };
+    if let (Some(s), false) = (&p.read_share, matches!(mode, IoMode::Mixed { .. })) {
+        checks.report(
+            Diagnostic::at(s.pos, "`read_share` without `mode: mixed`", "not mixed")
+                .with_hint("set `mode: mixed`, or drop `read_share`"),
+        );
+    }
+    let block_size = match &p.block_size {
+        Some(b) => checks.size(b, "`block_size`")?,
+        None => DEFAULT_BLOCK_SIZE,
+    };
+    if block_size % 512 != 0 {
+        let pos = p.block_size.as_ref().map_or(fault.kind.pos, |b| b.pos);
+        checks.report(
+            Diagnostic::at(
+                pos,
+                format!("block size {block_size} is not a multiple of 512 bytes"),
+                "unaligned",
+            )
+            .with_hint("direct I/O needs sector-aligned requests: use `4KiB`, `64KiB`, `1MiB`..."),
+        );
+    }
+    let target = match (&p.throughput, &p.iops) {
+        (Some(t), Some(_)) => {
+            checks.report(
+                Diagnostic::at(t.pos, "both `throughput` and `iops`", "two targets")
+                    .with_hint("give one target rate, or neither for as fast as possible"),
+            );
+            return None;
+        }
+        (Some(t), None) => IoTarget::BytesPerSec(checks.size(t, "`throughput`")?),
+        (None, Some(i)) if i.value == 0 => {
+            checks.report(
+                Diagnostic::at(i.pos, "`iops: 0` does no I/O", "zero")
+                    .with_hint("give a positive rate, or leave it out for as fast as possible"),
+            );
+            return None;
+        }
+        (None, Some(i)) => IoTarget::Iops(i.value),
+        (None, None) => IoTarget::Max,
+    };
+    let workers = p.workers.as_ref().map_or(1, |w| w.value);
+    if workers == 0 || workers > 64 {
+        let pos = p.workers.as_ref().map_or(fault.kind.pos, |w| w.pos);
+        checks.report(
+            Diagnostic::at(pos, format!("{workers} workers"), "out of range")
+                .with_hint("use 1 to 64 worker threads"),
+        );
+        return None;
+    }
+    Some(DiskIoPressureSpec {
+        path,
+        mode,
+        block_size,
+        target,
+        workers,
+    })
+}
+
+impl KindPlan for DiskIoPressureSpec {
+    fn summary(&self) -> String {
+        format!(
+            "{} in {} with {} blocks, {}, {} worker(s)",
+            match self.mode {
+                IoMode::Read => "read".to_string(),
+                IoMode::Write => "write".to_string(),
+                IoMode::Mixed { read_percent } => format!("mixed ({read_percent}% reads)"),
+            },
+            self.path.display(),
+            crate::units::bytes(self.block_size),
+            match self.target {
+                IoTarget::Max => "as fast as possible".to_string(),
+                IoTarget::BytesPerSec(b) => format!("{}/s", crate::units::bytes(b)),
+                IoTarget::Iops(n) => format!("{n} IOPS"),
+            },
+            self.workers
+        )
+    }
+
+    fn build(&self, _: &BuildContext<'_>) -> Box<dyn Fault> {
+        Box::new(DiskIoPressure::new(DiskIoParams {
+            path: self.path.clone(),
+            mode: self.mode,
+            block_size: self.block_size,
+            target: self.target,
+            workers: self.workers,
+            file_size: work_file_size(&self.path, self.workers, self.block_size),
+        }))
+    }
+}
+
+/// The work file: the default size, but never more than half the free space (an I/O fault
+/// must not take the space it loads), and at least one block per worker.
+fn work_file_size(path: &Path, workers: u32, block_size: u64) -> u64 {
+    let floor = u64::from(workers) * block_size;
+    let half_free = FsSpace::of(path).map_or(DEFAULT_FILE_SIZE, |space| space.available / 2);
+    let size = DEFAULT_FILE_SIZE.min(half_free);
+    (size - size % block_size.max(1)).max(floor)
+}
+
+impl Fault for DiskIoPressure {
+    fn prepare(&self) -> Result<Prepared, FaultError> {
+        let (summary, recipe, details) = self.prepare_recipe()?;
+        Ok(Prepared {
+            summary,
+            revert: RevertRecipe::DiskIoPressure(recipe),
+            details,
+        })
+    }
+
+    fn apply(&self, prepared: &Prepared) -> Result<Applied, FaultError> {
+        match &prepared.revert {
+            RevertRecipe::DiskIoPressure(recipe) => self.apply_recipe(recipe),
+            _ => Err(FaultError::Failed("recipe of another fault kind".into())),
+        }
     }
 }
 

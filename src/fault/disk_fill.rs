@@ -32,7 +32,10 @@ use super::disk::{
     FsSpace, MIB, create_new, io_fault, new_id, remove_if_present, running_as_root,
     target_directory,
 };
-use super::{Applied, Fault, FaultError, ModuleKind, Prepared, RevertRecipe, Reverted};
+use super::{
+    Applied, Backend, BuildContext, Fault, FaultAction, FaultError, KindPlan, ModuleKind, Prepared,
+    RevertRecipe, Reverted,
+};
 use crate::experiment::model::{FaultDef, FaultKind, PercentSpec};
 use crate::experiment::params::{ParamChecks, parse_bytes};
 use crate::experiment::{Diagnostic, Sp};
@@ -41,8 +44,13 @@ use crate::experiment::{Diagnostic, Sp};
 pub const KIND: ModuleKind = ModuleKind {
     kind: FaultKind::DiskFill,
     keys: &["path", "size", "leave_free"],
-    backend: "a file",
-    detail: "a fill file of faultline's, recorded before it exists, deleted on revert",
+    compile: |fault, checks| compile(fault, checks).map(FaultAction::DiskFill),
+    backend: |_| {
+        Backend::always(
+            "a file",
+            "a fill file of faultline's, recorded before it exists, deleted on revert",
+        )
+    },
 };
 
 /// A disk-fill as the plan holds it, checked: the directory whose filesystem to fill, and how
@@ -101,6 +109,28 @@ pub fn compile(fault: &Sp<FaultDef>, checks: &mut ParamChecks<'_>) -> Option<Dis
         }
     };
     Some(DiskFill { path, amount })
+}
+
+impl KindPlan for DiskFill {
+    fn summary(&self) -> String {
+        format!(
+            "fill the filesystem of {} {}",
+            self.path.display(),
+            match self.amount {
+                FillAmount::Bytes(b) => format!("by {}", crate::units::bytes(b)),
+                FillAmount::Percent(p) => format!("to {}% in use", (p * 100.0).round() / 100.0),
+                FillAmount::LeaveFree(b) => format!("until {} is free", crate::units::bytes(b)),
+            }
+        )
+    }
+
+    fn build(&self, _: &BuildContext<'_>) -> Box<dyn Fault> {
+        Box::new(self.clone())
+    }
+
+    fn fills(&self) -> Option<&Path> {
+        Some(&self.path)
+    }
 }
 
 impl Fault for DiskFill {
@@ -175,19 +205,6 @@ pub fn fill_size(amount: FillAmount, space: &FsSpace, privileged: bool) -> (u64,
 }
 
 impl DiskFill {
-    /// One line for `plan`, the terminal and the journal.
-    pub fn summary(&self) -> String {
-        format!(
-            "fill the filesystem of {} {}",
-            self.path.display(),
-            match self.amount {
-                FillAmount::Bytes(b) => format!("by {}", crate::units::bytes(b)),
-                FillAmount::Percent(p) => format!("to {}% in use", (p * 100.0).round() / 100.0),
-                FillAmount::LeaveFree(b) => format!("until {} is free", crate::units::bytes(b)),
-            }
-        )
-    }
-
     /// What validation should reject before any run; the message names the field.
     pub fn check(&self) -> Result<(), String> {
         match self.amount {

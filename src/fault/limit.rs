@@ -16,7 +16,13 @@ use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
 
-use super::{Applied, FaultError, ProcRef, Reverted};
+use super::{
+    Applied, Backend, BuildContext, Fault, FaultAction, FaultError, KindPlan, ModuleKind, Prepared,
+    ProcRef, RevertRecipe, Reverted,
+};
+use crate::experiment::model::{FaultDef, FaultKind};
+use crate::experiment::params::ParamChecks;
+use crate::experiment::{Diagnostic, Sp};
 use crate::sys::cgroup::{
     self, CgroupError, Controller, DeviceNumber, Hierarchy, IoLimits, Version,
 };
@@ -833,6 +839,177 @@ pub fn describe(recipe: &LimitRecipe) -> String {
         line.push_str(&format!("; subtree_control {}", dirs.join(", ")));
     }
     line
+}
+
+// ---- the kinds: cpu-limit and disk-io-limit, which share the cgroup work above ----------
+
+/// `cpu-limit`, as the list in [`super::MODULE_KINDS`] registers it.
+pub const CPU_LIMIT: ModuleKind = ModuleKind {
+    kind: FaultKind::CpuLimit,
+    keys: &["quota"],
+    compile: |fault, checks| compile_cpu(fault, checks).map(FaultAction::CpuLimit),
+    backend: |host| cgroup_backend(host, Controller::Cpu),
+};
+
+/// `disk-io-limit`, as the list in [`super::MODULE_KINDS`] registers it.
+pub const DISK_IO_LIMIT: ModuleKind = ModuleKind {
+    kind: FaultKind::DiskIoLimit,
+    keys: &[
+        "path",
+        "read_throughput",
+        "write_throughput",
+        "read_iops",
+        "write_iops",
+    ],
+    compile: |fault, checks| compile_io(fault, checks).map(FaultAction::DiskIoLimit),
+    backend: |host| cgroup_backend(host, Controller::Io),
+};
+
+fn cgroup_backend(host: &crate::host::HostCaps, controller: Controller) -> Backend {
+    match host.cgroup(controller) {
+        Ok(found) => Backend {
+            name: Some("cgroup".into()),
+            detail: format!("cgroup {:?} at {}", found.version, found.mount.display())
+                .to_lowercase(),
+        },
+        Err(why) => Backend {
+            name: None,
+            detail: why,
+        },
+    }
+}
+
+/// Check a cpu-limit's `params` and compile them; `None` after reporting what is wrong.
+pub fn compile_cpu(fault: &Sp<FaultDef>, checks: &mut ParamChecks<'_>) -> Option<CpuLimitParams> {
+    checks.needs_duration(fault);
+    let quota = checks.required(fault, "quota", &fault.params.quota, "50%")?;
+    // Up to 1024 CPUs' worth; more is certainly a typo.
+    let percent = checks.percent(quota, 102_400.0)?;
+    Some(CpuLimitParams {
+        percent,
+        period: DEFAULT_PERIOD,
+    })
+}
+
+/// Check a disk-io-limit's `params` and compile them; `None` after reporting what is wrong.
+pub fn compile_io(fault: &Sp<FaultDef>, checks: &mut ParamChecks<'_>) -> Option<IoLimitParams> {
+    checks.needs_duration(fault);
+    let p = &fault.params;
+    let path = checks.required(fault, "path", &p.path, "/var/lib/app")?;
+    let path = checks.directory(path);
+    let read_bps = match &p.read_throughput {
+        Some(t) => Some(checks.size(t, "`read_throughput`")?),
+        None => None,
+    };
+    let write_bps = match &p.write_throughput {
+        Some(t) => Some(checks.size(t, "`write_throughput`")?),
+        None => None,
+    };
+    let (read_iops, write_iops) = (
+        p.read_iops.as_ref().map(|v| v.value),
+        p.write_iops.as_ref().map(|v| v.value),
+    );
+    if read_bps.is_none() && write_bps.is_none() && read_iops.is_none() && write_iops.is_none() {
+        checks.report(
+            Diagnostic::at(
+                fault.kind.pos,
+                format!("fault `{}` (disk-io-limit) sets no limit", fault.id.value),
+                "no limit",
+            )
+            .with_hint(
+                "add one of `read_throughput`, `write_throughput`, `read_iops`, `write_iops`",
+            ),
+        );
+        return None;
+    }
+    Some(IoLimitParams {
+        path,
+        read_bps,
+        write_bps,
+        read_iops,
+        write_iops,
+    })
+}
+
+impl KindPlan for CpuLimitParams {
+    fn summary(&self) -> String {
+        format!("limit to {} CPU(s)", self.percent / 100.0)
+    }
+
+    fn build(&self, ctx: &BuildContext<'_>) -> Box<dyn Fault> {
+        Box::new(CpuLimitFault::new(
+            self.clone(),
+            ctx.target_name,
+            ctx.process.cloned().unwrap_or_default(),
+        ))
+    }
+}
+
+impl KindPlan for IoLimitParams {
+    fn summary(&self) -> String {
+        let mut caps = Vec::new();
+        if let Some(b) = self.read_bps {
+            caps.push(format!("read {}/s", crate::units::bytes(b)));
+        }
+        if let Some(b) = self.write_bps {
+            caps.push(format!("write {}/s", crate::units::bytes(b)));
+        }
+        if let Some(n) = self.read_iops {
+            caps.push(format!("read {n} IOPS"));
+        }
+        if let Some(n) = self.write_iops {
+            caps.push(format!("write {n} IOPS"));
+        }
+        format!(
+            "limit I/O on the device of {} to {}",
+            self.path.display(),
+            caps.join(", ")
+        )
+    }
+
+    fn build(&self, ctx: &BuildContext<'_>) -> Box<dyn Fault> {
+        Box::new(IoLimitFault::new(
+            self.clone(),
+            ctx.target_name,
+            ctx.process.cloned().unwrap_or_default(),
+        ))
+    }
+}
+
+/// The limit's recipe, checked to be one: both kinds revert through [`revert`].
+fn limit_recipe(prepared: &Prepared) -> Result<&LimitRecipe, FaultError> {
+    match &prepared.revert {
+        RevertRecipe::CgroupLimit(recipe) => Ok(recipe),
+        _ => Err(FaultError::Failed("not a cgroup limit".into())),
+    }
+}
+
+fn prepared((summary, recipe, details): (String, LimitRecipe, serde_json::Value)) -> Prepared {
+    Prepared {
+        summary,
+        revert: RevertRecipe::CgroupLimit(recipe),
+        details,
+    }
+}
+
+impl Fault for CpuLimitFault {
+    fn prepare(&self) -> Result<Prepared, FaultError> {
+        self.prepare_recipe().map(prepared)
+    }
+
+    fn apply(&self, prepared: &Prepared) -> Result<Applied, FaultError> {
+        self.apply_recipe(limit_recipe(prepared)?)
+    }
+}
+
+impl Fault for IoLimitFault {
+    fn prepare(&self) -> Result<Prepared, FaultError> {
+        self.prepare_recipe().map(prepared)
+    }
+
+    fn apply(&self, prepared: &Prepared) -> Result<Applied, FaultError> {
+        self.apply_recipe(limit_recipe(prepared)?)
+    }
 }
 
 #[cfg(test)]

@@ -29,7 +29,13 @@ use serde::{Deserialize, Serialize};
 use serde_json::json;
 
 use super::cpu::{this_process, unique_id};
-use super::{Applied, FaultError, ProcRef, Reverted};
+use super::{
+    Applied, Backend, BuildContext, Fault, FaultAction, FaultError, KindPlan, ModuleKind, Prepared,
+    ProcRef, RevertRecipe, Reverted,
+};
+use crate::experiment::Sp;
+use crate::experiment::model::{FaultDef, FaultKind, PercentSpec};
+use crate::experiment::params::ParamChecks;
 use crate::sys::pidfd::{self, SignalError};
 
 /// The hidden subcommand that runs [`hog_main`].
@@ -721,6 +727,80 @@ pub fn hog_main(args: &[String]) -> u8 {
             return HOG_ORPHANED;
         }
         touch(0, pages);
+    }
+}
+
+// ---- the kind: its parameters, checks, summary and fault -------------------------------
+
+/// The kind, as the list in [`super::MODULE_KINDS`] registers it.
+pub const KIND: ModuleKind = ModuleKind {
+    kind: FaultKind::MemoryPressure,
+    keys: &["ramp", "size", "keep_free"],
+    compile: |fault, checks| compile(fault, checks).map(FaultAction::MemoryPressure),
+    backend: |_| {
+        Backend::always(
+            "hog process",
+            "a child with oom_score_adj 1000 that dies with faultline",
+        )
+    },
+};
+
+/// Check a memory-pressure's `params` and compile them; `None` after reporting what is wrong.
+pub fn compile(fault: &Sp<FaultDef>, checks: &mut ParamChecks<'_>) -> Option<MemoryPressureParams> {
+    checks.needs_duration(fault);
+    let ramp = checks.ramp(fault);
+    let p = &fault.params;
+    let size = checks.required(fault, "size", &p.size, "512MiB")?;
+    let amount = if size.trim_end().ends_with('%') {
+        let spec = Sp::at(PercentSpec::Text(size.value.clone()), size.pos);
+        MemoryAmount::Percent(checks.percent(&spec, 100.0)?)
+    } else {
+        MemoryAmount::Bytes(checks.size(size, "`size`")?)
+    };
+    let keep_free = match &p.keep_free {
+        Some(k) => checks.size(k, "`keep_free`")?,
+        None => DEFAULT_KEEP_FREE,
+    };
+    Some(MemoryPressureParams {
+        amount,
+        ramp,
+        keep_free,
+    })
+}
+
+impl KindPlan for MemoryPressureParams {
+    fn summary(&self) -> String {
+        format!(
+            "hold {} resident (keeping {} free){}",
+            match self.amount {
+                MemoryAmount::Bytes(b) => crate::units::bytes(b),
+                MemoryAmount::Percent(p) => format!("{}% of RAM", (p * 100.0).round() / 100.0),
+            },
+            crate::units::bytes(self.keep_free),
+            super::summary::ramp(self.ramp)
+        )
+    }
+
+    fn build(&self, _: &BuildContext<'_>) -> Box<dyn Fault> {
+        Box::new(MemoryPressure::new(self.clone()))
+    }
+}
+
+impl Fault for MemoryPressure {
+    fn prepare(&self) -> Result<Prepared, FaultError> {
+        let (summary, recipe, details) = self.prepare_recipe()?;
+        Ok(Prepared {
+            summary,
+            revert: RevertRecipe::MemoryPressure(recipe),
+            details,
+        })
+    }
+
+    fn apply(&self, prepared: &Prepared) -> Result<Applied, FaultError> {
+        match &prepared.revert {
+            RevertRecipe::MemoryPressure(recipe) => self.apply_recipe(recipe),
+            _ => Err(FaultError::Failed("recipe of another fault kind".into())),
+        }
     }
 }
 

@@ -1,4 +1,6 @@
-//! `trait Fault`: one implementation per fault kind, one file each.
+//! The fault kinds, listed once ([`FaultAction`], [`RevertRecipe`], [`MODULE_KINDS`]), and
+//! `trait Fault`: one implementation per kind. A kind's module checks and compiles its
+//! parameters (for the plan), says what it does, and prepares, applies and reverts it.
 //!
 //! A fault is injected in two steps so that nothing is ever done to the host before the way
 //! to undo it is on disk:
@@ -27,27 +29,23 @@ pub mod limit;
 pub mod memory;
 pub mod network;
 pub mod process;
-pub mod resource;
 pub mod sim;
 pub mod summary;
 
-pub use action::{
-    CoreSelection, DelayBackend, IoMode, IoRate, MemorySize, NetworkAction, ResourceAction,
-};
+pub use action::{DelayBackend, NetworkAction};
 
 /// What one fault of a plan does, checked: one variant per fault kind's compiled effect.
 #[derive(Clone, Debug, Serialize)]
 #[serde(rename_all = "snake_case", tag = "action")]
 pub enum FaultAction {
-    /// Send `signal` (a raw signal number, validated) to every selected process.
-    Signal {
-        signal: i32,
-        signal_name: String,
-    },
-    /// SIGSTOP now, SIGCONT on revert.
-    Stop,
+    ProcessKill(process::Kill),
+    ProcessStop(process::Stop),
     Network(NetworkAction),
-    Resource(ResourceAction),
+    CpuPressure(cpu::CpuPressureParams),
+    CpuLimit(limit::CpuLimitParams),
+    MemoryPressure(memory::MemoryPressureParams),
+    DiskIoPressure(disk::DiskIoPressureSpec),
+    DiskIoLimit(limit::IoLimitParams),
     DiskFill(disk_fill::DiskFill),
 }
 
@@ -57,14 +55,53 @@ pub struct ModuleKind {
     pub kind: FaultKind,
     /// The keys of `params` it takes.
     pub keys: &'static [&'static str],
-    /// How it acts on a host, for `doctor`: the same on every host.
-    pub backend: &'static str,
-    pub detail: &'static str,
+    /// Check a fault's `params` and compile them; `None` after reporting what is wrong.
+    pub compile: fn(&Sp<FaultDef>, &mut ParamChecks<'_>) -> Option<FaultAction>,
+    /// How it acts on this host, for `doctor`.
+    pub backend: fn(&crate::host::HostCaps) -> Backend,
+}
+
+/// How a kind acts on a host: the backend's name, or `None` when it cannot run here, and a
+/// line saying how (or why not).
+pub struct Backend {
+    pub name: Option<String>,
+    pub detail: String,
+}
+
+impl Backend {
+    /// A backend that is the same on every host.
+    pub fn always(name: &str, detail: &str) -> Backend {
+        Backend {
+            name: Some(name.into()),
+            detail: detail.into(),
+        }
+    }
+}
+
+/// What the plan holds of a kind with a module of its own, compiled.
+pub trait KindPlan {
+    /// One line for `plan`, the terminal and the journal.
+    fn summary(&self) -> String;
+    /// The live fault.
+    fn build(&self, ctx: &BuildContext<'_>) -> Box<dyn Fault>;
+    /// The directory whose filesystem the fault fills, if it fills one.
+    fn fills(&self) -> Option<&std::path::Path> {
+        None
+    }
 }
 
 /// The kinds with a module of their own. Registering one is an entry here, a variant of
-/// [`FaultAction`] and of [`RevertRecipe`], and their arms below.
-pub const MODULE_KINDS: &[ModuleKind] = &[disk_fill::KIND];
+/// [`FaultAction`] (and its arm in [`FaultAction::module`]) and of [`RevertRecipe`].
+pub const MODULE_KINDS: &[ModuleKind] = &[
+    process::PROCESS_KILL,
+    process::PROCESS_STOP,
+    cpu::KIND,
+    limit::CPU_LIMIT,
+    memory::KIND,
+    disk::KIND,
+    limit::DISK_IO_LIMIT,
+    disk_fill::KIND,
+];
 
 /// The module of a kind, if it has one.
 pub fn module_kind(kind: FaultKind) -> Option<&'static ModuleKind> {
@@ -74,10 +111,7 @@ pub fn module_kind(kind: FaultKind) -> Option<&'static ModuleKind> {
 /// Check and compile a fault of a kind in [`MODULE_KINDS`]; `None` after reporting what is
 /// wrong (and for the other kinds, which the plan's compile step checks).
 pub fn compile(fault: &Sp<FaultDef>, checks: &mut ParamChecks<'_>) -> Option<FaultAction> {
-    match fault.kind.value {
-        FaultKind::DiskFill => disk_fill::compile(fault, checks).map(FaultAction::DiskFill),
-        _ => None,
-    }
+    (module_kind(fault.kind.value)?.compile)(fault, checks)
 }
 
 /// A fault that can be injected. `Send + Sync` so the engine can run it on blocking threads.
@@ -348,32 +382,45 @@ pub struct BuildContext<'a> {
 }
 
 impl FaultAction {
+    /// The compiled form of a kind with a module of its own.
+    pub fn module(&self) -> Option<&dyn KindPlan> {
+        match self {
+            FaultAction::ProcessKill(kind) => Some(kind),
+            FaultAction::ProcessStop(kind) => Some(kind),
+            FaultAction::CpuPressure(kind) => Some(kind),
+            FaultAction::CpuLimit(kind) => Some(kind),
+            FaultAction::MemoryPressure(kind) => Some(kind),
+            FaultAction::DiskIoPressure(kind) => Some(kind),
+            FaultAction::DiskIoLimit(kind) => Some(kind),
+            FaultAction::DiskFill(kind) => Some(kind),
+            FaultAction::Network(_) => None,
+        }
+    }
+
     /// The live fault, built by its kind's module.
     pub fn build(&self, ctx: &BuildContext<'_>) -> Box<dyn Fault> {
+        if let Some(module) = self.module() {
+            return module.build(ctx);
+        }
         match self {
             FaultAction::Network(action) => network::build(action, ctx),
-            FaultAction::Resource(action) => resource::build(action, ctx),
-            FaultAction::Signal { .. } | FaultAction::Stop => process::build(self, ctx),
-            FaultAction::DiskFill(fill) => Box::new(fill.clone()),
+            _ => unreachable!("every other kind has a module"),
         }
     }
 
     /// What the fault does, in a few words: `SIGTERM`, `delay 200ms, backend netem`.
     pub fn effect(&self) -> String {
+        if let Some(module) = self.module() {
+            return module.summary();
+        }
         match self {
-            FaultAction::Signal { signal_name, .. } => signal_name.clone(),
-            FaultAction::Stop => "SIGSTOP, SIGCONT on revert".into(),
             FaultAction::Network(effect) => summary::effect_summary(effect),
-            FaultAction::Resource(effect) => summary::resource_summary(effect),
-            FaultAction::DiskFill(fill) => fill.summary(),
+            _ => unreachable!("every other kind has a module"),
         }
     }
 
     /// The directory whose filesystem the fault fills, if it fills one.
     pub fn fills(&self) -> Option<&std::path::Path> {
-        match self {
-            FaultAction::DiskFill(fill) => Some(&fill.path),
-            _ => None,
-        }
+        self.module()?.fills()
     }
 }

@@ -4,7 +4,16 @@ use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
 
-use super::{Applied, Fault, FaultAction, FaultError, Prepared, ProcRef, RevertRecipe, Reverted};
+use nix::sys::signal::Signal;
+
+use super::{
+    Applied, Backend, BuildContext, Fault, FaultAction, FaultError, KindPlan, ModuleKind, Prepared,
+    ProcRef, RevertRecipe, Reverted,
+};
+use crate::experiment::diagnostic::nearest;
+use crate::experiment::model::{FaultDef, FaultKind, SignalSpec};
+use crate::experiment::params::ParamChecks;
+use crate::experiment::{Diagnostic, Sp};
 use crate::sys::pidfd::{self, SignalError};
 use crate::sys::proc::{self, CompiledSelector, ProcInfo, Selection, WaitOutcome};
 
@@ -17,16 +26,175 @@ pub struct ProcessFault {
     target_name: String,
     /// `None` when the plan has no such target (validation should make that impossible).
     selector: Option<CompiledSelector>,
-    action: FaultAction,
+    signal: Kill,
 }
 
-pub fn build(action: &FaultAction, ctx: &super::BuildContext<'_>) -> Box<dyn Fault> {
-    Box::new(ProcessFault::new(
-        ctx.fault_id,
-        ctx.target_name,
-        ctx.process.cloned(),
-        action.clone(),
-    ))
+// ---- the kinds: process-kill and process-stop, which share the selection and signalling ----
+
+/// `process-kill`, as the list in [`super::MODULE_KINDS`] registers it.
+pub const PROCESS_KILL: ModuleKind = ModuleKind {
+    kind: FaultKind::ProcessKill,
+    keys: &["signal"],
+    compile: |fault, checks| compile_kill(fault, checks).map(FaultAction::ProcessKill),
+    backend: |_| Backend::always("pidfd signals", PIDFD_DETAIL),
+};
+
+/// `process-stop`, as the list in [`super::MODULE_KINDS`] registers it.
+pub const PROCESS_STOP: ModuleKind = ModuleKind {
+    kind: FaultKind::ProcessStop,
+    keys: &[],
+    compile: |fault, checks| compile_stop(fault, checks).map(FaultAction::ProcessStop),
+    backend: |_| Backend::always("pidfd signals", PIDFD_DETAIL),
+};
+
+const PIDFD_DETAIL: &str = "always available; sent through a pidfd, so a recycled PID is never hit";
+
+/// A process-kill as the plan holds it: the signal, checked (default SIGKILL).
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct Kill {
+    pub signal: i32,
+    pub signal_name: String,
+}
+
+impl Kill {
+    /// SIGSTOP, as process-stop sends it.
+    fn stop() -> Kill {
+        Kill {
+            signal: libc::SIGSTOP,
+            signal_name: "SIGSTOP".into(),
+        }
+    }
+}
+
+/// A process-stop as the plan holds it: SIGSTOP now, SIGCONT on revert.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct Stop;
+
+/// Check a process-kill's `params` and compile them; `None` after reporting what is wrong.
+pub fn compile_kill(fault: &Sp<FaultDef>, checks: &mut ParamChecks<'_>) -> Option<Kill> {
+    let signal = match &fault.params.signal {
+        None => Signal::SIGKILL,
+        Some(spec) => match parse_signal(spec) {
+            Ok(signal) => signal,
+            Err((reason, hint)) => {
+                checks.report(Diagnostic::at(spec.pos, reason, "invalid signal").with_hint(hint));
+                Signal::SIGKILL
+            }
+        },
+    };
+    Some(Kill {
+        signal: signal as i32,
+        signal_name: signal.as_str().to_string(),
+    })
+}
+
+/// Check a process-stop's `params` and compile them; `None` never (what is wrong is
+/// reported, and the plan is refused for it).
+pub fn compile_stop(fault: &Sp<FaultDef>, checks: &mut ParamChecks<'_>) -> Option<Stop> {
+    if let Some(signal) = &fault.params.signal {
+        checks.report(
+            Diagnostic::at(signal.pos, "`params.signal` does not apply to a process-stop fault", "not a parameter of process-stop")
+                .with_hint("process-stop always sends SIGSTOP and resumes with SIGCONT; remove `signal`, or use `process-kill`"),
+        );
+    }
+    if fault.duration.is_none() {
+        checks.report(
+            Diagnostic::at(
+                fault.kind.pos,
+                format!(
+                    "fault `{}` (process-stop) has no `duration`",
+                    fault.id.value
+                ),
+                "needs a duration",
+            )
+            .with_hint("add `duration: 10s`: the processes are resumed (SIGCONT) when it is over"),
+        );
+    }
+    Some(Stop)
+}
+
+impl KindPlan for Kill {
+    fn summary(&self) -> String {
+        self.signal_name.clone()
+    }
+
+    fn build(&self, ctx: &BuildContext<'_>) -> Box<dyn Fault> {
+        Box::new(ProcessFault::new(
+            ctx.fault_id,
+            ctx.target_name,
+            ctx.process.cloned(),
+            self.clone(),
+        ))
+    }
+}
+
+impl KindPlan for Stop {
+    fn summary(&self) -> String {
+        "SIGSTOP, SIGCONT on revert".into()
+    }
+
+    fn build(&self, ctx: &BuildContext<'_>) -> Box<dyn Fault> {
+        Box::new(ProcessFault::new(
+            ctx.fault_id,
+            ctx.target_name,
+            ctx.process.cloned(),
+            Kill::stop(),
+        ))
+    }
+}
+
+/// `SIGTERM`, `TERM`, `sigterm`, `15` → SIGTERM. Refuses 0 (sends nothing) and the stop
+/// signals (a stopped process would never be resumed: that is `process-stop`'s job).
+fn parse_signal(spec: &SignalSpec) -> Result<Signal, (String, String)> {
+    let usage = "use a name (`SIGTERM`, `TERM`) or a number (`15`); leave `signal` out for SIGKILL";
+    let from_number = |number: i32| match number {
+        0 => Err((
+            "signal 0 sends nothing".to_string(),
+            format!("it only checks that a process exists; {usage}"),
+        )),
+        n => Signal::try_from(n).map_err(|_| {
+            (
+                format!("`{n}` is not a signal number on Linux"),
+                usage.to_string(),
+            )
+        }),
+    };
+    let signal = match spec {
+        SignalSpec::Number(number) => from_number(*number)?,
+        SignalSpec::Name(text) => match text.trim().parse::<i32>() {
+            Ok(number) => from_number(number)?,
+            Err(_) => {
+                let upper = text.trim().to_ascii_uppercase();
+                let full = if upper.starts_with("SIG") {
+                    upper
+                } else {
+                    format!("SIG{upper}")
+                };
+                full.parse::<Signal>().map_err(|_| {
+                    let names: Vec<&str> = Signal::iterator().map(Signal::as_str).collect();
+                    let hint = match nearest(&full, names) {
+                        Some(best) => format!("did you mean `{best}`?"),
+                        None => usage.to_string(),
+                    };
+                    (format!("`{text}` is not a signal"), hint)
+                })?
+            }
+        },
+    };
+    if matches!(
+        signal,
+        Signal::SIGSTOP | Signal::SIGTSTP | Signal::SIGTTIN | Signal::SIGTTOU
+    ) {
+        return Err((
+            format!(
+                "{} would stop the processes and never resume them",
+                signal.as_str()
+            ),
+            "use the `process-stop` fault kind, which resumes them (SIGCONT) when it is reverted"
+                .to_string(),
+        ));
+    }
+    Ok(signal)
 }
 
 /// One picked process as written into `Prepared::details`, which `apply` reads back.
@@ -56,26 +224,18 @@ impl ProcessFault {
         fault_id: &str,
         target_name: &str,
         selector: Option<CompiledSelector>,
-        action: FaultAction,
+        signal: Kill,
     ) -> ProcessFault {
         ProcessFault {
             fault_id: fault_id.into(),
             target_name: target_name.into(),
             selector,
-            action,
+            signal,
         }
     }
 
     fn signal(&self) -> (i32, &str) {
-        match &self.action {
-            FaultAction::Signal {
-                signal,
-                signal_name,
-            } => (*signal, signal_name),
-            FaultAction::Stop => (libc::SIGSTOP, "SIGSTOP"),
-            // Validation never gives a process fault a network action; signal 0 only probes.
-            _ => (0, "no signal"),
-        }
+        (self.signal.signal, &self.signal.signal_name)
     }
 
     fn is_stop(&self) -> bool {
@@ -345,13 +505,13 @@ mod tests {
     use crate::experiment::model::testing::by_name;
     use crate::sys::proc::testing::{TestChild, sleep_named, unique};
 
-    fn fault(selector: ProcessSelector, action: FaultAction) -> ProcessFault {
+    fn fault(selector: ProcessSelector, signal: Kill) -> ProcessFault {
         let selector = CompiledSelector::new(&selector).expect("a valid selector");
-        ProcessFault::new("f1", "workers", Some(selector), action)
+        ProcessFault::new("f1", "workers", Some(selector), signal)
     }
 
-    fn kill_with(signal: i32, name: &str) -> FaultAction {
-        FaultAction::Signal {
+    fn kill_with(signal: i32, name: &str) -> Kill {
+        Kill {
             signal,
             signal_name: name.into(),
         }
@@ -365,10 +525,28 @@ mod tests {
     }
 
     #[test]
+    fn signals_accept_common_spellings() {
+        for spec in [
+            SignalSpec::Name("SIGTERM".into()),
+            SignalSpec::Name("TERM".into()),
+            SignalSpec::Name("sigterm".into()),
+            SignalSpec::Name("15".into()),
+            SignalSpec::Number(15),
+        ] {
+            assert_eq!(parse_signal(&spec).unwrap(), Signal::SIGTERM, "{spec:?}");
+        }
+        assert!(parse_signal(&SignalSpec::Number(0)).is_err());
+        assert!(parse_signal(&SignalSpec::Number(99)).is_err());
+        assert!(parse_signal(&SignalSpec::Name("SIGSTOP".into())).is_err());
+        let (_, hint) = parse_signal(&SignalSpec::Name("SIGKIL".into())).unwrap_err();
+        assert!(hint.contains("SIGKILL"), "{hint}");
+    }
+
+    #[test]
     fn stop_really_stops_and_resume_is_idempotent() {
         let name = unique("stop");
         let children: Vec<TestChild> = (0..2).map(|_| sleep_named(&name)).collect();
-        let stop = fault(by_name(&name), FaultAction::Stop);
+        let stop = fault(by_name(&name), Kill::stop());
         let prepared = stop.prepare().expect("prepare");
         assert_eq!(
             prepared.summary,
@@ -522,7 +700,7 @@ mod tests {
         let name = unique("part");
         let mut first = sleep_named(&name);
         let second = sleep_named(&name);
-        let stop = fault(by_name(&name), FaultAction::Stop);
+        let stop = fault(by_name(&name), Kill::stop());
         let prepared = stop.prepare().expect("prepare");
         first.kill_and_reap();
         let applied = stop.apply(&prepared).expect("one still hit");

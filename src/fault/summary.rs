@@ -11,6 +11,15 @@ pub fn dur(d: Duration) -> String {
     }
 }
 
+/// `, ramp 5s`, or nothing for no ramp.
+pub fn ramp(r: Duration) -> String {
+    if r.is_zero() {
+        String::new()
+    } else {
+        format!(", ramp {}", dur(r))
+    }
+}
+
 /// One line describing a network fault's effect, for `plan`, the terminal and the journal.
 pub fn effect_summary(effect: &super::NetworkAction) -> String {
     use super::NetworkAction::*;
@@ -72,97 +81,5 @@ pub fn effect_summary(effect: &super::NetworkAction) -> String {
             dur(*delay),
             gap.map(|g| format!(", gap {g}")).unwrap_or_default()
         ),
-    }
-}
-
-/// One line describing a resource fault's effect.
-pub fn resource_summary(effect: &super::ResourceAction) -> String {
-    use super::{CoreSelection, IoMode, IoRate, MemorySize, ResourceAction::*};
-    let pct = |f: f64| format!("{}%", (f * 10_000.0).round() / 100.0);
-    let ramp = |r: &Duration| {
-        if r.is_zero() {
-            String::new()
-        } else {
-            format!(", ramp {}", dur(*r))
-        }
-    };
-    match effect {
-        CpuPressure {
-            load,
-            cores,
-            total,
-            ramp: r,
-        } => format!(
-            "{} {} on {}{}",
-            if *total { "top up to" } else { "burn" },
-            pct(*load),
-            match cores {
-                None => "every core".to_string(),
-                Some(CoreSelection::Count(n)) => format!("{n} core(s)"),
-                Some(CoreSelection::List(list)) => format!("cores {list:?}"),
-            },
-            ramp(r)
-        ),
-        CpuLimit { cpus } => format!("limit to {cpus} CPU(s)"),
-        MemoryPressure {
-            size,
-            ramp: r,
-            keep_free,
-        } => format!(
-            "hold {} resident (keeping {} free){}",
-            match size {
-                MemorySize::Bytes(b) => crate::units::bytes(*b),
-                MemorySize::Share(s) => format!("{} of RAM", pct(*s)),
-            },
-            crate::units::bytes(*keep_free),
-            ramp(r)
-        ),
-        DiskIoPressure {
-            path,
-            mode,
-            block_size,
-            rate,
-            workers,
-        } => format!(
-            "{} in {} with {} blocks, {}, {workers} worker(s)",
-            match mode {
-                IoMode::Read => "read".to_string(),
-                IoMode::Write => "write".to_string(),
-                IoMode::Mixed(r) => format!("mixed ({} reads)", pct(*r)),
-            },
-            path.display(),
-            crate::units::bytes(*block_size),
-            match rate {
-                IoRate::Max => "as fast as possible".to_string(),
-                IoRate::BytesPerSec(b) => format!("{}/s", crate::units::bytes(*b)),
-                IoRate::Iops(n) => format!("{n} IOPS"),
-            }
-        ),
-        DiskIoLimit {
-            path,
-            read_bytes_per_sec,
-            write_bytes_per_sec,
-            read_iops,
-            write_iops,
-        } => {
-            let mut caps = Vec::new();
-            if let Some(b) = read_bytes_per_sec {
-                caps.push(format!("read {}/s", crate::units::bytes(*b)));
-            }
-            if let Some(b) = write_bytes_per_sec {
-                caps.push(format!("write {}/s", crate::units::bytes(*b)));
-            }
-            if let Some(n) = read_iops {
-                caps.push(format!("read {n} IOPS"));
-            }
-            if let Some(n) = write_iops {
-                caps.push(format!("write {n} IOPS"));
-            }
-            format!(
-                "limit I/O on the device of {} to {}",
-                path.display(),
-                caps.join(", ")
-            )
-        }
     }
 }

@@ -8,8 +8,6 @@ use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
 use std::time::Duration;
 
-use nix::sys::signal::Signal;
-
 use super::jsonpath::JsonPath;
 use super::{
     AfterSpec, Check, CommandSpec, FaultAction, FaultSpec, GateSpec, Plan, ProbeKind, ProbeSpec,
@@ -18,7 +16,7 @@ use super::{
 use crate::experiment::diagnostic::{describe_invisible, is_invisible, nearest, suggest};
 use crate::experiment::model::{
     self as model, Command, Expect, FaultDef, FaultKind, NoData, ProbeDef, ProcessSelector,
-    SignalSpec, StatusItem, StatusSet, WindowSlo,
+    StatusItem, StatusSet, WindowSlo,
 };
 use crate::experiment::params::ParamChecks;
 use crate::experiment::vars::{self, ColumnMap};
@@ -28,7 +26,7 @@ use crate::sys::proc::CompiledSelector;
 
 mod network;
 mod prometheus;
-mod resource;
+mod target;
 
 pub use network::{params_of, parse_bytes, parse_rate};
 
@@ -1254,7 +1252,6 @@ impl<'a> Checker<'a> {
             // Unknown targets and targets of the wrong kind are reported by the lookup.
             self.process_target_ref(target, &format!("fault `{id}`"));
         }
-        let signal = fault.params.signal.as_ref();
         let action = match kind {
             FaultKind::NetworkDelay
             | FaultKind::NetworkLoss
@@ -1265,40 +1262,10 @@ impl<'a> Checker<'a> {
             | FaultKind::NetworkReorder => self
                 .network_action(fault)
                 .map(FaultAction::Network)
-                .unwrap_or(FaultAction::Stop),
-            FaultKind::CpuPressure
-            | FaultKind::CpuLimit
-            | FaultKind::MemoryPressure
-            | FaultKind::DiskIoPressure
-            | FaultKind::DiskIoLimit => self
-                .resource_action(fault)
-                .map(FaultAction::Resource)
-                .unwrap_or(FaultAction::Stop),
-            FaultKind::ProcessKill => {
-                let signal = signal.map_or(Some(Signal::SIGKILL), |spec| self.signal(spec));
-                let signal = signal.unwrap_or(Signal::SIGKILL);
-                FaultAction::Signal {
-                    signal: signal as i32,
-                    signal_name: signal.as_str().to_string(),
-                }
-            }
-            FaultKind::ProcessStop => {
-                if let Some(signal) = signal {
-                    self.report(
-                        Diagnostic::at(signal.pos, "`params.signal` does not apply to a process-stop fault", "not a parameter of process-stop")
-                            .with_hint("process-stop always sends SIGSTOP and resumes with SIGCONT; remove `signal`, or use `process-kill`"),
-                    );
-                }
-                if fault.duration.is_none() {
-                    self.report(
-                        Diagnostic::at(fault.kind.pos, format!("fault `{id}` (process-stop) has no `duration`"), "needs a duration")
-                            .with_hint("add `duration: 10s`: the processes are resumed (SIGCONT) when it is over"),
-                    );
-                }
-                FaultAction::Stop
-            }
+                .unwrap_or(FaultAction::ProcessStop(crate::fault::process::Stop)),
             // A kind with a module of its own checks and compiles its parameters there.
-            _ => crate::fault::compile(fault, &mut self.params()).unwrap_or(FaultAction::Stop),
+            _ => crate::fault::compile(fault, &mut self.params())
+                .unwrap_or(FaultAction::ProcessStop(crate::fault::process::Stop)),
         };
         let duration = fault
             .duration
@@ -1369,16 +1336,6 @@ impl<'a> Checker<'a> {
             delay: fault.delay.as_ref().map_or(Duration::ZERO, |d| d.get()),
             duration,
             repeat_every,
-        }
-    }
-
-    fn signal(&mut self, spec: &Sp<SignalSpec>) -> Option<Signal> {
-        match parse_signal(spec) {
-            Ok(signal) => Some(signal),
-            Err((reason, hint)) => {
-                self.report(Diagnostic::at(spec.pos, reason, "invalid signal").with_hint(hint));
-                None
-            }
         }
     }
 
@@ -1624,81 +1581,9 @@ fn check_socket_address(address: &str) -> Result<(), &'static str> {
     }
 }
 
-/// `SIGTERM`, `TERM`, `sigterm`, `15` → SIGTERM. Refuses 0 (sends nothing) and the stop
-/// signals (a stopped process would never be resumed: that is `process-stop`'s job).
-fn parse_signal(spec: &SignalSpec) -> Result<Signal, (String, String)> {
-    let usage = "use a name (`SIGTERM`, `TERM`) or a number (`15`); leave `signal` out for SIGKILL";
-    let from_number = |number: i32| match number {
-        0 => Err((
-            "signal 0 sends nothing".to_string(),
-            format!("it only checks that a process exists; {usage}"),
-        )),
-        n => Signal::try_from(n).map_err(|_| {
-            (
-                format!("`{n}` is not a signal number on Linux"),
-                usage.to_string(),
-            )
-        }),
-    };
-    let signal = match spec {
-        SignalSpec::Number(number) => from_number(*number)?,
-        SignalSpec::Name(text) => match text.trim().parse::<i32>() {
-            Ok(number) => from_number(number)?,
-            Err(_) => {
-                let upper = text.trim().to_ascii_uppercase();
-                let full = if upper.starts_with("SIG") {
-                    upper
-                } else {
-                    format!("SIG{upper}")
-                };
-                full.parse::<Signal>().map_err(|_| {
-                    let names: Vec<&str> = Signal::iterator().map(Signal::as_str).collect();
-                    let hint = match nearest(&full, names) {
-                        Some(best) => format!("did you mean `{best}`?"),
-                        None => usage.to_string(),
-                    };
-                    (format!("`{text}` is not a signal"), hint)
-                })?
-            }
-        },
-    };
-    if matches!(
-        signal,
-        Signal::SIGSTOP | Signal::SIGTSTP | Signal::SIGTTIN | Signal::SIGTTOU
-    ) {
-        return Err((
-            format!(
-                "{} would stop the processes and never resume them",
-                signal.as_str()
-            ),
-            "use the `process-stop` fault kind, which resumes them (SIGCONT) when it is reverted"
-                .to_string(),
-        ));
-    }
-    Ok(signal)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn signals_accept_common_spellings() {
-        for spec in [
-            SignalSpec::Name("SIGTERM".into()),
-            SignalSpec::Name("TERM".into()),
-            SignalSpec::Name("sigterm".into()),
-            SignalSpec::Name("15".into()),
-            SignalSpec::Number(15),
-        ] {
-            assert_eq!(parse_signal(&spec).unwrap(), Signal::SIGTERM, "{spec:?}");
-        }
-        assert!(parse_signal(&SignalSpec::Number(0)).is_err());
-        assert!(parse_signal(&SignalSpec::Number(99)).is_err());
-        assert!(parse_signal(&SignalSpec::Name("SIGSTOP".into())).is_err());
-        let (_, hint) = parse_signal(&SignalSpec::Name("SIGKIL".into())).unwrap_err();
-        assert!(hint.contains("SIGKILL"), "{hint}");
-    }
 
     #[test]
     fn status_ranges_are_checked() {

@@ -134,10 +134,7 @@ impl FaultSpec {
     }
 }
 
-pub use crate::fault::{
-    CoreSelection, DelayBackend, FaultAction, IoMode, IoRate, MemorySize, NetworkAction,
-    ResourceAction,
-};
+pub use crate::fault::{DelayBackend, FaultAction, NetworkAction};
 
 #[derive(Clone, Debug, Serialize)]
 pub struct ProbeSpec {

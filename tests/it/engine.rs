@@ -132,7 +132,7 @@ fn fault_spec(id: &str, at_ms: u64, duration_ms: Option<u64>) -> FaultSpec {
         id: id.into(),
         kind: FaultKind::ProcessStop,
         target: Some("t".into()),
-        action: FaultAction::Stop,
+        action: FaultAction::ProcessStop(faultline::fault::process::Stop),
         at: Duration::from_millis(at_ms),
         after: Vec::new(),
         delay: Duration::ZERO,

@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use faultline::experiment::model::NoData;
 use faultline::experiment::{self, Diagnostics, Overrides, Pos, Source};
+use faultline::fault::process::Kill;
 use faultline::plan::{Comparison, FaultAction, Plan, ProbeKind};
 use faultline::view::render;
 
@@ -447,17 +448,17 @@ cleanup: [{argv: [/usr/bin/env, true]}]
         panic!("{:?}", plan.faults)
     };
     assert!(
-        matches!(&kill.action, FaultAction::Signal { signal: 9, signal_name } if signal_name == "SIGKILL")
+        matches!(&kill.action, FaultAction::ProcessKill(Kill { signal: 9, signal_name }) if signal_name == "SIGKILL")
     );
     assert_eq!(kill.duration, None);
     assert!(
-        matches!(&term.action, FaultAction::Signal { signal: 15, signal_name } if signal_name == "SIGTERM")
+        matches!(&term.action, FaultAction::ProcessKill(Kill { signal: 15, signal_name }) if signal_name == "SIGTERM")
     );
     assert_eq!(
         (term.after.clone(), term.delay),
         (vec!["kill".to_string()], Duration::from_secs(1))
     );
-    assert!(matches!(freeze.action, FaultAction::Stop));
+    assert!(matches!(freeze.action, FaultAction::ProcessStop(_)));
     assert_eq!(freeze.at, Duration::from_secs(5));
     assert_eq!(freeze.duration, Some(Duration::from_secs(10)));
     assert_eq!(freeze.repeat_every, Some(Duration::from_secs(2)));

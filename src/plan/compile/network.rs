@@ -10,7 +10,8 @@ use crate::experiment::{Diagnostic, Pos, Sp};
 use crate::net::{Direction, Endpoint, IpNet, NetworkTarget, PortRange, Protocol};
 use crate::plan::{DelayBackend, NetworkAction};
 
-/// Which fault kinds take each parameter.
+/// Which of the kinds without a module of their own take each parameter (the others say
+/// which they take in their module: `crate::fault::MODULE_KINDS`).
 const PARAMS: &[(&str, &[FaultKind])] = &[
     ("signal", &[FaultKind::ProcessKill]),
     (
@@ -32,30 +33,7 @@ const PARAMS: &[(&str, &[FaultKind])] = &[
             FaultKind::NetworkReorder,
         ],
     ),
-    (
-        "mode",
-        &[
-            FaultKind::NetworkPartition,
-            FaultKind::CpuPressure,
-            FaultKind::DiskIoPressure,
-        ],
-    ),
-    ("load", &[FaultKind::CpuPressure]),
-    ("quota", &[FaultKind::CpuLimit]),
-    ("cores", &[FaultKind::CpuPressure]),
-    ("ramp", &[FaultKind::CpuPressure, FaultKind::MemoryPressure]),
-    ("size", &[FaultKind::MemoryPressure]),
-    ("keep_free", &[FaultKind::MemoryPressure]),
-    ("path", &[FaultKind::DiskIoPressure, FaultKind::DiskIoLimit]),
-    ("block_size", &[FaultKind::DiskIoPressure]),
-    ("throughput", &[FaultKind::DiskIoPressure]),
-    ("iops", &[FaultKind::DiskIoPressure]),
-    ("workers", &[FaultKind::DiskIoPressure]),
-    ("read_share", &[FaultKind::DiskIoPressure]),
-    ("read_throughput", &[FaultKind::DiskIoLimit]),
-    ("write_throughput", &[FaultKind::DiskIoLimit]),
-    ("read_iops", &[FaultKind::DiskIoLimit]),
-    ("write_iops", &[FaultKind::DiskIoLimit]),
+    ("mode", &[FaultKind::NetworkPartition]),
     ("rate", &[FaultKind::NetworkBandwidth]),
     ("burst", &[FaultKind::NetworkBandwidth]),
     ("gap", &[FaultKind::NetworkReorder]),
