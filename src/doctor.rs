@@ -146,28 +146,26 @@ pub fn examine(netns: Option<&str>) -> Report {
         .to_string();
     let delay_route = host.delay_route(DelayBackend::Auto);
     let nfqueue_ok = iptables_ok && queue.is_ok();
-    let mut backends = vec![
-        BackendChoice {
-            kind: "network-delay",
-            backend: match delay_route {
-                Ok(DelayRoute::Netem) if net_admin => Some("netem".into()),
-                Ok(DelayRoute::Nfqueue) if nfqueue_ok => Some("nfqueue".into()),
-                _ => None,
-            },
-            detail: match delay_route {
-                Ok(DelayRoute::Netem) if net_admin => "tc netem qdisc".into(),
-                Ok(DelayRoute::Netem) => "netem: needs CAP_NET_ADMIN".into(),
-                _ => format!(
-                    "no netem ({netem_why}); NFQUEUE: iptables rules steer packets to faultline's delayer{}",
-                    if nfqueue_ok {
-                        ""
-                    } else {
-                        ", which cannot run here (see iptables and nfqueue above)"
-                    }
-                ),
-            },
+    let mut backends = vec![BackendChoice {
+        kind: "network-delay",
+        backend: match delay_route {
+            Ok(DelayRoute::Netem) if net_admin => Some("netem".into()),
+            Ok(DelayRoute::Nfqueue) if nfqueue_ok => Some("nfqueue".into()),
+            _ => None,
         },
-    ];
+        detail: match delay_route {
+            Ok(DelayRoute::Netem) if net_admin => "tc netem qdisc".into(),
+            Ok(DelayRoute::Netem) => "netem: needs CAP_NET_ADMIN".into(),
+            _ => format!(
+                "no netem ({netem_why}); NFQUEUE: iptables rules steer packets to faultline's delayer{}",
+                if nfqueue_ok {
+                    ""
+                } else {
+                    ", which cannot run here (see iptables and nfqueue above)"
+                }
+            ),
+        },
+    }];
     for kind in ["network-loss", "network-partition"] {
         backends.push(BackendChoice {
             kind,
@@ -203,7 +201,10 @@ pub fn examine(netns: Option<&str>) -> Report {
     }
 
     for module in crate::fault::MODULE_KINDS {
-        let backend = (module.backend)(host);
+        let Some(backend_of) = module.backend else {
+            continue;
+        };
+        let backend = backend_of(host);
         backends.push(BackendChoice {
             kind: module.kind.as_str(),
             backend: backend.name,

@@ -208,3 +208,76 @@ pub fn percent_value(spec: &PercentSpec) -> Result<f64, String> {
             .ok_or_else(|| format!("`{text}` is not a percentage; write it like `30%`")),
     }
 }
+
+/// A share from 0% to 100%, as a fraction (`30%` → 0.3).
+pub fn fraction(spec: &PercentSpec) -> Result<f64, String> {
+    let value = match spec {
+        PercentSpec::Number(n) => *n,
+        PercentSpec::Text(text) => text
+            .trim()
+            .strip_suffix('%')
+            .and_then(|n| n.trim().parse::<f64>().ok())
+            .ok_or_else(|| format!("`{text}` is not a percentage; write it like `30%`"))?,
+    };
+    if !(0.0..=100.0).contains(&value) {
+        return Err(format!("{value}% is not between 0% and 100%"));
+    }
+    Ok(value / 100.0)
+}
+
+/// `10mbit`, `500kbit`, `1gbit`, `2000bit` (optionally `/s`) → bits per second.
+pub fn parse_rate(text: &str) -> Result<u64, String> {
+    let lower = text.trim().to_ascii_lowercase();
+    let lower = lower.strip_suffix("/s").unwrap_or(&lower);
+    let split = lower
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .unwrap_or(lower.len());
+    let (number, unit) = lower.split_at(split);
+    let factor: f64 = match unit.trim() {
+        "bit" => 1.0,
+        "kbit" => 1e3,
+        "mbit" => 1e6,
+        "gbit" => 1e9,
+        _ => {
+            return Err(format!(
+                "`{text}` is not a rate; write it in bits per second like `10mbit`, `500kbit` or `1gbit`"
+            ));
+        }
+    };
+    let number: f64 = number
+        .parse()
+        .map_err(|_| format!("`{text}` is not a rate; write it like `10mbit`"))?;
+    let bits = number * factor;
+    if !(bits >= 8.0 && bits.is_finite()) {
+        return Err(format!("`{text}` is too small a rate"));
+    }
+    Ok(bits.round() as u64)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rates_are_bits_per_second() {
+        assert_eq!(parse_rate("10mbit").unwrap(), 10_000_000);
+        assert_eq!(parse_rate("1.5Mbit/s").unwrap(), 1_500_000);
+        assert_eq!(parse_rate("500kbit").unwrap(), 500_000);
+        assert_eq!(parse_rate("1gbit").unwrap(), 1_000_000_000);
+        assert!(
+            parse_rate("10mb").is_err(),
+            "bytes are not a rate unit here"
+        );
+        assert!(parse_rate("fast").is_err());
+    }
+
+    #[test]
+    fn sizes_and_percentages_parse() {
+        assert_eq!(parse_bytes("32kb").unwrap(), 32_000);
+        assert_eq!(parse_bytes("64kib").unwrap(), 65_536);
+        assert_eq!(fraction(&PercentSpec::Text("30%".into())).unwrap(), 0.3);
+        assert_eq!(fraction(&PercentSpec::Number(5.0)).unwrap(), 0.05);
+        assert!(fraction(&PercentSpec::Text("30".into())).is_err());
+        assert!(fraction(&PercentSpec::Number(130.0)).is_err());
+    }
+}

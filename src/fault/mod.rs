@@ -21,7 +21,6 @@ use crate::experiment::Sp;
 use crate::experiment::model::{FaultDef, FaultKind};
 use crate::experiment::params::ParamChecks;
 
-pub mod action;
 pub mod cpu;
 pub mod disk;
 pub mod disk_fill;
@@ -32,7 +31,7 @@ pub mod process;
 pub mod sim;
 pub mod summary;
 
-pub use action::{DelayBackend, NetworkAction};
+pub use network::{DelayBackend, NetworkAction};
 
 /// What one fault of a plan does, checked: one variant per fault kind's compiled effect.
 #[derive(Clone, Debug, Serialize)]
@@ -57,8 +56,9 @@ pub struct ModuleKind {
     pub keys: &'static [&'static str],
     /// Check a fault's `params` and compile them; `None` after reporting what is wrong.
     pub compile: fn(&Sp<FaultDef>, &mut ParamChecks<'_>) -> Option<FaultAction>,
-    /// How it acts on this host, for `doctor`.
-    pub backend: fn(&crate::host::HostCaps) -> Backend,
+    /// How it acts on this host, for `doctor`; `None` for the kinds `doctor` works out from
+    /// its own checks (the network kinds).
+    pub backend: Option<fn(&crate::host::HostCaps) -> Backend>,
 }
 
 /// How a kind acts on a host: the backend's name, or `None` when it cannot run here, and a
@@ -91,10 +91,17 @@ pub trait KindPlan {
 }
 
 /// The kinds with a module of their own. Registering one is an entry here, a variant of
-/// [`FaultAction`] (and its arm in [`FaultAction::module`]) and of [`RevertRecipe`].
+/// [`FaultAction`] (and its arm in [`FaultAction::kind`]) and of [`RevertRecipe`].
 pub const MODULE_KINDS: &[ModuleKind] = &[
     process::PROCESS_KILL,
     process::PROCESS_STOP,
+    network::NETWORK_DELAY,
+    network::NETWORK_LOSS,
+    network::NETWORK_PARTITION,
+    network::NETWORK_BANDWIDTH,
+    network::NETWORK_DUPLICATE,
+    network::NETWORK_CORRUPT,
+    network::NETWORK_REORDER,
     cpu::KIND,
     limit::CPU_LIMIT,
     memory::KIND,
@@ -108,8 +115,8 @@ pub fn module_kind(kind: FaultKind) -> Option<&'static ModuleKind> {
     MODULE_KINDS.iter().find(|module| module.kind == kind)
 }
 
-/// Check and compile a fault of a kind in [`MODULE_KINDS`]; `None` after reporting what is
-/// wrong (and for the other kinds, which the plan's compile step checks).
+/// Check and compile a fault's `params` by its kind's module; `None` after reporting what is
+/// wrong.
 pub fn compile(fault: &Sp<FaultDef>, checks: &mut ParamChecks<'_>) -> Option<FaultAction> {
     (module_kind(fault.kind.value)?.compile)(fault, checks)
 }
@@ -382,45 +389,33 @@ pub struct BuildContext<'a> {
 }
 
 impl FaultAction {
-    /// The compiled form of a kind with a module of its own.
-    pub fn module(&self) -> Option<&dyn KindPlan> {
+    /// The compiled form, as its kind's module defines it.
+    pub fn kind(&self) -> &dyn KindPlan {
         match self {
-            FaultAction::ProcessKill(kind) => Some(kind),
-            FaultAction::ProcessStop(kind) => Some(kind),
-            FaultAction::CpuPressure(kind) => Some(kind),
-            FaultAction::CpuLimit(kind) => Some(kind),
-            FaultAction::MemoryPressure(kind) => Some(kind),
-            FaultAction::DiskIoPressure(kind) => Some(kind),
-            FaultAction::DiskIoLimit(kind) => Some(kind),
-            FaultAction::DiskFill(kind) => Some(kind),
-            FaultAction::Network(_) => None,
+            FaultAction::ProcessKill(kind) => kind,
+            FaultAction::ProcessStop(kind) => kind,
+            FaultAction::Network(kind) => kind,
+            FaultAction::CpuPressure(kind) => kind,
+            FaultAction::CpuLimit(kind) => kind,
+            FaultAction::MemoryPressure(kind) => kind,
+            FaultAction::DiskIoPressure(kind) => kind,
+            FaultAction::DiskIoLimit(kind) => kind,
+            FaultAction::DiskFill(kind) => kind,
         }
     }
 
     /// The live fault, built by its kind's module.
     pub fn build(&self, ctx: &BuildContext<'_>) -> Box<dyn Fault> {
-        if let Some(module) = self.module() {
-            return module.build(ctx);
-        }
-        match self {
-            FaultAction::Network(action) => network::build(action, ctx),
-            _ => unreachable!("every other kind has a module"),
-        }
+        self.kind().build(ctx)
     }
 
     /// What the fault does, in a few words: `SIGTERM`, `delay 200ms, backend netem`.
     pub fn effect(&self) -> String {
-        if let Some(module) = self.module() {
-            return module.summary();
-        }
-        match self {
-            FaultAction::Network(effect) => summary::effect_summary(effect),
-            _ => unreachable!("every other kind has a module"),
-        }
+        self.kind().summary()
     }
 
     /// The directory whose filesystem the fault fills, if it fills one.
     pub fn fills(&self) -> Option<&std::path::Path> {
-        self.module()?.fills()
+        self.kind().fills()
     }
 }

@@ -4,11 +4,21 @@
 
 use std::net::{IpAddr, SocketAddr, ToSocketAddrs};
 use std::sync::Arc;
+use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-use super::NetworkAction;
-use super::{Applied, Fault, FaultCause, FaultError, Prepared, RevertRecipe, Reverted};
+use super::{
+    Applied, BuildContext, Fault, FaultAction, FaultCause, FaultError, KindPlan, ModuleKind,
+    Prepared, RevertRecipe, Reverted,
+};
+use crate::experiment::model::{
+    BackendChoice, FaultDef, FaultKind, JitterDistribution, PercentSpec,
+};
+use crate::experiment::params::{ParamChecks, fraction, parse_bytes, parse_rate};
+use crate::experiment::{Diagnostic, Sp};
+use crate::fault::summary::dur;
+pub use crate::host::DelayBackend;
 use crate::host::{DelayRoute, HostCaps};
 use crate::net::{Endpoint, IpNet, NetworkTarget, Protected, Traffic};
 use crate::sys::delayer::{self, DelaySpec, Delayer};
@@ -16,9 +26,310 @@ use crate::sys::iptables::{Action, CreatedTables, RuleSet};
 use crate::sys::tc::legacy::LegacyTcInstall;
 use crate::sys::tc::{self, NetemSpec, TcInstall, TcTrees};
 
+/// A network fault's effect, validated (probabilities as fractions 0..=1).
+#[derive(Clone, Debug, PartialEq, Serialize)]
+#[serde(rename_all = "snake_case", tag = "effect")]
+pub enum NetworkAction {
+    Delay {
+        delay: Duration,
+        jitter: Duration,
+        normal: bool,
+        correlation: f64,
+        backend: DelayBackend,
+    },
+    Loss {
+        probability: f64,
+        correlation: f64,
+    },
+    Partition {
+        reject: bool,
+    },
+    Bandwidth {
+        rate_bits_per_sec: u64,
+        burst_bytes: Option<u64>,
+    },
+    /// netem-only effects.
+    Duplicate {
+        probability: f64,
+    },
+    Corrupt {
+        probability: f64,
+    },
+    Reorder {
+        probability: f64,
+        delay: Duration,
+        gap: Option<u32>,
+    },
+}
+
+/// One line describing a network fault's effect, for `plan`, the terminal and the journal.
+fn effect_summary(effect: &NetworkAction) -> String {
+    use NetworkAction::*;
+    let pct = |f: f64| format!("{}%", (f * 10_000.0).round() / 100.0);
+    match effect {
+        Delay {
+            delay,
+            jitter,
+            normal,
+            correlation,
+            backend,
+        } => {
+            let mut s = format!("delay {}", dur(*delay));
+            if !jitter.is_zero() {
+                s.push_str(&format!(
+                    " ± {} {}",
+                    dur(*jitter),
+                    if *normal { "normal" } else { "uniform" }
+                ));
+            }
+            if *correlation > 0.0 {
+                s.push_str(&format!(", correlation {}", pct(*correlation)));
+            }
+            s.push_str(&format!(", backend {backend:?}").to_lowercase());
+            s
+        }
+        Loss {
+            probability,
+            correlation,
+        } if *correlation > 0.0 => {
+            format!(
+                "drop {} of packets, correlation {}",
+                pct(*probability),
+                pct(*correlation)
+            )
+        }
+        Loss { probability, .. } => format!("drop {} of packets", pct(*probability)),
+        Partition { reject: true } => "reject every packet (TCP reset / ICMP unreachable)".into(),
+        Partition { reject: false } => "drop every packet".into(),
+        Bandwidth {
+            rate_bits_per_sec,
+            burst_bytes,
+        } => {
+            let mut s = format!("cap at {} bit/s", rate_bits_per_sec);
+            if let Some(b) = burst_bytes {
+                s.push_str(&format!(", burst {b} bytes"));
+            }
+            s
+        }
+        Duplicate { probability } => format!("duplicate {} of packets", pct(*probability)),
+        Corrupt { probability } => format!("corrupt {} of packets", pct(*probability)),
+        Reorder {
+            probability,
+            delay,
+            gap,
+        } => format!(
+            "reorder {} of packets (others delayed {}{})",
+            pct(*probability),
+            dur(*delay),
+            gap.map(|g| format!(", gap {g}")).unwrap_or_default()
+        ),
+    }
+}
+
+// ---- the kinds: seven network faults, which share the traffic selection and backends ----
+
+/// The network kinds, as the list in [`super::MODULE_KINDS`] registers them; `doctor` works
+/// out their backends from its own checks of iptables, NFQUEUE and tc.
+pub const NETWORK_DELAY: ModuleKind = network_kind(
+    FaultKind::NetworkDelay,
+    &["delay", "jitter", "distribution", "correlation", "backend"],
+);
+pub const NETWORK_LOSS: ModuleKind =
+    network_kind(FaultKind::NetworkLoss, &["correlation", "probability"]);
+pub const NETWORK_PARTITION: ModuleKind = network_kind(FaultKind::NetworkPartition, &["mode"]);
+pub const NETWORK_BANDWIDTH: ModuleKind =
+    network_kind(FaultKind::NetworkBandwidth, &["rate", "burst"]);
+pub const NETWORK_DUPLICATE: ModuleKind =
+    network_kind(FaultKind::NetworkDuplicate, &["probability"]);
+pub const NETWORK_CORRUPT: ModuleKind = network_kind(FaultKind::NetworkCorrupt, &["probability"]);
+pub const NETWORK_REORDER: ModuleKind =
+    network_kind(FaultKind::NetworkReorder, &["delay", "probability", "gap"]);
+
+const fn network_kind(kind: FaultKind, keys: &'static [&'static str]) -> ModuleKind {
+    ModuleKind {
+        kind,
+        keys,
+        compile: |fault, checks| compile(fault, checks).map(FaultAction::Network),
+        backend: None,
+    }
+}
+
+/// Check a network fault's `params` and compile them; `None` after reporting what is wrong.
+pub fn compile(fault: &Sp<FaultDef>, checks: &mut ParamChecks<'_>) -> Option<NetworkAction> {
+    let id = fault.id.as_str();
+    let kind = fault.kind.value;
+    let p = &fault.params;
+    if fault.duration.is_none() {
+        checks.report(
+            Diagnostic::at(
+                fault.kind.pos,
+                format!("fault `{id}` ({}) has no `duration`", kind.as_str()),
+                "needs a duration",
+            )
+            .with_hint("add `duration: 30s`: the fault is reverted when it is over"),
+        );
+    }
+    let required = |checker: &mut ParamChecks<'_>, key: &str, present: bool, example: &str| {
+        if !present {
+            checker.report(
+                Diagnostic::at(
+                    fault.kind.pos,
+                    format!("fault `{id}` ({}) needs `params.{key}`", kind.as_str()),
+                    format!("no {key}"),
+                )
+                .with_hint(format!("add `params: {{{key}: {example}}}`")),
+            );
+        }
+        present
+    };
+    let mut ok = true;
+    let mut share = |checker: &mut ParamChecks<'_>, spec: &Option<Sp<PercentSpec>>| -> f64 {
+        match spec {
+            None => 0.0,
+            Some(spec) => match fraction(spec) {
+                Ok(f) => f,
+                Err(e) => {
+                    checker.report(
+                        Diagnostic::at(spec.pos, e, "not a percentage")
+                            .with_hint("write it like `30%`"),
+                    );
+                    ok = false;
+                    0.0
+                }
+            },
+        }
+    };
+    let action = match kind {
+        FaultKind::NetworkDelay => {
+            if !required(checks, "delay", p.delay.is_some(), "100ms") {
+                return None;
+            }
+            let delay = p.delay.as_ref().map_or(Duration::ZERO, |d| d.get());
+            let jitter = p.jitter.as_ref().map_or(Duration::ZERO, |j| j.get());
+            let normal = p
+                .distribution
+                .as_ref()
+                .is_some_and(|d| d.value == JitterDistribution::Normal);
+            if let (Some(j), false) = (&p.jitter, normal)
+                && jitter > delay
+            {
+                checks.report(
+                        Diagnostic::at(j.pos, format!("jitter {} is larger than the delay {}", j.value, dur(delay)), "negative delays")
+                            .with_hint("uniform jitter spreads delays over delay ± jitter; keep jitter at most the delay"),
+                    );
+            }
+            if let (Some(d), true) = (&p.distribution, p.jitter.is_none()) {
+                checks.report(
+                    Diagnostic::at(
+                        d.pos,
+                        "`distribution` without `jitter`",
+                        "nothing to distribute",
+                    )
+                    .with_hint("add `jitter:`; the distribution shapes the spread around `delay`"),
+                );
+            }
+            let correlation = share(checks, &p.correlation);
+            let backend = match p.backend.as_ref().map(|b| b.value) {
+                None | Some(BackendChoice::Auto) => DelayBackend::Auto,
+                Some(BackendChoice::Netem) => DelayBackend::Netem,
+                Some(BackendChoice::Nfqueue) => DelayBackend::Nfqueue,
+            };
+            NetworkAction::Delay {
+                delay,
+                jitter,
+                normal,
+                correlation,
+                backend,
+            }
+        }
+        FaultKind::NetworkLoss => {
+            if !required(checks, "probability", p.probability.is_some(), "30%") {
+                return None;
+            }
+            let probability = share(checks, &p.probability);
+            let correlation = share(checks, &p.correlation);
+            NetworkAction::Loss {
+                probability,
+                correlation,
+            }
+        }
+        FaultKind::NetworkPartition => NetworkAction::Partition {
+            reject: checks.mode(fault, &["drop", "reject"])? == "reject",
+        },
+        FaultKind::NetworkBandwidth => {
+            if !required(checks, "rate", p.rate.is_some(), "10mbit") {
+                return None;
+            }
+            let rate = p.rate.as_ref().and_then(|r| match parse_rate(r) {
+                Ok(bits) => Some(bits),
+                Err(e) => {
+                    checks.report(
+                        Diagnostic::at(r.pos, e, "not a rate")
+                            .with_hint("rates are in bits per second: `10mbit`"),
+                    );
+                    None
+                }
+            });
+            let burst = p.burst.as_ref().and_then(|b| match parse_bytes(b) {
+                Ok(bytes) if bytes >= 1_500 => Some(bytes),
+                Ok(bytes) => {
+                    checks.report(
+                        Diagnostic::at(b.pos, format!("burst of {bytes} bytes cannot hold one full-size packet"), "too small")
+                            .with_hint("a burst must be at least one MTU (1500 bytes); leave it out for a sensible default"),
+                    );
+                    None
+                }
+                Err(e) => {
+                    checks.report(Diagnostic::at(b.pos, e, "not a size").with_hint("write it like `32kb`"));
+                    None
+                }
+            });
+            NetworkAction::Bandwidth {
+                rate_bits_per_sec: rate?,
+                burst_bytes: burst,
+            }
+        }
+        FaultKind::NetworkDuplicate | FaultKind::NetworkCorrupt => {
+            if !required(checks, "probability", p.probability.is_some(), "1%") {
+                return None;
+            }
+            let probability = share(checks, &p.probability);
+            if kind == FaultKind::NetworkDuplicate {
+                NetworkAction::Duplicate { probability }
+            } else {
+                NetworkAction::Corrupt { probability }
+            }
+        }
+        FaultKind::NetworkReorder => {
+            let has = required(checks, "probability", p.probability.is_some(), "25%")
+                & required(checks, "delay", p.delay.is_some(), "10ms");
+            if !has {
+                return None;
+            }
+            NetworkAction::Reorder {
+                probability: share(checks, &p.probability),
+                delay: p.delay.as_ref().map_or(Duration::ZERO, |d| d.get()),
+                gap: p.gap.as_ref().map(|g| g.value),
+            }
+        }
+        _ => return None,
+    };
+    ok.then_some(action)
+}
+
+impl KindPlan for NetworkAction {
+    fn summary(&self) -> String {
+        effect_summary(self)
+    }
+
+    fn build(&self, ctx: &BuildContext<'_>) -> Box<dyn Fault> {
+        build(self, ctx)
+    }
+}
+
 /// Build a network fault. Backends are chosen when it is prepared, from what this host has;
 /// `shared` records the tc trees and iptables tables the run's faults share.
-pub fn build(action: &NetworkAction, ctx: &super::BuildContext<'_>) -> Box<dyn Fault> {
+fn build(action: &NetworkAction, ctx: &BuildContext<'_>) -> Box<dyn Fault> {
     Box::new(NetworkFault {
         target: ctx.target_name.to_string(),
         selector: ctx.network.cloned(),
@@ -372,7 +683,7 @@ impl NetworkFault {
         };
         let summary = format!(
             "{} on target {} via {backend}",
-            super::summary::effect_summary(action),
+            effect_summary(action),
             self.target
         );
         Ok(Prepared {

@@ -15,8 +15,8 @@ use super::{
 };
 use crate::experiment::diagnostic::{describe_invisible, is_invisible, nearest, suggest};
 use crate::experiment::model::{
-    self as model, Command, Expect, FaultDef, FaultKind, NoData, ProbeDef, ProcessSelector,
-    StatusItem, StatusSet, WindowSlo,
+    self as model, Command, Expect, FaultDef, NoData, ProbeDef, ProcessSelector, StatusItem,
+    StatusSet, WindowSlo,
 };
 use crate::experiment::params::ParamChecks;
 use crate::experiment::vars::{self, ColumnMap};
@@ -27,8 +27,6 @@ use crate::sys::proc::CompiledSelector;
 mod network;
 mod prometheus;
 mod target;
-
-pub use network::{params_of, parse_bytes, parse_rate};
 
 /// `a -> b -> a`; a long cycle shows its first and last few faults and how many between.
 fn cycle_words(path: &[&str]) -> String {
@@ -1248,25 +1246,20 @@ impl<'a> Checker<'a> {
         let kind = fault.kind.value;
         self.params_fit(fault);
         let target = self.fault_target(fault);
-        if let (Some(target), false) = (target, kind.is_network()) {
-            // Unknown targets and targets of the wrong kind are reported by the lookup.
-            self.process_target_ref(target, &format!("fault `{id}`"));
+        // Unknown targets and targets of the wrong kind are reported by the lookup.
+        match (target, kind.is_network()) {
+            (Some(target), false) => {
+                self.process_target_ref(target, &format!("fault `{id}`"));
+            }
+            (Some(target), true) => {
+                self.network_target_ref(target, &format!("fault `{id}` ({})", kind.as_str()));
+            }
+            (None, _) => {}
         }
-        let action = match kind {
-            FaultKind::NetworkDelay
-            | FaultKind::NetworkLoss
-            | FaultKind::NetworkPartition
-            | FaultKind::NetworkBandwidth
-            | FaultKind::NetworkDuplicate
-            | FaultKind::NetworkCorrupt
-            | FaultKind::NetworkReorder => self
-                .network_action(fault)
-                .map(FaultAction::Network)
-                .unwrap_or(FaultAction::ProcessStop(crate::fault::process::Stop)),
-            // A kind with a module of its own checks and compiles its parameters there.
-            _ => crate::fault::compile(fault, &mut self.params())
-                .unwrap_or(FaultAction::ProcessStop(crate::fault::process::Stop)),
-        };
+        // The kind's module checks and compiles its parameters; a placeholder stands in for
+        // what it refused (the plan is refused with the problems it reported).
+        let action = crate::fault::compile(fault, &mut self.params())
+            .unwrap_or(FaultAction::ProcessStop(crate::fault::process::Stop));
         let duration = fault
             .duration
             .as_ref()

@@ -21,9 +21,10 @@ pub fn json_schema() -> Value {
         let Ok(kind) = serde_json::from_value::<FaultKind>(Value::String(name.clone())) else {
             continue;
         };
-        let properties: Map<String, Value> = super::compile::params_of(kind)
-            .into_iter()
-            .filter_map(|key| Some((key.to_string(), all_params.get(key)?.clone())))
+        let keys = crate::fault::module_kind(kind).map_or(&[][..], |module| module.keys);
+        let properties: Map<String, Value> = keys
+            .iter()
+            .filter_map(|key| Some((key.to_string(), all_params.get(*key)?.clone())))
             .collect();
         per_kind.push(json!({
             "if": {"properties": {"kind": {"const": name}}, "required": ["kind"]},
@@ -71,8 +72,8 @@ mod tests {
     fn each_kind_is_offered_only_its_own_params() {
         let schema = json_schema();
         assert_eq!(
-            then_params(&schema, "disk-fill"),
-            ["leave_free", "path", "size"]
+            then_params(&schema, "network-reorder"),
+            ["delay", "gap", "probability"]
         );
         assert_eq!(then_params(&schema, "process-kill"), ["signal"]);
         assert!(then_params(&schema, "process-stop").is_empty());
