@@ -69,6 +69,14 @@ pub async fn until_all_pass(
     budget: Duration,
 ) -> Result<u32, String> {
     if probes.is_empty() {
+        shared.emit(&Event::Gate {
+            t_ms: shared.t_ms(),
+            phase,
+            passed: true,
+            attempts: 0,
+            probes: 0,
+            reason: None,
+        });
         return Ok(0);
     }
     let deadline = Instant::now() + budget;
@@ -103,11 +111,12 @@ pub async fn until_all_pass(
         let next = round_start + pause;
         if passed || next > deadline {
             let reason = failures.join("; ");
-            shared.journal.write(&Event::Gate {
+            shared.emit(&Event::Gate {
                 t_ms: shared.t_ms(),
                 phase,
                 passed,
                 attempts: rounds,
+                probes: u32::try_from(probes.len()).unwrap_or(u32::MAX),
                 reason: (!passed).then(|| reason.clone()),
             });
             return if passed {

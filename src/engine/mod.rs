@@ -306,7 +306,7 @@ impl Runner {
         began: Instant,
         finished: &commands::Finished,
     ) {
-        self.shared.journal.write(&Event::Command {
+        self.shared.emit(&Event::Command {
             t_ms: self.shared.t_ms(),
             phase,
             name: spec.name.as_str().into(),
@@ -394,7 +394,7 @@ impl Runner {
                     }
                     Err(e) => (None, Some(e)),
                 };
-                self.shared.journal.write(&Event::Command {
+                self.shared.emit(&Event::Command {
                     t_ms: self.shared.t_ms(),
                     phase: Phase::Setup,
                     name: spec.name.as_str().into(),
@@ -405,17 +405,9 @@ impl Runner {
                     duration_ms: ms(began.elapsed()),
                     error: error.clone(),
                 });
-                match error {
-                    None => self.shared.ui.line(format!(
-                        "setup   started {} in the background (pid {})",
-                        spec.name,
-                        pid.unwrap_or(0)
-                    )),
-                    Some(e) => {
-                        self.verdict.not_ready = Some(format!("setup failed: {e}"));
-                        self.shared.ui.line(format!("setup   FAILED: {e}"));
-                        return false;
-                    }
+                if let Some(e) = error {
+                    self.verdict.not_ready = Some(format!("setup failed: {e}"));
+                    return false;
                 }
             } else {
                 let finished = tokio::select! {
@@ -428,10 +420,8 @@ impl Runner {
                 self.journal_command(Phase::Setup, spec, began, &finished);
                 if let Some(e) = finished.error {
                     self.verdict.not_ready = Some(format!("setup failed: {e}"));
-                    self.shared.ui.line(format!("setup   FAILED: {e}"));
                     return false;
                 }
-                self.shared.ui.line(format!("setup   {} done", spec.name));
             }
         }
         true
@@ -461,17 +451,8 @@ impl Runner {
             }
         }
         match result {
-            Ok(attempts) => {
-                self.shared.ui.line(format!(
-                    "before  steady state holds ({} probe{}, {attempts} attempt{})",
-                    probes.len(),
-                    plural(probes.len()),
-                    plural(attempts as usize)
-                ));
-                true
-            }
+            Ok(_) => true,
             Err(reason) => {
-                self.shared.ui.line(format!("before  NOT READY: {reason}"));
                 self.verdict.not_ready =
                     Some(format!("steady state not met before injecting: {reason}"));
                 false
@@ -765,14 +746,8 @@ impl Runner {
             _ = self.interrupt.reached(Level::Hurry) => None,
         };
         match result {
-            Some(Ok(attempts)) => self.shared.ui.line(format!(
-                "after   recovered ({attempts} attempt{})",
-                plural(attempts as usize)
-            )),
+            Some(Ok(_)) => {}
             Some(Err(reason)) => {
-                self.shared
-                    .ui
-                    .line(format!("after   NOT RECOVERED: {reason}"));
                 self.verdict.deviated = Some(format!(
                     "did not recover within {}: {reason}",
                     humantime::format_duration(after.within)
@@ -801,13 +776,6 @@ impl Runner {
                 },
             };
             self.journal_command(Phase::Cleanup, spec, began, &finished);
-            match finished.error {
-                None => self.shared.ui.line(format!("cleanup {} done", spec.name)),
-                Some(e) => self
-                    .shared
-                    .ui
-                    .line(format!("cleanup {} failed: {e}", spec.name)),
-            }
         }
         // Background processes are our children: they never outlive the run, even in a hurry.
         let grace = if self.hurry() {

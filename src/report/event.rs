@@ -68,6 +68,9 @@ pub enum Event<'a> {
         phase: Phase,
         passed: bool,
         attempts: u32,
+        /// How many probes the gate checks (0 in journals written before it was recorded).
+        #[serde(default)]
+        probes: u32,
         #[serde(skip_serializing_if = "Option::is_none")]
         reason: Option<String>,
     },
@@ -180,6 +183,57 @@ impl Event<'_> {
                 remedy,
                 ..
             } => format!("REVERT FAILED  {fault}: {error}\n          {remedy}"),
+            Event::Command {
+                phase: Phase::Setup,
+                name,
+                pid,
+                background,
+                error,
+                ..
+            } => match error {
+                Some(e) => format!("setup   FAILED: {e}"),
+                None if *background => format!(
+                    "setup   started {name} in the background (pid {})",
+                    pid.unwrap_or(0)
+                ),
+                None => format!("setup   {name} done"),
+            },
+            Event::Command {
+                phase: Phase::Cleanup,
+                name,
+                error,
+                ..
+            } => match error {
+                Some(e) => format!("cleanup {name} failed: {e}"),
+                None => format!("cleanup {name} done"),
+            },
+            Event::Gate {
+                phase,
+                passed,
+                attempts,
+                probes,
+                reason,
+                ..
+            } => {
+                let attempts_said = format!("{attempts} attempt{}", plural(*attempts));
+                match (phase, passed) {
+                    (Phase::Before, true) => format!(
+                        "before  steady state holds ({probes} probe{}, {attempts_said})",
+                        plural(*probes)
+                    ),
+                    (Phase::After, true) => format!("after   recovered ({attempts_said})"),
+                    (Phase::After, false) => format!(
+                        "after   NOT RECOVERED: {} (after {attempts_said})",
+                        reason.as_deref().unwrap_or_default()
+                    ),
+                    (_, passed) => format!(
+                        "{:<7} {}: {} (after {attempts_said})",
+                        phase.as_str(),
+                        if *passed { "passed" } else { "NOT READY" },
+                        reason.as_deref().unwrap_or_default()
+                    ),
+                }
+            }
             Event::Abort { record, .. } => format!(
                 "ABORT   {} fault{} reverted {:.1} ms after the breach",
                 record.faults_reverted,
@@ -310,6 +364,10 @@ impl fmt::Display for AbortTrigger {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(self.as_str())
     }
+}
+
+fn plural(n: u32) -> &'static str {
+    if n == 1 { "" } else { "s" }
 }
 
 #[cfg(test)]

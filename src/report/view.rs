@@ -292,6 +292,7 @@ impl RunView {
                 passed,
                 attempts,
                 reason,
+                ..
             } => self.gates.push(GateView {
                 t_ms,
                 phase,
