@@ -8,7 +8,7 @@ use std::fmt::Write;
 
 use serde::Serialize;
 
-use crate::host::{DelayBackend, DelayRoute, HostCaps};
+use crate::host::HostCaps;
 use crate::sys::iptables::{self, Family, Variant};
 use crate::sys::tc::{self, Support};
 
@@ -133,84 +133,26 @@ pub fn examine(netns: Option<&str>) -> Report {
         },
     });
 
-    let iptables_ok = variant.is_ok() && net_admin;
-    let iptables_why = || match &variant {
-        Err(e) => e.to_string(),
-        Ok(_) => "needs CAP_NET_ADMIN".into(),
+    let facts = crate::fault::HostFacts {
+        host,
+        iptables: match (&variant, net_admin) {
+            (Ok(_), true) => Ok(()),
+            (Err(e), _) => Err(e.to_string()),
+            (Ok(_), false) => Err("needs CAP_NET_ADMIN".into()),
+        },
+        nfqueue: queue.map(drop).map_err(|e| e.to_string()),
     };
-    let netem = caps.netem.is_available() && net_admin;
-    let netem_why = caps
-        .netem
-        .reason()
-        .unwrap_or("needs CAP_NET_ADMIN")
-        .to_string();
-    let delay_route = host.delay_route(DelayBackend::Auto);
-    let nfqueue_ok = iptables_ok && queue.is_ok();
-    let mut backends = vec![BackendChoice {
-        kind: "network-delay",
-        backend: match delay_route {
-            Ok(DelayRoute::Netem) if net_admin => Some("netem".into()),
-            Ok(DelayRoute::Nfqueue) if nfqueue_ok => Some("nfqueue".into()),
-            _ => None,
-        },
-        detail: match delay_route {
-            Ok(DelayRoute::Netem) if net_admin => "tc netem qdisc".into(),
-            Ok(DelayRoute::Netem) => "netem: needs CAP_NET_ADMIN".into(),
-            _ => format!(
-                "no netem ({netem_why}); NFQUEUE: iptables rules steer packets to faultline's delayer{}",
-                if nfqueue_ok {
-                    ""
-                } else {
-                    ", which cannot run here (see iptables and nfqueue above)"
-                }
-            ),
-        },
-    }];
-    for kind in ["network-loss", "network-partition"] {
-        backends.push(BackendChoice {
-            kind,
-            backend: iptables_ok.then(|| "iptables".into()),
-            detail: if iptables_ok {
-                "rules in FAULTLINE-* chains".into()
-            } else {
-                iptables_why()
-            },
-        });
-    }
-    let shaping = host.can_shape() && net_admin;
-    let ingress = host.can_shape_ingress();
-    backends.push(BackendChoice {
-        kind: "network-bandwidth",
-        backend: shaping.then(|| "tc tbf/htb".into()),
-        detail: match (shaping, ingress) {
-            (true, true) => "egress on the interface, ingress through an IFB device".into(),
-            (true, false) => "egress only (no IFB/ingress/mirred for ingress shaping)".into(),
-            (false, _) => "needs tbf and htb qdiscs and CAP_NET_ADMIN".into(),
-        },
-    });
-    for kind in ["network-duplicate", "network-corrupt", "network-reorder"] {
-        backends.push(BackendChoice {
-            kind,
-            backend: netem.then(|| "netem".into()),
-            detail: if netem {
-                "tc netem qdisc".into()
-            } else {
-                netem_why.clone()
-            },
-        });
-    }
-
-    for module in crate::fault::MODULE_KINDS {
-        let Some(backend_of) = module.backend else {
-            continue;
-        };
-        let backend = backend_of(host);
-        backends.push(BackendChoice {
-            kind: module.kind.as_str(),
-            backend: backend.name,
-            detail: backend.detail,
-        });
-    }
+    let backends = crate::fault::MODULE_KINDS
+        .iter()
+        .map(|module| {
+            let backend = (module.backend)(&facts);
+            BackendChoice {
+                kind: module.kind.as_str(),
+                backend: backend.name,
+                detail: backend.detail,
+            }
+        })
+        .collect();
 
     let mut leftovers = iptables::leftovers(netns);
     match tc::leftovers(netns) {

@@ -785,12 +785,12 @@ pub const KIND: ModuleKind = ModuleKind {
     kind: FaultKind::CpuPressure,
     keys: &["mode", "load", "cores", "ramp"],
     compile: |fault, checks| compile(fault, checks).map(FaultAction::CpuPressure),
-    backend: Some(|_| {
+    backend: |_| {
         Backend::always(
             "threads",
             "busy-loop worker threads inside faultline, one pinned to each core",
         )
-    }),
+    },
 };
 
 /// Check a cpu-pressure's `params` and compile them; `None` after reporting what is wrong.

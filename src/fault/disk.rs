@@ -823,12 +823,12 @@ pub const KIND: ModuleKind = ModuleKind {
         "read_share",
     ],
     compile: |fault, checks| compile(fault, checks).map(FaultAction::DiskIoPressure),
-    backend: Some(|_| {
+    backend: |_| {
         Backend::always(
             "threads / a file",
             "I/O worker threads inside faultline on a work file recorded before it exists",
         )
-    }),
+    },
 };
 
 /// A disk-io-pressure as the plan holds it, checked; the work file's size is decided when

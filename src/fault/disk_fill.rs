@@ -45,12 +45,12 @@ pub const KIND: ModuleKind = ModuleKind {
     kind: FaultKind::DiskFill,
     keys: &["path", "size", "leave_free"],
     compile: |fault, checks| compile(fault, checks).map(FaultAction::DiskFill),
-    backend: Some(|_| {
+    backend: |_| {
         Backend::always(
             "a file",
             "a fill file of faultline's, recorded before it exists, deleted on revert",
         )
-    }),
+    },
 };
 
 /// A disk-fill as the plan holds it, checked: the directory whose filesystem to fill, and how

@@ -848,7 +848,7 @@ pub const CPU_LIMIT: ModuleKind = ModuleKind {
     kind: FaultKind::CpuLimit,
     keys: &["quota"],
     compile: |fault, checks| compile_cpu(fault, checks).map(FaultAction::CpuLimit),
-    backend: Some(|host| cgroup_backend(host, Controller::Cpu)),
+    backend: |facts| cgroup_backend(facts.host, Controller::Cpu),
 };
 
 /// `disk-io-limit`, as the list in [`super::MODULE_KINDS`] registers it.
@@ -862,7 +862,7 @@ pub const DISK_IO_LIMIT: ModuleKind = ModuleKind {
         "write_iops",
     ],
     compile: |fault, checks| compile_io(fault, checks).map(FaultAction::DiskIoLimit),
-    backend: Some(|host| cgroup_backend(host, Controller::Io)),
+    backend: |facts| cgroup_backend(facts.host, Controller::Io),
 };
 
 fn cgroup_backend(host: &crate::host::HostCaps, controller: Controller) -> Backend {

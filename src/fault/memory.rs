@@ -737,12 +737,12 @@ pub const KIND: ModuleKind = ModuleKind {
     kind: FaultKind::MemoryPressure,
     keys: &["ramp", "size", "keep_free"],
     compile: |fault, checks| compile(fault, checks).map(FaultAction::MemoryPressure),
-    backend: Some(|_| {
+    backend: |_| {
         Backend::always(
             "hog process",
             "a child with oom_score_adj 1000 that dies with faultline",
         )
-    }),
+    },
 };
 
 /// Check a memory-pressure's `params` and compile them; `None` after reporting what is wrong.

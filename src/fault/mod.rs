@@ -56,9 +56,18 @@ pub struct ModuleKind {
     pub keys: &'static [&'static str],
     /// Check a fault's `params` and compile them; `None` after reporting what is wrong.
     pub compile: fn(&Sp<FaultDef>, &mut ParamChecks<'_>) -> Option<FaultAction>,
-    /// How it acts on this host, for `doctor`; `None` for the kinds `doctor` works out from
-    /// its own checks (the network kinds).
-    pub backend: Option<fn(&crate::host::HostCaps) -> Backend>,
+    /// How it acts on this host, for `doctor`.
+    pub backend: fn(&HostFacts<'_>) -> Backend,
+}
+
+/// What `doctor` found about the host (or the namespace it examines), for each kind to say
+/// how it would act there.
+pub struct HostFacts<'a> {
+    pub host: &'a crate::host::HostCaps,
+    /// Whether iptables rules can be installed, or why not.
+    pub iptables: Result<(), String>,
+    /// Whether the NFQUEUE delayer can bind a queue, or why not.
+    pub nfqueue: Result<(), String>,
 }
 
 /// How a kind acts on a host: the backend's name, or `None` when it cannot run here, and a

@@ -9,8 +9,8 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 
 use super::{
-    Applied, BuildContext, Fault, FaultAction, FaultCause, FaultError, KindPlan, ModuleKind,
-    Prepared, RevertRecipe, Reverted,
+    Applied, Backend, BuildContext, Fault, FaultAction, FaultCause, FaultError, HostFacts,
+    KindPlan, ModuleKind, Prepared, RevertRecipe, Reverted,
 };
 use crate::experiment::model::{
     BackendChoice, FaultDef, FaultKind, JitterDistribution, PercentSpec,
@@ -128,29 +128,111 @@ fn effect_summary(effect: &NetworkAction) -> String {
 
 // ---- the kinds: seven network faults, which share the traffic selection and backends ----
 
-/// The network kinds, as the list in [`super::MODULE_KINDS`] registers them; `doctor` works
-/// out their backends from its own checks of iptables, NFQUEUE and tc.
+/// The network kinds, as the list in [`super::MODULE_KINDS`] registers them.
 pub const NETWORK_DELAY: ModuleKind = network_kind(
     FaultKind::NetworkDelay,
     &["delay", "jitter", "distribution", "correlation", "backend"],
+    delay_backend,
 );
-pub const NETWORK_LOSS: ModuleKind =
-    network_kind(FaultKind::NetworkLoss, &["correlation", "probability"]);
-pub const NETWORK_PARTITION: ModuleKind = network_kind(FaultKind::NetworkPartition, &["mode"]);
-pub const NETWORK_BANDWIDTH: ModuleKind =
-    network_kind(FaultKind::NetworkBandwidth, &["rate", "burst"]);
+pub const NETWORK_LOSS: ModuleKind = network_kind(
+    FaultKind::NetworkLoss,
+    &["correlation", "probability"],
+    iptables_backend,
+);
+pub const NETWORK_PARTITION: ModuleKind =
+    network_kind(FaultKind::NetworkPartition, &["mode"], iptables_backend);
+pub const NETWORK_BANDWIDTH: ModuleKind = network_kind(
+    FaultKind::NetworkBandwidth,
+    &["rate", "burst"],
+    shaping_backend,
+);
 pub const NETWORK_DUPLICATE: ModuleKind =
-    network_kind(FaultKind::NetworkDuplicate, &["probability"]);
-pub const NETWORK_CORRUPT: ModuleKind = network_kind(FaultKind::NetworkCorrupt, &["probability"]);
-pub const NETWORK_REORDER: ModuleKind =
-    network_kind(FaultKind::NetworkReorder, &["delay", "probability", "gap"]);
+    network_kind(FaultKind::NetworkDuplicate, &["probability"], netem_backend);
+pub const NETWORK_CORRUPT: ModuleKind =
+    network_kind(FaultKind::NetworkCorrupt, &["probability"], netem_backend);
+pub const NETWORK_REORDER: ModuleKind = network_kind(
+    FaultKind::NetworkReorder,
+    &["delay", "probability", "gap"],
+    netem_backend,
+);
 
-const fn network_kind(kind: FaultKind, keys: &'static [&'static str]) -> ModuleKind {
+const fn network_kind(
+    kind: FaultKind,
+    keys: &'static [&'static str],
+    backend: fn(&HostFacts<'_>) -> Backend,
+) -> ModuleKind {
     ModuleKind {
         kind,
         keys,
         compile: |fault, checks| compile(fault, checks).map(FaultAction::Network),
-        backend: None,
+        backend,
+    }
+}
+
+/// Why netem cannot be used here, if it cannot.
+fn netem(facts: &HostFacts<'_>) -> Result<(), String> {
+    match (facts.host.tc.netem.reason(), facts.host.cap_net_admin) {
+        (None, true) => Ok(()),
+        (Some(why), _) => Err(why.to_string()),
+        (None, false) => Err("needs CAP_NET_ADMIN".into()),
+    }
+}
+
+fn delay_backend(facts: &HostFacts<'_>) -> Backend {
+    let net_admin = facts.host.cap_net_admin;
+    let nfqueue = facts.iptables.is_ok() && facts.nfqueue.is_ok();
+    match facts.host.delay_route(DelayBackend::Auto) {
+        Ok(DelayRoute::Netem) if net_admin => Backend::always("netem", "tc netem qdisc"),
+        Ok(DelayRoute::Netem) => Backend {
+            name: None,
+            detail: "netem: needs CAP_NET_ADMIN".into(),
+        },
+        route => Backend {
+            name: (matches!(route, Ok(DelayRoute::Nfqueue)) && nfqueue).then(|| "nfqueue".into()),
+            detail: format!(
+                "no netem ({}); NFQUEUE: iptables rules steer packets to faultline's delayer{}",
+                netem(facts)
+                    .err()
+                    .unwrap_or_else(|| "needs CAP_NET_ADMIN".into()),
+                if nfqueue {
+                    ""
+                } else {
+                    ", which cannot run here (see iptables and nfqueue above)"
+                }
+            ),
+        },
+    }
+}
+
+fn iptables_backend(facts: &HostFacts<'_>) -> Backend {
+    match &facts.iptables {
+        Ok(()) => Backend::always("iptables", "rules in FAULTLINE-* chains"),
+        Err(why) => Backend {
+            name: None,
+            detail: why.clone(),
+        },
+    }
+}
+
+fn shaping_backend(facts: &HostFacts<'_>) -> Backend {
+    let shaping = facts.host.can_shape() && facts.host.cap_net_admin;
+    Backend {
+        name: shaping.then(|| "tc tbf/htb".into()),
+        detail: match (shaping, facts.host.can_shape_ingress()) {
+            (true, true) => "egress on the interface, ingress through an IFB device".into(),
+            (true, false) => "egress only (no IFB/ingress/mirred for ingress shaping)".into(),
+            (false, _) => "needs tbf and htb qdiscs and CAP_NET_ADMIN".into(),
+        },
+    }
+}
+
+fn netem_backend(facts: &HostFacts<'_>) -> Backend {
+    match netem(facts) {
+        Ok(()) => Backend::always("netem", "tc netem qdisc"),
+        Err(why) => Backend {
+            name: None,
+            detail: why,
+        },
     }
 }
 

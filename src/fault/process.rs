@@ -36,7 +36,7 @@ pub const PROCESS_KILL: ModuleKind = ModuleKind {
     kind: FaultKind::ProcessKill,
     keys: &["signal"],
     compile: |fault, checks| compile_kill(fault, checks).map(FaultAction::ProcessKill),
-    backend: Some(|_| Backend::always("pidfd signals", PIDFD_DETAIL)),
+    backend: |_| Backend::always("pidfd signals", PIDFD_DETAIL),
 };
 
 /// `process-stop`, as the list in [`super::MODULE_KINDS`] registers it.
@@ -44,7 +44,7 @@ pub const PROCESS_STOP: ModuleKind = ModuleKind {
     kind: FaultKind::ProcessStop,
     keys: &[],
     compile: |fault, checks| compile_stop(fault, checks).map(FaultAction::ProcessStop),
-    backend: Some(|_| Backend::always("pidfd signals", PIDFD_DETAIL)),
+    backend: |_| Backend::always("pidfd signals", PIDFD_DETAIL),
 };
 
 const PIDFD_DETAIL: &str = "always available; sent through a pidfd, so a recycled PID is never hit";
