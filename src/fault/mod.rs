@@ -238,7 +238,7 @@ impl RevertRecipe {
     /// run one after the other; `None` reverts alongside anything.
     pub fn shared_with(&self) -> Option<&'static str> {
         match self {
-            RevertRecipe::Network { steps } => Some(network::shared_structure(steps)),
+            RevertRecipe::Network { steps } => network::shared_structure(steps),
             RevertRecipe::CgroupLimit(_) => Some("cgroups"),
             RevertRecipe::Simulated { .. } => Some("simulated"),
             // Each reports the free space it saw while in place: another's revert on the same

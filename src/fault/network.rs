@@ -444,10 +444,12 @@ pub enum NetStep {
     Tc { install: LegacyTcInstall },
 }
 
-/// Which of the kernel's network structures the reverts of `steps` touch: tc trees and
-/// iptables rule sets are apart (each has its own lock in `sys`), so the reverts of a tc
-/// fault and of an iptables fault run side by side.
-pub fn shared_structure(steps: &[NetStep]) -> &'static str {
+/// Which of the kernel's network structures the reverts of `steps` touch, when they must
+/// wait for each other's: tc trees and iptables rule sets are apart (each has its own lock in
+/// `sys`), so the reverts of a tc fault and of an iptables fault run side by side. Reverts
+/// that touch rule sets only (and a delayer) need no order at all: `sys::iptables` takes
+/// them one at a time, and batches those of one namespace into one transaction.
+pub fn shared_structure(steps: &[NetStep]) -> Option<&'static str> {
     let tc = steps
         .iter()
         .any(|s| matches!(s, NetStep::TcTree { .. } | NetStep::Tc { .. }));
@@ -455,9 +457,9 @@ pub fn shared_structure(steps: &[NetStep]) -> &'static str {
         .iter()
         .any(|s| matches!(s, NetStep::Iptables { .. } | NetStep::Delayer { .. }));
     match (tc, iptables) {
-        (true, false) => "tc",
-        (false, true) => "iptables",
-        _ => "network",
+        (true, false) => Some("tc"),
+        (false, true) => None,
+        _ => Some("network"),
     }
 }
 

@@ -73,6 +73,38 @@ pub enum IptablesError {
     Counters { chain: String, line: String },
 }
 
+impl IptablesError {
+    /// The same error again, for each removal of a batch that one failure ended.
+    fn duplicate(&self) -> IptablesError {
+        match self {
+            IptablesError::Missing { binary, package } => IptablesError::Missing {
+                binary: binary.clone(),
+                package,
+            },
+            IptablesError::NoNamespace(name) => IptablesError::NoNamespace(name.clone()),
+            IptablesError::Spawn { command, source } => IptablesError::Spawn {
+                command: command.clone(),
+                source: std::io::Error::new(source.kind(), source.to_string()),
+            },
+            IptablesError::Command {
+                command,
+                stderr,
+                cause,
+            } => IptablesError::Command {
+                command: command.clone(),
+                stderr: stderr.clone(),
+                cause: *cause,
+            },
+            IptablesError::Invalid(why) => IptablesError::Invalid(why.clone()),
+            IptablesError::StillPresent(lines) => IptablesError::StillPresent(lines.clone()),
+            IptablesError::Counters { chain, line } => IptablesError::Counters {
+                chain: chain.clone(),
+                line: line.clone(),
+            },
+        }
+    }
+}
+
 /// Which iptables implementation owns a namespace's rules. Mixing them works in the kernel
 /// but confuses every operator reading one of them, so faultline follows the host.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -1043,6 +1075,125 @@ fn ruleset_lock() -> std::sync::MutexGuard<'static, ()> {
     RULESET_LOCK.lock().unwrap_or_else(|p| p.into_inner())
 }
 
+/// What a removal says: what the rules had matched, or why they could not be removed.
+pub type Removal = Result<Option<Counters>, IptablesError>;
+
+/// A removal waiting for the rule-set lock (see [`RuleSet::remove_counted`]).
+struct Waiting {
+    ticket: u64,
+    set: RuleSet,
+    done: std::sync::mpsc::Sender<Removal>,
+}
+
+static WAITING: Mutex<Vec<Waiting>> = Mutex::new(Vec::new());
+static NEXT_TICKET: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
+/// Tests only: each batch removed, as (namespace, how many sets).
+#[cfg(test)]
+static BATCHES: Mutex<Vec<(Option<String>, usize)>> = Mutex::new(Vec::new());
+
+fn waiting() -> std::sync::MutexGuard<'static, Vec<Waiting>> {
+    WAITING.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// Take the waiting removals that `pick` chooses, in the order they arrived.
+fn take_waiting(pick: impl Fn(&Waiting) -> bool) -> Vec<Waiting> {
+    let mut all = waiting();
+    let (taken, left): (Vec<Waiting>, Vec<Waiting>) = all.drain(..).partition(|w| pick(w));
+    *all = left;
+    taken
+}
+
+/// Remove `sets` (one namespace, one variant) with one restore transaction per family,
+/// starting from `listings` (`*-save -c` per family, taken under the rule-set lock); what
+/// each set's rules matched, or why that set could not be removed, in the order given.
+fn remove_listed(sets: &[&RuleSet], listings: &[(Family, String)]) -> Vec<Removal> {
+    let Some(first) = sets.first() else {
+        return Vec::new();
+    };
+    let mut merged = RuleSet {
+        netns: first.netns.clone(),
+        variant: first.variant,
+        chains: Vec::new(),
+        created_tables: Vec::new(),
+    };
+    for set in sets {
+        merged.chains.extend(set.chains.iter().cloned());
+        for table in &set.created_tables {
+            if !merged.created_tables.contains(table) {
+                merged.created_tables.push(table.clone());
+            }
+        }
+    }
+    let netns = merged.netns.as_deref();
+    #[cfg(test)]
+    BATCHES
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .push((merged.netns.clone(), sets.len()));
+    let mut counted: Vec<Option<Counters>> = vec![Some(Counters::default()); sets.len()];
+    for (family, listing) in listings {
+        for (set, counted) in sets.iter().zip(&mut counted) {
+            for chain in set.chains.iter().filter(|c| c.family == *family) {
+                *counted = counted.take().and_then(|mut total| {
+                    let counts = chain_counters(listing, chain).ok()?;
+                    total.action.add(counts.action);
+                    total.protected.add(counts.protected);
+                    total.chains.push(counts);
+                    Some(total)
+                });
+            }
+        }
+        let chains: Vec<&OwnedChain> = merged
+            .chains
+            .iter()
+            .filter(|c| c.family == *family)
+            .collect();
+        let mut saved = parse_save(listing);
+        // A table iptables-nft created for this run that holds nothing but these chains
+        // goes in one call (the restore transaction alone takes longer on nft), and with
+        // it the empty base chains it was created with.
+        let deleted = merged.delete_created_tables_holding_only(*family, &saved, &chains);
+        saved.retain(|table| !deleted.contains(&table.name));
+        let Some(script) = removal_script(&saved, &chains) else {
+            continue;
+        };
+        // One transaction: the reverts of a breach wait for one tool call, not a dozen.
+        let restore = merged.variant.restore_binary(*family);
+        let args = strings(&["-w", LOCK_WAIT_SECONDS, "--noflush"]);
+        if run_with_input(netns, &restore, &args, &script).is_err() {
+            // Something changed since the listing: delete one rule at a time instead.
+            for chain in chains {
+                let exists = saved.iter().any(|t| {
+                    t.name == chain.table && t.chains.iter().any(|(c, _)| *c == chain.name)
+                });
+                if exists {
+                    merged.delete_chain(chain);
+                }
+            }
+        }
+    }
+    // One listing per family, for the check and for the tables left to drop.
+    let mut now = Vec::new();
+    for family in merged.families() {
+        match run_save(netns, merged.variant, family) {
+            Ok(listing) => now.push((family, parse_save(&listing))),
+            Err(e) => return sets.iter().map(|_| Err(e.duplicate())).collect(),
+        }
+    }
+    sets.iter()
+        .zip(counted)
+        .map(|(set, counted)| {
+            let remaining = set.remaining(&now);
+            if !remaining.is_empty() {
+                return Err(IptablesError::StillPresent(remaining));
+            }
+            set.drop_created_tables(&now)?;
+            Ok(counted)
+        })
+        .collect()
+}
+
 impl RuleSet {
     fn binary(&self, chain: &OwnedChain) -> String {
         self.variant.binary(chain.family)
@@ -1092,68 +1243,78 @@ impl RuleSet {
 
     /// Remove, and say what the rules had matched until then, read from the listing the
     /// removal starts from (`None` when a chain was not there to count).
-    pub fn remove_counted(&self) -> Result<Option<Counters>, IptablesError> {
+    ///
+    /// Removals of several sets in one namespace go together (group commit): whoever takes
+    /// the rule-set lock first lists the rules, then takes with its own every removal for the
+    /// same namespace that has arrived meanwhile, and removes them all in one restore
+    /// transaction. So the reverts of a breach that ends several rule-set faults in one
+    /// namespace wait for one transaction, not one each.
+    pub fn remove_counted(&self) -> Removal {
+        let ticket = NEXT_TICKET.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let (done, result) = std::sync::mpsc::channel();
+        waiting().push(Waiting {
+            ticket,
+            set: self.clone(),
+            done,
+        });
         let _lock = ruleset_lock();
-        self.remove_unlocked()
-    }
-
-    fn remove_unlocked(&self) -> Result<Option<Counters>, IptablesError> {
+        if let Ok(removed) = result.try_recv() {
+            // Another removal took this one with its own.
+            return removed;
+        }
         let netns = self.netns.as_deref();
         if let Some(name) = netns
             && !netns::path(name).exists()
         {
             // The namespace, and everything in it, is gone.
+            take_waiting(|w| w.ticket == ticket);
             return Ok(None);
         }
-        let mut counted = Some(Counters::default());
+        let mut listings = Vec::new();
         for family in self.families() {
-            let listing = run_ok(netns, &self.variant.save_binary(family), &strings(&["-c"]))?;
-            let chains: Vec<&OwnedChain> =
-                self.chains.iter().filter(|c| c.family == family).collect();
-            for chain in &chains {
-                counted = counted.and_then(|mut total| {
-                    let counts = chain_counters(&listing, chain).ok()?;
-                    total.action.add(counts.action);
-                    total.protected.add(counts.protected);
-                    total.chains.push(counts);
-                    Some(total)
-                });
-            }
-            let mut saved = parse_save(&listing);
-            // A table iptables-nft created for this run that holds nothing but these chains
-            // goes in one call (the restore transaction alone takes longer on nft), and with
-            // it the empty base chains it was created with.
-            let deleted = self.delete_created_tables_holding_only(family, &saved, &chains);
-            saved.retain(|table| !deleted.contains(&table.name));
-            let Some(script) = removal_script(&saved, &chains) else {
-                continue;
-            };
-            // One transaction: the reverts of a breach wait for one tool call, not a dozen.
-            let restore = self.variant.restore_binary(family);
-            let args = strings(&["-w", LOCK_WAIT_SECONDS, "--noflush"]);
-            if run_with_input(netns, &restore, &args, &script).is_err() {
-                // Something changed since the listing: delete one rule at a time instead.
-                for chain in chains {
-                    let exists = saved.iter().any(|t| {
-                        t.name == chain.table && t.chains.iter().any(|(c, _)| *c == chain.name)
-                    });
-                    if exists {
-                        self.delete_chain(chain);
-                    }
+            match run_ok(netns, &self.variant.save_binary(family), &strings(&["-c"])) {
+                Ok(listing) => listings.push((family, listing)),
+                Err(e) => {
+                    take_waiting(|w| w.ticket == ticket);
+                    return Err(e);
                 }
             }
         }
-        // One listing per family, for the check and for the tables left to drop.
-        let mut now = Vec::new();
+        let families = self.families();
+        let batch = take_waiting(|w| {
+            w.ticket == ticket
+                || (w.set.netns == self.netns
+                    && w.set.variant == self.variant
+                    && w.set.families().iter().all(|f| families.contains(f)))
+        });
+        let sets: Vec<&RuleSet> = batch.iter().map(|w| &w.set).collect();
+        let mut mine = Ok(None);
+        for (waiter, removed) in batch.iter().zip(remove_listed(&sets, &listings)) {
+            if waiter.ticket == ticket {
+                mine = removed;
+            } else {
+                // The waiter may have timed out and gone; nothing else to tell then.
+                let _ = waiter.done.send(removed);
+            }
+        }
+        mine
+    }
+
+    fn remove_unlocked(&self) -> Removal {
+        let netns = self.netns.as_deref();
+        if let Some(name) = netns
+            && !netns::path(name).exists()
+        {
+            return Ok(None);
+        }
+        let mut listings = Vec::new();
         for family in self.families() {
-            now.push((family, parse_save(&run_save(netns, self.variant, family)?)));
+            listings.push((
+                family,
+                run_ok(netns, &self.variant.save_binary(family), &strings(&["-c"]))?,
+            ));
         }
-        let remaining = self.remaining(&now);
-        if !remaining.is_empty() {
-            return Err(IptablesError::StillPresent(remaining));
-        }
-        self.drop_created_tables(&now)?;
-        Ok(counted)
+        remove_listed(&[self], &listings).pop().unwrap_or(Ok(None))
     }
 
     /// Of the tables this set's run created in `family`, delete those that (as `saved`
@@ -2345,6 +2506,68 @@ mod tests {
                     "no table left (first out first: {first_out_first})"
                 );
             }
+        }
+
+        #[test]
+        fn removals_arriving_together_go_in_one_transaction_and_each_gets_its_counters() {
+            let net = TestNet::new().expect("create test net (needs root)");
+            let run = CreatedTables::default();
+            let t = busy_fault(&net, &net.a);
+            let sets: Vec<RuleSet> = [
+                Action::Loss { probability: 0.5 },
+                Action::Drop,
+                Action::Loss { probability: 0.1 },
+            ]
+            .into_iter()
+            .enumerate()
+            .map(|(n, action)| {
+                let set =
+                    RuleSet::plan_shared(&t, action, &unique_id(&format!("g{n}")), None, &run)
+                        .unwrap();
+                set.apply().unwrap();
+                set
+            })
+            .collect();
+            // Hold the lock until all three wait for it, as the reverts of one breach do.
+            let held = ruleset_lock();
+            let removing: Vec<_> = sets
+                .iter()
+                .map(|set| {
+                    let set: RuleSet =
+                        serde_json::from_str(&serde_json::to_string(set).unwrap()).unwrap();
+                    std::thread::spawn(move || set.remove_counted())
+                })
+                .collect();
+            let deadline = Instant::now() + Duration::from_secs(5);
+            while waiting()
+                .iter()
+                .filter(|w| w.set.netns.as_deref() == Some(&net.a))
+                .count()
+                < 3
+            {
+                assert!(Instant::now() < deadline, "the removals never arrived");
+                std::thread::sleep(Duration::from_millis(1));
+            }
+            drop(held);
+            for (set, removing) in sets.iter().zip(removing) {
+                let counters = removing.join().unwrap().unwrap().expect("counted");
+                let chains: Vec<&str> = counters.chains.iter().map(|c| c.chain.as_str()).collect();
+                let own: Vec<&str> = set.chains.iter().map(|c| c.name.as_str()).collect();
+                assert_eq!(chains, own, "each set gets the counters of its own chains");
+            }
+            let batches: Vec<usize> = BATCHES
+                .lock()
+                .unwrap()
+                .iter()
+                .filter(|(ns, _)| ns.as_deref() == Some(&net.a))
+                .map(|(_, n)| *n)
+                .collect();
+            assert_eq!(batches, [3], "one transaction for the three");
+            assert_eq!(leftovers(Some(&net.a)), Vec::<String>::new());
+            let out = netns::command_in(&net.a, &["nft", "list", "ruleset"])
+                .output()
+                .unwrap();
+            assert_eq!(String::from_utf8_lossy(&out.stdout), "", "no table left");
         }
 
         #[test]
