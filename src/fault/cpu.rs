@@ -28,8 +28,8 @@ use serde::{Deserialize, Serialize};
 use serde_json::json;
 
 use super::{
-    Applied, Backend, BuildContext, Fault, FaultAction, FaultError, KindPlan, ModuleKind, Prepared,
-    ProcRef, RevertRecipe, Reverted,
+    Applied, Backend, BuildContext, Fault, FaultAction, FaultError, KindPlan, ModuleKind, ProcRef,
+    Reverted,
 };
 use crate::experiment::model::{CoresSpec, FaultDef, FaultKind};
 use crate::experiment::params::ParamChecks;
@@ -858,23 +858,7 @@ impl KindPlan for CpuPressureParams {
     }
 }
 
-impl Fault for CpuPressure {
-    fn prepare(&self) -> Result<Prepared, FaultError> {
-        let (summary, recipe, details) = self.prepare_recipe()?;
-        Ok(Prepared {
-            summary,
-            revert: RevertRecipe::CpuPressure(recipe),
-            details,
-        })
-    }
-
-    fn apply(&self, prepared: &Prepared) -> Result<Applied, FaultError> {
-        match &prepared.revert {
-            RevertRecipe::CpuPressure(recipe) => self.apply_recipe(recipe),
-            _ => Err(FaultError::Failed("recipe of another fault kind".into())),
-        }
-    }
-}
+fault_with_recipe!(CpuPressure, CpuPressure);
 
 #[cfg(test)]
 pub(crate) mod tests {

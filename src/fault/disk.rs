@@ -22,8 +22,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::json;
 
 use super::{
-    Applied, Backend, BuildContext, Fault, FaultAction, FaultError, KindPlan, ModuleKind, Prepared,
-    RevertRecipe, Reverted,
+    Applied, Backend, BuildContext, Fault, FaultAction, FaultError, KindPlan, ModuleKind, Reverted,
 };
 use crate::experiment::model::{FaultDef, FaultKind};
 use crate::experiment::params::ParamChecks;
@@ -957,23 +956,7 @@ fn work_file_size(path: &Path, workers: u32, block_size: u64) -> u64 {
     (size - size % block_size.max(1)).max(floor)
 }
 
-impl Fault for DiskIoPressure {
-    fn prepare(&self) -> Result<Prepared, FaultError> {
-        let (summary, recipe, details) = self.prepare_recipe()?;
-        Ok(Prepared {
-            summary,
-            revert: RevertRecipe::DiskIoPressure(recipe),
-            details,
-        })
-    }
-
-    fn apply(&self, prepared: &Prepared) -> Result<Applied, FaultError> {
-        match &prepared.revert {
-            RevertRecipe::DiskIoPressure(recipe) => self.apply_recipe(recipe),
-            _ => Err(FaultError::Failed("recipe of another fault kind".into())),
-        }
-    }
-}
+fault_with_recipe!(DiskIoPressure, DiskIoPressure);
 
 // ---- shared ------------------------------------------------------------------------------
 

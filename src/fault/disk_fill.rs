@@ -33,8 +33,7 @@ use super::disk::{
     target_directory,
 };
 use super::{
-    Applied, Backend, BuildContext, Fault, FaultAction, FaultError, KindPlan, ModuleKind, Prepared,
-    RevertRecipe, Reverted,
+    Applied, Backend, BuildContext, Fault, FaultAction, FaultError, KindPlan, ModuleKind, Reverted,
 };
 use crate::experiment::model::{FaultDef, FaultKind, PercentSpec};
 use crate::experiment::params::{ParamChecks, parse_bytes};
@@ -133,23 +132,7 @@ impl KindPlan for DiskFill {
     }
 }
 
-impl Fault for DiskFill {
-    fn prepare(&self) -> Result<Prepared, FaultError> {
-        let (summary, recipe, details) = self.prepare_recipe()?;
-        Ok(Prepared {
-            summary,
-            revert: RevertRecipe::DiskFill(recipe),
-            details,
-        })
-    }
-
-    fn apply(&self, prepared: &Prepared) -> Result<Applied, FaultError> {
-        match &prepared.revert {
-            RevertRecipe::DiskFill(recipe) => self.apply_recipe(recipe),
-            _ => Err(FaultError::Failed("recipe of another fault kind".into())),
-        }
-    }
-}
+fault_with_recipe!(DiskFill, DiskFill);
 
 /// How full to make the filesystem.
 #[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]

@@ -872,10 +872,7 @@ fn cgroup_backend(host: &crate::host::HostCaps, controller: Controller) -> Backe
             detail: format!("cgroup {:?} at {}", found.version, found.mount.display())
                 .to_lowercase(),
         },
-        Err(why) => Backend {
-            name: None,
-            detail: why,
-        },
+        Err(why) => Backend::unavailable(why),
     }
 }
 

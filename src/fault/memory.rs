@@ -30,8 +30,8 @@ use serde_json::json;
 
 use super::cpu::{this_process, unique_id};
 use super::{
-    Applied, Backend, BuildContext, Fault, FaultAction, FaultError, KindPlan, ModuleKind, Prepared,
-    ProcRef, RevertRecipe, Reverted,
+    Applied, Backend, BuildContext, Fault, FaultAction, FaultError, KindPlan, ModuleKind, ProcRef,
+    Reverted,
 };
 use crate::experiment::Sp;
 use crate::experiment::model::{FaultDef, FaultKind, PercentSpec};
@@ -786,23 +786,7 @@ impl KindPlan for MemoryPressureParams {
     }
 }
 
-impl Fault for MemoryPressure {
-    fn prepare(&self) -> Result<Prepared, FaultError> {
-        let (summary, recipe, details) = self.prepare_recipe()?;
-        Ok(Prepared {
-            summary,
-            revert: RevertRecipe::MemoryPressure(recipe),
-            details,
-        })
-    }
-
-    fn apply(&self, prepared: &Prepared) -> Result<Applied, FaultError> {
-        match &prepared.revert {
-            RevertRecipe::MemoryPressure(recipe) => self.apply_recipe(recipe),
-            _ => Err(FaultError::Failed("recipe of another fault kind".into())),
-        }
-    }
-}
+fault_with_recipe!(MemoryPressure, MemoryPressure);
 
 #[cfg(test)]
 pub(crate) mod tests {

@@ -21,6 +21,35 @@ use crate::experiment::Sp;
 use crate::experiment::model::{FaultDef, FaultKind};
 use crate::experiment::params::ParamChecks;
 
+/// `impl Fault` for a kind whose `prepare_recipe` / `apply_recipe` work on the recipe of one
+/// [`RevertRecipe`] variant: prepare wraps it, apply takes it back out.
+macro_rules! fault_with_recipe {
+    ($fault:ty, $variant:ident) => {
+        impl $crate::fault::Fault for $fault {
+            fn prepare(&self) -> Result<$crate::fault::Prepared, $crate::fault::FaultError> {
+                let (summary, recipe, details) = self.prepare_recipe()?;
+                Ok($crate::fault::Prepared {
+                    summary,
+                    revert: $crate::fault::RevertRecipe::$variant(recipe),
+                    details,
+                })
+            }
+
+            fn apply(
+                &self,
+                prepared: &$crate::fault::Prepared,
+            ) -> Result<$crate::fault::Applied, $crate::fault::FaultError> {
+                match &prepared.revert {
+                    $crate::fault::RevertRecipe::$variant(recipe) => self.apply_recipe(recipe),
+                    _ => Err($crate::fault::FaultError::Failed(
+                        "recipe of another fault kind".into(),
+                    )),
+                }
+            }
+        }
+    };
+}
+
 pub mod cpu;
 pub mod disk;
 pub mod disk_fill;
@@ -83,6 +112,14 @@ impl Backend {
         Backend {
             name: Some(name.into()),
             detail: detail.into(),
+        }
+    }
+
+    /// The kind cannot run here, for this reason.
+    pub fn unavailable(why: impl Into<String>) -> Backend {
+        Backend {
+            name: None,
+            detail: why.into(),
         }
     }
 }

@@ -183,10 +183,7 @@ fn delay_backend(facts: &HostFacts<'_>) -> Backend {
     let nfqueue = facts.iptables.is_ok() && facts.nfqueue.is_ok();
     match facts.host.delay_route(DelayBackend::Auto) {
         Ok(DelayRoute::Netem) if net_admin => Backend::always("netem", "tc netem qdisc"),
-        Ok(DelayRoute::Netem) => Backend {
-            name: None,
-            detail: "netem: needs CAP_NET_ADMIN".into(),
-        },
+        Ok(DelayRoute::Netem) => Backend::unavailable("netem: needs CAP_NET_ADMIN"),
         route => Backend {
             name: (matches!(route, Ok(DelayRoute::Nfqueue)) && nfqueue).then(|| "nfqueue".into()),
             detail: format!(
@@ -207,10 +204,7 @@ fn delay_backend(facts: &HostFacts<'_>) -> Backend {
 fn iptables_backend(facts: &HostFacts<'_>) -> Backend {
     match &facts.iptables {
         Ok(()) => Backend::always("iptables", "rules in FAULTLINE-* chains"),
-        Err(why) => Backend {
-            name: None,
-            detail: why.clone(),
-        },
+        Err(why) => Backend::unavailable(why.clone()),
     }
 }
 
@@ -229,10 +223,7 @@ fn shaping_backend(facts: &HostFacts<'_>) -> Backend {
 fn netem_backend(facts: &HostFacts<'_>) -> Backend {
     match netem(facts) {
         Ok(()) => Backend::always("netem", "tc netem qdisc"),
-        Err(why) => Backend {
-            name: None,
-            detail: why,
-        },
+        Err(why) => Backend::unavailable(why),
     }
 }
 

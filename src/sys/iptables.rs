@@ -1270,16 +1270,13 @@ impl RuleSet {
             take_waiting(|w| w.ticket == ticket);
             return Ok(None);
         }
-        let mut listings = Vec::new();
-        for family in self.families() {
-            match run_ok(netns, &self.variant.save_binary(family), &strings(&["-c"])) {
-                Ok(listing) => listings.push((family, listing)),
-                Err(e) => {
-                    take_waiting(|w| w.ticket == ticket);
-                    return Err(e);
-                }
+        let listings = match self.counted_listings() {
+            Ok(listings) => listings,
+            Err(e) => {
+                take_waiting(|w| w.ticket == ticket);
+                return Err(e);
             }
-        }
+        };
         let families = self.families();
         let batch = take_waiting(|w| {
             w.ticket == ticket
@@ -1307,14 +1304,21 @@ impl RuleSet {
         {
             return Ok(None);
         }
-        let mut listings = Vec::new();
-        for family in self.families() {
-            listings.push((
-                family,
-                run_ok(netns, &self.variant.save_binary(family), &strings(&["-c"]))?,
-            ));
-        }
-        remove_listed(&[self], &listings).pop().unwrap_or(Ok(None))
+        remove_listed(&[self], &self.counted_listings()?)
+            .pop()
+            .unwrap_or(Ok(None))
+    }
+
+    /// `*-save -c` of each family this set has chains in: what a removal starts from.
+    fn counted_listings(&self) -> Result<Vec<(Family, String)>, IptablesError> {
+        let netns = self.netns.as_deref();
+        self.families()
+            .into_iter()
+            .map(|family| {
+                let listing = run_ok(netns, &self.variant.save_binary(family), &strings(&["-c"]))?;
+                Ok((family, listing))
+            })
+            .collect()
     }
 
     /// Of the tables this set's run created in `family`, delete those that (as `saved`
@@ -1437,10 +1441,8 @@ impl RuleSet {
     /// one `*-save -c` per family (a listing per chain took a tool call each, on the abort
     /// path). A chain that is not there is an error.
     pub fn counters(&self) -> Result<Counters, IptablesError> {
-        let netns = self.netns.as_deref();
         let mut total = Counters::default();
-        for family in self.families() {
-            let listing = run_ok(netns, &self.variant.save_binary(family), &strings(&["-c"]))?;
+        for (family, listing) in self.counted_listings()? {
             for chain in self.chains.iter().filter(|c| c.family == family) {
                 let counts = chain_counters(&listing, chain)?;
                 total.action.add(counts.action);
