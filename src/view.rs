@@ -156,14 +156,22 @@ pub fn render(plan: &Plan) -> String {
     let _ = writeln!(out, "experiment {} ({})", plan.name, plan.source.display());
     let _ = writeln!(
         out,
-        "  max_duration {}; {}; revert timeout {}",
+        "  max_duration {}; {}; revert timeout {}{}",
         dur(plan.max_duration),
         if plan.abort_on_probe_failure {
             "a failing during-probe aborts at once"
         } else {
             "a failing during-probe marks the run deviated (no abort)"
         },
-        dur(plan.revert_timeout)
+        dur(plan.revert_timeout),
+        if plan.check_timeout == crate::plan::compile::DEFAULT_CHECK_TIMEOUT {
+            String::new()
+        } else {
+            format!(
+                "; checks before injecting given {}",
+                dur(plan.check_timeout)
+            )
+        }
     );
 
     if !plan.experiment.vars.is_empty() {

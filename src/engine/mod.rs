@@ -71,10 +71,6 @@ impl Backend for RealBackend {
     }
 }
 
-/// How long the checks before T0 may take: resolving a target can hang (a pidfile on a dead
-/// mount), and a run must not wait for that with Ctrl-C unanswered.
-pub const PREFLIGHT_TIMEOUT: Duration = Duration::from_secs(15);
-
 /// Why the checks before T0 stopped the run.
 enum Preflight {
     Refused(String),
@@ -657,13 +653,14 @@ impl Runner {
     /// Before anything is injected: every fault must be possible on this host with the
     /// privileges we have. A target that does not exist yet is fine here (it may appear
     /// later); missing privilege or a missing kernel feature is not. The checks run side by
-    /// side, an interrupt ends them at once, and one that does not finish within
-    /// [`PREFLIGHT_TIMEOUT`] (a target on a hung mount) stops the run: nothing is injected.
+    /// side, an interrupt ends them at once, and one that does not finish within the plan's
+    /// `check_timeout` (resolving a target can hang: a pidfile on a dead mount) stops the run:
+    /// nothing is injected.
     async fn preflight(&mut self) -> Result<(), Preflight> {
         let shared = self.shared.clone();
         // The host's capabilities are probed once, here, outside the checks' budget: the
         // tc probe (a scratch namespace, a dozen tool calls, each bounded by the runner's
-        // timeout) took most of the 15 s under an emulated CPU, and it says nothing about a
+        // timeout) took most of the default 15 s under an emulated CPU, and it says nothing about a
         // target being on a hung mount. An interrupt still ends the wait at once.
         if shared
             .plan
@@ -687,7 +684,8 @@ impl Runner {
         }
         let mut results: Vec<Option<Result<(), FaultError>>> =
             (0..shared.plan.faults.len()).map(|_| None).collect();
-        let deadline = tokio::time::Instant::now() + PREFLIGHT_TIMEOUT;
+        let check_timeout = shared.plan.check_timeout;
+        let deadline = tokio::time::Instant::now() + check_timeout;
         loop {
             tokio::select! {
                 biased;
@@ -707,7 +705,7 @@ impl Runner {
                 None => format!(
                     "checking fault {} did not finish within {} (its target may be on a hung mount); nothing was injected",
                     spec.id,
-                    humantime::format_duration(PREFLIGHT_TIMEOUT)
+                    humantime::format_duration(check_timeout)
                 ),
                 Some(Err(e)) if e.cause() == FaultCause::Permission => format!(
                     "fault {} needs more privilege than faultline has: {}; nothing was injected",

@@ -767,6 +767,11 @@ pub struct AbortPolicy {
     /// Longest a single revert may take before the run counts as `revert_failed` (default 10s).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub revert_timeout: Option<Sp<Dur>>,
+    /// Longest the checks before anything is injected may take (default 15s): a fault whose
+    /// check has not answered by then (its target on a hung mount, a host far slower than
+    /// usual) stops the run with nothing injected.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub check_timeout: Option<Sp<Dur>>,
 }
 
 /// `true` or `false`, unquoted. YAML 1.1's `yes`/`no`/`on`/`off` are refused by the parser
@@ -813,6 +818,7 @@ impl Default for AbortPolicy {
         AbortPolicy {
             on_probe_failure: true,
             revert_timeout: None,
+            check_timeout: None,
         }
     }
 }

@@ -78,6 +78,7 @@ pub fn compile(source: &Source, experiment: Experiment) -> Result<Plan, Diagnost
         faults: parts.faults,
         abort_on_probe_failure: experiment.abort.on_probe_failure,
         revert_timeout: parts.revert_timeout,
+        check_timeout: parts.check_timeout,
         max_duration: parts.max_duration,
         setup: parts.setup,
         cleanup: parts.cleanup,
@@ -90,6 +91,7 @@ const DEFAULT_INTERVAL: Duration = Duration::from_secs(1);
 const DEFAULT_TIMEOUT: Duration = Duration::from_secs(2);
 const DEFAULT_AFTER_WITHIN: Duration = Duration::from_secs(30);
 const DEFAULT_REVERT_TIMEOUT: Duration = Duration::from_secs(10);
+pub const DEFAULT_CHECK_TIMEOUT: Duration = Duration::from_secs(15);
 const DEFAULT_COMMAND_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// The secrets an experiment declares, and what is wrong with them or with their uses:
@@ -239,6 +241,7 @@ struct PlanParts {
     after: Option<AfterSpec>,
     faults: Vec<FaultSpec>,
     revert_timeout: Duration,
+    check_timeout: Duration,
     max_duration: Duration,
     setup: Vec<CommandSpec>,
     cleanup: Vec<CommandSpec>,
@@ -278,14 +281,23 @@ impl<'a> Checker<'a> {
             "the run needs time to happen",
         );
         let faults = self.faults(max_duration);
-        let revert_timeout = match &experiment.abort.revert_timeout {
-            Some(timeout) => self.positive(
-                timeout,
-                "abort.revert_timeout",
-                "a revert needs time to finish",
-            ),
-            None => DEFAULT_REVERT_TIMEOUT,
-        };
+        let abort = &experiment.abort;
+        let revert_timeout = abort
+            .revert_timeout
+            .as_ref()
+            .map_or(DEFAULT_REVERT_TIMEOUT, |t| {
+                self.positive(t, "abort.revert_timeout", "a revert needs time to finish")
+            });
+        let check_timeout = abort
+            .check_timeout
+            .as_ref()
+            .map_or(DEFAULT_CHECK_TIMEOUT, |t| {
+                self.positive(
+                    t,
+                    "abort.check_timeout",
+                    "the checks before injecting need time to answer",
+                )
+            });
         let setup = self.commands(&experiment.setup, "setup");
         let cleanup = self.commands(&experiment.cleanup, "cleanup");
         PlanParts {
@@ -296,6 +308,7 @@ impl<'a> Checker<'a> {
             after,
             faults,
             revert_timeout,
+            check_timeout,
             max_duration,
             setup,
             cleanup,

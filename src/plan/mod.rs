@@ -56,6 +56,8 @@ pub struct Plan {
     pub faults: Vec<FaultSpec>,
     pub abort_on_probe_failure: bool,
     pub revert_timeout: Duration,
+    /// How long the checks before injecting may take ([`compile::DEFAULT_CHECK_TIMEOUT`]).
+    pub check_timeout: Duration,
     pub max_duration: Duration,
     pub setup: Vec<CommandSpec>,
     pub cleanup: Vec<CommandSpec>,

@@ -67,6 +67,7 @@ fn plan_shows_the_matching_pids_and_the_timeline_and_injects_nothing() {
     let file = ws.write(
         "plan.yaml",
         "apiVersion: faultline/v1\nmetadata: {name: planned}\nmax_duration: 1m\n\
+         abort: {check_timeout: 40s}\n\
          targets: {victim: {process: {cmdline: '^sleep 300\\.454545$'}}, init: {process: {pid: 1}}}\n\
          faults:\n  - {id: freeze, kind: process-stop, target: victim, at: 2s, duration: 10s}\n\
          \x20 - {id: later, kind: process-kill, target: victim, after: [freeze], delay: 3s}\n",
@@ -89,6 +90,10 @@ fn plan_shows_the_matching_pids_and_the_timeline_and_injects_nothing() {
     );
     assert!(stdout.contains("+2s .. +12s"), "{stdout}");
     assert!(stdout.contains("+5s"), "after + delay: {stdout}");
+    assert!(
+        stdout.contains("revert timeout 10s; checks before injecting given 40s"),
+        "{stdout}"
+    );
     assert!(victim.running(), "{:?}", victim.state());
     assert!(!ws.state_dir().exists());
 

@@ -165,6 +165,7 @@ impl Scenario {
             faults: Vec::new(),
             abort_on_probe_failure: true,
             revert_timeout: Duration::from_secs(5),
+            check_timeout: Duration::from_secs(15),
             max_duration: Duration::from_secs(60),
             setup: Vec::new(),
             cleanup: Vec::new(),

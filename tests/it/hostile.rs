@@ -180,20 +180,26 @@ fn a_target_on_a_hung_mount_does_not_keep_a_stop_from_reverting() {
     }
 }
 
+/// One process-kill whose target's pidfile is on `hung`: its check hangs. `more` goes in at
+/// the top level.
+fn hung_check(ws: &Workspace, hung: &HungMount, more: &str) -> PathBuf {
+    ws.write(
+        "hung.yaml",
+        &format!(
+            "apiVersion: faultline/v1\nmetadata: {{name: hung-check}}\nmax_duration: 2m\n{more}\
+             targets: {{later: {{process: {{pidfile: '{}'}}}}}}\n\
+             faults: [{{id: kill, kind: process-kill, target: later}}]\n",
+            hung.mount_point.join("app.pid").display()
+        ),
+    )
+}
+
 #[test]
 fn a_check_that_hangs_before_t0_is_interrupted_at_once_and_injects_nothing() {
     let _serial = util::serial();
     let hung = HungMount::new();
     let ws = Workspace::new();
-    let file = ws.write(
-        "hung.yaml",
-        &format!(
-            "apiVersion: faultline/v1\nmetadata: {{name: hung-check}}\nmax_duration: 2m\n\
-             targets: {{later: {{process: {{pidfile: '{}'}}}}}}\n\
-             faults: [{{id: kill, kind: process-kill, target: later}}]\n",
-            hung.mount_point.join("app.pid").display()
-        ),
-    );
+    let file = hung_check(&ws, &hung, "");
     let mut runner = Runner::spawn(&ws, &[&file]);
     assert!(
         wait_for(Duration::from_secs(10), || runner.stderr().contains("T0")),
@@ -210,6 +216,39 @@ fn a_check_that_hangs_before_t0_is_interrupted_at_once_and_injects_nothing() {
         runner.stderr()
     );
     assert!(interrupted_at.elapsed() < Duration::from_secs(3));
+    assert!(events_of(&ws.journal(), "fault_intent").is_empty());
+}
+
+/// Left alone, a check that hangs ends the run when the experiment's `check_timeout` runs
+/// out (default 15 s, here 2 s): injection failed, nothing injected, and the message says which
+/// fault and how long it was given.
+#[test]
+fn a_check_that_hangs_runs_out_of_its_check_timeout_and_injects_nothing() {
+    let _serial = util::serial();
+    let hung = HungMount::new();
+    let ws = Workspace::new();
+    let file = hung_check(&ws, &hung, "abort: {check_timeout: 2s}\n");
+    let started = Instant::now();
+    let mut runner = Runner::spawn(&ws, &[&file]);
+    assert_eq!(
+        runner.wait(Duration::from_secs(20)),
+        Some(4),
+        "{}",
+        runner.stderr()
+    );
+    let took = started.elapsed();
+    assert!(
+        took >= Duration::from_secs(2) && took < Duration::from_secs(12),
+        "ended after {took:?}: {}",
+        runner.stderr()
+    );
+    assert!(
+        runner
+            .stderr()
+            .contains("checking fault kill did not finish within 2s"),
+        "{}",
+        runner.stderr()
+    );
     assert!(events_of(&ws.journal(), "fault_intent").is_empty());
 }
 

@@ -125,13 +125,15 @@ fn tc_state(ns: &str) -> String {
     state
 }
 
-/// Reverts get a minute, not the default 10 s: under the lane's emulated CPU one `tc` call
-/// can take a second, and a shared tree's revert makes a dozen (CI saw 10 s run out).
+/// Reverts get a minute, not the default 10 s, and the checks before injecting a minute and a
+/// half, not 15 s: under the lane's emulated CPU one `tc` call can take a second, a shared
+/// tree's revert makes a dozen (CI saw 10 s run out), and checking two tc faults that list the
+/// same tree side by side took longer than 15 s on a CI machine slower than this one.
 fn network_experiment(name: &str, targets: &str, faults: &[&str]) -> String {
     let faults: String = faults.iter().map(|f| format!("  - {f}\n")).collect();
     format!(
         "apiVersion: faultline/v1\nmetadata: {{name: {name}}}\nmax_duration: 2m\n\
-         abort: {{revert_timeout: 60s}}\n\
+         abort: {{revert_timeout: 60s, check_timeout: 90s}}\n\
          targets: {{{targets}}}\nfaults:\n{faults}"
     )
 }
@@ -795,6 +797,7 @@ fn resource_experiment(name: &str, targets: &str, faults: &[String]) -> String {
     let faults: String = faults.iter().map(|f| format!("  - {f}\n")).collect();
     format!(
         "apiVersion: faultline/v1\nmetadata: {{name: {name}}}\nmax_duration: 2m\n\
+         abort: {{revert_timeout: 60s, check_timeout: 90s}}\n\
          targets: {{{targets}}}\nfaults:\n{faults}"
     )
 }

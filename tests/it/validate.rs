@@ -157,6 +157,7 @@ bad_files! {
     yaml11_boolean => "yaml11-boolean",
     yaml11_on => "yaml11-on",
     yaml11_yes => "yaml11-yes",
+    zero_check_timeout => "zero-check-timeout",
     zero_width_space_in_reference => "zero-width-space-in-reference",
 }
 
@@ -332,6 +333,7 @@ max_duration: 1m
     assert_eq!(plan.before.as_ref().unwrap().wait_until, Duration::ZERO);
     assert_eq!(plan.after.as_ref().unwrap().within, Duration::from_secs(30));
     assert_eq!(plan.revert_timeout, Duration::from_secs(10));
+    assert_eq!(plan.check_timeout, Duration::from_secs(15));
     assert!(plan.abort_on_probe_failure);
 }
 
