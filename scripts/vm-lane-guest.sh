@@ -4,11 +4,19 @@
 # skipping. Writes `BINARY TEST RESULT SECONDS` lines to OUT/results and each test's output
 # to OUT/logs/TEST.log.
 #
-#   vm-lane-guest.sh OUT LIB_TEST_BINARY IT_TEST_BINARY
+#   vm-lane-guest.sh OUT LIB_TEST_BINARY IT_TEST_BINARY BUDGET_SECONDS
+#
+# BUDGET_SECONDS bounds the tests (counted from the guest kernel's start): a test gets at most
+# 300 s, and never more than what is left of the budget. A test that cannot start because the
+# budget is spent is `not-reached`; one stopped by the budget rather than by its own 300 s is
+# `cut`. Neither says anything about the test; `fail` does (an exit other than 0, or its own
+# 300 s ran out).
 set -uo pipefail
 out=$1
 lib_bin=$2
 it_bin=$3
+budget=$4
+per_test=300
 export PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin:$PATH
 export FAULTLINE_LANE=1
 export RUST_BACKTRACE=1
@@ -40,12 +48,21 @@ while read -r binary name <&3; do
     *) echo "$binary $name unknown-binary -" >>"$out/results"; continue ;;
   esac
   log="$out/logs/$name.log"
+  uptime=$(cut -d. -f1 /proc/uptime)
+  left=$((budget - uptime))
+  if [ "$left" -lt 20 ]; then
+    echo "$binary $name not-reached -" >>"$out/results"
+    continue
+  fi
+  allowed=$((left < per_test ? left : per_test))
   start=$(date +%s.%N)
-  timeout --kill-after=10s 300s "$bin" --include-ignored --exact --nocapture --test-threads=1 "$name" \
+  timeout --kill-after=10s "${allowed}s" "$bin" --include-ignored --exact --nocapture --test-threads=1 "$name" \
     </dev/null >"$log" 2>&1
   status=$?
   seconds=$(awk -v s="$start" -v e="$(date +%s.%N)" 'BEGIN {printf "%.1f", e - s}')
-  if [ "$status" -ne 0 ]; then
+  if { [ "$status" -eq 124 ] || [ "$status" -eq 137 ]; } && [ "$allowed" -lt "$per_test" ]; then
+    result=cut
+  elif [ "$status" -ne 0 ]; then
     result=fail
   elif grep -q "running 0 tests" "$log"; then
     result=missing
