@@ -337,10 +337,41 @@ impl TcInstall {
             return Ok(());
         }
         let _lock = tree_lock();
-        let mut problems = Vec::new();
+        // Each tree (an interface's egress root, an IFB's) is independent of the others: the
+        // trees are taken out side by side, the members of one tree newest first. On the
+        // abort path this halves a fault in both directions (the IFB's `ip link del` alone
+        // takes 15-27 ms).
+        let mut by_tree: Vec<(&str, Vec<&TcMember>)> = Vec::new();
         for member in self.members.iter().rev() {
-            problems.extend(remove_member(ns, member));
+            match by_tree
+                .iter_mut()
+                .find(|(dev, _)| *dev == member.tree_dev())
+            {
+                Some((_, members)) => members.push(member),
+                None => by_tree.push((member.tree_dev(), vec![member])),
+            }
         }
+        let problems: Vec<String> = std::thread::scope(|scope| {
+            let removals: Vec<_> = by_tree
+                .iter()
+                .map(|(_, members)| {
+                    scope.spawn(move || {
+                        members
+                            .iter()
+                            .flat_map(|member| remove_member(ns, member))
+                            .collect::<Vec<String>>()
+                    })
+                })
+                .collect();
+            removals
+                .into_iter()
+                .flat_map(|removal| {
+                    removal
+                        .join()
+                        .unwrap_or_else(|_| vec!["a tc tree's removal panicked".to_string()])
+                })
+                .collect()
+        });
         if problems.is_empty() {
             Ok(())
         } else {
