@@ -339,12 +339,7 @@ impl Timeline {
         let mut samples = Vec::new();
         for probe in &run.probes {
             let lane = Lane::new(lanes.len(), "probe", &probe.name);
-            samples.extend(probe.samples.iter().map(|s| SampleMark {
-                x: Px(x(s.t_ms)),
-                y: lane.mid,
-                class: if s.ok { "sample ok" } else { "sample failed" },
-                title: sample_title(s),
-            }));
+            samples.extend(sample_marks(&probe.samples, lane.mid, &x));
             lanes.push(lane);
         }
         Timeline {
@@ -517,6 +512,62 @@ fn fault_title(fault: &FaultView) -> String {
     lines.join("\n")
 }
 
+/// Marks closer than this (in px) would be drawn on top of each other (a mark is 7 px wide).
+const MARK_SPACING: f64 = 2.0;
+
+/// One mark per sample, except where samples fall closer together than [`MARK_SPACING`] (a
+/// long run sampled often: an hour at 10 Hz is 36,000 samples on a 720 px lane): those make one
+/// mark, failed if any of them failed, whose tooltip says how many and the first error. The
+/// page (and the memory it is built in) then grows with the plot's width, not the run's length.
+fn sample_marks(
+    samples: &[super::view::SampleView],
+    y: Px,
+    x: &impl Fn(f64) -> f64,
+) -> Vec<SampleMark> {
+    let column = |t_ms: f64| ((x(t_ms) - PLOT_LEFT) / MARK_SPACING).floor() as i64;
+    let mut marks = Vec::new();
+    let mut rest = samples;
+    while let Some(first) = rest.first() {
+        let here = column(first.t_ms);
+        let together = rest.iter().take_while(|s| column(s.t_ms) == here).count();
+        let (group, after) = rest.split_at(together);
+        rest = after;
+        let failed = group.iter().filter(|s| !s.ok).count();
+        let title = match group {
+            [one] => sample_title(one),
+            _ => merged_title(group, failed),
+        };
+        marks.push(SampleMark {
+            x: Px(x(first.t_ms)),
+            y,
+            class: if failed == 0 {
+                "sample ok"
+            } else {
+                "sample failed"
+            },
+            title,
+        });
+    }
+    marks
+}
+
+fn merged_title(group: &[super::view::SampleView], failed: usize) -> String {
+    let (first, last) = (&group[0], &group[group.len() - 1]);
+    let (low, high) = group.iter().fold((f64::MAX, f64::MIN), |(low, high), s| {
+        (low.min(s.latency_ms), high.max(s.latency_ms))
+    });
+    let mut title = format!(
+        "{} – {} · {} samples, {failed} failed · {low:.1} – {high:.1} ms",
+        seconds(first.t_ms),
+        seconds(last.t_ms),
+        group.len()
+    );
+    if let Some(error) = group.iter().find_map(|s| s.error.as_ref()) {
+        title.push_str(&format!(" · first error: {error}"));
+    }
+    title
+}
+
 fn sample_title(sample: &super::view::SampleView) -> String {
     let mut title = format!(
         "{} · {} · {:.1} ms",
@@ -654,6 +705,42 @@ mod tests {
 
     fn count(html: &str, needle: &str) -> usize {
         html.matches(needle).count()
+    }
+
+    /// An hour sampled at 10 Hz (36,000 samples) draws at most one mark per 2 px of the lane,
+    /// and the one failed sample is still there, red, its tooltip saying so and its error;
+    /// three samples far apart keep a mark each (the other tests).
+    #[test]
+    fn a_long_run_sampled_often_draws_a_mark_per_column_and_keeps_its_failure() {
+        let mut lines = vec![started("r3", "soak")];
+        lines.push(r#"{"event":"phase","t_ms":1.0,"phase":"t0"}"#.to_string());
+        for n in 0..36_000u32 {
+            let t_ms = 100.0 * f64::from(n) + 50.0;
+            let sample = if n == 20_000 {
+                serde_json::json!({"event": "probe_sample", "t_ms": t_ms, "phase": "during",
+                    "probe": "api", "ok": false, "latency": 80.0, "error": "timed out"})
+            } else {
+                serde_json::json!({"event": "probe_sample", "t_ms": t_ms, "phase": "during",
+                    "probe": "api", "ok": true, "latency": 2.0})
+            };
+            lines.push(sample.to_string());
+        }
+        lines.push(
+            r#"{"event":"outcome","t_ms":3600100.0,"outcome":"deviated","exit_code":3,"reason":"probe api failed once","finished_at":"2026-01-02T04:04:06Z"}"#
+                .to_string(),
+        );
+        let parts: Vec<&str> = lines.iter().map(String::as_str).collect();
+        let html = page("soak", &[run_of("journals/soak.jsonl", &parts)]);
+        let marks = count(&html, r#"<circle class="sample"#);
+        let columns = ((PLOT_RIGHT - PLOT_LEFT) / MARK_SPACING) as usize + 1;
+        assert!(marks > columns / 2 && marks <= columns, "{marks} marks");
+        assert_eq!(count(&html, r#"<circle class="sample failed""#), 1);
+        assert!(
+            html.contains("samples, 1 failed"),
+            "the merged mark says what it holds"
+        );
+        assert!(html.contains("first error: timed out"));
+        assert!(html.len() < 400_000, "{} bytes", html.len());
     }
 
     #[test]
