@@ -660,8 +660,8 @@ impl Runner {
         let shared = self.shared.clone();
         // The host's capabilities are probed once, here, outside the checks' budget: the
         // tc probe (a scratch namespace, a dozen tool calls, each bounded by the runner's
-        // timeout) took most of the default 15 s under an emulated CPU, and it says nothing about a
-        // target being on a hung mount. An interrupt still ends the wait at once.
+        // timeout) took most of the default 15 s under an emulated CPU, and it says nothing
+        // about a target being on a hung mount. An interrupt still ends the wait at once.
         if shared
             .plan
             .faults

@@ -792,7 +792,8 @@ fn faultline_group_of(pid: u32) -> PathBuf {
     Path::new(V2).join(path.trim_start_matches('/'))
 }
 
-/// `faults` (`{id: .., kind: .., target: busy ..}` entries) against process `targets`.
+/// `faults` (`{id: .., kind: .., target: busy ..}` entries) against process `targets`, with
+/// the checks and reverts given the same room as in [`network_experiment`].
 fn resource_experiment(name: &str, targets: &str, faults: &[String]) -> String {
     let faults: String = faults.iter().map(|f| format!("  - {f}\n")).collect();
     format!(

@@ -337,31 +337,15 @@ impl TcInstall {
             return Ok(());
         }
         let _lock = tree_lock();
-        // Each tree (an interface's egress root, an IFB's) is independent of the others: the
-        // trees are taken out side by side, the members of one tree newest first. On the
-        // abort path this halves a fault in both directions (the IFB's `ip link del` alone
-        // takes 15-27 ms).
-        let mut by_tree: Vec<(&str, Vec<&TcMember>)> = Vec::new();
-        for member in self.members.iter().rev() {
-            match by_tree
-                .iter_mut()
-                .find(|(dev, _)| *dev == member.tree_dev())
-            {
-                Some((_, members)) => members.push(member),
-                None => by_tree.push((member.tree_dev(), vec![member])),
-            }
-        }
+        // Each member has a tree of its own (one per side of each interface, the interfaces
+        // deduplicated when planned): an interface's egress root, an IFB's. Trees are
+        // independent, so the members are taken out side by side; on the abort path this
+        // halves a fault in both directions (the IFB's `ip link del` alone takes 15-27 ms).
         let problems: Vec<String> = std::thread::scope(|scope| {
-            let removals: Vec<_> = by_tree
+            let removals: Vec<_> = self
+                .members
                 .iter()
-                .map(|(_, members)| {
-                    scope.spawn(move || {
-                        members
-                            .iter()
-                            .flat_map(|member| remove_member(ns, member))
-                            .collect::<Vec<String>>()
-                    })
-                })
+                .map(|member| scope.spawn(move || remove_member(ns, member)))
                 .collect();
             removals
                 .into_iter()
