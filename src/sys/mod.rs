@@ -12,6 +12,7 @@ pub mod netns;
 pub mod nfqueue;
 pub mod pidfd;
 pub mod proc;
+pub mod rtnetlink;
 pub mod tc;
 pub mod tool;
 

@@ -31,34 +31,6 @@ pub fn run_in<T: Send + 'static>(
     .map_err(|_| std::io::Error::other("thread in namespace panicked"))?
 }
 
-/// The index of interface `dev` in namespace `ns` (this process's own when `None`), asked of
-/// the kernel in-process: `Ok(None)` when there is no such interface, or no such namespace.
-/// (Running `ip link show` for it cost a third of a second per call under the stock-kernel
-/// lane's emulated CPU, and a shared tc tree's revert asks a dozen times.)
-pub fn link_index(ns: Option<&str>, dev: &str) -> std::io::Result<Option<u32>> {
-    let Ok(name) = std::ffi::CString::new(dev) else {
-        return Ok(None);
-    };
-    let lookup = move || {
-        // SAFETY: `name` is a valid NUL-terminated string that outlives the call.
-        match unsafe { libc::if_nametoindex(name.as_ptr()) } {
-            0 => match std::io::Error::last_os_error() {
-                e if e.raw_os_error() == Some(libc::ENODEV) => Ok(None),
-                e => Err(e),
-            },
-            index => Ok(Some(index)),
-        }
-    };
-    match ns {
-        None => lookup(),
-        Some(ns) => match run_in(ns, lookup) {
-            Ok(found) => found,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
-            Err(e) => Err(e),
-        },
-    }
-}
-
 /// A command that runs inside the namespace (argv only; see [`enter`]).
 pub fn command_in(name: &str, argv: &[&str]) -> Command {
     let mut cmd = Command::new(argv[0]);

@@ -25,11 +25,11 @@ use serde::{Deserialize, Serialize};
 
 use super::filter::{self, L3, U32Filter};
 use super::{
-    IFB_PREFIX, L2_HEADER, Link, ROOT_HANDLE, SHAPER_LATENCY_MS, TcError, default_burst, devices,
-    first_qdisc, link_exists, qdisc_show, run, strings,
+    IFB_PREFIX, Kernel, L2_HEADER, Link, QdiscPlace, ROOT_HANDLE, SHAPER_LATENCY_MS, TcError,
+    default_burst, devices, first_qdisc, link_exists, qdisc_places, qdisc_show, run, strings,
 };
 use crate::net::Traffic;
-use crate::sys::{Cause, netns};
+use crate::sys::netns;
 
 /// Faults one tree can hold at once.
 pub const MAX_MEMBERS: u8 = 8;
@@ -611,58 +611,45 @@ fn ingress_tree_exists(ns: Option<&str>, dev: &str, ifb: &str) -> Result<bool, T
     Ok(true)
 }
 
-/// Whether device `dev` exists; an error when `ip` itself failed.
+/// Whether device `dev` exists; an error when the kernel could not be asked.
 fn device_present(ns: Option<&str>, dev: &str) -> Result<bool, TcError> {
-    netns::link_index(ns, dev)
-        .map(|index| index.is_some())
-        .map_err(|e| TcError::Command {
-            argv: format!("if_nametoindex({dev})"),
-            place: ns.map_or(String::new(), |ns| format!(" in namespace {ns}")),
-            hint: String::new(),
-            cause: if e.kind() == std::io::ErrorKind::PermissionDenied {
-                Cause::Permission
-            } else {
-                Cause::Failed
-            },
-            stderr: e.to_string(),
-        })
+    Ok(Kernel::at(ns, dev)?.is_some())
 }
 
 /// The member sets of faultline's classes on `dev` (none when the device or tree is absent).
 fn class_masks(ns: Option<&str>, dev: &str) -> Result<BTreeSet<u8>, TcError> {
-    if !device_present(ns, dev)? {
+    let Some(mut kernel) = Kernel::at(ns, dev)? else {
         return Ok(BTreeSet::new());
-    }
-    let text = tc(ns, &["class", "show", "dev", dev])?;
-    Ok(text
-        .lines()
-        .filter_map(|line| {
-            let words: Vec<&str> = line.split_whitespace().collect();
-            match words[..] {
-                ["class", "htb", id, ..] => u8::from_str_radix(id.strip_prefix(ROOT_HANDLE)?, 16)
-                    .ok()
-                    .filter(|m| *m != 0),
-                _ => None,
-            }
-        })
+    };
+    let root = handle_id(ROOT_HANDLE);
+    Ok(kernel
+        .ask("list the classes", |socket, index| socket.classes(index))?
+        .into_iter()
+        .filter(|class| class.kind == "htb" && class.handle & 0xFFFF_0000 == root)
+        .filter_map(|class| u8::try_from(class.handle & 0xFFFF).ok())
+        .filter(|mask| *mask != 0)
         .collect())
 }
 
 /// The priorities of the filters on `dev` under `parent`.
 fn filter_prios(ns: Option<&str>, dev: &str, parent: &str) -> Result<BTreeSet<u32>, TcError> {
-    if !device_present(ns, dev)? {
+    let Some(mut kernel) = Kernel::at(ns, dev)? else {
         return Ok(BTreeSet::new());
-    }
-    // A parent that is not there lists no filters (and is no error).
-    let text = tc(ns, &["filter", "show", "dev", dev, "parent", parent])?;
-    Ok(text
-        .lines()
-        .filter_map(|line| {
-            let words: Vec<&str> = line.split_whitespace().collect();
-            let at = words.iter().position(|w| *w == "pref")?;
-            words.get(at + 1)?.parse().ok()
-        })
+    };
+    let parent = handle_id(parent);
+    Ok(kernel
+        .ask("list the filters", |socket, index| {
+            socket.filters(index, parent)
+        })?
+        .iter()
+        .map(|filter| filter.priority())
         .collect())
+}
+
+/// `fa17:` as the kernel's number for it.
+fn handle_id(handle: &str) -> u32 {
+    let major = handle.trim_end_matches(':');
+    u32::from_str_radix(major, 16).map_or(0, |major| major << 16)
 }
 
 fn ensure_root(ns: Option<&str>, dev: &str, direct_qlen: u64) -> Result<(), TcError> {
@@ -986,30 +973,37 @@ fn still_present(ns: Option<&str>, member: &TcMember, torn_down: bool) -> Vec<St
     if member.side == Side::Ingress && link_exists(ns, tree_dev) {
         problems.push(format!("IFB device {tree_dev} still exists"));
     }
-    match qdisc_show(ns, &member.dev) {
+    match qdisc_places(ns, &member.dev) {
         Ok(Some(now)) => {
-            let view = |text: &str| -> Vec<String> {
-                text.lines()
-                    .map(str::trim_end)
-                    .filter(|l| !l.is_empty())
-                    .filter(|l| {
-                        let ingress =
-                            l.starts_with("qdisc ingress ") || l.starts_with("qdisc clsact ");
-                        ingress == (member.side == Side::Ingress)
-                    })
-                    .map(str::to_string)
-                    .collect()
-            };
-            if view(&now) != view(&member.before) {
+            // Kind, handle and place of each qdisc on this side, compared with the listing
+            // taken before faultline's first tree on the interface.
+            let ingress = member.side == Side::Ingress;
+            let mut now: Vec<QdiscPlace> = now
+                .into_iter()
+                .filter(|q| q.is_ingress() == ingress)
+                .collect();
+            let mut before: Vec<QdiscPlace> = member
+                .before
+                .lines()
+                .filter_map(QdiscPlace::parse)
+                .filter(|q| q.is_ingress() == ingress)
+                .collect();
+            now.sort();
+            before.sort();
+            if now != before {
+                let words = |qdiscs: &[QdiscPlace]| {
+                    qdiscs
+                        .iter()
+                        .map(ToString::to_string)
+                        .collect::<Vec<_>>()
+                        .join("; ")
+                };
                 problems.push(format!(
                     "{} qdiscs on {} differ from before the fault: before `{}`, now `{}`",
-                    match member.side {
-                        Side::Egress => "egress",
-                        Side::Ingress => "ingress",
-                    },
+                    if ingress { "ingress" } else { "egress" },
                     member.dev,
-                    view(&member.before).join("; "),
-                    view(&now).join("; ")
+                    words(&before),
+                    words(&now)
                 ));
             }
         }
