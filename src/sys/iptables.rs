@@ -883,11 +883,40 @@ fn chain_and_target(rule: &str) -> (String, Option<String>) {
 /// whose rules all jump into them. Anything else, or a listing that fails: `false`, and the
 /// table is kept.
 fn nft_table_holds_only(netns: Option<&str>, family: Family, table: &str, ours: &[&str]) -> bool {
+    nft_listing(netns, family, table).is_some_and(|text| nft_listing_holds_only(&text, ours))
+}
+
+/// `nft list table FAMILY TABLE`, `None` when it failed.
+fn nft_listing(netns: Option<&str>, family: Family, table: &str) -> Option<String> {
     let args = strings(&["list", "table", family.nft_name(), table]);
-    let Ok(text) = run_ok(netns, "nft", &args) else {
-        return false;
-    };
-    nft_listing_holds_only(&text, ours)
+    run_ok(netns, "nft", &args).ok()
+}
+
+/// What a removal starts from: `*-save -c` of each family, and nft's own listing of each
+/// table the run created, taken side by side (both are reads, and on the abort path each is
+/// a tool run of its own).
+struct Listings {
+    saved: Vec<(Family, String)>,
+    /// `nft list table` of a created table, by family and name; `None` when it failed.
+    nft: Vec<(Family, String, Option<String>)>,
+}
+
+impl Listings {
+    /// The listing taken of `table` before the removal, else a fresh one.
+    fn nft_table_holds_only(
+        &self,
+        netns: Option<&str>,
+        family: Family,
+        table: &str,
+        ours: &[&str],
+    ) -> bool {
+        match self.nft.iter().find(|(f, t, _)| *f == family && t == table) {
+            Some((_, _, listed)) => listed
+                .as_deref()
+                .is_some_and(|text| nft_listing_holds_only(text, ours)),
+            None => nft_table_holds_only(netns, family, table, ours),
+        }
+    }
 }
 
 fn nft_listing_holds_only(text: &str, ours: &[&str]) -> bool {
@@ -1107,7 +1136,7 @@ fn take_waiting(pick: impl Fn(&Waiting) -> bool) -> Vec<Waiting> {
 /// Remove `sets` (one namespace, one variant) with one restore transaction per family,
 /// starting from `listings` (`*-save -c` per family, taken under the rule-set lock); what
 /// each set's rules matched, or why that set could not be removed, in the order given.
-fn remove_listed(sets: &[&RuleSet], listings: &[(Family, String)]) -> Vec<Removal> {
+fn remove_listed(sets: &[&RuleSet], listings: &Listings) -> Vec<Removal> {
     let Some(first) = sets.first() else {
         return Vec::new();
     };
@@ -1132,7 +1161,7 @@ fn remove_listed(sets: &[&RuleSet], listings: &[(Family, String)]) -> Vec<Remova
         .unwrap_or_else(|p| p.into_inner())
         .push((merged.netns.clone(), sets.len()));
     let mut counted: Vec<Option<Counters>> = vec![Some(Counters::default()); sets.len()];
-    for (family, listing) in listings {
+    for (family, listing) in &listings.saved {
         for (set, counted) in sets.iter().zip(&mut counted) {
             for chain in set.chains.iter().filter(|c| c.family == *family) {
                 *counted = counted.take().and_then(|mut total| {
@@ -1153,7 +1182,7 @@ fn remove_listed(sets: &[&RuleSet], listings: &[(Family, String)]) -> Vec<Remova
         // A table iptables-nft created for this run that holds nothing but these chains
         // goes in one call (the restore transaction alone takes longer on nft), and with
         // it the empty base chains it was created with.
-        let deleted = merged.delete_created_tables_holding_only(*family, &saved, &chains);
+        let deleted = merged.delete_created_tables_holding_only(*family, &saved, &chains, listings);
         saved.retain(|table| !deleted.contains(&table.name));
         let Some(script) = removal_script(&saved, &chains) else {
             continue;
@@ -1270,7 +1299,7 @@ impl RuleSet {
             take_waiting(|w| w.ticket == ticket);
             return Ok(None);
         }
-        let listings = match self.counted_listings() {
+        let listings = match self.removal_listings() {
             Ok(listings) => listings,
             Err(e) => {
                 take_waiting(|w| w.ticket == ticket);
@@ -1304,9 +1333,44 @@ impl RuleSet {
         {
             return Ok(None);
         }
-        remove_listed(&[self], &self.counted_listings()?)
+        remove_listed(&[self], &self.removal_listings()?)
             .pop()
             .unwrap_or(Ok(None))
+    }
+
+    /// The counted listings, and on nft the listing of each table the run created, side by
+    /// side.
+    fn removal_listings(&self) -> Result<Listings, IptablesError> {
+        let netns = self.netns.as_deref();
+        let runner = tool::current();
+        let created: &[TableRef] = if self.variant == Variant::Nft {
+            &self.created_tables
+        } else {
+            &[]
+        };
+        std::thread::scope(|scope| {
+            let nft: Vec<_> = created
+                .iter()
+                .map(|created| {
+                    let runner = runner.clone();
+                    let listing = scope.spawn(move || {
+                        tool::with_runner(runner, || {
+                            nft_listing(netns, created.family, &created.table)
+                        })
+                    });
+                    (created, listing)
+                })
+                .collect();
+            let saved = self.counted_listings();
+            let nft = nft
+                .into_iter()
+                .map(|(created, listing)| {
+                    let listed = listing.join().ok().flatten();
+                    (created.family, created.table.clone(), listed)
+                })
+                .collect();
+            Ok(Listings { saved: saved?, nft })
+        })
     }
 
     /// `*-save -c` of each family this set has chains in: what a removal starts from.
@@ -1329,6 +1393,7 @@ impl RuleSet {
         family: Family,
         saved: &[SavedTable],
         chains: &[&OwnedChain],
+        listings: &Listings,
     ) -> Vec<String> {
         if self.variant != Variant::Nft {
             return Vec::new();
@@ -1357,7 +1422,12 @@ impl RuleSet {
             if ours.is_empty()
                 || foreign_rule
                 || foreign_chain
-                || !nft_table_holds_only(self.netns.as_deref(), family, &created.table, &ours)
+                || !listings.nft_table_holds_only(
+                    self.netns.as_deref(),
+                    family,
+                    &created.table,
+                    &ours,
+                )
             {
                 continue;
             }

@@ -104,7 +104,7 @@ pub trait ToolRunner: Send + Sync {
 
 /// Run `call` with this thread's runner: the system's, or a test's fake.
 pub fn run(call: &Call) -> Result<Output, ToolError> {
-    let fake = SCOPED.with(|scoped| scoped.borrow().clone());
+    let fake = current();
     let started = std::time::Instant::now();
     let result = match fake {
         Some(runner) => runner.run(call),
@@ -135,6 +135,20 @@ pub fn scoped<T>(runner: Arc<dyn ToolRunner>, f: impl FnOnce() -> T) -> T {
     }
     let _restore = Restore(SCOPED.with(|scoped| scoped.borrow_mut().replace(runner)));
     f()
+}
+
+/// This thread's runner when a test set one: a thread this thread starts hands it to
+/// [`with_runner`], so the fake sees that thread's calls too.
+pub fn current() -> Option<Arc<dyn ToolRunner>> {
+    SCOPED.with(|scoped| scoped.borrow().clone())
+}
+
+/// Run `f` with `runner` (from [`current`]) when there is one, else with the system's.
+pub fn with_runner<T>(runner: Option<Arc<dyn ToolRunner>>, f: impl FnOnce() -> T) -> T {
+    match runner {
+        Some(runner) => scoped(runner, f),
+        None => f(),
+    }
 }
 
 /// The binary's path: `$PATH`, then the sbin directories a non-login root shell may lack.
