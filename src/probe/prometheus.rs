@@ -69,9 +69,10 @@ fn prepare(kind: &ProbeKind, timeout: Duration) -> Result<PreparedQuery, String>
     else {
         return Err("not a prometheus probe".to_string());
     };
+    let url = query_url(url, query, timeout)?;
     Ok(PreparedQuery {
-        client: probe_client()?,
-        url: query_url(url, query, timeout)?,
+        client: probe_client(&url)?,
+        url,
         headers: header_map(headers)?,
     })
 }
