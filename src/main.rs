@@ -61,8 +61,7 @@ fn main() -> ExitCode {
         // Name the process before the runtime starts threads, so /proc/PID/comm shows it.
         faultline::demo::set_process_name(faultline::demo::WORKER_NAME);
     }
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
+    let runtime = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
     {
