@@ -13,8 +13,10 @@
 //!   anything changes: their filters and classes cannot be snapshot and rebuilt reliably.
 //! - Removal deletes only faultline's own classes and filters, its root qdisc (`fa17:`) once
 //!   no fault uses it, an ingress qdisc whose filters redirect only to faultline's IFB, and
-//!   IFB devices named `flifb*`; then it checks `tc qdisc show dev X` is byte-for-byte what
-//!   it was before faultline's first tree on X.
+//!   IFB devices named `flifb*`; then it checks, asking the kernel, that the qdiscs on X are
+//!   (kind, handle and place of each) what `tc qdisc show dev X` listed before faultline's
+//!   first tree on X. (A default qdisc the kernel reattaches comes back with its defaults;
+//!   the tests compare the listing byte for byte.)
 
 use std::time::Duration;
 

@@ -14,7 +14,7 @@
 //! Class ids and filter priorities encode the members they serve, so a member is removed from
 //! its record alone — by the run, by `recover` after a crash, one record at a time — without
 //! touching the others' classes; when no class is left, the tree goes and the interface's
-//! qdiscs are checked to be byte-for-byte what they were. Adding a member needs the other
+//! qdiscs are checked to be what they were (kind, handle and place of each). Adding a member needs the other
 //! members' selections and qdiscs, which the kernel cannot tell back: the run that owns them
 //! keeps them in a [`TcTrees`].
 
