@@ -61,7 +61,8 @@ fn main() -> ExitCode {
         // Name the process before the runtime starts threads, so /proc/PID/comm shows it.
         faultline::demo::set_process_name(faultline::demo::WORKER_NAME);
     }
-    let runtime = match tokio::runtime::Builder::new_current_thread()
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
         .enable_all()
         .build()
     {
@@ -71,7 +72,17 @@ fn main() -> ExitCode {
             return ExitCode::from(faultline::outcome::EXIT_ERROR);
         }
     };
-    let code = runtime.block_on(faultline::commands::dispatch(cli.command));
+    // On a worker, not on this thread: a probe's sample then wakes the engine on the worker
+    // that took it (tokio runs a task woken by the running one next, on the same thread)
+    // instead of waking this thread, and the other worker still runs everything else while
+    // one is held up in a slow write.
+    let code = runtime.block_on(async {
+        match tokio::spawn(faultline::commands::dispatch(cli.command)).await {
+            Ok(code) => code,
+            Err(failed) if failed.is_panic() => std::panic::resume_unwind(failed.into_panic()),
+            Err(_) => faultline::outcome::EXIT_ERROR,
+        }
+    });
     // A target resolution abandoned when the run stopped (a pidfile on a hung mount) may
     // still be blocked on its thread: exit without waiting for it.
     runtime.shutdown_background();
