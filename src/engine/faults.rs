@@ -325,7 +325,10 @@ impl FaultTask {
                 if prepared.revert == RevertRecipe::Nothing {
                     // Nothing to undo: forget it now rather than at the end.
                     if let Some(live) = shared.registry.take_record(&record_id) {
-                        let _ = shared.state.remove(&live.record.id);
+                        // Off the async threads: removing a record syncs the state directory.
+                        let state = shared.state.clone();
+                        let id = live.record.id.clone();
+                        let _ = tokio::task::spawn_blocking(move || state.remove(&id)).await;
                     }
                 }
                 Ok(())
