@@ -125,13 +125,11 @@ impl RouteSocket {
         self.dump_tc(RTM_GETTCLASS, ifindex, 0)
     }
 
-    /// The filters on interface `ifindex` under qdisc `parent` (`TC_H_ROOT` for the root).
-    /// A parent that is not there lists none.
+    /// The filters on interface `ifindex` under the qdisc with handle `parent` (`fa17:` as
+    /// `0xfa17_0000`, the ingress qdisc as `0xffff_0000`; 0 for whatever the root is). A
+    /// parent that is not there lists none.
     pub fn filters(&mut self, ifindex: u32, parent: u32) -> io::Result<Vec<TcObject>> {
-        match self.dump_tc(RTM_GETTFILTER, ifindex, parent) {
-            Err(e) if e.raw_os_error() == Some(libc::EINVAL) => Ok(Vec::new()),
-            other => other,
-        }
+        self.dump_tc(RTM_GETTFILTER, ifindex, parent)
     }
 
     fn dump_tc(&mut self, request: u16, ifindex: u32, parent: u32) -> io::Result<Vec<TcObject>> {
@@ -247,7 +245,15 @@ impl RouteSocket {
                     replies.push((Flagged::Interrupted, Vec::new()));
                 }
                 match reply_kind {
-                    NLMSG_DONE => return Ok(replies),
+                    NLMSG_DONE => {
+                        // A dump that failed part-way says so here, not with NLMSG_ERROR:
+                        // what came before it is not the whole list.
+                        let errno = read_u32(payload, 0).unwrap_or(0) as i32;
+                        if errno < 0 {
+                            return Err(io::Error::from_raw_os_error(-errno));
+                        }
+                        return Ok(replies);
+                    }
                     NLMSG_ERROR => {
                         let errno = read_u32(payload, 0).unwrap_or(0) as i32;
                         if errno != 0 {

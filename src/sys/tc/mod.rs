@@ -600,8 +600,10 @@ fn qdisc_places(ns: Option<&str>, dev: &str) -> Result<Option<Vec<QdiscPlace>>, 
         qdiscs
             .into_iter()
             .map(|q| QdiscPlace {
+                // As tc words it: no place at all for a parent of 0.
                 place: match q.parent {
                     rtnetlink::TC_H_ROOT => "root".into(),
+                    0 => String::new(),
                     parent => format!("parent {}", rtnetlink::tc_handle(parent)),
                 },
                 kind: q.kind,
