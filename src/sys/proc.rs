@@ -632,7 +632,7 @@ pub(crate) mod testing {
     use std::process::{Child, Command, ExitStatus, Stdio};
     use std::sync::atomic::{AtomicU32, Ordering};
 
-    use super::{ProcRef, Selector};
+    use super::{ProcRef, Selector, read_cmdline, read_stat};
 
     pub struct TestChild {
         child: Child,
@@ -702,7 +702,17 @@ pub(crate) mod testing {
             .stderr(Stdio::null())
             .spawn()
             .expect("spawn test child");
-        // `spawn` returns after exec, so comm and cmdline are already the child's own.
+        // `spawn` returns once exec has closed the close-on-exec pipe, which the kernel does
+        // before it sets up the new program's arguments: until then /proc/PID/cmdline reads
+        // empty. Wait (bounded) for them, so a test never races the exec.
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+        let exec_pending = |pid| {
+            read_cmdline(pid).is_ok_and(|c| c.is_empty())
+                && read_stat(pid).is_ok_and(|s| s.state != 'Z' && s.state != 'X')
+        };
+        while exec_pending(child.id()) && std::time::Instant::now() < deadline {
+            std::thread::sleep(std::time::Duration::from_millis(1));
+        }
         TestChild {
             child,
             reaped: None,
