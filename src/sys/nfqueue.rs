@@ -23,17 +23,17 @@ const NFQNL_MSG_CONFIG: u16 = 2;
 const NFQNL_MSG_VERDICT_BATCH: u16 = 3;
 
 const NLMSG_NOOP: u16 = 1;
-const NLMSG_ERROR: u16 = 2;
-const NLMSG_DONE: u16 = 3;
+pub(super) const NLMSG_ERROR: u16 = 2;
+pub(super) const NLMSG_DONE: u16 = 3;
 const NLMSG_OVERRUN: u16 = 4;
 
-const NLM_F_REQUEST: u16 = 0x1;
+pub(super) const NLM_F_REQUEST: u16 = 0x1;
 const NLM_F_ACK: u16 = 0x4;
 
-const NLMSG_HDRLEN: usize = 16;
+pub(super) const NLMSG_HDRLEN: usize = 16;
 const NFGENMSG_LEN: usize = 4;
-const NLA_HDRLEN: usize = 4;
-const NLA_TYPE_MASK: u16 = !((1 << 15) | (1 << 14));
+pub(super) const NLA_HDRLEN: usize = 4;
+pub(super) const NLA_TYPE_MASK: u16 = !((1 << 15) | (1 << 14));
 
 const NFQA_CFG_CMD: u16 = 1;
 const NFQA_CFG_PARAMS: u16 = 2;
@@ -791,7 +791,7 @@ pub fn parse_queue_table(text: &str) -> Vec<QueueRow> {
 
 // ---- encoding ----------------------------------------------------------------------------
 
-fn align4(n: usize) -> usize {
+pub(super) fn align4(n: usize) -> usize {
     (n + 3) & !3
 }
 
@@ -809,7 +809,7 @@ fn begin_msg(out: &mut Vec<u8>, msg_type: u16, flags: u16, seq: u32, queue: u16)
     start
 }
 
-fn put_attr(out: &mut Vec<u8>, kind: u16, payload: &[u8]) {
+pub(super) fn put_attr(out: &mut Vec<u8>, kind: u16, payload: &[u8]) {
     out.extend_from_slice(&((NLA_HDRLEN + payload.len()) as u16).to_ne_bytes());
     out.extend_from_slice(&kind.to_ne_bytes());
     out.extend_from_slice(payload);

@@ -14,6 +14,11 @@ use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::time::Duration;
 
 use super::netns;
+// The netlink framing the nfnetlink-queue client already has: one copy of it.
+use super::nfqueue::{
+    NLA_HDRLEN, NLA_TYPE_MASK, NLM_F_REQUEST, NLMSG_DONE, NLMSG_ERROR, NLMSG_HDRLEN, align4,
+    put_attr,
+};
 
 const RTM_NEWLINK: u16 = 16;
 const RTM_GETLINK: u16 = 18;
@@ -21,17 +26,11 @@ const RTM_GETQDISC: u16 = 38;
 const RTM_GETTCLASS: u16 = 42;
 const RTM_GETTFILTER: u16 = 46;
 
-const NLMSG_ERROR: u16 = 2;
-const NLMSG_DONE: u16 = 3;
-const NLM_F_REQUEST: u16 = 0x1;
 const NLM_F_DUMP_INTR: u16 = 0x10;
 const NLM_F_DUMP: u16 = 0x300;
 
-const NLMSG_HDRLEN: usize = 16;
 const IFINFOMSG_LEN: usize = 16;
 const TCMSG_LEN: usize = 20;
-const NLA_HDRLEN: usize = 4;
-const NLA_TYPE_MASK: u16 = !((1 << 15) | (1 << 14));
 const IFLA_IFNAME: u16 = 3;
 const TCA_KIND: u16 = 1;
 
@@ -341,19 +340,8 @@ fn parse_tcmsg(payload: &[u8]) -> Option<TcObject> {
     })
 }
 
-fn put_attr(out: &mut Vec<u8>, kind: u16, payload: &[u8]) {
-    out.extend_from_slice(&((NLA_HDRLEN + payload.len()) as u16).to_ne_bytes());
-    out.extend_from_slice(&kind.to_ne_bytes());
-    out.extend_from_slice(payload);
-    out.resize(align4(out.len()), 0);
-}
-
 fn read_u32(bytes: &[u8], at: usize) -> Option<u32> {
     Some(u32::from_ne_bytes(bytes.get(at..at + 4)?.try_into().ok()?))
-}
-
-fn align4(n: usize) -> usize {
-    (n + 3) & !3
 }
 
 #[cfg(test)]
