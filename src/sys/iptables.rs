@@ -2313,7 +2313,8 @@ mod tests {
                     sent_at.push(Instant::now());
                     socket.send(&seq.to_be_bytes()).unwrap();
                 }
-                std::thread::sleep(REPLY_TIMEOUT * 3);
+                // Long enough for a late reply to count as late rather than unanswered.
+                std::thread::sleep(REPLY_TIMEOUT * 25);
                 done.store(true, Ordering::Relaxed);
                 (sent_at, collector.join().unwrap())
             })
@@ -2321,23 +2322,35 @@ mod tests {
             let counted = set.counters().unwrap();
             set.remove().unwrap();
 
-            let mut answered = vec![false; N as usize];
+            // A reply that never came is a drop (the rule's or the kernel's); one that came
+            // later than the timeout is the sender or the echo server waiting for a CPU on a
+            // loaded machine. Loss as a client sees it counts both; the rule's counter can
+            // only be held to the first.
+            let mut first_reply: Vec<Option<Duration>> = vec![None; N as usize];
             for (seq, at) in replies {
-                if at.duration_since(sent_at[seq as usize]) <= REPLY_TIMEOUT {
-                    answered[seq as usize] = true;
+                let after = at.duration_since(sent_at[seq as usize]);
+                let slot = &mut first_reply[seq as usize];
+                if slot.is_none_or(|earlier| after < earlier) {
+                    *slot = Some(after);
                 }
             }
-            let lost = answered.iter().filter(|a| !**a).count() as u64;
+            let never = first_reply.iter().filter(|r| r.is_none()).count() as u64;
+            let late = first_reply
+                .iter()
+                .filter(|r| r.is_some_and(|after| after > REPLY_TIMEOUT))
+                .count() as u64;
+            let lost = never + late;
             let loss = lost as f64 / f64::from(N);
             let took = sent_at[N as usize - 1].duration_since(sent_at[0]);
             eprintln!(
-                "loss {loss:.4} ({lost}/{N}), rule counter {}, protected {}, sending took {took:?}",
+                "loss {loss:.4} ({lost}/{N}: {never} unanswered, {late} answered after \
+                 {REPLY_TIMEOUT:?}), rule counter {}, protected {}, sending took {took:?}",
                 counted.action.packets, counted.protected.packets
             );
             assert!((loss - 0.3).abs() <= 0.025, "loss {loss}");
             assert!(
-                counted.action.packets <= lost && lost <= counted.action.packets + 5,
-                "dropped by the rule {} vs lost {lost}",
+                counted.action.packets <= never && never <= counted.action.packets + 5,
+                "dropped by the rule {} vs never answered {never}",
                 counted.action.packets
             );
             assert!(took < Duration::from_millis(3500), "{took:?}");
