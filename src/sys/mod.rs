@@ -2,6 +2,7 @@
 //! network tool lives here.
 
 pub mod cgroup;
+pub mod container;
 pub mod delayer;
 pub mod file;
 #[cfg(test)]
