@@ -5,7 +5,9 @@ use std::time::Duration;
 
 use nix::sys::signal::Signal;
 
-use crate::util::{self, Proc, Runner, Workspace, events_of, faultline, proc_state, wait_for};
+use crate::util::{
+    self, Proc, Runner, Workspace, events_of, faultline, proc_state, run_to_end, wait_for,
+};
 
 fn experiment(
     name: &str,
@@ -32,20 +34,6 @@ fn freeze_for_50s(ws: &Workspace, name: &str, tag: &str) -> std::path::PathBuf {
             "faults: [{id: freeze, kind: process-stop, target: victim, duration: 50s}]\n",
             "",
         ),
-    )
-}
-
-fn run_to_end(ws: &Workspace, file: &std::path::Path) -> (i32, String) {
-    let output = faultline(ws)
-        .arg("run")
-        .arg(file)
-        .arg("--report-dir")
-        .arg(ws.report_dir())
-        .output()
-        .expect("run faultline");
-    (
-        output.status.code().unwrap_or(-1),
-        String::from_utf8_lossy(&output.stderr).into_owned(),
     )
 }
 

@@ -1,25 +1,8 @@
 //! Resource faults end to end through the `faultline` binary, measured by the test itself.
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use crate::util::{self, Busy, Runner, Workspace, events_of, wait_for};
-
-/// utime + stime of `pid`, in seconds.
-fn cpu_seconds(pid: u32) -> f64 {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
-    let fields: Vec<&str> = stat[stat.rfind(')').unwrap() + 2..]
-        .split_whitespace()
-        .collect();
-    let ticks: u64 = fields[11].parse::<u64>().unwrap() + fields[12].parse::<u64>().unwrap();
-    ticks as f64 / 100.0
-}
-
-/// Share of one CPU `pid` used over `window`.
-fn cpu_share(pid: u32, window: Duration) -> f64 {
-    let (before, start) = (cpu_seconds(pid), Instant::now());
-    std::thread::sleep(window);
-    (cpu_seconds(pid) - before) / start.elapsed().as_secs_f64()
-}
+use crate::util::{self, Busy, Runner, Workspace, cpu_share, events_of, wait_for};
 
 #[test]
 fn cpu_limit_holds_a_busy_process_to_its_quota_and_puts_it_back() {

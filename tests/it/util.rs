@@ -161,6 +161,11 @@ impl Proc {
         }
     }
 
+    /// A child the test spawned itself, killed and reaped on drop like the others.
+    pub fn adopt(child: Child) -> Proc {
+        Proc { child, _dir: None }
+    }
+
     pub fn pid(&self) -> u32 {
         self.child.id()
     }
@@ -458,4 +463,36 @@ pub fn percentile(samples: &[f64], p: f64) -> f64 {
     sorted.sort_by(f64::total_cmp);
     let rank = ((p / 100.0) * sorted.len() as f64).ceil() as usize;
     sorted[rank.clamp(1, sorted.len()) - 1]
+}
+
+/// `faultline run FILE` to its end: its exit code and stderr.
+pub fn run_to_end(ws: &Workspace, file: &std::path::Path) -> (i32, String) {
+    let output = faultline(ws)
+        .arg("run")
+        .arg(file)
+        .arg("--report-dir")
+        .arg(ws.report_dir())
+        .output()
+        .expect("run faultline");
+    (
+        output.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&output.stderr).into_owned(),
+    )
+}
+
+/// utime + stime of `pid`, in seconds.
+pub fn cpu_seconds(pid: u32) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+    let fields: Vec<&str> = stat[stat.rfind(')').unwrap() + 2..]
+        .split_whitespace()
+        .collect();
+    let ticks: u64 = fields[11].parse::<u64>().unwrap() + fields[12].parse::<u64>().unwrap();
+    ticks as f64 / 100.0
+}
+
+/// Share of one CPU `pid` used over `window`.
+pub fn cpu_share(pid: u32, window: Duration) -> f64 {
+    let (before, start) = (cpu_seconds(pid), Instant::now());
+    std::thread::sleep(window);
+    (cpu_seconds(pid) - before) / start.elapsed().as_secs_f64()
 }
