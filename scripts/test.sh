@@ -8,8 +8,9 @@ cd "$(dirname "$0")/.."
 # iproute2: ip, tc, nsenter-free namespaces; iptables (legacy + nft variants) and nftables: the
 # network faults; iputils-ping: a cgroup-scoped network test; util-linux: nsenter; prometheus:
 # the server the prometheus probe's tests start on their own ports; python3-jsonschema: an
-# independent check of `faultline schema`.
-packages=(coreutils procps iproute2 iptables nftables iputils-ping util-linux mount e2fsprogs python3 python3-jsonschema prometheus)
+# independent check of `faultline schema`; busybox-static: the one program of the images the
+# container tests build (no registry to pull one from).
+packages=(coreutils procps iproute2 iptables nftables iputils-ping util-linux mount e2fsprogs python3 python3-jsonschema prometheus busybox-static)
 installed() {
   dpkg-query -W -f='${Status}' "$1" 2>/dev/null | grep -q "install ok installed"
 }

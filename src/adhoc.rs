@@ -98,7 +98,7 @@ pub fn experiment_source(args: &InjectArgs, command_line: &str) -> Result<Source
                 return Err(InjectError::NoTarget {
                     kind: name,
                     takes: "processes",
-                    hint: "--pid, --pidfile, --name, --cmdline or --cgroup",
+                    hint: "--pid, --pidfile, --name, --cmdline, --container or --cgroup",
                 });
             }
             targets.insert("processes", json!({ "process": process }));
@@ -261,6 +261,8 @@ fn process_selector(args: &InjectArgs) -> Map<String, Value> {
         ("pidfile", process.pidfile.clone().map(Value::from)),
         ("name", process.name.clone().map(Value::from)),
         ("cmdline", process.cmdline.clone().map(Value::from)),
+        ("container", process.container.clone().map(Value::from)),
+        ("runtime", process.runtime.clone().map(Value::from)),
         ("count", process.count.map(Value::from)),
         ("force", process.force.then_some(Value::Bool(true))),
         ("cgroup", args.cgroup.clone().map(Value::from)),
@@ -513,6 +515,35 @@ mod tests {
         ])
         .unwrap();
         assert!(delay.text.contains("network:"), "{}", delay.text);
+    }
+
+    #[test]
+    fn container_flags_make_a_container_process_target() {
+        let source = inject(&[
+            "process-stop",
+            "--container",
+            "web-1",
+            "--runtime",
+            "docker",
+            "--for",
+            "5s",
+        ])
+        .unwrap();
+        plan_source(&source, &Overrides::none()).expect("compiles");
+        assert!(source.text.contains("container"), "{}", source.text);
+        assert!(source.text.contains("web-1"), "{}", source.text);
+        let wrong = inject(&[
+            "network-delay",
+            "delay=5ms",
+            "--container",
+            "web-1",
+            "--for",
+            "5s",
+        ]);
+        assert!(
+            matches!(wrong, Err(InjectError::WrongTarget { .. })),
+            "a network fault does not take --container yet"
+        );
     }
 
     #[test]

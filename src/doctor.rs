@@ -133,6 +133,22 @@ pub fn examine(netns: Option<&str>) -> Report {
         },
     });
 
+    for runtime in [
+        crate::sys::container::Runtime::Docker,
+        crate::sys::container::Runtime::Podman,
+    ] {
+        let answer = crate::sys::container::version(runtime);
+        checks.push(Check {
+            area: "container",
+            item: format!("{} API", runtime.as_str()),
+            ok: answer.is_ok(),
+            detail: match answer {
+                Ok(found) => format!("{found}: `container` targets can name its containers"),
+                Err(e) => e.to_string(),
+            },
+        });
+    }
+
     let facts = crate::fault::HostFacts {
         host,
         iptables: match (&variant, net_admin) {

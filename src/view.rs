@@ -25,6 +25,12 @@ pub fn describe_selector(s: &proc::Selector) -> String {
     if let Some(c) = &s.cgroup {
         parts.push(format!("cgroup={c}"));
     }
+    if let Some(c) = &s.container {
+        match s.runtime {
+            Some(runtime) => parts.push(format!("container={c} ({})", runtime.as_str())),
+            None => parts.push(format!("container={c}")),
+        }
+    }
     if let Some(u) = s.uid {
         parts.push(format!("uid={u}"));
     }
@@ -44,6 +50,46 @@ pub fn describe_selector(s: &proc::Selector) -> String {
         parts.push("force".into());
     }
     parts.join(" ")
+}
+
+/// Each container a process target's `container` means now: runtime, ID and name, main PID,
+/// cgroup (and its version) and network namespace.
+fn describe_containers(out: &mut String, selector: &proc::CompiledSelector) {
+    let containers = match selector.containers() {
+        Ok(containers) => containers,
+        Err(e) => {
+            let _ = writeln!(out, "    container: cannot ask now: {e}");
+            return;
+        }
+    };
+    if containers.is_empty() {
+        let _ = writeln!(out, "    container: none has that label now");
+    }
+    for c in &containers {
+        let _ = write!(
+            out,
+            "    container {} {} ({})",
+            c.short_id(),
+            c.name,
+            c.runtime.as_str()
+        );
+        if !c.running {
+            let _ = writeln!(out, ": not running");
+            continue;
+        }
+        let _ = write!(out, ": main pid {}", c.pid);
+        if let Some(placement) = c.placement() {
+            let _ = write!(
+                out,
+                ", cgroup {} (v{}), netns {}",
+                placement.cgroup, placement.cgroup_version, placement.netns
+            );
+        }
+        if !c.restart_policy.is_empty() && c.restart_policy != "no" {
+            let _ = write!(out, ", restart {}", c.restart_policy);
+        }
+        let _ = writeln!(out);
+    }
 }
 
 fn describe_probe(p: &ProbeSpec) -> String {
@@ -199,6 +245,9 @@ pub fn render(plan: &Plan) -> String {
             "  {name}: process [{}]",
             describe_selector(selector.selector())
         );
+        if selector.selector().container.is_some() {
+            describe_containers(&mut out, selector);
+        }
         match selector.select() {
             Ok(selection) => {
                 if selection.picked.is_empty() {

@@ -129,6 +129,14 @@ pub struct NetworkSelector {
     pub lockout_protection: bool,
 }
 
+/// A container runtime whose API faultline asks.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize, Serialize, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum ContainerRuntime {
+    Docker,
+    Podman,
+}
+
 /// A port or a range: `5432` or `"8000-8100"`.
 #[derive(Clone, Debug, PartialEq, Deserialize, Serialize, JsonSchema)]
 #[serde(untagged)]
@@ -157,6 +165,15 @@ pub struct ProcessSelector {
     /// Cgroup path as shown in `/proc/PID/cgroup` (for example `/system.slice/nginx.service`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cgroup: Option<String>,
+    /// Only the processes of a container: its name, an ID prefix, or a label as `key=value`
+    /// (`com.docker.compose.service=web` selects a compose service's containers). Asked of
+    /// the runtime's API each time the target is resolved.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub container: Option<Sp<String>>,
+    /// The runtime to ask about `container`: `docker` or `podman`; default: the first whose
+    /// API socket exists.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub runtime: Option<Sp<ContainerRuntime>>,
     /// Owner's real user id.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub uid: Option<u32>,
@@ -188,6 +205,11 @@ impl From<&ProcessSelector> for crate::sys::proc::Selector {
             name: s.name.clone(),
             cmdline: s.cmdline.as_deref().cloned(),
             cgroup: s.cgroup.clone(),
+            container: s.container.as_deref().cloned(),
+            runtime: s.runtime.as_deref().map(|r| match r {
+                ContainerRuntime::Docker => crate::sys::container::Runtime::Docker,
+                ContainerRuntime::Podman => crate::sys::container::Runtime::Podman,
+            }),
             uid: s.uid,
             exclude: s.exclude.as_ref().map(|e| crate::sys::proc::Exclude {
                 pids: e.pids.clone(),

@@ -254,6 +254,23 @@ struct Checker<'a> {
     compiled_targets: HashMap<String, CompiledSelector>,
 }
 
+/// A container's name or ID prefix (`[a-zA-Z0-9][a-zA-Z0-9_.-]*`, as Docker and Podman
+/// allow them), or a label as `key=value` with a key and no control characters.
+fn is_container_reference(reference: &str) -> bool {
+    match reference.split_once('=') {
+        Some((key, _)) => !key.is_empty() && !reference.chars().any(char::is_control),
+        None => {
+            reference
+                .chars()
+                .next()
+                .is_some_and(|c| c.is_ascii_alphanumeric())
+                && reference
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-'))
+        }
+    }
+}
+
 impl<'a> Checker<'a> {
     /// The experiment, borrowed for `'a` rather than for as long as `self` is.
     fn exp(&self) -> &'a Experiment {
@@ -413,11 +430,30 @@ impl<'a> Checker<'a> {
             || selector.name.is_some()
             || selector.cmdline.is_some()
             || selector.cgroup.is_some()
+            || selector.container.is_some()
             || selector.uid.is_some();
         if !has_filter {
             self.report(
                 Diagnostic::at(pos, format!("{owner} would select every process on the host"), "no filter")
-                    .with_hint("add at least one filter: `pid`, `pidfile`, `name`, `cmdline`, `cgroup` or `uid`"),
+                    .with_hint("add at least one filter: `pid`, `pidfile`, `name`, `cmdline`, `cgroup`, `container` or `uid`"),
+            );
+        }
+        if let Some(container) = &selector.container
+            && !is_container_reference(container)
+        {
+            self.report(
+                Diagnostic::at(
+                    container.pos,
+                    format!("{owner}: `{}` is not a container reference", crate::experiment::diagnostic::visible(container)),
+                    "not a container",
+                )
+                .with_hint("give a container's name or ID prefix as `docker ps` shows it (`web-1`, `4f1c2d`), or a label as `key=value`"),
+            );
+        }
+        if let (Some(runtime), None) = (&selector.runtime, &selector.container) {
+            self.report(
+                Diagnostic::at(runtime.pos, format!("{owner} has `runtime` but no `container`"), "not used")
+                    .with_hint("`runtime` says which API to ask about `container`; add `container:` or remove `runtime`"),
             );
         }
         if let Some(cgroup) = &selector.cgroup
@@ -836,11 +872,12 @@ impl<'a> Checker<'a> {
             (Some(target), None) => {
                 self.process_target_ref(target, &format!("probe `{name}`"))?;
                 // Not there when the target's own selector is wrong (reported with it).
-                let selector = self.compiled_targets.get(target.as_str())?.clone();
+                let selector = Box::new(self.compiled_targets.get(target.as_str())?.clone());
                 Some(ProbeKind::Process { selector })
             }
             (None, Some(selector)) => {
-                let selector = self.selector(selector, probe_pos, &format!("probe `{name}`"))?;
+                let selector =
+                    Box::new(self.selector(selector, probe_pos, &format!("probe `{name}`"))?);
                 Some(ProbeKind::Process { selector })
             }
             (Some(target), Some(_)) => {

@@ -166,7 +166,8 @@ pub enum ProbeKind {
         env: BTreeMap<String, String>,
     },
     Process {
-        selector: CompiledSelector,
+        // Boxed: a selector is several times the size of the other probes' fields.
+        selector: Box<CompiledSelector>,
     },
     Prometheus {
         /// The server's base URL, as written.

@@ -25,7 +25,7 @@ pub struct ProcessProbe {
 impl ProcessProbe {
     pub fn new(spec: &ProbeSpec) -> ProcessProbe {
         let selector = match &spec.kind {
-            ProbeKind::Process { selector } => Ok(Arc::new(selector.clone())),
+            ProbeKind::Process { selector } => Ok(Arc::new(selector.as_ref().clone())),
             _ => Err(format!("probe `{}` is not a process probe", spec.name)),
         };
         ProcessProbe {
@@ -98,11 +98,13 @@ mod tests {
         ProcessProbe::new(&ProbeSpec {
             name: "workers-alive".into(),
             kind: ProbeKind::Process {
-                selector: CompiledSelector::new(&crate::experiment::model::ProcessSelector {
-                    count: Some(crate::experiment::spanned::Sp::new(1)),
-                    ..by_name(name)
-                })
-                .expect("a valid selector"),
+                selector: Box::new(
+                    CompiledSelector::new(&crate::experiment::model::ProcessSelector {
+                        count: Some(crate::experiment::spanned::Sp::new(1)),
+                        ..by_name(name)
+                    })
+                    .expect("a valid selector"),
+                ),
             },
             check: Check {
                 min_count: Some(min_count),

@@ -38,6 +38,10 @@ pub struct Selector {
     /// A regular expression searched in the command line.
     pub cmdline: Option<String>,
     pub cgroup: Option<String>,
+    /// Only the processes of these containers: a name, an ID prefix or a `key=value` label.
+    pub container: Option<String>,
+    /// Which runtime to ask about `container`; `None`: the first that answers.
+    pub runtime: Option<super::container::Runtime>,
     pub uid: Option<u32>,
     pub exclude: Option<Exclude>,
     pub count: Option<u32>,
@@ -306,6 +310,79 @@ pub fn cgroup_line_matches(line: &str, wanted: &str) -> bool {
             .is_some_and(|rest| rest.starts_with('/'))
 }
 
+/// The cgroup lines (`N:controllers:/path`) of each running container's main process: its
+/// processes are those at or below them. A main process in the root cgroup could not be told
+/// from the host's own, so that is refused rather than matching every process.
+fn container_cgroups(
+    containers: &[super::container::Container],
+) -> Result<Vec<Vec<String>>, SelectError> {
+    let mut groups = Vec::new();
+    for container in containers.iter().filter(|c| c.running && c.pid > 0) {
+        let bytes = match proc_file(container.pid, "cgroup") {
+            Ok(bytes) => bytes,
+            // Stopped between the runtime's answer and this read: it has no processes.
+            Err(e) if is_vanished(&e) => continue,
+            Err(e) => {
+                return Err(SelectError::Io(format!(
+                    "cannot read the cgroup of container {} (pid {}): {e}",
+                    container.name, container.pid
+                )));
+            }
+        };
+        let lines: Vec<String> = String::from_utf8_lossy(&bytes)
+            .lines()
+            .filter(|line| line.splitn(3, ':').nth(2).is_some_and(|path| path != "/"))
+            .map(str::to_string)
+            .collect();
+        if lines.is_empty() {
+            return Err(SelectError::Invalid(format!(
+                "container {} runs in the host's root cgroup, so its processes cannot be \
+                 told from the host's; select them with `pid` or `cmdline` instead",
+                container.name
+            )));
+        }
+        groups.push(lines);
+    }
+    Ok(groups)
+}
+
+/// True when one of a process's cgroup lines is at or below the same hierarchy's line of
+/// one of the containers.
+pub fn in_container_cgroups(process_lines: &str, containers: &[Vec<String>]) -> bool {
+    // `N:controllers:/path`: the hierarchy is what comes before the second colon (a path
+    // may hold colons of its own).
+    fn split(line: &str) -> Option<(&str, &str)> {
+        let first = line.find(':')?;
+        let second = first + 1 + line[first + 1..].find(':')?;
+        Some((&line[..second], &line[second + 1..]))
+    }
+    containers.iter().any(|container| {
+        container
+            .iter()
+            .filter_map(|line| split(line))
+            .any(|(hierarchy, path)| {
+                process_lines
+                    .lines()
+                    .filter_map(split)
+                    .any(|(own_hierarchy, own_path)| {
+                        own_hierarchy == hierarchy
+                            && (own_path == path
+                                || own_path
+                                    .strip_prefix(path)
+                                    .is_some_and(|rest| rest.starts_with('/')))
+                    })
+            })
+    })
+}
+
+fn in_any_container(pid: u32, containers: &[Vec<String>]) -> io::Result<bool> {
+    let bytes = proc_file(pid, "cgroup")?;
+    Ok(in_container_cgroups(
+        &String::from_utf8_lossy(&bytes),
+        containers,
+    ))
+}
+
 fn in_cgroup(pid: u32, wanted: &str) -> io::Result<bool> {
     let bytes = proc_file(pid, "cgroup")?;
     Ok(String::from_utf8_lossy(&bytes)
@@ -440,10 +517,18 @@ impl CompiledSelector {
             Some(pid) => vec![pid],
             None => list_pids().map_err(|e| SelectError::Io(format!("cannot list /proc: {e}")))?,
         };
+        let containers = match &sel.container {
+            Some(_) => Some(container_cgroups(&self.containers()?)?),
+            None => None,
+        };
+        if containers.as_ref().is_some_and(Vec::is_empty) {
+            // No container of the reference runs now: nothing of it to act on.
+            return Ok(Matches::default());
+        }
         let protection = Protection::now();
         let mut matches = Matches::default();
         for pid in pids {
-            let info = match self.check(pid, wanted_pid.is_some()) {
+            let info = match self.check(pid, wanted_pid.is_some(), containers.as_deref()) {
                 Ok(Some(info)) => info,
                 Ok(None) => continue,
                 Err(e) if is_vanished(&e) => continue,
@@ -466,7 +551,12 @@ impl CompiledSelector {
     }
 
     /// `Some(info)` when `pid` passes every filter and no exclude; cheap checks first.
-    fn check(&self, pid: u32, named_by_pid: bool) -> io::Result<Option<ProcInfo>> {
+    fn check(
+        &self,
+        pid: u32,
+        named_by_pid: bool,
+        containers: Option<&[Vec<String>]>,
+    ) -> io::Result<Option<ProcInfo>> {
         let sel = &self.selector;
         let stat = read_stat(pid)?;
         if stat.state == 'Z' || (stat.is_kernel_thread() && !named_by_pid) {
@@ -495,10 +585,30 @@ impl CompiledSelector {
         {
             return Ok(None);
         }
-        match &sel.cgroup {
-            Some(cgroup) if !in_cgroup(pid, cgroup)? => Ok(None),
-            _ => Ok(Some(info)),
+        if let Some(cgroup) = &sel.cgroup
+            && !in_cgroup(pid, cgroup)?
+        {
+            return Ok(None);
         }
+        if let Some(containers) = containers
+            && !in_any_container(pid, containers)?
+        {
+            return Ok(None);
+        }
+        Ok(Some(info))
+    }
+
+    /// The containers `container` means now, as their runtime describes them (none when the
+    /// selector names no container). Asked at each resolution: a container can be recreated
+    /// under its name between two.
+    pub fn containers(&self) -> Result<Vec<super::container::Container>, SelectError> {
+        let Some(reference) = &self.selector.container else {
+            return Ok(Vec::new());
+        };
+        super::container::find(reference, self.selector.runtime).map_err(|e| match e.cause() {
+            super::Cause::Gone => SelectError::Invalid(e.to_string()),
+            _ => SelectError::Io(e.to_string()),
+        })
     }
 
     /// Resolve now: filters, excludes, protections (unless `force`), then `count`/`percent`.
@@ -821,6 +931,43 @@ mod tests {
         assert!(!cgroup_line_matches("garbage", "/"));
     }
 
+    #[test]
+    fn a_container_holds_the_processes_at_or_below_its_cgroup_in_the_same_hierarchy() {
+        // cgroup v1, as Docker lays it out: one line per hierarchy.
+        let v1 = vec![
+            "12:cpu,cpuacct:/docker/4f1c".to_string(),
+            "4:memory:/docker/4f1c".to_string(),
+        ];
+        assert!(in_container_cgroups(
+            "12:cpu,cpuacct:/docker/4f1c\n4:memory:/docker/4f1c\n",
+            std::slice::from_ref(&v1)
+        ));
+        // A sibling container, a prefix that is not a parent, another hierarchy: not in it.
+        assert!(!in_container_cgroups(
+            "12:cpu,cpuacct:/docker/9e2a\n",
+            std::slice::from_ref(&v1)
+        ));
+        assert!(!in_container_cgroups(
+            "12:cpu,cpuacct:/docker/4f1cd\n",
+            std::slice::from_ref(&v1)
+        ));
+        assert!(!in_container_cgroups(
+            "7:pids:/docker/4f1c\n",
+            std::slice::from_ref(&v1)
+        ));
+        // cgroup v2, a process in a sub-cgroup of the container's scope.
+        let v2 = vec!["0::/system.slice/docker-4f1c.scope".to_string()];
+        assert!(in_container_cgroups(
+            "0::/system.slice/docker-4f1c.scope/worker\n",
+            std::slice::from_ref(&v2)
+        ));
+        assert!(!in_container_cgroups(
+            "0::/system.slice/ssh.service\n",
+            &[v1, v2]
+        ));
+        // No container running: nothing is in one.
+        assert!(!in_container_cgroups("0::/x\n", &[]));
+    }
     #[test]
     fn pick_count_rounds_percent_up_and_takes_at_least_one() {
         assert_eq!(pick_count(5, None, None), 5);

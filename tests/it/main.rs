@@ -1,4 +1,5 @@
 mod cli;
+mod container;
 mod engine;
 mod hostile;
 mod inject;
