@@ -447,7 +447,7 @@ impl<'a> Checker<'a> {
                     format!("{owner}: `{}` is not a container reference", crate::experiment::diagnostic::visible(container)),
                     "not a container",
                 )
-                .with_hint("give a container's name or ID prefix as `docker ps` shows it (`web-1`, `4f1c2d`), or a label as `key=value`"),
+                .with_hint("give a container's name or its ID as `docker ps` shows it (`web-1`, `4f1c2d3e4f5a`), or a label as `key=value`"),
             );
         }
         if let (Some(runtime), None) = (&selector.runtime, &selector.container) {

@@ -33,28 +33,31 @@ impl Runtime {
         }
     }
 
-    /// Where this runtime's API listens: `DOCKER_HOST` (`unix://PATH`) for Docker when set,
-    /// then the usual sockets.
-    fn sockets(self) -> Vec<PathBuf> {
+    /// Where this runtime's API listens: for Docker `DOCKER_HOST` when it is set (then only
+    /// there: another socket could be another daemon than the one the operator's CLI
+    /// talks to), else the usual socket.
+    fn sockets(self) -> Result<Vec<PathBuf>, ContainerError> {
         match self {
-            Runtime::Docker => {
-                let mut sockets = Vec::new();
-                if let Some(path) = std::env::var("DOCKER_HOST")
-                    .ok()
-                    .and_then(|host| host.strip_prefix("unix://").map(PathBuf::from))
-                {
-                    sockets.push(path);
-                }
-                sockets.push("/var/run/docker.sock".into());
-                sockets
-            }
-            Runtime::Podman => vec!["/run/podman/podman.sock".into()],
+            Runtime::Docker => match std::env::var("DOCKER_HOST") {
+                Ok(host) if !host.is_empty() => match host.strip_prefix("unix://") {
+                    Some(path) => Ok(vec![PathBuf::from(path)]),
+                    None => Err(ContainerError::RemoteHost { host }),
+                },
+                _ => Ok(vec!["/var/run/docker.sock".into()]),
+            },
+            Runtime::Podman => Ok(vec!["/run/podman/podman.sock".into()]),
         }
     }
 }
 
 /// How long one request may take, connection to last byte.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long finding the containers of one reference may take in all (a label's list and an
+/// inspect of each container it lists).
+const FIND_TIMEOUT: Duration = Duration::from_secs(10);
+/// The shortest ID prefix taken as an ID: what `docker ps` shows. A shorter one (`db`,
+/// `cafe`) could be a name that does not exist matching some other container's ID.
+const SHORTEST_ID_PREFIX: usize = 12;
 /// More than any inspect or list answer of a host's containers.
 const ANSWER_CAP: usize = 16 << 20;
 
@@ -62,6 +65,18 @@ const ANSWER_CAP: usize = 16 << 20;
 pub enum ContainerError {
     #[error("no container runtime's API socket here (looked for {tried}); is its daemon running?")]
     NoRuntime { tried: String },
+    #[error(
+        "DOCKER_HOST is {host}: faultline asks only a runtime on this host, over a unix socket (unix://PATH)"
+    )]
+    RemoteHost { host: String },
+    #[error(
+        "{runtime} has no container named `{reference}`; the ID of {id} only starts with that (give a name, or at least {SHORTEST_ID_PREFIX} characters of an ID)"
+    )]
+    PrefixOnly {
+        runtime: &'static str,
+        reference: String,
+        id: String,
+    },
     #[error("cannot ask {runtime} at {socket}: {source}")]
     Io {
         runtime: &'static str,
@@ -91,13 +106,17 @@ pub enum ContainerError {
 impl ContainerError {
     pub fn cause(&self) -> super::Cause {
         match self {
-            ContainerError::NotFound { .. } => super::Cause::Gone,
+            ContainerError::NotFound { .. } | ContainerError::PrefixOnly { .. } => {
+                super::Cause::Gone
+            }
             ContainerError::Io { source, .. }
                 if source.kind() == std::io::ErrorKind::PermissionDenied =>
             {
                 super::Cause::Permission
             }
-            ContainerError::NoRuntime { .. } => super::Cause::Unsupported,
+            ContainerError::NoRuntime { .. } | ContainerError::RemoteHost { .. } => {
+                super::Cause::Unsupported
+            }
             _ => super::Cause::Failed,
         }
     }
@@ -194,9 +213,32 @@ impl Api {
                     percent_encode(&filters)
                 );
                 let listed: Vec<Listed> = api.get(&path, reference)?;
-                listed.iter().map(|c| api.inspect(&c.id)).collect()
+                let mut found = Vec::new();
+                for listed in &listed {
+                    match api.inspect(&listed.id) {
+                        Ok(container) => found.push(container),
+                        // Removed between the list and its inspect (a scale-down): not there.
+                        Err(ContainerError::NotFound { .. }) => {}
+                        Err(e) => return Err(e),
+                    }
+                }
+                Ok(found)
             }
-            None => Ok(vec![api.inspect(reference)?]),
+            None => {
+                let container = api.inspect(reference)?;
+                // The API takes a reference as a name, else as an ID prefix: a name that does
+                // not exist must not pick the container whose ID happens to start with it.
+                let by_id =
+                    reference.len() >= SHORTEST_ID_PREFIX && container.id.starts_with(reference);
+                if container.name != reference && !by_id {
+                    return Err(ContainerError::PrefixOnly {
+                        runtime: api.runtime.as_str(),
+                        reference: reference.to_string(),
+                        id: container.short_id().to_string(),
+                    });
+                }
+                Ok(vec![container])
+            }
         }
     }
 }
@@ -229,6 +271,8 @@ pub fn inspect(reference: &str, runtime: Runtime) -> Result<Container, Container
 struct Api {
     runtime: Runtime,
     socket: PathBuf,
+    /// Every request of this lookup ends by then.
+    deadline: std::time::Instant,
 }
 
 #[derive(Debug, Deserialize)]
@@ -283,11 +327,21 @@ impl Api {
         };
         let mut tried = Vec::new();
         for runtime in runtimes {
-            for socket in runtime.sockets() {
-                if Path::new(&socket).exists() {
-                    return Ok(Api { runtime, socket });
+            for socket in runtime.sockets()? {
+                // Only a socket that is not there is passed over: one this user may not
+                // reach is the runtime, and asking it says so (permission denied).
+                match std::fs::metadata(&socket) {
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                        tried.push(socket.display().to_string());
+                    }
+                    _ => {
+                        return Ok(Api {
+                            runtime,
+                            socket,
+                            deadline: std::time::Instant::now() + FIND_TIMEOUT,
+                        });
+                    }
                 }
-                tried.push(socket.display().to_string());
             }
         }
         Err(ContainerError::NoRuntime {
@@ -323,7 +377,7 @@ impl Api {
             socket: self.socket.display().to_string(),
             source,
         };
-        let answer = request(&self.socket, path).map_err(io_error)?;
+        let answer = request(&self.socket, path, self.deadline).map_err(io_error)?;
         let (status, body) = parse_answer(&answer).map_err(|e| ContainerError::Unreadable {
             runtime,
             source: e.into(),
@@ -349,22 +403,33 @@ impl Api {
     }
 }
 
-/// One GET over the socket, the whole answer (HTTP/1.0: the server closes after it).
-fn request(socket: &Path, path: &str) -> std::io::Result<Vec<u8>> {
-    let mut stream = UnixStream::connect(socket)?;
-    stream.set_read_timeout(Some(REQUEST_TIMEOUT))?;
-    stream.set_write_timeout(Some(REQUEST_TIMEOUT))?;
-    write!(stream, "GET {path} HTTP/1.0\r\nHost: localhost\r\n\r\n")?;
-    let deadline = std::time::Instant::now() + REQUEST_TIMEOUT;
+/// One GET over the socket, the whole answer (HTTP/1.0: the server closes after it), within
+/// [`REQUEST_TIMEOUT`] and before `deadline`, connection included.
+fn request(socket: &Path, path: &str, deadline: std::time::Instant) -> std::io::Result<Vec<u8>> {
+    let deadline = deadline.min(std::time::Instant::now() + REQUEST_TIMEOUT);
+    let timed_out = || {
+        std::io::Error::new(
+            std::io::ErrorKind::TimedOut,
+            format!("no complete answer within {REQUEST_TIMEOUT:?}"),
+        )
+    };
+    let left = || {
+        deadline
+            .checked_duration_since(std::time::Instant::now())
+            .filter(|left| !left.is_zero())
+    };
+    let mut stream = connect_within(socket, left().ok_or_else(timed_out)?)?;
+    stream.set_write_timeout(Some(left().ok_or_else(timed_out)?))?;
+    write!(stream, "GET {path} HTTP/1.0\r\nHost: localhost\r\n\r\n").map_err(|e| {
+        match e.kind() {
+            std::io::ErrorKind::WouldBlock => timed_out(),
+            _ => e,
+        }
+    })?;
     let mut answer = Vec::new();
     let mut buf = [0u8; 16 << 10];
     loop {
-        if std::time::Instant::now() > deadline {
-            return Err(std::io::Error::new(
-                std::io::ErrorKind::TimedOut,
-                format!("no complete answer within {REQUEST_TIMEOUT:?}"),
-            ));
-        }
+        stream.set_read_timeout(Some(left().ok_or_else(timed_out)?))?;
         match stream.read(&mut buf) {
             Ok(0) => return Ok(answer),
             Ok(n) if answer.len() + n > ANSWER_CAP => {
@@ -374,7 +439,65 @@ fn request(socket: &Path, path: &str) -> std::io::Result<Vec<u8>> {
             }
             Ok(n) => answer.extend_from_slice(&buf[..n]),
             Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            // A read timeout comes back as EAGAIN.
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => return Err(timed_out()),
             Err(e) => return Err(e),
+        }
+    }
+}
+
+/// Connect to a unix socket, waiting at most `timeout`: a daemon that no longer accepts
+/// leaves connect(2) waiting on its full backlog, bounded only by the send timeout, which
+/// `UnixStream::connect` gives no way to set first.
+fn connect_within(socket: &Path, timeout: Duration) -> std::io::Result<UnixStream> {
+    use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+    use std::os::unix::ffi::OsStrExt;
+    let bytes = socket.as_os_str().as_bytes();
+    // SAFETY: an all-zero sockaddr_un is a valid value of the type.
+    let mut address: libc::sockaddr_un = unsafe { std::mem::zeroed() };
+    if bytes.len() >= address.sun_path.len() || bytes.contains(&0) {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::InvalidInput,
+            "not a usable unix socket path",
+        ));
+    }
+    address.sun_family = libc::AF_UNIX as libc::sa_family_t;
+    for (slot, byte) in address.sun_path.iter_mut().zip(bytes) {
+        *slot = *byte as libc::c_char;
+    }
+    // SAFETY: plain socket(2); the descriptor is owned at once.
+    let fd = unsafe { libc::socket(libc::AF_UNIX, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0) };
+    if fd < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: fd is a new descriptor nothing else owns.
+    let stream = UnixStream::from(unsafe { OwnedFd::from_raw_fd(fd) });
+    stream.set_write_timeout(Some(timeout))?;
+    let length = std::mem::size_of::<libc::sa_family_t>() + bytes.len();
+    loop {
+        // SAFETY: address is a valid sockaddr_un of at least `length` bytes.
+        let rc = unsafe {
+            libc::connect(
+                stream.as_raw_fd(),
+                (&raw const address).cast(),
+                length as libc::socklen_t,
+            )
+        };
+        if rc == 0 {
+            return Ok(stream);
+        }
+        let error = std::io::Error::last_os_error();
+        match error.kind() {
+            std::io::ErrorKind::Interrupted => continue,
+            // A connect interrupted and retried that had completed meanwhile.
+            _ if error.raw_os_error() == Some(libc::EISCONN) => return Ok(stream),
+            std::io::ErrorKind::WouldBlock => {
+                return Err(std::io::Error::new(
+                    std::io::ErrorKind::TimedOut,
+                    format!("the socket accepted no connection within {timeout:?}"),
+                ));
+            }
+            _ => return Err(error),
         }
     }
 }
@@ -418,7 +541,7 @@ fn parse_answer(answer: &[u8]) -> Result<(u16, Vec<u8>), String> {
         if size == 0 {
             return Ok((status, decoded));
         }
-        if rest.len() < size + 2 {
+        if size.checked_add(2).is_none_or(|needed| rest.len() < needed) {
             return Err("a chunk shorter than its size".into());
         }
         decoded.extend_from_slice(&rest[..size]);
@@ -551,6 +674,7 @@ mod tests {
         let api = Api {
             runtime: Runtime::Docker,
             socket,
+            deadline: std::time::Instant::now() + FIND_TIMEOUT,
         };
         (dir, api, server)
     }
@@ -560,7 +684,11 @@ mod tests {
         let label_query =
             "/containers/json?all=1&filters=%7B%22label%22%3A%5B%22app%3Dweb%22%5D%7D";
         let (_dir, api, server) = fake_api(vec![
-            (label_query, r#"[{"Id":"aaa111"},{"Id":"bbb222"}]"#),
+            // ccc333 is removed between the list and its inspect: left out, not an error.
+            (
+                label_query,
+                r#"[{"Id":"aaa111"},{"Id":"ccc333"},{"Id":"bbb222"}]"#,
+            ),
             (
                 "/containers/aaa111/json",
                 r#"{"Id":"aaa111","Name":"/web-1","State":{"Running":true,"Pid":11}}"#,
@@ -586,21 +714,70 @@ mod tests {
             "{missing}"
         );
         assert_eq!(missing.to_string(), "docker knows no container `web-3`");
-        let _ = request(&api.socket, "/stop");
+        let _ = request(&api.socket, "/stop", api.deadline);
         let requests = server.join().unwrap();
         assert_eq!(requests[0], format!("GET {label_query} HTTP/1.0"));
-        assert_eq!(requests[3], "GET /containers/web-3/json HTTP/1.0");
+        assert_eq!(requests[4], "GET /containers/web-3/json HTTP/1.0");
+    }
+
+    #[test]
+    fn a_name_that_only_starts_an_id_is_not_that_container() {
+        // Docker answers an inspect of `db` with the container whose ID starts with `db`
+        // when no container is named so.
+        let id = "db0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcd";
+        let answer = r#"{"Id":"db0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcd","Name":"/payments","State":{"Running":true,"Pid":7}}"#;
+        let (_dir, api, server) = fake_api(vec![
+            ("/containers/db/json", answer),
+            ("/containers/db0123456789/json", answer),
+            ("/containers/payments/json", answer),
+        ]);
+        let error = api.find("db").unwrap_err();
+        assert!(
+            matches!(error, ContainerError::PrefixOnly { .. }),
+            "{error}"
+        );
+        assert!(
+            error.to_string().contains("no container named `db`"),
+            "{error}"
+        );
+        assert_eq!(api.find("db0123456789").unwrap()[0].id, id);
+        assert_eq!(api.find("payments").unwrap()[0].name, "payments");
+        let _ = request(&api.socket, "/stop", api.deadline);
+        server.join().unwrap();
+    }
+
+    #[test]
+    fn a_daemon_that_never_answers_is_given_up_on_within_the_timeout() {
+        let dir = tempfile::tempdir().unwrap();
+        let socket = dir.path().join("silent.sock");
+        // Accepts (the backlog does), never answers.
+        let _listener = std::os::unix::net::UnixListener::bind(&socket).unwrap();
+        let started = std::time::Instant::now();
+        let deadline = started + Duration::from_millis(300);
+        let error = request(&socket, "/version", deadline).unwrap_err();
+        assert_eq!(error.kind(), std::io::ErrorKind::TimedOut, "{error}");
+        let took = started.elapsed();
+        assert!(
+            took >= Duration::from_millis(250) && took < Duration::from_secs(3),
+            "{took:?}"
+        );
     }
 
     #[test]
     fn a_missing_socket_says_where_it_looked() {
-        // A runtime socket that does not exist is "no runtime", not an I/O error.
+        // Asked directly, a socket that is not there is an I/O error naming it...
         let api = Api {
             runtime: Runtime::Podman,
             socket: "/nonexistent/podman.sock".into(),
+            deadline: std::time::Instant::now() + FIND_TIMEOUT,
         };
         let error = api.get::<Listed>("/containers/x/json", "x").unwrap_err();
         assert!(matches!(error, ContainerError::Io { .. }), "{error}");
+        assert!(
+            error.to_string().contains("/nonexistent/podman.sock"),
+            "{error}"
+        );
+        // ... and looking for a runtime passes it over and says where it looked.
         let error = Api::connect(Some(Runtime::Podman));
         if !Path::new("/run/podman/podman.sock").exists() {
             let text = error.err().unwrap().to_string();
