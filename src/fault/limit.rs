@@ -296,7 +296,7 @@ impl Target {
         let selection = self
             .selector
             .select()
-            .map_err(|e| FaultError::Failed(e.to_string()))?;
+            .map_err(|e| FaultError::unresolved(String::new(), &e))?;
         if selection.picked.is_empty() {
             let refused: Vec<String> = selection
                 .refused

@@ -365,6 +365,20 @@ pub enum FaultError {
     Delayer(#[from] crate::sys::delayer::DelayerError),
 }
 
+impl FaultError {
+    /// A target that could not be resolved, classified by why (a container the runtime does
+    /// not know has no processes; its API out of reach is a permission or this host's lack).
+    pub(crate) fn unresolved(context: String, error: &crate::sys::proc::SelectError) -> FaultError {
+        let message = format!("{context}{error}");
+        match error.cause() {
+            crate::sys::Cause::Gone => FaultError::NoTarget(message),
+            crate::sys::Cause::Permission => FaultError::Permission(message),
+            crate::sys::Cause::Unsupported => FaultError::Unsupported(message),
+            crate::sys::Cause::Failed => FaultError::Failed(message),
+        }
+    }
+}
+
 /// Why a fault could not be prepared, applied or reverted; decided from the typed error, never
 /// from its text.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

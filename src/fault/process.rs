@@ -243,10 +243,20 @@ impl ProcessFault {
     }
 
     fn describe_target(&self) -> String {
+        // The filters that were given: a selector's unset keys would bury them.
         let selector = self
             .selector
             .as_ref()
-            .and_then(|s| serde_json::to_string(s).ok())
+            .and_then(|s| serde_json::to_value(s).ok())
+            .map(|value| match value {
+                serde_json::Value::Object(keys) => serde_json::Value::Object(
+                    keys.into_iter()
+                        .filter(|(_, v)| !v.is_null() && *v != serde_json::Value::Bool(false))
+                        .collect(),
+                ),
+                other => other,
+            })
+            .map(|value| value.to_string())
             .unwrap_or_default();
         format!("target `{}` {selector}", self.target_name)
     }
@@ -341,7 +351,7 @@ impl Fault for ProcessFault {
         })?;
         let selection = selector
             .select()
-            .map_err(|e| FaultError::Failed(format!("{}: {e}", self.describe_target())))?;
+            .map_err(|e| FaultError::unresolved(format!("{}: ", self.describe_target()), &e))?;
         if selection.picked.is_empty() {
             return Err(self.no_target(&selection));
         }

@@ -114,6 +114,22 @@ pub enum SelectError {
     Invalid(String),
     #[error("{0}")]
     Io(String),
+    /// The container runtime could not say which containers a reference means, and why.
+    #[error("{message}")]
+    Container {
+        message: String,
+        cause: super::Cause,
+    },
+}
+
+impl SelectError {
+    /// What the failure means for a fault on the target.
+    pub fn cause(&self) -> super::Cause {
+        match self {
+            SelectError::Container { cause, .. } => *cause,
+            SelectError::Invalid(_) | SelectError::Io(_) => super::Cause::Failed,
+        }
+    }
 }
 
 /// The result of resolving a selector now.
@@ -310,9 +326,14 @@ pub fn cgroup_line_matches(line: &str, wanted: &str) -> bool {
             .is_some_and(|rest| rest.starts_with('/'))
 }
 
-/// The cgroup lines (`N:controllers:/path`) of each running container's main process: its
-/// processes are those at or below them. A main process in the root cgroup could not be told
-/// from the host's own, so that is refused rather than matching every process.
+/// For each running container, the cgroups its processes are in: the controller hierarchies
+/// of its main process on cgroup v1 (the unified `0::` line of a hybrid host, and named
+/// hierarchies such as `name=systemd`, can hold the runtime itself and every other
+/// container), its unified cgroup on v2. Each must name the container's ID, as every runtime's
+/// layout does (`/docker/ID`, `docker-ID.scope`, `libpod-ID.scope`): a main process whose
+/// cgroup does not (a PID reused since the runtime answered, a runtime that leaves its
+/// containers in the caller's session) could not be told from other processes, so it is
+/// refused rather than matched.
 fn container_cgroups(
     containers: &[super::container::Container],
 ) -> Result<Vec<Vec<String>>, SelectError> {
@@ -329,16 +350,16 @@ fn container_cgroups(
                 )));
             }
         };
-        let lines: Vec<String> = String::from_utf8_lossy(&bytes)
-            .lines()
-            .filter(|line| line.splitn(3, ':').nth(2).is_some_and(|path| path != "/"))
-            .map(str::to_string)
-            .collect();
-        if lines.is_empty() {
+        let text = String::from_utf8_lossy(&bytes);
+        let lines = container_lines(&text);
+        if lines.is_empty() || lines.iter().any(|line| !line.contains(&container.id)) {
             return Err(SelectError::Invalid(format!(
-                "container {} runs in the host's root cgroup, so its processes cannot be \
-                 told from the host's; select them with `pid` or `cmdline` instead",
-                container.name
+                "the cgroup of container {} (main pid {}) does not name its ID ({}), so its \
+                 processes cannot be told from others; select them with `pid` or `cmdline` \
+                 instead",
+                container.name,
+                container.pid,
+                text.trim().replace('\n', ", ")
             )));
         }
         groups.push(lines);
@@ -346,31 +367,53 @@ fn container_cgroups(
     Ok(groups)
 }
 
-/// True when one of a process's cgroup lines is at or below the same hierarchy's line of
-/// one of the containers.
-pub fn in_container_cgroups(process_lines: &str, containers: &[Vec<String>]) -> bool {
-    // `N:controllers:/path`: the hierarchy is what comes before the second colon (a path
-    // may hold colons of its own).
-    fn split(line: &str) -> Option<(&str, &str)> {
-        let first = line.find(':')?;
-        let second = first + 1 + line[first + 1..].find(':')?;
-        Some((&line[..second], &line[second + 1..]))
+/// `N:controllers:/path` split at its second colon (a path may hold colons of its own).
+fn split_cgroup_line(line: &str) -> Option<(&str, &str)> {
+    let first = line.find(':')?;
+    let second = first + 1 + line[first + 1..].find(':')?;
+    Some((&line[..second], &line[second + 1..]))
+}
+
+/// The lines of a container's main process that its processes share: the controller
+/// hierarchies when there are any (v1, hybrid), else the unified one (v2).
+fn container_lines(text: &str) -> Vec<String> {
+    let controller = |line: &&str| {
+        split_cgroup_line(line).is_some_and(|(hierarchy, _)| {
+            let controllers = hierarchy.split_once(':').map_or("", |(_, c)| c);
+            !controllers.is_empty() && !controllers.starts_with("name=")
+        })
+    };
+    let v1: Vec<String> = text
+        .lines()
+        .filter(controller)
+        .map(str::to_string)
+        .collect();
+    if !v1.is_empty() {
+        return v1;
     }
+    text.lines()
+        .filter(|line| line.starts_with("0::"))
+        .map(str::to_string)
+        .collect()
+}
+
+/// True when a process is in one of the containers: in every one of that container's
+/// cgroups (each hierarchy), at its path or below.
+pub fn in_container_cgroups(process_lines: &str, containers: &[Vec<String>]) -> bool {
     containers.iter().any(|container| {
         container
             .iter()
-            .filter_map(|line| split(line))
-            .any(|(hierarchy, path)| {
-                process_lines
-                    .lines()
-                    .filter_map(split)
-                    .any(|(own_hierarchy, own_path)| {
+            .filter_map(|line| split_cgroup_line(line))
+            .all(|(hierarchy, path)| {
+                process_lines.lines().filter_map(split_cgroup_line).any(
+                    |(own_hierarchy, own_path)| {
                         own_hierarchy == hierarchy
                             && (own_path == path
                                 || own_path
                                     .strip_prefix(path)
                                     .is_some_and(|rest| rest.starts_with('/')))
-                    })
+                    },
+                )
             })
     })
 }
@@ -605,9 +648,11 @@ impl CompiledSelector {
         let Some(reference) = &self.selector.container else {
             return Ok(Vec::new());
         };
-        super::container::find(reference, self.selector.runtime).map_err(|e| match e.cause() {
-            super::Cause::Gone => SelectError::Invalid(e.to_string()),
-            _ => SelectError::Io(e.to_string()),
+        super::container::find(reference, self.selector.runtime).map_err(|e| {
+            SelectError::Container {
+                message: e.to_string(),
+                cause: e.cause(),
+            }
         })
     }
 
@@ -933,32 +978,35 @@ mod tests {
 
     #[test]
     fn a_container_holds_the_processes_at_or_below_its_cgroup_in_the_same_hierarchy() {
-        // cgroup v1, as Docker lays it out: one line per hierarchy.
-        let v1 = vec![
-            "12:cpu,cpuacct:/docker/4f1c".to_string(),
-            "4:memory:/docker/4f1c".to_string(),
-        ];
+        // cgroup v1 on a hybrid host, as Docker's cgroupfs driver lays it out: the unified
+        // line and the named systemd hierarchy are not the container's to match by.
+        let main = "12:cpu,cpuacct:/docker/4f1c\n4:memory:/docker/4f1c\n\
+                    1:name=systemd:/docker/4f1c\n0::/system.slice/containerd.service\n";
+        let v1 = container_lines(main);
+        assert_eq!(v1, ["12:cpu,cpuacct:/docker/4f1c", "4:memory:/docker/4f1c"]);
+        assert!(in_container_cgroups(main, std::slice::from_ref(&v1)));
+        // containerd (and every other container) shares the unified line: not in it.
+        let containerd = "12:cpu,cpuacct:/\n4:memory:/\n1:name=systemd:/system.slice/containerd.service\n\
+                          0::/system.slice/containerd.service\n";
+        assert!(!in_container_cgroups(containerd, std::slice::from_ref(&v1)));
+        // One hierarchy of the container's is not enough: every one must match.
+        assert!(!in_container_cgroups(
+            "12:cpu,cpuacct:/docker/4f1c\n4:memory:/\n",
+            std::slice::from_ref(&v1)
+        ));
+        // A sibling container, a prefix that is not a parent: not in it.
+        assert!(!in_container_cgroups(
+            "12:cpu,cpuacct:/docker/9e2a\n4:memory:/docker/9e2a\n",
+            std::slice::from_ref(&v1)
+        ));
+        assert!(!in_container_cgroups(
+            "12:cpu,cpuacct:/docker/4f1cd\n4:memory:/docker/4f1cd\n",
+            std::slice::from_ref(&v1)
+        ));
+        // cgroup v2, a process in a sub-cgroup of the container's scope (a cpu-limit's).
+        let v2 = container_lines("0::/system.slice/docker-4f1c.scope\n");
         assert!(in_container_cgroups(
-            "12:cpu,cpuacct:/docker/4f1c\n4:memory:/docker/4f1c\n",
-            std::slice::from_ref(&v1)
-        ));
-        // A sibling container, a prefix that is not a parent, another hierarchy: not in it.
-        assert!(!in_container_cgroups(
-            "12:cpu,cpuacct:/docker/9e2a\n",
-            std::slice::from_ref(&v1)
-        ));
-        assert!(!in_container_cgroups(
-            "12:cpu,cpuacct:/docker/4f1cd\n",
-            std::slice::from_ref(&v1)
-        ));
-        assert!(!in_container_cgroups(
-            "7:pids:/docker/4f1c\n",
-            std::slice::from_ref(&v1)
-        ));
-        // cgroup v2, a process in a sub-cgroup of the container's scope.
-        let v2 = vec!["0::/system.slice/docker-4f1c.scope".to_string()];
-        assert!(in_container_cgroups(
-            "0::/system.slice/docker-4f1c.scope/worker\n",
+            "0::/system.slice/docker-4f1c.scope/faultline-x\n",
             std::slice::from_ref(&v2)
         ));
         assert!(!in_container_cgroups(
