@@ -133,22 +133,6 @@ pub fn examine(netns: Option<&str>) -> Report {
         },
     });
 
-    for runtime in [
-        crate::sys::container::Runtime::Docker,
-        crate::sys::container::Runtime::Podman,
-    ] {
-        let answer = crate::sys::container::version(runtime);
-        checks.push(Check {
-            area: "container",
-            item: format!("{} API", runtime.as_str()),
-            ok: answer.is_ok(),
-            detail: match answer {
-                Ok(found) => format!("{found}: `container` targets can name its containers"),
-                Err(e) => e.to_string(),
-            },
-        });
-    }
-
     let facts = crate::fault::HostFacts {
         host,
         iptables: match (&variant, net_admin) {
@@ -180,6 +164,28 @@ pub fn examine(netns: Option<&str>) -> Report {
         backends,
         leftovers,
     }
+}
+
+/// Which container runtimes' APIs answer here. Asked by `faultline doctor` only: `plan` asks
+/// a runtime when a target names a container, and not otherwise.
+pub fn container_checks() -> Vec<Check> {
+    let mut checks = Vec::new();
+    for runtime in [
+        crate::sys::container::Runtime::Docker,
+        crate::sys::container::Runtime::Podman,
+    ] {
+        let answer = crate::sys::container::version(runtime);
+        checks.push(Check {
+            area: "container",
+            item: format!("{} API", runtime.as_str()),
+            ok: answer.is_ok(),
+            detail: match answer {
+                Ok(found) => format!("{found}: `container` targets can name its containers"),
+                Err(e) => e.to_string(),
+            },
+        });
+    }
+    checks
 }
 
 impl Report {

@@ -58,7 +58,7 @@ fn describe_containers(out: &mut String, selector: &proc::CompiledSelector) {
     let containers = match selector.containers() {
         Ok(containers) => containers,
         Err(e) => {
-            let _ = writeln!(out, "    container: cannot ask now: {e}");
+            let _ = writeln!(out, "    container: {e}");
             return;
         }
     };

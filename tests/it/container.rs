@@ -75,9 +75,11 @@ impl Image {
             .status()
             .expect("tar");
         assert!(status.success(), "tar of the image failed");
-        let name = unique("image");
-        docker_ok(&["import", &tar.display().to_string(), &name]);
-        Image(name)
+        // The guard first: an import that fails half-way (or runs out of time while the
+        // daemon goes on) is still removed.
+        let image = Image(unique("image"));
+        docker_ok(&["import", &tar.display().to_string(), &image.0]);
+        image
     }
 }
 
@@ -114,15 +116,19 @@ impl Container {
     }
 
     fn run(image: &Image, labels: &[&str], applet: &[&str], sleep: String) -> Container {
-        let name = unique("box");
-        let mut args = vec!["run", "-d", "--name", &name, "--network", "none"];
+        // The guard first: a container created but not started is still removed.
+        let container = Container {
+            name: unique("box"),
+            sleep,
+        };
+        let mut args = vec!["run", "-d", "--name", &container.name, "--network", "none"];
         for label in labels {
             args.extend(["--label", label]);
         }
         args.extend([image.0.as_str(), BUSYBOX]);
         args.extend(applet);
         docker_ok(&args);
-        Container { name, sleep }
+        container
     }
 
     fn main_pid(&self) -> u32 {
