@@ -1,14 +1,15 @@
 //! Containers, as their runtime's API describes them: which containers a reference means
-//! (a name, an ID prefix or a `key=value` label) and, for each, its ID, name, main PID and
-//! that process's start time, so a fault acts on the container's processes and a revert can
-//! tell the container from a new one that took its name.
+//! (a name, an ID of 12 characters or more, or a `key=value` label) and, for each, its ID,
+//! name, main PID, state and restart policy, so a fault acts on the container's processes.
+//! A fault records the processes it picked by PID and start time (`ProcRef`), so its revert
+//! never touches a container recreated under the same name.
 //!
 //! The Docker Engine API (and Podman's compatible one) is asked over its unix socket with
 //! two GET requests, HTTP/1.0 so the answer is the body up to the end of the connection.
 //! That is a few dozen lines; a client crate (bollard) would bring the whole API's generated
 //! types and a second HTTP stack into a binary whose resident code pages are most of the
-//! runner's footprint. Every read and write has a timeout: a daemon that hangs must not
-//! hang the run that asked it.
+//! runner's footprint. The connection, every read and write, and the whole lookup have a
+//! timeout: a daemon that hangs must not hang the run that asked it.
 
 use std::io::{Read, Write};
 use std::os::unix::net::UnixStream;
