@@ -129,14 +129,6 @@ pub struct NetworkSelector {
     pub lockout_protection: bool,
 }
 
-/// A container runtime whose API faultline asks.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize, Serialize, JsonSchema)]
-#[serde(rename_all = "lowercase")]
-pub enum ContainerRuntime {
-    Docker,
-    Podman,
-}
-
 /// A port or a range: `5432` or `"8000-8100"`.
 #[derive(Clone, Debug, PartialEq, Deserialize, Serialize, JsonSchema)]
 #[serde(untagged)]
@@ -173,7 +165,7 @@ pub struct ProcessSelector {
     /// The runtime to ask about `container`: `docker` or `podman`; default: the first whose
     /// API socket exists.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub runtime: Option<Sp<ContainerRuntime>>,
+    pub runtime: Option<Sp<crate::sys::container::Runtime>>,
     /// Owner's real user id.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub uid: Option<u32>,
@@ -206,10 +198,7 @@ impl From<&ProcessSelector> for crate::sys::proc::Selector {
             cmdline: s.cmdline.as_deref().cloned(),
             cgroup: s.cgroup.clone(),
             container: s.container.as_deref().cloned(),
-            runtime: s.runtime.as_deref().map(|r| match r {
-                ContainerRuntime::Docker => crate::sys::container::Runtime::Docker,
-                ContainerRuntime::Podman => crate::sys::container::Runtime::Podman,
-            }),
+            runtime: s.runtime.as_deref().copied(),
             uid: s.uid,
             exclude: s.exclude.as_ref().map(|e| crate::sys::proc::Exclude {
                 pids: e.pids.clone(),

@@ -18,9 +18,12 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
-/// The container runtimes whose API faultline speaks.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+/// The container runtimes whose API faultline speaks (also the experiment's `runtime:`).
+#[derive(
+    Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize, schemars::JsonSchema,
+)]
 #[serde(rename_all = "lowercase")]
+#[schemars(rename = "ContainerRuntime")]
 pub enum Runtime {
     Docker,
     Podman,
