@@ -152,29 +152,24 @@ pub struct Placement {
 }
 
 /// The cgroup a `/proc/PID/cgroup` text puts a process in, and the version of the
-/// hierarchy that says so: v1 when any controller has a hierarchy of its own.
+/// hierarchy that says so: v1 when any controller has a hierarchy of its own (the `cpu`
+/// one's path, else the first), v2 otherwise.
 pub fn cgroup_of(text: &str) -> Option<(String, u8)> {
-    let mut unified = None;
-    let mut first_v1 = None;
-    for line in text.lines() {
-        let mut fields = line.splitn(3, ':');
-        let (Some(_), Some(controllers), Some(path)) =
-            (fields.next(), fields.next(), fields.next())
-        else {
-            continue;
-        };
-        if controllers.is_empty() {
-            unified = Some(path.to_string());
-        } else if controllers.split(',').any(|c| c == "cpu") {
-            return Some((path.to_string(), 1));
-        } else if first_v1.is_none() && !controllers.starts_with("name=") {
-            first_v1 = Some(path.to_string());
-        }
-    }
-    match first_v1 {
-        Some(path) => Some((path, 1)),
-        None => unified.map(|path| (path, 2)),
-    }
+    let memberships = super::cgroup::parse_proc_cgroup(text);
+    let v1 = |m: &&super::cgroup::Membership| {
+        !m.controllers.is_empty() && !m.controllers.iter().any(|c| c.starts_with("name="))
+    };
+    memberships
+        .iter()
+        .find(|m| m.controllers.iter().any(|c| c == "cpu"))
+        .or_else(|| memberships.iter().find(v1))
+        .map(|m| (m.path.clone(), 1))
+        .or_else(|| {
+            memberships
+                .iter()
+                .find(|m| m.controllers.is_empty())
+                .map(|m| (m.path.clone(), 2))
+        })
 }
 
 impl Container {

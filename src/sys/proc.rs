@@ -13,6 +13,8 @@ use rand::SeedableRng;
 use rand::seq::SliceRandom;
 use regex::Regex;
 
+use super::cgroup::{Membership, parse_proc_cgroup};
+
 /// A process identity that survives PID reuse: the PID plus its start time
 /// (`/proc/PID/stat` field 22, clock ticks since boot).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
@@ -320,10 +322,7 @@ pub fn cgroup_line_matches(line: &str, wanted: &str) -> bool {
     if wanted.is_empty() {
         return path.starts_with('/');
     }
-    path == wanted
-        || path
-            .strip_prefix(wanted)
-            .is_some_and(|rest| rest.starts_with('/'))
+    at_or_below(path, wanted)
 }
 
 /// For each running container, the cgroups its processes are in: the controller hierarchies
@@ -336,7 +335,7 @@ pub fn cgroup_line_matches(line: &str, wanted: &str) -> bool {
 /// refused rather than matched.
 fn container_cgroups(
     containers: &[super::container::Container],
-) -> Result<Vec<Vec<String>>, SelectError> {
+) -> Result<Vec<Vec<Membership>>, SelectError> {
     let mut groups = Vec::new();
     for container in containers.iter().filter(|c| c.running && c.pid > 0) {
         let bytes = match proc_file(container.pid, "cgroup") {
@@ -351,8 +350,8 @@ fn container_cgroups(
             }
         };
         let text = String::from_utf8_lossy(&bytes);
-        let lines = container_lines(&text);
-        if lines.is_empty() || lines.iter().any(|line| !line.contains(&container.id)) {
+        let memberships = container_memberships(&text);
+        if memberships.is_empty() || memberships.iter().any(|m| !m.path.contains(&container.id)) {
             return Err(SelectError::Invalid(format!(
                 "the cgroup of container {} (main pid {}) does not name its ID ({}), so its \
                  processes cannot be told from others; select them with `pid` or `cmdline` \
@@ -362,63 +361,55 @@ fn container_cgroups(
                 text.trim().replace('\n', ", ")
             )));
         }
-        groups.push(lines);
+        groups.push(memberships);
     }
     Ok(groups)
 }
 
-/// `N:controllers:/path` split at its second colon (a path may hold colons of its own).
-fn split_cgroup_line(line: &str) -> Option<(&str, &str)> {
-    let first = line.find(':')?;
-    let second = first + 1 + line[first + 1..].find(':')?;
-    Some((&line[..second], &line[second + 1..]))
-}
-
-/// The lines of a container's main process that its processes share: the controller
+/// The cgroups of a container's main process that its processes share: the controller
 /// hierarchies when there are any (v1, hybrid), else the unified one (v2).
-fn container_lines(text: &str) -> Vec<String> {
-    let controller = |line: &&str| {
-        split_cgroup_line(line).is_some_and(|(hierarchy, _)| {
-            let controllers = hierarchy.split_once(':').map_or("", |(_, c)| c);
-            !controllers.is_empty() && !controllers.starts_with("name=")
+fn container_memberships(text: &str) -> Vec<Membership> {
+    let memberships = parse_proc_cgroup(text);
+    let controllers: Vec<Membership> = memberships
+        .iter()
+        .filter(|m| {
+            !m.controllers.is_empty() && !m.controllers.iter().any(|c| c.starts_with("name="))
         })
-    };
-    let v1: Vec<String> = text
-        .lines()
-        .filter(controller)
-        .map(str::to_string)
+        .cloned()
         .collect();
-    if !v1.is_empty() {
-        return v1;
+    if !controllers.is_empty() {
+        return controllers;
     }
-    text.lines()
-        .filter(|line| line.starts_with("0::"))
-        .map(str::to_string)
+    memberships
+        .into_iter()
+        .filter(|m| m.hierarchy_id == 0 && m.controllers.is_empty())
         .collect()
 }
 
-/// True when a process is in one of the containers: in every one of that container's
-/// cgroups (each hierarchy), at its path or below.
-pub fn in_container_cgroups(process_lines: &str, containers: &[Vec<String>]) -> bool {
+/// `path` is `wanted` or below it (`/a/b` is below `/a`, `/ab` is not).
+fn at_or_below(path: &str, wanted: &str) -> bool {
+    path == wanted
+        || path
+            .strip_prefix(wanted)
+            .is_some_and(|rest| rest.starts_with('/'))
+}
+
+/// True when a process (its `/proc/PID/cgroup` text) is in one of the containers: in every
+/// one of that container's cgroups (each hierarchy), at its path or below.
+pub fn in_container_cgroups(process: &str, containers: &[Vec<Membership>]) -> bool {
+    let own = parse_proc_cgroup(process);
     containers.iter().any(|container| {
-        container
-            .iter()
-            .filter_map(|line| split_cgroup_line(line))
-            .all(|(hierarchy, path)| {
-                process_lines.lines().filter_map(split_cgroup_line).any(
-                    |(own_hierarchy, own_path)| {
-                        own_hierarchy == hierarchy
-                            && (own_path == path
-                                || own_path
-                                    .strip_prefix(path)
-                                    .is_some_and(|rest| rest.starts_with('/')))
-                    },
-                )
+        container.iter().all(|wanted| {
+            own.iter().any(|m| {
+                m.hierarchy_id == wanted.hierarchy_id
+                    && m.controllers == wanted.controllers
+                    && at_or_below(&m.path, &wanted.path)
             })
+        })
     })
 }
 
-fn in_any_container(pid: u32, containers: &[Vec<String>]) -> io::Result<bool> {
+fn in_any_container(pid: u32, containers: &[Vec<Membership>]) -> io::Result<bool> {
     let bytes = proc_file(pid, "cgroup")?;
     Ok(in_container_cgroups(
         &String::from_utf8_lossy(&bytes),
@@ -598,7 +589,7 @@ impl CompiledSelector {
         &self,
         pid: u32,
         named_by_pid: bool,
-        containers: Option<&[Vec<String>]>,
+        containers: Option<&[Vec<Membership>]>,
     ) -> io::Result<Option<ProcInfo>> {
         let sel = &self.selector;
         let stat = read_stat(pid)?;
@@ -982,8 +973,12 @@ mod tests {
         // line and the named systemd hierarchy are not the container's to match by.
         let main = "12:cpu,cpuacct:/docker/4f1c\n4:memory:/docker/4f1c\n\
                     1:name=systemd:/docker/4f1c\n0::/system.slice/containerd.service\n";
-        let v1 = container_lines(main);
-        assert_eq!(v1, ["12:cpu,cpuacct:/docker/4f1c", "4:memory:/docker/4f1c"]);
+        let v1 = container_memberships(main);
+        let kept: Vec<(u32, &str)> = v1
+            .iter()
+            .map(|m| (m.hierarchy_id, m.path.as_str()))
+            .collect();
+        assert_eq!(kept, [(12, "/docker/4f1c"), (4, "/docker/4f1c")]);
         assert!(in_container_cgroups(main, std::slice::from_ref(&v1)));
         // containerd (and every other container) shares the unified line: not in it.
         let containerd = "12:cpu,cpuacct:/\n4:memory:/\n1:name=systemd:/system.slice/containerd.service\n\
@@ -1004,7 +999,7 @@ mod tests {
             std::slice::from_ref(&v1)
         ));
         // cgroup v2, a process in a sub-cgroup of the container's scope (a cpu-limit's).
-        let v2 = container_lines("0::/system.slice/docker-4f1c.scope\n");
+        let v2 = container_memberships("0::/system.slice/docker-4f1c.scope\n");
         assert!(in_container_cgroups(
             "0::/system.slice/docker-4f1c.scope/faultline-x\n",
             std::slice::from_ref(&v2)
