@@ -8,50 +8,6 @@ use crate::fault::summary::dur;
 use crate::plan::{Check, FaultAction, Plan, ProbeKind, ProbeSpec, TargetSpec};
 use crate::sys::proc;
 
-pub fn describe_selector(s: &proc::Selector) -> String {
-    let mut parts = Vec::new();
-    if let Some(pid) = s.pid {
-        parts.push(format!("pid={pid}"));
-    }
-    if let Some(p) = &s.pidfile {
-        parts.push(format!("pidfile={p}"));
-    }
-    if let Some(n) = &s.name {
-        parts.push(format!("name={n}"));
-    }
-    if let Some(c) = &s.cmdline {
-        parts.push(format!("cmdline=/{c}/"));
-    }
-    if let Some(c) = &s.cgroup {
-        parts.push(format!("cgroup={c}"));
-    }
-    if let Some(c) = &s.container {
-        match s.runtime {
-            Some(runtime) => parts.push(format!("container={c} ({})", runtime.as_str())),
-            None => parts.push(format!("container={c}")),
-        }
-    }
-    if let Some(u) = s.uid {
-        parts.push(format!("uid={u}"));
-    }
-    if let Some(c) = &s.count {
-        parts.push(format!("count={c}"));
-    }
-    if let Some(p) = &s.percent {
-        parts.push(format!("percent={p}"));
-    }
-    if s.random {
-        parts.push(match s.seed {
-            Some(seed) => format!("random(seed={seed})"),
-            None => "random".into(),
-        });
-    }
-    if s.force {
-        parts.push("force".into());
-    }
-    parts.join(" ")
-}
-
 /// Each container a process target's `container` means now: runtime, ID and name, main PID,
 /// cgroup (and its version) and network namespace.
 fn describe_containers(out: &mut String, selector: &proc::CompiledSelector) {
@@ -98,10 +54,7 @@ fn describe_probe(p: &ProbeSpec) -> String {
         ProbeKind::Tcp { address } => format!("tcp connect {address}"),
         ProbeKind::Command { argv, .. } => format!("command {argv:?}"),
         ProbeKind::Process { selector } => {
-            format!(
-                "process count of [{}]",
-                describe_selector(selector.selector())
-            )
+            format!("process count of [{}]", selector.selector().describe())
         }
         ProbeKind::Prometheus { url, query, .. } => {
             let comparisons: Vec<String> =
@@ -243,7 +196,7 @@ pub fn render(plan: &Plan) -> String {
         let _ = writeln!(
             out,
             "  {name}: process [{}]",
-            describe_selector(selector.selector())
+            selector.selector().describe()
         );
         if selector.selector().container.is_some() {
             describe_containers(&mut out, selector);

@@ -243,20 +243,10 @@ impl ProcessFault {
     }
 
     fn describe_target(&self) -> String {
-        // The filters that were given: a selector's unset keys would bury them.
         let selector = self
             .selector
             .as_ref()
-            .and_then(|s| serde_json::to_value(s).ok())
-            .map(|value| match value {
-                serde_json::Value::Object(keys) => serde_json::Value::Object(
-                    keys.into_iter()
-                        .filter(|(_, v)| !v.is_null() && *v != serde_json::Value::Bool(false))
-                        .collect(),
-                ),
-                other => other,
-            })
-            .map(|value| value.to_string())
+            .map(|s| format!("[{}]", s.selector().describe()))
             .unwrap_or_default();
         format!("target `{}` {selector}", self.target_name)
     }

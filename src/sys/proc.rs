@@ -53,6 +53,55 @@ pub struct Selector {
     pub force: bool,
 }
 
+impl Selector {
+    /// The filters and picks that were given, as `plan` and fault messages show them:
+    /// `name=worker cmdline=/--role/ count=1`.
+    pub fn describe(&self) -> String {
+        let s = self;
+        let mut parts = Vec::new();
+        if let Some(pid) = s.pid {
+            parts.push(format!("pid={pid}"));
+        }
+        if let Some(p) = &s.pidfile {
+            parts.push(format!("pidfile={p}"));
+        }
+        if let Some(n) = &s.name {
+            parts.push(format!("name={n}"));
+        }
+        if let Some(c) = &s.cmdline {
+            parts.push(format!("cmdline=/{c}/"));
+        }
+        if let Some(c) = &s.cgroup {
+            parts.push(format!("cgroup={c}"));
+        }
+        if let Some(c) = &s.container {
+            match s.runtime {
+                Some(runtime) => parts.push(format!("container={c} ({})", runtime.as_str())),
+                None => parts.push(format!("container={c}")),
+            }
+        }
+        if let Some(u) = s.uid {
+            parts.push(format!("uid={u}"));
+        }
+        if let Some(c) = &s.count {
+            parts.push(format!("count={c}"));
+        }
+        if let Some(p) = &s.percent {
+            parts.push(format!("percent={p}"));
+        }
+        if s.random {
+            parts.push(match s.seed {
+                Some(seed) => format!("random(seed={seed})"),
+                None => "random".into(),
+            });
+        }
+        if s.force {
+            parts.push("force".into());
+        }
+        parts.join(" ")
+    }
+}
+
 impl From<&Selector> for Selector {
     fn from(selector: &Selector) -> Self {
         selector.clone()
