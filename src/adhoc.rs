@@ -81,7 +81,7 @@ pub fn experiment_source(args: &InjectArgs, command_line: &str) -> Result<Source
                     kind: name,
                     takes: "traffic",
                     hint: "--interface, --remote, --remote-port, --local-port, --protocol, \
-                           --netns or --cgroup (for all traffic say so: --remote 0.0.0.0/0)",
+                           --netns, --container or --cgroup (for all traffic say so: --remote 0.0.0.0/0)",
                 });
             }
             targets.insert("traffic", json!({ "network": network }));
@@ -261,8 +261,8 @@ fn process_selector(args: &InjectArgs) -> Map<String, Value> {
         ("pidfile", process.pidfile.clone().map(Value::from)),
         ("name", process.name.clone().map(Value::from)),
         ("cmdline", process.cmdline.clone().map(Value::from)),
-        ("container", process.container.clone().map(Value::from)),
-        ("runtime", process.runtime.clone().map(Value::from)),
+        ("container", args.container.clone().map(Value::from)),
+        ("runtime", args.runtime.clone().map(Value::from)),
         ("count", process.count.map(Value::from)),
         ("force", process.force.then_some(Value::Bool(true))),
         ("cgroup", args.cgroup.clone().map(Value::from)),
@@ -282,6 +282,8 @@ fn network_selector(args: &InjectArgs) -> Map<String, Value> {
     };
     given([
         ("netns", network.netns.clone().map(Value::from)),
+        ("container", args.container.clone().map(Value::from)),
+        ("runtime", args.runtime.clone().map(Value::from)),
         ("interfaces", list(&network.interfaces)),
         ("direction", network.direction.clone().map(Value::from)),
         ("protocol", network.protocol.clone().map(Value::from)),
@@ -297,12 +299,12 @@ fn network_selector(args: &InjectArgs) -> Map<String, Value> {
     ])
 }
 
-/// The command-line flags behind a selector's keys (`--cgroup` fits either kind of target,
-/// so it does not count as choosing one).
+/// The command-line flags behind a selector's keys (`--cgroup`, `--container` and
+/// `--runtime` fit either kind of target, so they do not count as choosing one).
 fn flags_given(selector: &Map<String, Value>) -> Vec<String> {
     selector
         .keys()
-        .filter(|key| *key != "cgroup")
+        .filter(|key| !matches!(key.as_str(), "cgroup" | "container" | "runtime"))
         .map(|key| match key.as_str() {
             "interfaces" => "--interface".to_string(),
             "remote_ports" => "--remote-port".to_string(),
@@ -518,7 +520,7 @@ mod tests {
     }
 
     #[test]
-    fn container_flags_make_a_container_process_target() {
+    fn container_flags_make_a_container_process_or_network_target() {
         let source = inject(&[
             "process-stop",
             "--container",
@@ -532,17 +534,38 @@ mod tests {
         plan_source(&source, &Overrides::none()).expect("compiles");
         assert!(source.text.contains("container"), "{}", source.text);
         assert!(source.text.contains("web-1"), "{}", source.text);
-        let wrong = inject(&[
+        let delay = inject(&[
             "network-delay",
             "delay=5ms",
             "--container",
             "web-1",
             "--for",
             "5s",
-        ]);
+        ])
+        .unwrap();
+        plan_source(&delay, &Overrides::none()).expect("compiles");
         assert!(
-            matches!(wrong, Err(InjectError::WrongTarget { .. })),
-            "a network fault does not take --container yet"
+            delay.text.contains("network:") && delay.text.contains("container: web-1"),
+            "{}",
+            delay.text
+        );
+        let both = inject(&[
+            "network-delay",
+            "delay=5ms",
+            "--container",
+            "web-1",
+            "--netns",
+            "ns1",
+            "--for",
+            "5s",
+        ])
+        .unwrap();
+        let rendered = plan_source(&both, &Overrides::none())
+            .unwrap_err()
+            .render(false);
+        assert!(
+            rendered.contains("both `netns` and `container`"),
+            "{rendered}"
         );
     }
 

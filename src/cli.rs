@@ -166,6 +166,13 @@ pub struct InjectArgs {
     /// Process or network target: only processes / traffic of this cgroup.
     #[arg(long, value_name = "PATH")]
     pub cgroup: Option<String>,
+    /// Process or network target: this container's processes / its network namespace. A
+    /// name, an ID prefix or a label as KEY=VALUE.
+    #[arg(long, value_name = "NAME")]
+    pub container: Option<String>,
+    /// The runtime to ask about --container: docker or podman (default: the first found).
+    #[arg(long, value_name = "RUNTIME", requires = "container")]
+    pub runtime: Option<String>,
     #[command(flatten)]
     pub abort: AbortArgs,
 }
@@ -186,12 +193,6 @@ pub struct ProcessTargetArgs {
     /// Processes whose command line matches this regex.
     #[arg(long, value_name = "REGEX")]
     pub cmdline: Option<String>,
-    /// Processes of this container: a name, an ID prefix or a label as KEY=VALUE.
-    #[arg(long, value_name = "NAME")]
-    pub container: Option<String>,
-    /// The runtime to ask about --container: docker or podman (default: the first found).
-    #[arg(long, value_name = "RUNTIME", requires = "container")]
-    pub runtime: Option<String>,
     /// Of the matching processes, act on this many.
     #[arg(long, value_name = "N")]
     pub count: Option<u32>,

@@ -41,7 +41,8 @@ pub async fn dispatch(command: Command) -> u8 {
         } => recover_command(&state, include_active),
         Command::Status { state, json } => status(&state, json),
         Command::Doctor { netns, json } => {
-            let mut report = crate::doctor::examine(netns.as_deref());
+            let mut report =
+                crate::doctor::examine(netns.clone().map(crate::sys::netns::Netns::Named).as_ref());
             report.checks.extend(crate::doctor::container_checks());
             if json {
                 println!(

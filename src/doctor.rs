@@ -10,6 +10,7 @@ use serde::Serialize;
 
 use crate::host::HostCaps;
 use crate::sys::iptables::{self, Family, Variant};
+use crate::sys::netns::Netns;
 use crate::sys::tc::{self, Support};
 
 #[derive(Clone, Debug, Serialize)]
@@ -50,7 +51,7 @@ fn support_check(area: &'static str, item: &str, support: &Support) -> Check {
 }
 
 /// Examine this host (or the namespace `netns`).
-pub fn examine(netns: Option<&str>) -> Report {
+pub fn examine(netns: Option<&Netns>) -> Report {
     let host = HostCaps::get();
     let mut checks = Vec::new();
     checks.push(Check {

@@ -225,29 +225,83 @@ pub enum Endpoint {
     Host(String),
 }
 
-/// A network target as the plan holds it: everything parsed, defaults filled in; only host
-/// names are left to look up (see [`Traffic`], what it becomes then).
-#[derive(Clone, Debug, PartialEq, Serialize)]
-pub struct NetworkTarget {
-    pub netns: Option<String>,
-    pub interfaces: Vec<String>,
-    pub direction: Direction,
-    pub protocol: Protocol,
-    pub remote: Vec<Endpoint>,
-    pub local: Vec<Endpoint>,
-    pub remote_ports: Vec<PortRange>,
-    pub local_ports: Vec<PortRange>,
-    pub cgroup: Option<String>,
-    /// Leave the operator's SSH session and the probes' endpoints alone.
-    pub lockout_protection: bool,
+/// A network namespace faultline acts in: one `ip netns add` named, or the one a process
+/// (a container's main process) is in. Records keep it, so a revert after a restart reaches
+/// the same namespace or none: never the namespace a reused PID or a recreated container
+/// has now.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum Netns {
+    /// `/run/netns/NAME` (a plain string in records, as older faultlines wrote it).
+    Named(String),
+    /// `/proc/PID/ns/net`, valid while that process lives and is in that namespace.
+    Process(ProcessNetns),
+}
+
+/// A process's network namespace, pinned by the process's identity (PID and start time)
+/// and by the namespace's own (its nsfs inode, unique among live namespaces).
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct ProcessNetns {
+    pub pid: u32,
+    pub start_time: u64,
+    pub inode: u64,
+    /// Whose namespace it is, for messages (`container web (3f2a9c1b0d4e)`).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub owner: String,
+}
+
+impl Netns {
+    /// Where it is, for messages: `/run/netns/NAME` or `/proc/PID/ns/net`.
+    pub fn location(&self) -> String {
+        match self {
+            Netns::Named(name) => format!("/run/netns/{name}"),
+            Netns::Process(process) => format!("/proc/{}/ns/net", process.pid),
+        }
+    }
+}
+
+impl std::fmt::Display for Netns {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Netns::Named(name) => f.write_str(name),
+            Netns::Process(p) if p.owner.is_empty() => {
+                write!(f, "net:[{}] of pid {}", p.inode, p.pid)
+            }
+            Netns::Process(p) => write!(f, "{}'s net:[{}] (pid {})", p.owner, p.inode, p.pid),
+        }
+    }
+}
+
+impl From<&str> for Netns {
+    fn from(name: &str) -> Netns {
+        Netns::Named(name.to_string())
+    }
+}
+
+impl From<String> for Netns {
+    fn from(name: String) -> Netns {
+        Netns::Named(name)
+    }
+}
+
+impl From<&String> for Netns {
+    fn from(name: &String) -> Netns {
+        Netns::Named(name.clone())
+    }
+}
+
+impl From<&Netns> for Netns {
+    fn from(ns: &Netns) -> Netns {
+        ns.clone()
+    }
 }
 
 /// The traffic one network fault acts on, fully resolved (hostnames already looked up).
 /// Empty lists mean "any".
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Traffic {
-    /// Network namespace (`/run/netns/NAME`) to act in; `None` = faultline's own.
-    pub netns: Option<String>,
+    /// The network namespace to act in (named, or a container's); `None` = faultline's own.
+    pub netns: Option<Netns>,
     /// Interfaces; empty = every interface (iptables) or every non-loopback one (tc).
     pub interfaces: Vec<String>,
     pub direction: Direction,

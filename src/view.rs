@@ -379,7 +379,7 @@ pub fn render(plan: &Plan) -> String {
 fn describe_network(
     out: &mut String,
     name: &str,
-    selector: &crate::net::NetworkTarget,
+    selector: &crate::fault::network::NetworkTarget,
     protected: &[crate::net::Protected],
 ) {
     let _ = writeln!(out, "  {name}: network");

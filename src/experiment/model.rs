@@ -93,10 +93,19 @@ pub struct Target {
 #[derive(Clone, Debug, Default, Deserialize, Serialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct NetworkSelector {
-    /// Act inside this network namespace (`/run/netns/NAME`, as made by `ip netns add`),
-    /// for example a container's; default: faultline's own.
+    /// Act inside this network namespace (`/run/netns/NAME`, as made by `ip netns add`);
+    /// default: faultline's own.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub netns: Option<Sp<String>>,
+    /// Act inside this container's network namespace (its `eth0`, so only its traffic): a
+    /// name, an ID of 12 or more characters, or a label as `key=value` that one running
+    /// container has. Asked of the runtime's API when the fault is prepared.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub container: Option<Sp<String>>,
+    /// The runtime to ask about `container`: `docker` or `podman`; default: the first whose
+    /// API socket exists.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub runtime: Option<Sp<crate::sys::container::Runtime>>,
     /// Interfaces; default: every interface (filters) or every non-loopback interface (shaping).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub interfaces: Vec<Sp<String>>,

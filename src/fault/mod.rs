@@ -369,8 +369,12 @@ impl FaultError {
     /// A target that could not be resolved, classified by why (a container the runtime does
     /// not know has no processes; its API out of reach is a permission or this host's lack).
     pub(crate) fn unresolved(context: String, error: &crate::sys::proc::SelectError) -> FaultError {
-        let message = format!("{context}{error}");
-        match error.cause() {
+        FaultError::of_cause(error.cause(), format!("{context}{error}"))
+    }
+
+    /// The error a `sys` failure of this cause is.
+    pub(crate) fn of_cause(cause: crate::sys::Cause, message: String) -> FaultError {
+        match cause {
             crate::sys::Cause::Gone => FaultError::NoTarget(message),
             crate::sys::Cause::Permission => FaultError::Permission(message),
             crate::sys::Cause::Unsupported => FaultError::Unsupported(message),
@@ -443,7 +447,7 @@ pub struct BuildContext<'a> {
     /// The target, when it is a process target.
     pub process: Option<&'a crate::sys::proc::CompiledSelector>,
     /// The target, when it is a network target.
-    pub network: Option<&'a crate::net::NetworkTarget>,
+    pub network: Option<&'a crate::fault::network::NetworkTarget>,
     pub protected: &'a [crate::net::Protected],
     pub shared: &'a RunShared,
 }

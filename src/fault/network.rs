@@ -20,7 +20,8 @@ use crate::experiment::{Diagnostic, Sp};
 use crate::fault::summary::dur;
 pub use crate::host::DelayBackend;
 use crate::host::{DelayRoute, HostCaps};
-use crate::net::{Endpoint, IpNet, NetworkTarget, Protected, Traffic};
+use crate::net::{Direction, Endpoint, IpNet, Netns, PortRange, Protected, Protocol, Traffic};
+use crate::sys::container::Runtime;
 use crate::sys::delayer::{self, DelaySpec, Delayer};
 use crate::sys::iptables::{Action, CreatedTables, RuleSet};
 use crate::sys::tc::legacy::LegacyTcInstall;
@@ -422,7 +423,7 @@ pub enum NetStep {
     /// revert is then a no-op.
     Delayer {
         queue: u16,
-        netns: Option<String>,
+        netns: Option<Netns>,
         spec: DelaySpec,
     },
     /// iptables chains and rules, jumped to from INPUT/OUTPUT.
@@ -455,6 +456,16 @@ pub fn shared_structure(steps: &[NetStep]) -> Option<&'static str> {
 }
 
 impl NetStep {
+    /// The network namespace the step acts in; `None` = faultline's own.
+    fn netns(&self) -> Option<&Netns> {
+        match self {
+            NetStep::Delayer { netns, .. } => netns.as_ref(),
+            NetStep::Iptables { rules } => rules.netns.as_ref(),
+            NetStep::TcTree { install } => install.netns.as_ref(),
+            NetStep::Tc { install } => install.netns.as_ref(),
+        }
+    }
+
     fn describe(&self) -> String {
         match self {
             NetStep::Delayer { queue, .. } => format!("NFQUEUE delayer on queue {queue}"),
@@ -476,7 +487,7 @@ impl NetStep {
             NetStep::Delayer { queue, netns, spec } => Ok(Some(delayer::start(
                 *queue,
                 spec.clone(),
-                netns.as_deref(),
+                netns.as_ref(),
                 EXPECTED_PPS,
             )?)),
             NetStep::Iptables { rules } => Ok(rules.apply().map(|()| None)?),
@@ -520,6 +531,26 @@ impl NetStep {
 /// Undo every step, newest first; every step is attempted even when one fails. `delayers`
 /// are what this process started for them (none after a crash).
 pub fn revert_steps(steps: &[NetStep], mut delayers: Vec<Delayer>) -> Result<Reverted, FaultError> {
+    // A namespace that is gone (its container stopped or was recreated, or `ip netns del`)
+    // took every rule, qdisc and device the fault put in it: there is nothing left to
+    // remove, and whatever now has the container's name is not touched.
+    if let Some((namespace, why)) = steps.iter().find_map(|step| {
+        let namespace = step.netns()?;
+        crate::sys::netns::open(namespace)
+            .err()
+            .filter(|e| e.kind() == std::io::ErrorKind::NotFound)
+            .map(|e| (namespace, e))
+    }) {
+        for delayer in delayers {
+            delayer.stop();
+        }
+        return Ok(Reverted {
+            summary: format!(
+                "nothing to remove: network namespace {namespace} is gone ({why}), and the fault went with it"
+            ),
+            details: serde_json::json!([{ "namespace_gone": namespace.to_string(), "why": why.to_string() }]),
+        });
+    }
     let mut achieved = Vec::new();
     let mut failures = Vec::new();
     let mut steered = None;
@@ -631,7 +662,7 @@ impl NetworkFault {
                 self.target
             )));
         };
-        let traffic = resolve(selector, &self.protected).map_err(FaultError::Failed)?;
+        let traffic = resolve(selector, &self.protected)?;
         let id = short_id();
         let (steps, backend) = match action {
             NetworkAction::Partition { reject } => {
@@ -696,7 +727,7 @@ impl NetworkFault {
                     (vec![netem_step(&traffic, &spec, trees)?], "netem")
                 } else {
                     let netns = traffic.netns.clone();
-                    let queue = delayer::free_queue_number(netns.as_deref())
+                    let queue = delayer::free_queue_number(netns.as_ref())
                         .map_err(|e| FaultError::Failed(format!("no free NFQUEUE number: {e}")))?;
                     let spec = DelaySpec {
                         delay: *delay,
@@ -814,14 +845,52 @@ fn iptables_step(
     Ok(NetStep::Iptables { rules })
 }
 
-/// Look up the target's host names: the traffic a backend acts on.
-pub fn resolve(target: &NetworkTarget, protected: &[Protected]) -> Result<Traffic, String> {
-    let addresses = |entries: &[Endpoint]| -> Result<Vec<IpNet>, String> {
+/// A network target as the plan holds it: everything parsed, defaults filled in; only host
+/// names are left to look up and a container's namespace (see [`Traffic`], what it becomes then).
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct NetworkTarget {
+    /// A namespace `ip netns` named (`container` is looked up when the fault is prepared).
+    pub netns: Option<Netns>,
+    /// The container whose network namespace the fault acts in.
+    pub container: Option<ContainerRef>,
+    pub interfaces: Vec<String>,
+    pub direction: Direction,
+    pub protocol: Protocol,
+    pub remote: Vec<Endpoint>,
+    pub local: Vec<Endpoint>,
+    pub remote_ports: Vec<PortRange>,
+    pub local_ports: Vec<PortRange>,
+    pub cgroup: Option<String>,
+    /// Leave the operator's SSH session and the probes' endpoints alone.
+    pub lockout_protection: bool,
+}
+
+/// A container as a network target names it: a name, an ID of 12 or more characters, or a
+/// label as `key=value` that one running container has.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct ContainerRef {
+    pub reference: String,
+    pub runtime: Option<Runtime>,
+}
+
+/// Look up the target's host names, and its container's network namespace: the traffic a
+/// backend acts on.
+pub fn resolve(target: &NetworkTarget, protected: &[Protected]) -> Result<Traffic, FaultError> {
+    let netns = match &target.container {
+        Some(container) => Some(container_netns(container)?),
+        None => target.netns.clone(),
+    };
+    let addresses = |entries: &[Endpoint]| -> Result<Vec<IpNet>, FaultError> {
         let mut nets = Vec::new();
         for entry in entries {
             match entry {
                 Endpoint::Net(net) => nets.push(*net),
-                Endpoint::Host(host) => nets.extend(lookup(host)?.into_iter().map(IpNet::host)),
+                Endpoint::Host(host) => nets.extend(
+                    lookup(host)
+                        .map_err(FaultError::Failed)?
+                        .into_iter()
+                        .map(IpNet::host),
+                ),
             }
         }
         nets.sort_by_key(|n| (n.addr, n.prefix));
@@ -829,7 +898,7 @@ pub fn resolve(target: &NetworkTarget, protected: &[Protected]) -> Result<Traffi
         Ok(nets)
     };
     Ok(Traffic {
-        netns: target.netns.clone(),
+        netns,
         interfaces: target.interfaces.clone(),
         direction: target.direction,
         protocol: target.protocol,
@@ -844,6 +913,52 @@ pub fn resolve(target: &NetworkTarget, protected: &[Protected]) -> Result<Traffi
             Vec::new()
         },
     })
+}
+
+/// The network namespace of the one running container `container` names, pinned to its main
+/// process. A container on the host's network (`--network host`) is refused: its namespace
+/// is the host's, and a fault there would hit every service on the host.
+fn container_netns(container: &ContainerRef) -> Result<Netns, FaultError> {
+    let context = |message: String| format!("container `{}`: {message}", container.reference);
+    let found = crate::sys::container::find(&container.reference, container.runtime)
+        .map_err(|e| FaultError::of_cause(e.cause(), context(e.to_string())))?;
+    let running: Vec<_> = found.iter().filter(|c| c.running && c.pid != 0).collect();
+    let one = match running.as_slice() {
+        [one] => *one,
+        [] => {
+            return Err(FaultError::NoTarget(context(
+                "no running container (a network fault needs its namespace)".into(),
+            )));
+        }
+        many => {
+            let names: Vec<&str> = many.iter().map(|c| c.name.as_str()).collect();
+            return Err(FaultError::Failed(context(format!(
+                "{} running containers match ({}); a network fault acts in one namespace: name one container",
+                many.len(),
+                names.join(", ")
+            ))));
+        }
+    };
+    let owner = format!(
+        "{} container {} ({})",
+        one.runtime.as_str(),
+        one.name,
+        one.short_id()
+    );
+    let netns = crate::sys::netns::of_process(one.pid, &owner).map_err(|e| {
+        FaultError::NoTarget(context(format!(
+            "its process {} is gone ({e}); did it just stop?",
+            one.pid
+        )))
+    })?;
+    if let (Netns::Process(process), Ok(own)) = (&netns, crate::sys::netns::own_inode())
+        && process.inode == own
+    {
+        return Err(FaultError::Unsupported(context(
+            "it shares the host's network namespace (`--network host`): a fault there would hit every service on the host; select its traffic by port or `cgroup` instead".into(),
+        )));
+    }
+    Ok(netns)
 }
 
 fn lookup(host: &str) -> Result<Vec<IpAddr>, String> {

@@ -272,6 +272,34 @@ fn is_container_reference(reference: &str) -> bool {
 }
 
 impl<'a> Checker<'a> {
+    /// Check a target's `container` (a reference Docker or Podman could resolve) and that a
+    /// `runtime` comes with one.
+    fn container_reference(
+        &mut self,
+        container: Option<&Sp<String>>,
+        runtime: Option<&Sp<crate::sys::container::Runtime>>,
+        owner: &str,
+    ) {
+        if let Some(container) = container
+            && !is_container_reference(container)
+        {
+            self.report(
+                Diagnostic::at(
+                    container.pos,
+                    format!("{owner}: `{}` is not a container reference", crate::experiment::diagnostic::visible(container)),
+                    "not a container",
+                )
+                .with_hint("give a container's name or its ID as `docker ps` shows it (`web-1`, `4f1c2d3e4f5a`), or a label as `key=value`"),
+            );
+        }
+        if let (Some(runtime), None) = (runtime, container) {
+            self.report(
+                Diagnostic::at(runtime.pos, format!("{owner} has `runtime` but no `container`"), "not used")
+                    .with_hint("`runtime` says which API to ask about `container`; add `container:` or remove `runtime`"),
+            );
+        }
+    }
+
     /// The experiment, borrowed for `'a` rather than for as long as `self` is.
     fn exp(&self) -> &'a Experiment {
         self.experiment
@@ -438,24 +466,11 @@ impl<'a> Checker<'a> {
                     .with_hint("add at least one filter: `pid`, `pidfile`, `name`, `cmdline`, `cgroup`, `container` or `uid`"),
             );
         }
-        if let Some(container) = &selector.container
-            && !is_container_reference(container)
-        {
-            self.report(
-                Diagnostic::at(
-                    container.pos,
-                    format!("{owner}: `{}` is not a container reference", crate::experiment::diagnostic::visible(container)),
-                    "not a container",
-                )
-                .with_hint("give a container's name or its ID as `docker ps` shows it (`web-1`, `4f1c2d3e4f5a`), or a label as `key=value`"),
-            );
-        }
-        if let (Some(runtime), None) = (&selector.runtime, &selector.container) {
-            self.report(
-                Diagnostic::at(runtime.pos, format!("{owner} has `runtime` but no `container`"), "not used")
-                    .with_hint("`runtime` says which API to ask about `container`; add `container:` or remove `runtime`"),
-            );
-        }
+        self.container_reference(
+            selector.container.as_ref(),
+            selector.runtime.as_ref(),
+            owner,
+        );
         if let Some(cgroup) = &selector.cgroup
             && (!cgroup.starts_with('/')
                 || cgroup.split('/').any(|part| part == ".." || part == ".")

@@ -10,7 +10,8 @@ use serde::Serialize;
 
 use crate::experiment::model::{Experiment, FaultKind, NoData};
 use crate::experiment::{Diagnostics, Overrides, Source};
-use crate::net::{NetworkTarget, Protected};
+use crate::fault::network::NetworkTarget;
+use crate::net::Protected;
 use crate::sys::proc::CompiledSelector;
 
 pub mod compile;

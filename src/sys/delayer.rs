@@ -19,6 +19,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
+use super::netns::Netns;
 use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
 use serde::{Deserialize, Serialize};
@@ -131,11 +132,10 @@ pub struct DelayStats {
 pub enum DelayerError {
     #[error("invalid delay: {0}")]
     InvalidSpec(String),
-    #[error(
-        "cannot enter network namespace `{name}` (/run/netns/{name}): {source}; check `ip netns list`"
-    )]
+    #[error("cannot enter network namespace {name} ({location}): {source}")]
     Namespace {
         name: String,
+        location: String,
         #[source]
         source: io::Error,
     },
@@ -169,7 +169,7 @@ impl DelayerError {
 /// A queue number in [`QUEUE_RANGE`] that no socket in `netns` has bound (a running delayer
 /// has bound its own). Successive calls return different numbers, so two faults planned back
 /// to back do not pick the same one before either binds it.
-pub fn free_queue_number(netns: Option<&str>) -> io::Result<u16> {
+pub fn free_queue_number(netns: Option<&Netns>) -> io::Result<u16> {
     let table = match netns {
         None => read_queue_table(),
         Some(name) => super::netns::run_in(name, read_queue_table)?,
@@ -195,7 +195,7 @@ pub fn free_queue_number(netns: Option<&str>) -> io::Result<u16> {
 pub fn start(
     queue: u16,
     spec: DelaySpec,
-    netns: Option<&str>,
+    netns: Option<&Netns>,
     expected_pps: u32,
 ) -> Result<Delayer, DelayerError> {
     start_tuned(queue, spec, netns, expected_pps, Tuning::default())
@@ -207,15 +207,16 @@ pub fn start(
 pub fn start_tuned(
     queue: u16,
     spec: DelaySpec,
-    netns: Option<&str>,
+    netns: Option<&Netns>,
     expected_pps: u32,
     tuning: Tuning,
 ) -> Result<Delayer, DelayerError> {
     validate(&spec)?;
     let ns_file = netns
         .map(|name| {
-            File::open(super::netns::path(name)).map_err(|source| DelayerError::Namespace {
+            super::netns::open(name).map_err(|source| DelayerError::Namespace {
                 name: name.to_string(),
+                location: name.location(),
                 source,
             })
         })
@@ -226,7 +227,7 @@ pub fn start_tuned(
     let shared = Arc::new(Shared::new(queue, maxlen, tuning.spin));
     let stop = Arc::new(AtomicBool::new(false));
     let (ready_tx, ready_rx) = std::sync::mpsc::sync_channel(1);
-    let netns_name = netns.map(str::to_string);
+    let netns_name = netns.cloned();
     let thread = {
         let (shared, stop, wake) = (shared.clone(), stop.clone(), wake.clone());
         std::thread::Builder::new()
@@ -236,7 +237,8 @@ pub fn start_tuned(
                     if let (Some(ns), Some(name)) = (ns_file, netns_name) {
                         nix::sched::setns(ns, nix::sched::CloneFlags::CLONE_NEWNET).map_err(
                             |e| DelayerError::Namespace {
-                                name,
+                                name: name.to_string(),
+                                location: name.location(),
                                 source: e.into(),
                             },
                         )?;
@@ -1402,7 +1404,8 @@ mod tests {
         tuning: Tuning,
         n: usize,
     ) -> (Vec<f64>, DelayStats) {
-        let delayer = start_tuned(queue, spec, Some(&net.b), 1000, tuning).expect("start delayer");
+        let delayer = start_tuned(queue, spec, Some(&Netns::from(&net.b)), 1000, tuning)
+            .expect("start delayer");
         let r = rtts(net, server.tcp, 4, n / 4, Duration::from_millis(10));
         let live = delayer.stats();
         drop(delayer);
@@ -1416,7 +1419,7 @@ mod tests {
         let server = EchoServer::start(&net);
         let base = rtts(&net, server.tcp, 2, 50, Duration::from_millis(10));
         let base_p50 = pct(&base, 0.5);
-        let queue = free_queue_number(Some(&net.b)).unwrap();
+        let queue = free_queue_number(Some(&Netns::from(&net.b))).unwrap();
         queue_rule(&net.b, "tcp", server.tcp.port(), queue);
         // The delayer's own figures are tight; the round trips, which steal time on this
         // shared VM also delays (p99 +14 ms seen), get bounds only a wrong delay exceeds. The
@@ -1455,7 +1458,7 @@ mod tests {
         let _serial = serial();
         let net = TestNet::new().expect("test net (needs root)");
         let server = EchoServer::start(&net);
-        let queue = free_queue_number(Some(&net.b)).unwrap();
+        let queue = free_queue_number(Some(&Netns::from(&net.b))).unwrap();
         queue_rule(&net.b, "tcp", server.tcp.port(), queue);
         for (distribution, expected_sd) in [
             (Distribution::Uniform, 20.0 / 3f64.sqrt()),
@@ -1554,13 +1557,13 @@ mod tests {
             UdpSocket::bind(format!("{ip_a}:0")).unwrap()
         })
         .unwrap();
-        let queue = free_queue_number(Some(&net.b)).unwrap();
+        let queue = free_queue_number(Some(&Netns::from(&net.b))).unwrap();
         // Each trial's rule, on its own port, goes with the test's namespace.
         queue_rule(&net.b, "udp", to.port(), queue);
         let delayer = start(
             queue,
             spec(5, 0, Distribution::Uniform),
-            Some(&net.b),
+            Some(&Netns::from(&net.b)),
             (RATE_PER_MS * 1000) as u32,
         )
         .unwrap();
@@ -1593,12 +1596,12 @@ mod tests {
         let _serial = serial();
         let net = TestNet::new().expect("test net (needs root)");
         let server = EchoServer::start(&net);
-        let queue = free_queue_number(Some(&net.b)).unwrap();
+        let queue = free_queue_number(Some(&Netns::from(&net.b))).unwrap();
         queue_rule(&net.b, "udp", server.udp.port(), queue);
         let delayer = start(
             queue,
             spec(2000, 0, Distribution::Uniform),
-            Some(&net.b),
+            Some(&Netns::from(&net.b)),
             100,
         )
         .unwrap();
@@ -1651,10 +1654,10 @@ mod tests {
         let _serial = serial();
         let net = TestNet::new().expect("test net (needs root)");
         let server = EchoServer::start(&net);
-        let queue = free_queue_number(Some(&net.b)).unwrap();
+        let queue = free_queue_number(Some(&Netns::from(&net.b))).unwrap();
         queue_rule(&net.b, "udp", server.udp.port(), queue);
         let spec = spec(10_000, 0, Distribution::Uniform);
-        let delayer = start(queue, spec, Some(&net.b), n / 5).unwrap();
+        let delayer = start(queue, spec, Some(&Netns::from(&net.b)), n / 5).unwrap();
         let to = server.udp;
         let sent = run_in(&net.a, move || {
             let s = UdpSocket::bind("0.0.0.0:0").unwrap();
@@ -1691,14 +1694,23 @@ mod tests {
     fn free_queue_number_skips_a_bound_queue_and_busy_queues_are_named() {
         let _serial = serial();
         let net = TestNet::new().expect("test net (needs root)");
-        let taken = free_queue_number(Some(&net.b)).unwrap();
+        let taken = free_queue_number(Some(&Netns::from(&net.b))).unwrap();
         let holder = run_in(&net.b, move || NfQueue::bind(taken, 1024))
             .unwrap()
             .unwrap();
         for _ in 0..QUEUE_RANGE.len() + 10 {
-            assert_ne!(free_queue_number(Some(&net.b)).unwrap(), taken);
+            assert_ne!(
+                free_queue_number(Some(&Netns::from(&net.b))).unwrap(),
+                taken
+            );
         }
-        let err = start(taken, spec(10, 0, Distribution::Uniform), Some(&net.b), 10).unwrap_err();
+        let err = start(
+            taken,
+            spec(10, 0, Distribution::Uniform),
+            Some(&Netns::from(&net.b)),
+            10,
+        )
+        .unwrap_err();
         assert!(
             matches!(err, DelayerError::Queue(NfqError::QueueInUse(q)) if q == taken),
             "{err}"
@@ -1708,7 +1720,7 @@ mod tests {
             "{err}"
         );
         // Another namespace has its own queues: the same number is free there.
-        let other = free_queue_number(Some(&net.a)).unwrap();
+        let other = free_queue_number(Some(&Netns::from(&net.a))).unwrap();
         let free_there = run_in(&net.a, move || NfQueue::bind(taken, 1024).is_ok()).unwrap();
         assert!(
             free_there,
@@ -1723,7 +1735,7 @@ mod tests {
         let _serial = serial();
         let net = TestNet::new().expect("test net (needs root)");
         let server = EchoServer::start(&net);
-        let queue = free_queue_number(Some(&net.b)).unwrap();
+        let queue = free_queue_number(Some(&Netns::from(&net.b))).unwrap();
         queue_rule(&net.b, "tcp", server.tcp.port(), queue);
         let r = rtts(&net, server.tcp, 1, 10, Duration::from_millis(5));
         assert_eq!(r.len(), 10);
@@ -1769,7 +1781,7 @@ mod measure {
             "baseline paced RTT mean {base_mean:.3} p50 {base_p50:.3} p99 {:.3}",
             pct(&base, 0.99)
         );
-        let queue = free_queue_number(Some(&net.b)).unwrap();
+        let queue = free_queue_number(Some(&Netns::from(&net.b))).unwrap();
         queue_rule(&net.b, "tcp", server.tcp.port(), queue);
         println!("spin_us target  mean_err p50_err p99_err max_err | late_p50 late_p99 (ms)");
         for spin_us in [0u64, 200, 400] {

@@ -21,7 +21,7 @@ use serde::{Deserialize, Serialize};
 pub use crate::net::Family;
 use crate::net::{IpNet, PortRange, Protocol, Traffic};
 use crate::sys::Cause;
-use crate::sys::netns;
+use crate::sys::netns::{self, Netns};
 use crate::sys::tool::{self, Call, ToolError};
 
 /// The prefix of every chain faultline creates; `leftovers` looks for it.
@@ -46,8 +46,8 @@ pub enum IptablesError {
         binary: String,
         package: &'static str,
     },
-    #[error("network namespace `{0}` does not exist (no /run/netns/{0}); create it or fix `netns`")]
-    NoNamespace(String),
+    #[error("network namespace {0} does not exist (no {location}); create it or fix `netns`", location = .0.location())]
+    NoNamespace(Netns),
     #[error("could not run `{command}`: {source}")]
     Spawn {
         command: String,
@@ -192,17 +192,17 @@ pub struct TableRef {
 
 /// The tables iptables-nft created for a run's rule sets, by namespace and family.
 #[derive(Default)]
-pub struct CreatedTables(Mutex<HashSet<(Option<String>, Family, String)>>);
+pub struct CreatedTables(Mutex<HashSet<(Option<Netns>, Family, String)>>);
 
 impl CreatedTables {
-    fn contains(&self, key: &(Option<String>, Family, String)) -> bool {
+    fn contains(&self, key: &(Option<Netns>, Family, String)) -> bool {
         self.0
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .contains(key)
     }
 
-    fn insert(&self, key: (Option<String>, Family, String)) {
+    fn insert(&self, key: (Option<Netns>, Family, String)) {
         self.0.lock().unwrap_or_else(|p| p.into_inner()).insert(key);
     }
 }
@@ -210,7 +210,7 @@ impl CreatedTables {
 /// Everything one fault creates in iptables, and where.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct RuleSet {
-    pub netns: Option<String>,
+    pub netns: Option<Netns>,
     pub variant: Variant,
     pub chains: Vec<OwnedChain>,
     /// Only for the nft variant; legacy tables cannot be deleted once a namespace has them.
@@ -342,12 +342,12 @@ impl RuleSet {
     ) -> Result<RuleSet, IptablesError> {
         let variant = match variant {
             Some(v) => v,
-            None => detect(traffic.netns.as_deref())?,
+            None => detect(traffic.netns.as_ref())?,
         };
         let mut set = RuleSet::build(traffic, action, id, variant)?;
         if variant == Variant::Nft {
             for family in set.families() {
-                let saved = parse_save(&run_save(set.netns.as_deref(), variant, family)?);
+                let saved = parse_save(&run_save(set.netns.as_ref(), variant, family)?);
                 let table = saved.iter().find(|t| t.name == TABLE);
                 let key = (set.netns.clone(), family, TABLE.to_string());
                 let ours = match table {
@@ -695,7 +695,7 @@ fn package_of(binary: &str) -> &'static str {
 /// said, failed or not.
 fn run_call(call: Call) -> Result<tool::Output, IptablesError> {
     if let Some(name) = &call.netns
-        && !netns::path(name).exists()
+        && !netns::exists(name)
     {
         return Err(IptablesError::NoNamespace(name.clone()));
     }
@@ -711,14 +711,18 @@ fn run_call(call: Call) -> Result<tool::Output, IptablesError> {
     })
 }
 
-fn run(netns: Option<&str>, program: &str, args: &[String]) -> Result<tool::Output, IptablesError> {
+fn run(
+    netns: Option<&Netns>,
+    program: &str,
+    args: &[String],
+) -> Result<tool::Output, IptablesError> {
     run_call(Call::new(program, args).in_netns(netns))
 }
 
 /// Run `program args` (inside `netns` if given) with `input` on its standard input; an error
 /// unless it succeeds.
 fn run_with_input(
-    netns: Option<&str>,
+    netns: Option<&Netns>,
     program: &str,
     args: &[String],
     input: &str,
@@ -733,7 +737,7 @@ fn run_with_input(
     }
 }
 
-fn run_ok(netns: Option<&str>, program: &str, args: &[String]) -> Result<String, IptablesError> {
+fn run_ok(netns: Option<&Netns>, program: &str, args: &[String]) -> Result<String, IptablesError> {
     let out = run(netns, program, args)?;
     if out.success {
         Ok(out.stdout)
@@ -772,7 +776,7 @@ impl IptablesError {
 }
 
 fn run_save(
-    netns: Option<&str>,
+    netns: Option<&Netns>,
     variant: Variant,
     family: Family,
 ) -> Result<String, IptablesError> {
@@ -882,12 +886,12 @@ fn chain_and_target(rule: &str) -> (String, Option<String>) {
 /// rules someone added with `nft`), finds in `table` only the chains `ours` and base chains
 /// whose rules all jump into them. Anything else, or a listing that fails: `false`, and the
 /// table is kept.
-fn nft_table_holds_only(netns: Option<&str>, family: Family, table: &str, ours: &[&str]) -> bool {
+fn nft_table_holds_only(netns: Option<&Netns>, family: Family, table: &str, ours: &[&str]) -> bool {
     nft_listing(netns, family, table).is_some_and(|text| nft_listing_holds_only(&text, ours))
 }
 
 /// `nft list table FAMILY TABLE`, `None` when it failed.
-fn nft_listing(netns: Option<&str>, family: Family, table: &str) -> Option<String> {
+fn nft_listing(netns: Option<&Netns>, family: Family, table: &str) -> Option<String> {
     let args = strings(&["list", "table", family.nft_name(), table]);
     run_ok(netns, "nft", &args).ok()
 }
@@ -905,7 +909,7 @@ impl Listings {
     /// The listing taken of `table` before the removal, else a fresh one.
     fn nft_table_holds_only(
         &self,
-        netns: Option<&str>,
+        netns: Option<&Netns>,
         family: Family,
         table: &str,
         ours: &[&str],
@@ -989,7 +993,7 @@ fn removal_script(saved: &[SavedTable], chains: &[&OwnedChain]) -> Option<String
 
 /// Which variant to use in `netns`: legacy if it holds rules there and nft holds none,
 /// otherwise nft (Debian's default `iptables` alternative). Reads only.
-pub fn detect(netns: Option<&str>) -> Result<Variant, IptablesError> {
+pub fn detect(netns: Option<&Netns>) -> Result<Variant, IptablesError> {
     let installed = |v: Variant| tool::find_binary(&v.save_binary(Family::V4)).is_some();
     match (installed(Variant::Nft), installed(Variant::Legacy)) {
         (false, false) => {
@@ -1023,7 +1027,7 @@ pub fn detect(netns: Option<&str>) -> Result<Variant, IptablesError> {
 /// `iptables-save` of one variant and family without comments and counters, so two
 /// snapshots compare equal exactly when the rules are the same.
 pub fn save(
-    netns: Option<&str>,
+    netns: Option<&Netns>,
     variant: Variant,
     family: Family,
 ) -> Result<String, IptablesError> {
@@ -1047,7 +1051,7 @@ fn normalise_save(text: &str) -> String {
 /// Every FAULTLINE chain and jump in `netns`, in any variant and family, as
 /// `iptables-nft -t filter: -A INPUT -j FAULTLINE-x-IN`. Tools that are missing or fail
 /// are skipped: this feeds `doctor` and `status`, which must not fail on a partial host.
-pub fn leftovers(netns: Option<&str>) -> Vec<String> {
+pub fn leftovers(netns: Option<&Netns>) -> Vec<String> {
     let mut found = Vec::new();
     for variant in [Variant::Nft, Variant::Legacy] {
         for family in Family::BOTH {
@@ -1119,7 +1123,7 @@ static NEXT_TICKET: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64:
 
 /// Tests only: each batch removed, as (namespace, how many sets).
 #[cfg(test)]
-static BATCHES: Mutex<Vec<(Option<String>, usize)>> = Mutex::new(Vec::new());
+static BATCHES: Mutex<Vec<(Option<Netns>, usize)>> = Mutex::new(Vec::new());
 
 fn waiting() -> std::sync::MutexGuard<'static, Vec<Waiting>> {
     WAITING.lock().unwrap_or_else(|p| p.into_inner())
@@ -1154,7 +1158,7 @@ fn remove_listed(sets: &[&RuleSet], listings: &Listings) -> Vec<Removal> {
             }
         }
     }
-    let netns = merged.netns.as_deref();
+    let netns = merged.netns.as_ref();
     #[cfg(test)]
     BATCHES
         .lock()
@@ -1243,7 +1247,7 @@ impl RuleSet {
     }
 
     fn create(&self) -> Result<(), IptablesError> {
-        let netns = self.netns.as_deref();
+        let netns = self.netns.as_ref();
         for chain in &self.chains {
             let binary = self.binary(chain);
             run_ok(netns, &binary, &table_args(chain, &["-N", &chain.name]))?;
@@ -1291,9 +1295,9 @@ impl RuleSet {
             // Another removal took this one with its own.
             return removed;
         }
-        let netns = self.netns.as_deref();
+        let netns = self.netns.as_ref();
         if let Some(name) = netns
-            && !netns::path(name).exists()
+            && !netns::exists(name)
         {
             // The namespace, and everything in it, is gone.
             take_waiting(|w| w.ticket == ticket);
@@ -1327,9 +1331,9 @@ impl RuleSet {
     }
 
     fn remove_unlocked(&self) -> Removal {
-        let netns = self.netns.as_deref();
+        let netns = self.netns.as_ref();
         if let Some(name) = netns
-            && !netns::path(name).exists()
+            && !netns::exists(name)
         {
             return Ok(None);
         }
@@ -1341,7 +1345,7 @@ impl RuleSet {
     /// The counted listings, and on nft the listing of each table the run created, side by
     /// side.
     fn removal_listings(&self) -> Result<Listings, IptablesError> {
-        let netns = self.netns.as_deref();
+        let netns = self.netns.as_ref();
         let runner = tool::current();
         let created: &[TableRef] = if self.variant == Variant::Nft {
             &self.created_tables
@@ -1375,7 +1379,7 @@ impl RuleSet {
 
     /// `*-save -c` of each family this set has chains in: what a removal starts from.
     fn counted_listings(&self) -> Result<Vec<(Family, String)>, IptablesError> {
-        let netns = self.netns.as_deref();
+        let netns = self.netns.as_ref();
         self.families()
             .into_iter()
             .map(|family| {
@@ -1423,7 +1427,7 @@ impl RuleSet {
                 || foreign_rule
                 || foreign_chain
                 || !listings.nft_table_holds_only(
-                    self.netns.as_deref(),
+                    self.netns.as_ref(),
                     family,
                     &created.table,
                     &ours,
@@ -1432,7 +1436,7 @@ impl RuleSet {
                 continue;
             }
             let args = strings(&["delete", "table", family.nft_name(), &created.table]);
-            if run_ok(self.netns.as_deref(), "nft", &args).is_ok() {
+            if run_ok(self.netns.as_ref(), "nft", &args).is_ok() {
                 deleted.push(created.table.clone());
             }
         }
@@ -1441,7 +1445,7 @@ impl RuleSet {
 
     /// Best effort: failures show up in the verification that follows.
     fn delete_chain(&self, chain: &OwnedChain) {
-        let netns = self.netns.as_deref();
+        let netns = self.netns.as_ref();
         let binary = self.binary(chain);
         for jump in &chain.jumps {
             let hook = jump.hook.to_string();
@@ -1484,7 +1488,7 @@ impl RuleSet {
         if self.variant != Variant::Nft {
             return Ok(());
         }
-        let netns = self.netns.as_deref();
+        let netns = self.netns.as_ref();
         for created in &self.created_tables {
             let listed;
             let saved = match now.iter().find(|(family, _)| *family == created.family) {
@@ -2180,7 +2184,7 @@ mod tests {
 
         fn traffic_in(ns: &str, direction: Direction) -> Traffic {
             let mut t = any_traffic(direction);
-            t.netns = Some(ns.to_string());
+            t.netns = Some(ns.into());
             t
         }
 
@@ -2254,7 +2258,7 @@ mod tests {
             assert_eq!(counted.action.packets, 20, "{counted:?}");
 
             assert_eq!(connects(&net.a, server.addr, 20), all_ok(20));
-            assert_eq!(leftovers(Some(&net.b)), Vec::<String>::new());
+            assert_eq!(leftovers(Some(&Netns::from(&net.b))), Vec::<String>::new());
         }
 
         #[test]
@@ -2408,8 +2412,8 @@ mod tests {
 
         fn snapshot(ns: &str, variant: Variant) -> (String, String) {
             (
-                save(Some(ns), variant, Family::V4).unwrap(),
-                save(Some(ns), variant, Family::V6).unwrap(),
+                save(Some(&Netns::from(ns)), variant, Family::V4).unwrap(),
+                save(Some(&Netns::from(ns)), variant, Family::V6).unwrap(),
             )
         }
 
@@ -2430,7 +2434,7 @@ mod tests {
         fn survives_byte_for_byte(variant: Variant) {
             let net = TestNet::new().expect("create test net (needs root)");
             other_tools_rules(&net.b, variant);
-            assert_eq!(detect(Some(&net.b)).unwrap(), variant);
+            assert_eq!(detect(Some(&Netns::from(&net.b))).unwrap(), variant);
             let before = snapshot(&net.b, variant);
             assert!(
                 before.0.contains("-A OTHER-TOOL -s 192.0.2.1/32 -j DROP"),
@@ -2501,7 +2505,9 @@ mod tests {
                 "-j",
                 "ACCEPT",
             ];
-            let out = netns::command_in(&net.a, &theirs).output().unwrap();
+            let out = crate::sys::netns::command_in(&net.a, &theirs)
+                .output()
+                .unwrap();
             assert!(out.status.success(), "{out:?}");
             set.remove().unwrap();
             let (v4, _) = snapshot(&net.a, Variant::Nft);
@@ -2530,12 +2536,15 @@ mod tests {
                 ";",
                 "}",
             ];
-            let out = netns::command_in(&net.a, &native).output().unwrap();
-            assert!(out.status.success(), "{out:?}");
-            set.remove().unwrap();
-            let listed = netns::command_in(&net.a, &["nft", "list", "table", "ip", "filter"])
+            let out = crate::sys::netns::command_in(&net.a, &native)
                 .output()
                 .unwrap();
+            assert!(out.status.success(), "{out:?}");
+            set.remove().unwrap();
+            let listed =
+                crate::sys::netns::command_in(&net.a, &["nft", "list", "table", "ip", "filter"])
+                    .output()
+                    .unwrap();
             let listed = String::from_utf8_lossy(&listed.stdout);
             assert!(listed.contains("set blocked"), "the set stays: {listed}");
             assert!(!listed.contains("FAULTLINE"), "{listed}");
@@ -2550,7 +2559,7 @@ mod tests {
             for first_out_first in [true, false] {
                 let net = TestNet::new().expect("create test net (needs root)");
                 let nft_ruleset = || {
-                    let out = netns::command_in(&net.a, &["nft", "list", "ruleset"])
+                    let out = crate::sys::netns::command_in(&net.a, &["nft", "list", "ruleset"])
                         .output()
                         .unwrap();
                     String::from_utf8_lossy(&out.stdout).into_owned()
@@ -2626,7 +2635,7 @@ mod tests {
             let deadline = Instant::now() + Duration::from_secs(5);
             while waiting()
                 .iter()
-                .filter(|w| w.set.netns.as_deref() == Some(&net.a))
+                .filter(|w| w.set.netns.as_ref() == Some(&Netns::from(&net.a)))
                 .count()
                 < 3
             {
@@ -2644,12 +2653,12 @@ mod tests {
                 .lock()
                 .unwrap()
                 .iter()
-                .filter(|(ns, _)| ns.as_deref() == Some(&net.a))
+                .filter(|(ns, _)| *ns == Some(Netns::from(&net.a)))
                 .map(|(_, n)| *n)
                 .collect();
             assert_eq!(batches, [3], "one transaction for the three");
-            assert_eq!(leftovers(Some(&net.a)), Vec::<String>::new());
-            let out = netns::command_in(&net.a, &["nft", "list", "ruleset"])
+            assert_eq!(leftovers(Some(&Netns::from(&net.a))), Vec::<String>::new());
+            let out = crate::sys::netns::command_in(&net.a, &["nft", "list", "ruleset"])
                 .output()
                 .unwrap();
             assert_eq!(String::from_utf8_lossy(&out.stdout), "", "no table left");
@@ -2658,7 +2667,7 @@ mod tests {
         #[test]
         fn detect_follows_the_variant_that_holds_rules() {
             let net = TestNet::new().expect("create test net (needs root)");
-            assert_eq!(detect(Some(&net.a)).unwrap(), Variant::Nft);
+            assert_eq!(detect(Some(&Netns::from(&net.a))).unwrap(), Variant::Nft);
             must(
                 &net.a,
                 &[
@@ -2673,7 +2682,7 @@ mod tests {
                     "DROP",
                 ],
             );
-            assert_eq!(detect(Some(&net.a)).unwrap(), Variant::Legacy);
+            assert_eq!(detect(Some(&Netns::from(&net.a))).unwrap(), Variant::Legacy);
             must(
                 &net.a,
                 &[
@@ -2688,7 +2697,7 @@ mod tests {
                     "DROP",
                 ],
             );
-            assert_eq!(detect(Some(&net.a)).unwrap(), Variant::Nft);
+            assert_eq!(detect(Some(&Netns::from(&net.a))).unwrap(), Variant::Nft);
         }
 
         #[test]
@@ -2822,16 +2831,17 @@ mod tests {
             let set = RuleSet::plan(&t, Action::Drop, &unique_id("r"), None).unwrap();
             set.apply().unwrap();
             for family in set.families() {
-                let saved = parse_save(&run_save(Some(&net.b), set.variant, family).unwrap());
+                let saved =
+                    parse_save(&run_save(Some(&Netns::from(&net.b)), set.variant, family).unwrap());
                 let chains: Vec<&OwnedChain> =
                     set.chains.iter().filter(|c| c.family == family).collect();
                 let script = removal_script(&saved, &chains).expect("the chains are there");
                 let restore = set.variant.restore_binary(family);
                 let args = strings(&["-w", LOCK_WAIT_SECONDS, "--noflush"]);
-                run_with_input(Some(&net.b), &restore, &args, &script)
+                run_with_input(Some(&Netns::from(&net.b)), &restore, &args, &script)
                     .unwrap_or_else(|e| panic!("{e}\n{script}"));
             }
-            assert_eq!(leftovers(Some(&net.b)), Vec::<String>::new());
+            assert_eq!(leftovers(Some(&Netns::from(&net.b))), Vec::<String>::new());
             set.remove().unwrap();
         }
 
@@ -2841,7 +2851,7 @@ mod tests {
             let t = busy_fault(&net, &net.b);
             let set = RuleSet::plan(&t, Action::Drop, &unique_id("i"), None).unwrap();
             set.apply().unwrap();
-            assert!(!leftovers(Some(&net.b)).is_empty());
+            assert!(!leftovers(Some(&Netns::from(&net.b))).is_empty());
             // Someone deletes the v4 INPUT jump and flushes the chain by hand.
             let chain = &set.chains[0];
             assert_eq!(
@@ -2855,13 +2865,13 @@ mod tests {
             must(&net.b, &["iptables-nft", "-w", "5", "-F", &chain.name]);
             set.remove().unwrap();
             set.remove().unwrap();
-            assert_eq!(leftovers(Some(&net.b)), Vec::<String>::new());
+            assert_eq!(leftovers(Some(&Netns::from(&net.b))), Vec::<String>::new());
             // After the namespace itself is gone, there is nothing left to remove.
             let ns = net.b.clone();
             drop(net);
             assert!(
                 RuleSet {
-                    netns: Some(ns),
+                    netns: Some(ns.into()),
                     ..set
                 }
                 .remove()
@@ -2886,7 +2896,7 @@ mod tests {
             let err = set.apply().unwrap_err();
             assert!(matches!(err, IptablesError::Command { .. }), "{err}");
             eprintln!("kernel refused: {err}");
-            assert_eq!(leftovers(Some(&net.a)), Vec::<String>::new());
+            assert_eq!(leftovers(Some(&Netns::from(&net.a))), Vec::<String>::new());
             assert_eq!(
                 snapshot(&net.a, Variant::Nft),
                 (String::new(), String::new())

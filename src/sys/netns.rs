@@ -10,18 +10,71 @@ use std::path::PathBuf;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
+pub use crate::net::{Netns, ProcessNetns};
+
 /// The bind-mount `ip netns add NAME` creates.
 pub fn path(name: &str) -> PathBuf {
     PathBuf::from("/run/netns").join(name)
 }
 
-/// Run `f` on a new thread that has entered the network namespace `name`. Only that thread
-/// changes namespace; sockets it creates live in `name`.
+/// The namespace process `pid` is in now, pinned to it; `owner` says whose it is.
+pub fn of_process(pid: u32, owner: &str) -> std::io::Result<Netns> {
+    use std::os::unix::fs::MetadataExt;
+    let file = File::open(format!("/proc/{pid}/ns/net"))?;
+    let inode = file.metadata()?.ino();
+    let start_time = super::proc::start_time(pid)?;
+    Ok(Netns::Process(ProcessNetns {
+        pid,
+        start_time,
+        inode,
+        owner: owner.to_string(),
+    }))
+}
+
+/// The inode of this process's own network namespace.
+pub fn own_inode() -> std::io::Result<u64> {
+    use std::os::unix::fs::MetadataExt;
+    Ok(std::fs::metadata("/proc/self/ns/net")?.ino())
+}
+
+/// Open the namespace. A process namespace whose process has exited (or whose PID now
+/// belongs to another process), or that the process has left, is `NotFound`: whatever
+/// faultline put in it went with it.
+pub fn open(ns: &Netns) -> std::io::Result<File> {
+    match ns {
+        Netns::Named(name) => File::open(path(name)),
+        Netns::Process(process) => {
+            use std::os::unix::fs::MetadataExt;
+            let gone = |why: String| std::io::Error::new(std::io::ErrorKind::NotFound, why);
+            let file = File::open(format!("/proc/{}/ns/net", process.pid))
+                .map_err(|_| gone(format!("process {} has exited", process.pid)))?;
+            // The start time after the open: a match means the file is that process's.
+            if super::proc::start_time(process.pid).ok() != Some(process.start_time) {
+                return Err(gone(format!("process {} has exited", process.pid)));
+            }
+            if file.metadata()?.ino() != process.inode {
+                return Err(gone(format!(
+                    "process {} is no longer in net:[{}]",
+                    process.pid, process.inode
+                )));
+            }
+            Ok(file)
+        }
+    }
+}
+
+/// Whether the namespace still exists (see [`open`]).
+pub fn exists(ns: &Netns) -> bool {
+    open(ns).is_ok()
+}
+
+/// Run `f` on a new thread that has entered the network namespace `ns`. Only that thread
+/// changes namespace; sockets it creates live in `ns`.
 pub fn run_in<T: Send + 'static>(
-    name: &str,
+    ns: impl Into<Netns>,
     f: impl FnOnce() -> T + Send + 'static,
 ) -> std::io::Result<T> {
-    let ns = File::open(path(name))?;
+    let ns = open(&ns.into())?;
     std::thread::spawn(move || -> std::io::Result<T> {
         nix::sched::setns(ns.as_fd(), nix::sched::CloneFlags::CLONE_NEWNET)
             .map_err(std::io::Error::from)?;
@@ -32,21 +85,21 @@ pub fn run_in<T: Send + 'static>(
 }
 
 /// A command that runs inside the namespace (argv only; see [`enter`]).
-pub fn command_in(name: &str, argv: &[&str]) -> Command {
+pub fn command_in(ns: impl Into<Netns>, argv: &[&str]) -> Command {
     let mut cmd = Command::new(argv[0]);
     cmd.args(&argv[1..]);
-    enter(&mut cmd, name);
+    enter(&mut cmd, &ns.into());
     cmd
 }
 
-/// Make `cmd` start inside network namespace `name`: the child joins it with setns(2)
+/// Make `cmd` start inside network namespace `ns`: the child joins it with setns(2)
 /// between fork and exec. Like `nsenter --net=`, it leaves /sys (and so cgroupfs) alone, and
 /// it saves nsenter's own exec on every tool call of a revert. A namespace that cannot be
 /// opened makes the spawn fail with that error.
-pub fn enter(cmd: &mut Command, name: &str) {
+pub fn enter(cmd: &mut Command, ns: &Netns) {
     use std::os::fd::{AsRawFd, OwnedFd};
     use std::os::unix::process::CommandExt;
-    let namespace: Result<OwnedFd, i32> = File::open(path(name))
+    let namespace: Result<OwnedFd, i32> = open(ns)
         .map(OwnedFd::from)
         .map_err(|e| e.raw_os_error().unwrap_or(libc::EINVAL));
     // SAFETY: only setns(2), async-signal-safe, between fork and exec; the descriptor is
@@ -226,6 +279,66 @@ pub fn goodput(from: &str, listener: &TcpListener, warmup: f64, secs: f64) -> f6
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn records_of_older_faultlines_name_their_namespace_with_a_plain_string() {
+        let named: Netns = serde_json::from_str(r#""ns1""#).unwrap();
+        assert_eq!(named, Netns::Named("ns1".into()));
+        let pinned = Netns::Process(ProcessNetns {
+            pid: 42,
+            start_time: 7,
+            inode: 4026532000,
+            owner: "docker container web (3f2a9c1b0d4e)".into(),
+        });
+        let text = serde_json::to_string(&pinned).unwrap();
+        assert_eq!(serde_json::from_str::<Netns>(&text).unwrap(), pinned);
+        assert_eq!(pinned.location(), "/proc/42/ns/net");
+        assert_eq!(
+            pinned.to_string(),
+            "docker container web (3f2a9c1b0d4e)'s net:[4026532000] (pid 42)"
+        );
+    }
+
+    #[test]
+    fn a_process_namespace_is_reached_only_while_its_process_lives_in_it() {
+        use std::os::unix::fs::MetadataExt;
+        let net = TestNet::new().expect("create test net (needs root)");
+        let mut child = command_in(&net.a, &["sleep", "30"])
+            .spawn()
+            .expect("sleep in the namespace");
+        let pinned = of_process(child.id(), "test").expect("its namespace");
+        let Netns::Process(process) = &pinned else {
+            panic!("{pinned:?}")
+        };
+        let named_inode = std::fs::metadata(path(&net.a)).unwrap().ino();
+        assert_eq!(process.inode, named_inode, "the child's namespace is `a`");
+        assert!(exists(&pinned));
+        let inode = open(&pinned).unwrap().metadata().unwrap().ino();
+        assert_eq!(inode, named_inode);
+
+        // Another namespace under the same PID and start time is not the one recorded.
+        let elsewhere = Netns::Process(ProcessNetns {
+            inode: process.inode + 1,
+            ..process.clone()
+        });
+        assert_eq!(
+            open(&elsewhere).unwrap_err().kind(),
+            std::io::ErrorKind::NotFound
+        );
+        // Nor is a process that took the PID later (another start time).
+        let reused = Netns::Process(ProcessNetns {
+            start_time: process.start_time + 1,
+            ..process.clone()
+        });
+        assert!(!exists(&reused));
+
+        child.kill().unwrap();
+        child.wait().unwrap();
+        let error = open(&pinned).unwrap_err();
+        assert_eq!(error.kind(), std::io::ErrorKind::NotFound, "{error}");
+        assert!(error.to_string().contains("has exited"), "{error}");
+        assert!(path(&net.a).exists(), "the namespace itself is still there");
+    }
 
     #[test]
     fn two_namespaces_talk_over_ipv4_and_ipv6_and_vanish_on_drop() {

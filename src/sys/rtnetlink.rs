@@ -13,7 +13,7 @@ use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::time::Duration;
 
-use super::netns;
+use super::netns::{self, Netns};
 // The netlink framing the nfnetlink-queue client already has: one copy of it.
 use super::nfqueue::{
     NLA_HDRLEN, NLA_TYPE_MASK, NLM_F_REQUEST, NLMSG_DONE, NLMSG_ERROR, NLMSG_HDRLEN, align4,
@@ -83,7 +83,7 @@ pub struct RouteSocket {
 impl RouteSocket {
     /// A socket in namespace `ns` (this process's own when `None`); `NotFound` when the
     /// namespace does not exist.
-    pub fn open(ns: Option<&str>) -> io::Result<RouteSocket> {
+    pub fn open(ns: Option<&Netns>) -> io::Result<RouteSocket> {
         let fd = match ns {
             None => socket()?,
             // A socket keeps the namespace it was made in, so only its creation needs the
@@ -387,7 +387,8 @@ mod tests {
     fn lists_what_tc_lists_in_a_namespace() {
         let net = netns::TestNet::new().expect("test namespaces");
         let ns = net.a.as_str();
-        let mut socket = RouteSocket::open(Some(ns)).expect("socket in the namespace");
+        let mut socket =
+            RouteSocket::open(Some(&Netns::from(ns))).expect("socket in the namespace");
         let dev = net.veth_a.as_str();
         let index = socket.link_index(dev).expect("asked").expect("present");
         assert_eq!(socket.link_index("nosuchdev0").expect("asked"), None);

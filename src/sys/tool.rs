@@ -17,6 +17,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use super::Cause;
+use super::netns::Netns;
 
 /// How long a tool may run unless the caller says otherwise: far above any call faultline
 /// makes (tens of milliseconds), below a record's revert timeout.
@@ -28,8 +29,8 @@ pub struct Call {
     /// A name looked up in `$PATH` and the sbin directories, or a path.
     pub program: String,
     pub args: Vec<String>,
-    /// Run inside `/run/netns/NAME`.
-    pub netns: Option<String>,
+    /// Run inside this network namespace.
+    pub netns: Option<Netns>,
     /// Written to the tool's standard input, which is then closed.
     pub stdin: Option<String>,
     pub timeout: Duration,
@@ -46,8 +47,8 @@ impl Call {
         }
     }
 
-    pub fn in_netns(mut self, netns: Option<&str>) -> Call {
-        self.netns = netns.map(str::to_string);
+    pub fn in_netns(mut self, netns: Option<&Netns>) -> Call {
+        self.netns = netns.cloned();
         self
     }
 

@@ -1,15 +1,20 @@
 //! Container targets against real Docker containers. There is no registry to pull from, so
 //! each test imports a one-program image (Debian's static busybox) and removes it, and every
-//! container it starts, when it ends, also on failure. The containers get no network
-//! (`--network none`): Docker adds no iptables rule for them.
+//! container it starts, when it ends, also on failure. Containers get no network
+//! (`--network none`) unless a test needs one: then they are on Docker's default bridge,
+//! and the test checks that Docker's rules, the bridge and the host's qdiscs are as they
+//! were.
 
 use std::path::Path;
 use std::process::{Command, Output, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
+use faultline::sys::netns::Netns;
+
 use crate::util::{
-    self, Runner, Workspace, cpu_share, events_of, faultline, proc_state, run_to_end, wait_for,
+    self, Runner, Workspace, connects_here, cpu_share, echo_rtts_here, events_of, faultline,
+    percentile, proc_state, run_to_end, wait_for,
 };
 
 const BUSYBOX: &str = "/bin/busybox";
@@ -102,7 +107,39 @@ impl Container {
         // host process with the very same command line.
         static SECONDS: AtomicUsize = AtomicUsize::new(0);
         let sleep = (6000 + SECONDS.fetch_add(1, Ordering::Relaxed)).to_string();
-        Container::run(image, labels, &["sleep", &sleep], sleep.clone())
+        Container::run(image, labels, "none", &["sleep", &sleep], sleep.clone())
+    }
+
+    /// A container on Docker's default bridge whose main process is a TCP echo server on
+    /// port 8080 (busybox's `nc`, forking a `cat` per connection).
+    fn echo(image: &Image) -> Container {
+        let container = Container::run(
+            image,
+            &[],
+            "bridge",
+            &["nc", "-ll", "-p", "8080", "-e", BUSYBOX, "cat"],
+            String::new(),
+        );
+        let addr = container.echo_addr();
+        assert!(
+            wait_for(Duration::from_secs(10), || {
+                std::net::TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_ok()
+            }),
+            "the echo server in {} did not come up",
+            container.name
+        );
+        container
+    }
+
+    /// Its echo server's address on Docker's bridge.
+    fn echo_addr(&self) -> std::net::SocketAddr {
+        let ip = docker_ok(&[
+            "inspect",
+            "-f",
+            "{{.NetworkSettings.IPAddress}}",
+            &self.name,
+        ]);
+        format!("{ip}:8080").parse().expect("a bridge address")
     }
 
     /// A container whose main process burns a CPU (a busy loop in busybox's shell).
@@ -110,18 +147,25 @@ impl Container {
         Container::run(
             image,
             &[],
+            "none",
             &["sh", "-c", "while :; do :; done"],
             String::new(),
         )
     }
 
-    fn run(image: &Image, labels: &[&str], applet: &[&str], sleep: String) -> Container {
+    fn run(
+        image: &Image,
+        labels: &[&str],
+        network: &str,
+        applet: &[&str],
+        sleep: String,
+    ) -> Container {
         // The guard first: a container created but not started is still removed.
         let container = Container {
             name: unique("box"),
             sleep,
         };
-        let mut args = vec!["run", "-d", "--name", &container.name, "--network", "none"];
+        let mut args = vec!["run", "-d", "--name", &container.name, "--network", network];
         for label in labels {
             args.extend(["--label", label]);
         }
@@ -355,4 +399,285 @@ fn a_container_that_does_not_exist_injects_nothing_and_says_so() {
         "{stderr}"
     );
     assert!(events_of(&ws.journal(), "fault_injected").is_empty());
+}
+
+/// An experiment acting on the traffic of one container (`network: {container: NAME, ...}`).
+fn network_experiment(container: &Container, fault: &str) -> String {
+    format!(
+        "apiVersion: faultline/v1\nmetadata: {{name: container-network}}\nmax_duration: 2m\n\
+         targets: {{app: {{network: {{container: {}, runtime: docker, protocol: tcp}}}}}}\n\
+         faults: [{fault}]\n",
+        container.name
+    )
+}
+
+/// What a network fault could change in a network namespace, from its own tools (argv, no
+/// shell): iptables (both variants, IPv4 and IPv6), the nft ruleset, links, addresses,
+/// routes and qdiscs. Packet and byte counters are left out: traffic moves them.
+fn network_state(netns: Option<&Netns>) -> String {
+    let commands: &[&[&str]] = &[
+        &["iptables-legacy-save"],
+        &["ip6tables-legacy-save"],
+        &["iptables-nft-save"],
+        &["ip6tables-nft-save"],
+        &["nft", "list", "ruleset"],
+        &["ip", "-d", "link", "show"],
+        &["ip", "addr", "show"],
+        &["ip", "route", "show", "table", "all"],
+        &["tc", "qdisc", "show"],
+    ];
+    // Counters move with traffic, and the bridge's timers with time.
+    let counters = regex::Regex::new(r"\[\d+:\d+\]|packets \d+ bytes \d+").unwrap();
+    let timers = regex::Regex::new(r"_timer +[\d.]+").unwrap();
+    // New veths' IPv6 addresses are tentative until duplicate address detection is done,
+    // and their local routes appear then: wait for that, so the kernel's own settling is not
+    // taken for a change.
+    let tentative = || {
+        let mut command = match netns {
+            Some(ns) => {
+                faultline::sys::netns::command_in(ns, &["ip", "-6", "addr", "show", "tentative"])
+            }
+            None => {
+                let mut command = Command::new("ip");
+                command.args(["-6", "addr", "show", "tentative"]);
+                command
+            }
+        };
+        command.output().map(|o| o.stdout).unwrap_or_default()
+    };
+    assert!(
+        wait_for(Duration::from_secs(10), || tentative().is_empty()),
+        "IPv6 addresses still tentative after 10 s"
+    );
+    let mut state = String::new();
+    for argv in commands {
+        let mut command = match netns {
+            Some(ns) => faultline::sys::netns::command_in(ns, argv),
+            None => {
+                let mut command = Command::new(argv[0]);
+                command.args(&argv[1..]);
+                command
+            }
+        };
+        let out = command.output().expect("a network tool");
+        let text = String::from_utf8_lossy(&out.stdout);
+        let text = text
+            .lines()
+            .filter(|line| !line.starts_with("# "))
+            .collect::<Vec<_>>()
+            .join("\n");
+        state.push_str(&format!(
+            "$ {}\n{}\n",
+            argv.join(" "),
+            timers.replace_all(&counters.replace_all(&text, ""), "_timer")
+        ));
+    }
+    state
+}
+
+/// A container's network namespace, as its main process has it now.
+fn netns_of(container: &Container) -> Netns {
+    faultline::sys::netns::of_process(container.main_pid(), &container.name).expect("its netns")
+}
+
+fn median_rtt(addr: std::net::SocketAddr, n: usize) -> f64 {
+    percentile(&echo_rtts_here(addr, n, Duration::from_millis(5)), 50.0)
+}
+
+#[test]
+fn a_delay_in_a_container_slows_only_its_traffic_and_leaves_host_and_docker_as_they_were() {
+    let _serial = util::serial();
+    let ws = Workspace::new();
+    let image = Image::busybox();
+    let web = Container::echo(&image);
+    let neighbour = Container::echo(&image);
+    let (web_addr, neighbour_addr) = (web.echo_addr(), neighbour.echo_addr());
+    let inside = netns_of(&web);
+    let (host_before, inside_before) = (network_state(None), network_state(Some(&inside)));
+    let baseline = median_rtt(web_addr, 30);
+    let file = ws.write(
+        "delay.yaml",
+        &network_experiment(
+            &web,
+            "{id: slow, kind: network-delay, target: app, params: {delay: 100ms}, duration: 20s}",
+        ),
+    );
+
+    let plan = faultline(&ws)
+        .arg("plan")
+        .arg(&file)
+        .output()
+        .expect("plan");
+    let shown = String::from_utf8_lossy(&plan.stdout);
+    assert!(plan.status.success(), "{shown}");
+    let Netns::Process(process) = &inside else {
+        unreachable!()
+    };
+    assert!(
+        shown.contains(&format!(
+            "in netns docker container {} ({})'s net:[{}] (pid {})",
+            web.name,
+            &web.id()[..12],
+            process.inode,
+            process.pid
+        )),
+        "{shown}"
+    );
+
+    let mut runner = Runner::spawn(&ws, &[&file]);
+    util::until_injected(&ws, &runner, Duration::from_secs(15));
+    let rtts = echo_rtts_here(web_addr, 60, Duration::from_millis(5));
+    let neighbour_rtt = median_rtt(neighbour_addr, 30);
+    let (p50, p95) = (percentile(&rtts, 50.0), percentile(&rtts, 95.0));
+    println!(
+        "container echo: baseline p50 {baseline:.3} ms; under a 100 ms delay p50 {p50:.3} ms \
+         (error {:+.3} ms), p95 {p95:.3} ms; the neighbour on the same bridge p50 {neighbour_rtt:.3} ms",
+        p50 - 100.0 - baseline
+    );
+    assert!(
+        (p50 - (100.0 + baseline)).abs() <= 2.0,
+        "p50 {p50:.3} ms for a 100 ms delay (baseline {baseline:.3})"
+    );
+    let fastest = rtts.iter().copied().fold(f64::INFINITY, f64::min);
+    assert!(
+        fastest >= 100.0,
+        "an echo came back early: {fastest:.3} ms in {rtts:?}"
+    );
+    assert!(
+        neighbour_rtt < 5.0,
+        "the other container on the bridge is slowed: {neighbour_rtt:.3} ms"
+    );
+    assert_eq!(
+        network_state(None),
+        host_before,
+        "the fault changed the host's network"
+    );
+    assert_eq!(
+        runner.wait(Duration::from_secs(30)),
+        Some(0),
+        "{}",
+        runner.stderr()
+    );
+
+    let after = median_rtt(web_addr, 20);
+    assert!(after < 5.0, "still slow after the revert: {after:.3} ms");
+    assert_eq!(network_state(None), host_before);
+    assert_eq!(
+        network_state(Some(&inside)),
+        inside_before,
+        "the container's namespace is not as it was"
+    );
+}
+
+#[test]
+fn a_partition_in_a_container_is_reverted_by_the_watchdog_and_by_recover_after_kill_9() {
+    let _serial = util::serial();
+    let image = Image::busybox();
+    let web = Container::echo(&image);
+    let neighbour = Container::echo(&image);
+    let (web_addr, neighbour_addr) = (web.echo_addr(), neighbour.echo_addr());
+    let inside = netns_of(&web);
+    let (host_before, inside_before) = (network_state(None), network_state(Some(&inside)));
+    for watched in [true, false] {
+        let ws = Workspace::new();
+        let file = ws.write(
+            "partition.yaml",
+            &network_experiment(
+                &web,
+                "{id: cut, kind: network-partition, target: app, duration: 50s}",
+            ),
+        );
+        let mut runner = if watched {
+            Runner::spawn(&ws, &[&file])
+        } else {
+            Runner::spawn_unwatched(&ws, &[&file])
+        };
+        util::until_injected(&ws, &runner, Duration::from_secs(15));
+        assert_eq!(
+            connects_here(web_addr, 3),
+            0,
+            "the container's traffic is cut"
+        );
+        assert_eq!(
+            connects_here(neighbour_addr, 3),
+            3,
+            "the neighbour is not cut"
+        );
+        runner.crash();
+        if watched {
+            assert!(
+                wait_for(Duration::from_secs(10), || connects_here(web_addr, 3) == 3),
+                "the watchdog did not restore the container's traffic"
+            );
+        } else {
+            assert_eq!(
+                connects_here(web_addr, 3),
+                0,
+                "the crash left the partition in place"
+            );
+            util::recover_ok(&ws);
+            assert_eq!(
+                connects_here(web_addr, 3),
+                3,
+                "recover restored the traffic"
+            );
+        }
+        assert_eq!(network_state(None), host_before, "watched: {watched}");
+        assert_eq!(
+            network_state(Some(&inside)),
+            inside_before,
+            "watched: {watched}"
+        );
+    }
+}
+
+#[test]
+fn a_container_recreated_while_its_traffic_is_cut_is_left_alone_by_the_revert() {
+    let _serial = util::serial();
+    let ws = Workspace::new();
+    let image = Image::busybox();
+    let web = Container::echo(&image);
+    let old = netns_of(&web);
+    let file = ws.write(
+        "partition.yaml",
+        &network_experiment(
+            &web,
+            "{id: cut, kind: network-partition, target: app, duration: 8s}",
+        ),
+    );
+    let mut runner = Runner::spawn(&ws, &[&file]);
+    util::until_injected(&ws, &runner, Duration::from_secs(15));
+    assert_eq!(
+        connects_here(web.echo_addr(), 3),
+        0,
+        "the container's traffic is cut"
+    );
+    // A restart gives the container a new main process and a new network namespace.
+    docker_ok(&["restart", "-t", "0", &web.name]);
+    let addr = web.echo_addr();
+    assert!(
+        wait_for(Duration::from_secs(10), || connects_here(addr, 3) == 3),
+        "the restarted container is not reachable"
+    );
+    let new = netns_of(&web);
+    assert_ne!(new, old, "the restart kept the namespace");
+    let new_before = network_state(Some(&new));
+    assert_eq!(
+        runner.wait(Duration::from_secs(30)),
+        Some(0),
+        "{}",
+        runner.stderr()
+    );
+    assert_eq!(
+        network_state(Some(&new)),
+        new_before,
+        "the revert touched the new container's namespace"
+    );
+    let events = ws.journal();
+    let reverted = events_of(&events, "fault_reverted");
+    let summary = reverted[0]["summary"].as_str().unwrap_or_default();
+    assert!(
+        summary.contains("is gone") && summary.contains(&web.name),
+        "{summary}"
+    );
 }

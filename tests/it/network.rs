@@ -5,7 +5,7 @@ use std::net::TcpStream;
 use std::time::Duration;
 
 use faultline::sys::iptables::{self, Family};
-use faultline::sys::netns::{TestNet, run_in};
+use faultline::sys::netns::{Netns, TestNet, run_in};
 
 use crate::util::{
     self, Runner, Workspace, connects, echo_rtts, echo_server_in, events_of, listen_in, percentile,
@@ -23,8 +23,8 @@ fn a_partition_cuts_the_flow_and_its_revert_restores_the_ruleset_byte_for_byte()
     let net = TestNet::new().expect("test network (needs root)");
     let (_listener, addr) = listen_in(&net.b, &net.ip_b);
     let (_other, other) = listen_in(&net.b, &net.ip_b);
-    let variant = iptables::detect(Some(&net.a)).unwrap();
-    let before = iptables::save(Some(&net.a), variant, Family::V4).unwrap();
+    let variant = iptables::detect(Some(&Netns::from(&net.a))).unwrap();
+    let before = iptables::save(Some(&Netns::from(&net.a)), variant, Family::V4).unwrap();
     assert_eq!(connects(&net.a, addr, 3), 3);
 
     let file = ws.write(
@@ -58,7 +58,7 @@ fn a_partition_cuts_the_flow_and_its_revert_restores_the_ruleset_byte_for_byte()
         5,
         "every connect succeeds again after the revert"
     );
-    let after = iptables::save(Some(&net.a), variant, Family::V4).unwrap();
+    let after = iptables::save(Some(&Netns::from(&net.a)), variant, Family::V4).unwrap();
     assert_eq!(before, after, "the ruleset is exactly as it was");
     let events = ws.journal();
     let reverted = events_of(&events, "fault_reverted");
@@ -76,8 +76,8 @@ fn kill_9_during_a_partition_leaves_rules_that_recover_removes_exactly() {
     let ws = Workspace::new();
     let net = TestNet::new().expect("test network (needs root)");
     let (_listener, addr) = listen_in(&net.b, &net.ip_b);
-    let variant = iptables::detect(Some(&net.a)).unwrap();
-    let before = iptables::save(Some(&net.a), variant, Family::V4).unwrap();
+    let variant = iptables::detect(Some(&Netns::from(&net.a))).unwrap();
+    let before = iptables::save(Some(&Netns::from(&net.a)), variant, Family::V4).unwrap();
     let file = ws.write(
         "partition.yaml",
         &format!(
@@ -95,14 +95,14 @@ fn kill_9_during_a_partition_leaves_rules_that_recover_removes_exactly() {
         0,
         "the crash left the partition in place"
     );
-    assert!(!iptables::leftovers(Some(&net.a)).is_empty());
+    assert!(!iptables::leftovers(Some(&Netns::from(&net.a))).is_empty());
 
     util::recover_ok(&ws);
     assert_eq!(connects(&net.a, addr, 3), 3);
-    assert!(iptables::leftovers(Some(&net.a)).is_empty());
+    assert!(iptables::leftovers(Some(&Netns::from(&net.a))).is_empty());
     assert_eq!(
         before,
-        iptables::save(Some(&net.a), variant, Family::V4).unwrap()
+        iptables::save(Some(&Netns::from(&net.a)), variant, Family::V4).unwrap()
     );
     assert_eq!(ws.state_records(), 0);
 }
@@ -164,7 +164,7 @@ fn a_delay_adds_exactly_the_requested_latency_and_goes_away_on_revert() {
     let reverted = events_of(&events, "fault_reverted")[0];
     let summary = reverted["summary"].as_str().unwrap();
     assert!(summary.contains("packets delayed"), "{summary}");
-    assert!(iptables::leftovers(Some(&net.a)).is_empty());
+    assert!(iptables::leftovers(Some(&Netns::from(&net.a))).is_empty());
 }
 
 /// An experiment delaying A's TCP traffic to B by 100 ms through the NFQUEUE delayer for 50 s:
@@ -187,8 +187,8 @@ fn kill_9_during_an_nfqueue_delay_keeps_traffic_flowing_and_recover_restores_the
     let ws = Workspace::new();
     let net = TestNet::new().expect("test network (needs root)");
     let addr = echo_server_in(&net.b, &net.ip_b);
-    let variant = iptables::detect(Some(&net.a)).unwrap();
-    let before = iptables::save(Some(&net.a), variant, Family::V4).unwrap();
+    let variant = iptables::detect(Some(&Netns::from(&net.a))).unwrap();
+    let before = iptables::save(Some(&Netns::from(&net.a)), variant, Family::V4).unwrap();
     let file = nfqueue_delay_for_50s(&ws, &net, "crashed-delay");
     let mut runner = Runner::spawn_unwatched(&ws, &[&file]);
     util::until_injected(&ws, &runner, Duration::from_secs(5));
@@ -200,15 +200,15 @@ fn kill_9_during_an_nfqueue_delay_keeps_traffic_flowing_and_recover_restores_the
         "traffic flows after the crash: {rtts:?}"
     );
     assert!(
-        !iptables::leftovers(Some(&net.a)).is_empty(),
+        !iptables::leftovers(Some(&Netns::from(&net.a))).is_empty(),
         "the crash left the rules"
     );
 
     util::recover_ok(&ws);
-    assert!(iptables::leftovers(Some(&net.a)).is_empty());
+    assert!(iptables::leftovers(Some(&Netns::from(&net.a))).is_empty());
     assert_eq!(
         before,
-        iptables::save(Some(&net.a), variant, Family::V4).unwrap()
+        iptables::save(Some(&Netns::from(&net.a)), variant, Family::V4).unwrap()
     );
 }
 
@@ -219,12 +219,12 @@ fn kill_9_during_a_delay_leaves_no_rule_behind_with_the_watchdog() {
     let _serial = util::serial();
     let ws = Workspace::new();
     let net = TestNet::new().expect("test network (needs root)");
-    let variant = iptables::detect(Some(&net.a)).unwrap();
-    let before = iptables::save(Some(&net.a), variant, Family::V4).unwrap();
+    let variant = iptables::detect(Some(&Netns::from(&net.a))).unwrap();
+    let before = iptables::save(Some(&Netns::from(&net.a)), variant, Family::V4).unwrap();
     let file = nfqueue_delay_for_50s(&ws, &net, "watched-delay");
     let mut runner = Runner::spawn(&ws, &[&file]);
     util::until_injected(&ws, &runner, Duration::from_secs(5));
-    assert!(!iptables::leftovers(Some(&net.a)).is_empty());
+    assert!(!iptables::leftovers(Some(&Netns::from(&net.a))).is_empty());
     runner.crash();
     // The record goes once the whole revert is done.
     assert!(
@@ -232,10 +232,10 @@ fn kill_9_during_a_delay_leaves_no_rule_behind_with_the_watchdog() {
         "the watchdog reverted the delay: {}",
         runner.stderr()
     );
-    assert!(iptables::leftovers(Some(&net.a)).is_empty());
+    assert!(iptables::leftovers(Some(&Netns::from(&net.a))).is_empty());
     assert_eq!(
         before,
-        iptables::save(Some(&net.a), variant, Family::V4).unwrap()
+        iptables::save(Some(&Netns::from(&net.a)), variant, Family::V4).unwrap()
     );
 }
 
@@ -315,7 +315,7 @@ fn ipv6_traffic_is_delayed_too() {
         "{}",
         runner.stderr()
     );
-    assert!(iptables::leftovers(Some(&net.a)).is_empty());
+    assert!(iptables::leftovers(Some(&Netns::from(&net.a))).is_empty());
 }
 
 #[test]

@@ -404,12 +404,14 @@ pub fn listen_in(ns: &str, ip: &str) -> (TcpListener, SocketAddr) {
 
 /// How many of `n` connects from namespace `ns` to `addr` succeed within 300 ms each.
 pub fn connects(ns: &str, addr: SocketAddr, n: usize) -> usize {
-    run_in(ns, move || {
-        (0..n)
-            .filter(|_| TcpStream::connect_timeout(&addr, Duration::from_millis(300)).is_ok())
-            .count()
-    })
-    .unwrap()
+    run_in(ns, move || connects_here(addr, n)).unwrap()
+}
+
+/// [`connects`] from this process's own namespace.
+pub fn connects_here(addr: SocketAddr, n: usize) -> usize {
+    (0..n)
+        .filter(|_| TcpStream::connect_timeout(&addr, Duration::from_millis(300)).is_ok())
+        .count()
 }
 
 /// An echo server in namespace `ns` on a thread of its own; it serves until the test ends
@@ -436,26 +438,27 @@ pub fn echo_server_in(ns: &str, ip: &str) -> SocketAddr {
 /// Round-trip times (ms) of `n` 64-byte echoes on one connection from namespace `ns`,
 /// paced `gap` apart; bounded by a 2 s read timeout per echo.
 pub fn echo_rtts(ns: &str, addr: SocketAddr, n: usize, gap: Duration) -> Vec<f64> {
+    run_in(ns, move || echo_rtts_here(addr, n, gap)).unwrap()
+}
+
+/// [`echo_rtts`] from this process's own namespace.
+pub fn echo_rtts_here(addr: SocketAddr, n: usize, gap: Duration) -> Vec<f64> {
     use std::io::{Read, Write};
-    run_in(ns, move || {
-        let mut stream =
-            TcpStream::connect_timeout(&addr, Duration::from_secs(2)).expect("connect");
-        stream.set_nodelay(true).unwrap();
-        stream
-            .set_read_timeout(Some(Duration::from_secs(2)))
-            .unwrap();
-        let mut rtts = Vec::with_capacity(n);
-        let mut buf = [0u8; 64];
-        for _ in 0..n {
-            let start = std::time::Instant::now();
-            stream.write_all(&[7u8; 64]).unwrap();
-            stream.read_exact(&mut buf).expect("echo");
-            rtts.push(start.elapsed().as_secs_f64() * 1000.0);
-            std::thread::sleep(gap);
-        }
-        rtts
-    })
-    .unwrap()
+    let mut stream = TcpStream::connect_timeout(&addr, Duration::from_secs(2)).expect("connect");
+    stream.set_nodelay(true).unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(2)))
+        .unwrap();
+    let mut rtts = Vec::with_capacity(n);
+    let mut buf = [0u8; 64];
+    for _ in 0..n {
+        let start = std::time::Instant::now();
+        stream.write_all(&[7u8; 64]).unwrap();
+        stream.read_exact(&mut buf).expect("echo");
+        rtts.push(start.elapsed().as_secs_f64() * 1000.0);
+        std::thread::sleep(gap);
+    }
+    rtts
 }
 
 pub fn percentile(samples: &[f64], p: f64) -> f64 {

@@ -117,6 +117,7 @@ bad_files! {
     nul_in_env_value => "nul-in-env-value",
     nul_in_name => "nul-in-name",
     nul_in_url => "nul-in-url",
+    netns_and_container => "netns-and-container",
     null_target => "null-target",
     offset_beyond_max_duration => "offset-beyond-max-duration",
     percent_over_100 => "percent-over-100",

@@ -3,7 +3,8 @@
 use super::Checker;
 use crate::experiment::model::{NetworkSelector, PortSpec};
 use crate::experiment::{Diagnostic, Sp};
-use crate::net::{Direction, Endpoint, IpNet, NetworkTarget, PortRange, Protocol};
+use crate::fault::network::{ContainerRef, NetworkTarget};
+use crate::net::{Direction, Endpoint, IpNet, Netns, PortRange, Protocol};
 
 /// A host name as DNS allows it (letters, digits, `-`, dots between labels), whose last label
 /// is not all digits: `256.1.1.1` is a mistyped address, not a name to look up.
@@ -53,9 +54,20 @@ impl<'a> Checker<'a> {
                     format!("{owner}: `{}` is not a network namespace name", netns.value),
                     "not a name",
                 )
-                .with_hint("give the name `ip netns list` shows (a file under /run/netns)"),
+                .with_hint("give the name `ip netns list` shows (a file under /run/netns), or a container as `container:`"),
             );
         }
+        if let (Some(netns), Some(_)) = (&selector.netns, &selector.container) {
+            self.report(
+                Diagnostic::at(netns.pos, format!("{owner} has both `netns` and `container`"), "two namespaces")
+                    .with_hint("a network fault acts in one namespace: keep `container:` (its namespace) or `netns:`"),
+            );
+        }
+        self.container_reference(
+            selector.container.as_ref(),
+            selector.runtime.as_ref(),
+            owner,
+        );
         for interface in &selector.interfaces {
             let name = interface.as_str();
             if name.is_empty()
@@ -175,7 +187,14 @@ impl<'a> Checker<'a> {
         let [remote, local] = endpoints;
         let [remote_ports, local_ports] = port_ranges;
         NetworkTarget {
-            netns: selector.netns.as_ref().map(|n| n.value.clone()),
+            netns: selector
+                .netns
+                .as_ref()
+                .map(|n| Netns::Named(n.value.clone())),
+            container: selector.container.as_ref().map(|c| ContainerRef {
+                reference: c.value.clone(),
+                runtime: selector.runtime.as_ref().map(|r| r.value),
+            }),
             interfaces: selector
                 .interfaces
                 .iter()

@@ -5,7 +5,7 @@
 use serde::{Deserialize, Serialize};
 
 use super::{ROOT_HANDLE, TcError, first_qdisc, link_exists, qdisc_show, run, strings};
-use crate::sys::netns;
+use crate::sys::netns::{self, Netns};
 
 /// One change an old record lists.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -30,7 +30,7 @@ pub enum LegacyStep {
 /// What an old record says one fault installed.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct LegacyTcInstall {
-    pub netns: Option<String>,
+    pub netns: Option<Netns>,
     pub steps: Vec<LegacyStep>,
 }
 
@@ -38,9 +38,9 @@ impl LegacyTcInstall {
     /// Undo every step newest first, whatever part exists, then check each device's qdiscs
     /// are what they were before.
     pub fn remove(&self) -> Result<(), TcError> {
-        let ns = self.netns.as_deref();
+        let ns = self.netns.as_ref();
         if let Some(name) = ns
-            && !netns::path(name).exists()
+            && !netns::exists(name)
         {
             return Ok(());
         }
@@ -87,7 +87,7 @@ impl LegacyTcInstall {
 
 /// Delete faultline's old-style root: a shaper at `fa17:` itself, or an htb over an `fa18:`
 /// leaf. Today's shared tree (htb over `e...:` chains) is never taken for one.
-fn remove_root(ns: Option<&str>, dev: &str) -> Result<(), TcError> {
+fn remove_root(ns: Option<&Netns>, dev: &str) -> Result<(), TcError> {
     let Some(root) = first_qdisc(ns, dev, "root")? else {
         return Ok(());
     };
@@ -102,7 +102,7 @@ fn remove_root(ns: Option<&str>, dev: &str) -> Result<(), TcError> {
     Ok(())
 }
 
-fn remove_ingress(ns: Option<&str>, dev: &str, ifb: &str) -> Result<(), TcError> {
+fn remove_ingress(ns: Option<&Netns>, dev: &str, ifb: &str) -> Result<(), TcError> {
     if first_qdisc(ns, dev, "ingress")?.is_none() {
         return Ok(());
     }

@@ -24,7 +24,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::net::Traffic;
 use crate::sys::Cause;
-use crate::sys::netns;
+use crate::sys::netns::{self, Netns};
 use crate::sys::rtnetlink::{self, RouteSocket};
 use crate::sys::tool::{self, Call};
 
@@ -421,7 +421,7 @@ pub fn default_burst(rate_bits_per_sec: u64, mtu: u64) -> u64 {
 }
 
 /// faultline qdiscs and IFB devices present in `netns` (for `doctor` and `status`).
-pub fn leftovers(netns: Option<&str>) -> Result<Vec<String>, TcError> {
+pub fn leftovers(netns: Option<&Netns>) -> Result<Vec<String>, TcError> {
     let mut found = Vec::new();
     for line in run(netns, "tc", &strings(&["qdisc", "show"]))?.lines() {
         let Some(q) = parse_qdisc_line(line) else {
@@ -473,20 +473,20 @@ fn default_mtu() -> u64 {
     1500
 }
 
-fn links(ns: Option<&str>) -> Result<Vec<Link>, TcError> {
+fn links(ns: Option<&Netns>) -> Result<Vec<Link>, TcError> {
     let json = run(ns, "ip", &strings(&["-j", "link", "show"]))?;
     serde_json::from_str(&json)
         .map_err(|e| TcError::Invalid(format!("cannot parse `ip -j link show`: {e}")))
 }
 
-fn link_exists(ns: Option<&str>, name: &str) -> bool {
+fn link_exists(ns: Option<&Netns>, name: &str) -> bool {
     matches!(Kernel::at(ns, name), Ok(Some(_)))
 }
 
 /// The interfaces to act on: the named ones (which must exist), else every non-loopback
 /// interface that is up (faultline's own IFBs excluded).
 fn devices(traffic: &Traffic) -> Result<Vec<Link>, TcError> {
-    let ns = traffic.netns.as_deref();
+    let ns = traffic.netns.as_ref();
     let all = links(ns)?;
     let place = ns.map(|n| format!(" in namespace {n}")).unwrap_or_default();
     if traffic.interfaces.is_empty() {
@@ -569,7 +569,7 @@ fn parse_qdisc_line(line: &str) -> Option<QdiscLine> {
 
 /// The first qdisc `tc qdisc show dev DEV <which>` lists (`root` or `ingress`), if the
 /// device exists and has one. Asked of the kernel in-process ([`rtnetlink`]).
-fn first_qdisc(ns: Option<&str>, dev: &str, which: &str) -> Result<Option<QdiscLine>, TcError> {
+fn first_qdisc(ns: Option<&Netns>, dev: &str, which: &str) -> Result<Option<QdiscLine>, TcError> {
     let parent = if which == "root" {
         rtnetlink::TC_H_ROOT
     } else {
@@ -591,7 +591,7 @@ fn first_qdisc(ns: Option<&str>, dev: &str, which: &str) -> Result<Option<QdiscL
 
 /// Where each qdisc on `dev` sits: `(kind, handle, place)` as `tc qdisc show dev DEV` words
 /// them (`htb`, `fa17:`, `root` or `parent fa17:1`); `None` when the device is gone.
-fn qdisc_places(ns: Option<&str>, dev: &str) -> Result<Option<Vec<QdiscPlace>>, TcError> {
+fn qdisc_places(ns: Option<&Netns>, dev: &str) -> Result<Option<Vec<QdiscPlace>>, TcError> {
     let Some(mut kernel) = Kernel::at(ns, dev)? else {
         return Ok(None);
     };
@@ -653,15 +653,15 @@ impl std::fmt::Display for QdiscPlace {
 struct Kernel<'a> {
     socket: RouteSocket,
     index: u32,
-    ns: Option<&'a str>,
+    ns: Option<&'a Netns>,
     dev: &'a str,
 }
 
 impl<'a> Kernel<'a> {
     /// `None` when `dev` does not exist in `ns`; an error when the namespace is gone.
-    fn at(ns: Option<&'a str>, dev: &'a str) -> Result<Option<Kernel<'a>>, TcError> {
+    fn at(ns: Option<&'a Netns>, dev: &'a str) -> Result<Option<Kernel<'a>>, TcError> {
         if let Some(name) = ns
-            && !netns::path(name).exists()
+            && !netns::exists(name)
         {
             return Err(namespace_gone(name));
         }
@@ -687,7 +687,7 @@ impl<'a> Kernel<'a> {
     }
 }
 
-fn netlink_error(ns: Option<&str>, dev: &str, what: &str, e: std::io::Error) -> TcError {
+fn netlink_error(ns: Option<&Netns>, dev: &str, what: &str, e: std::io::Error) -> TcError {
     TcError::Command {
         argv: format!("netlink: {what} of {dev}"),
         place: ns.map(|n| format!(" in namespace {n}")).unwrap_or_default(),
@@ -702,15 +702,15 @@ fn netlink_error(ns: Option<&str>, dev: &str, what: &str, e: std::io::Error) -> 
     }
 }
 
-fn namespace_gone(name: &str) -> TcError {
+fn namespace_gone(name: &Netns) -> TcError {
     TcError::Invalid(format!(
-        "network namespace `{name}` is gone (no {})",
-        netns::path(name).display()
+        "network namespace {name} is gone (no {})",
+        name.location()
     ))
 }
 
 /// `tc qdisc show dev DEV`, or `None` when the device no longer exists.
-fn qdisc_show(ns: Option<&str>, dev: &str) -> Result<Option<String>, TcError> {
+fn qdisc_show(ns: Option<&Netns>, dev: &str) -> Result<Option<String>, TcError> {
     match run(ns, "tc", &strings(&["qdisc", "show", "dev", dev])) {
         Ok(text) => Ok(Some(text)),
         Err(e) if device_missing(&e) => Ok(None),
@@ -737,9 +737,9 @@ fn first_line(text: &str) -> &str {
 }
 
 /// Run `program args` (in `/run/netns/NS` when given) and return its stdout.
-fn run(ns: Option<&str>, program: &str, args: &[String]) -> Result<String, TcError> {
+fn run(ns: Option<&Netns>, program: &str, args: &[String]) -> Result<String, TcError> {
     if let Some(name) = ns
-        && !netns::path(name).exists()
+        && !netns::exists(name)
     {
         // Gone (deleted while a fault was live): say so, not "install iproute2".
         return Err(namespace_gone(name));

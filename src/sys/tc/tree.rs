@@ -29,7 +29,7 @@ use super::{
     default_burst, devices, first_qdisc, link_exists, qdisc_places, qdisc_show, run, strings,
 };
 use crate::net::Traffic;
-use crate::sys::netns;
+use crate::sys::netns::{self, Netns};
 
 /// Faults one tree can hold at once.
 pub const MAX_MEMBERS: u8 = 8;
@@ -160,8 +160,8 @@ impl TcMember {
 /// Everything one fault installs with tc: its part in the tree of each interface and side.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct TcInstall {
-    /// `/run/netns/NAME` to act in; `None` = faultline's own.
-    pub netns: Option<String>,
+    /// The namespace to act in; `None` = faultline's own.
+    pub netns: Option<Netns>,
     pub members: Vec<TcMember>,
 }
 
@@ -183,7 +183,7 @@ pub struct TcTrees(Mutex<HashMap<TreeKey, Book>>);
 
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 struct TreeKey {
-    netns: Option<String>,
+    netns: Option<Netns>,
     /// The device the classes live on (the interface, or its IFB).
     dev: String,
 }
@@ -296,7 +296,7 @@ impl TcInstall {
     /// Add every member to its tree; on failure take out what was added and return the cause.
     pub fn apply(&self, trees: &TcTrees) -> Result<(), TcError> {
         let _lock = tree_lock();
-        let ns = self.netns.as_deref();
+        let ns = self.netns.as_ref();
         for (done, member) in self.members.iter().enumerate() {
             let key = self.key(member);
             let others: Vec<TcMember> = trees
@@ -329,9 +329,9 @@ impl TcInstall {
     /// Take every member out of its tree, whatever part of it exists (idempotent; works from
     /// the deserialised value after a crash), the tree too where it was the last, then verify.
     pub fn remove(&self) -> Result<(), TcError> {
-        let ns = self.netns.as_deref();
+        let ns = self.netns.as_ref();
         if let Some(name) = ns
-            && !netns::path(name).exists()
+            && !netns::exists(name)
         {
             // The namespace is gone, and everything inside it went with it.
             return Ok(());
@@ -370,13 +370,13 @@ fn plan(traffic: &Traffic, shaper: &Shaper, trees: &TcTrees) -> Result<TcInstall
             "tc cannot select traffic by cgroup; use the iptables/NFQUEUE backend".into(),
         ));
     }
-    let ns = traffic.netns.as_deref();
+    let ns = traffic.netns.as_ref();
     if let Some(name) = ns
-        && !netns::path(name).exists()
+        && !netns::exists(name)
     {
         return Err(TcError::Invalid(format!(
             "network namespace `{name}` does not exist (no {})",
-            netns::path(name).display()
+            name.location()
         )));
     }
     let devices = devices(traffic)?;
@@ -401,7 +401,7 @@ fn plan_members(
     devices: &[Link],
     install: &mut TcInstall,
 ) -> Result<(), TcError> {
-    let ns = traffic.netns.as_deref();
+    let ns = traffic.netns.as_ref();
     for (side, wanted) in [
         (Side::Egress, traffic.direction.egress()),
         (Side::Ingress, traffic.direction.ingress()),
@@ -449,7 +449,7 @@ fn plan_members(
 /// until the member is applied.
 fn reserve(
     trees: &TcTrees,
-    ns: Option<&str>,
+    ns: Option<&Netns>,
     member: &mut TcMember,
     tree_exists: bool,
 ) -> Result<(), TcError> {
@@ -469,7 +469,7 @@ fn reserve(
     }
     let live: BTreeSet<u8> = (0..MAX_MEMBERS).filter(|p| named & (1 << p) != 0).collect();
     let key = TreeKey {
-        netns: ns.map(str::to_string),
+        netns: ns.cloned(),
         dev: tree_dev.clone(),
     };
     let mut books = trees.lock();
@@ -567,12 +567,12 @@ fn checked_burst(rate: u64, burst: Option<u64>, dev: &Link) -> Result<u64, TcErr
     }
 }
 
-fn tc(ns: Option<&str>, args: &[&str]) -> Result<String, TcError> {
+fn tc(ns: Option<&Netns>, args: &[&str]) -> Result<String, TcError> {
     run(ns, "tc", &strings(args))
 }
 
 /// faultline's root is on `dev`; a foreign root refuses the fault.
-fn egress_tree_exists(ns: Option<&str>, dev: &str) -> Result<bool, TcError> {
+fn egress_tree_exists(ns: Option<&Netns>, dev: &str) -> Result<bool, TcError> {
     match first_qdisc(ns, dev, "root")? {
         Some(root) if root.handle == ROOT_HANDLE && root.kind == "htb" => Ok(true),
         Some(root) if root.handle == ROOT_HANDLE => Err(TcError::Invalid(format!(
@@ -590,7 +590,7 @@ fn egress_tree_exists(ns: Option<&str>, dev: &str) -> Result<bool, TcError> {
 
 /// faultline's ingress qdisc (redirecting only into its IFB) is on `dev`; anyone else's
 /// ingress qdisc refuses the fault: its filters cannot be snapshot and rebuilt reliably.
-fn ingress_tree_exists(ns: Option<&str>, dev: &str, ifb: &str) -> Result<bool, TcError> {
+fn ingress_tree_exists(ns: Option<&Netns>, dev: &str, ifb: &str) -> Result<bool, TcError> {
     let Some(qdisc) = first_qdisc(ns, dev, "ingress")? else {
         return Ok(false);
     };
@@ -612,12 +612,12 @@ fn ingress_tree_exists(ns: Option<&str>, dev: &str, ifb: &str) -> Result<bool, T
 }
 
 /// Whether device `dev` exists; an error when the kernel could not be asked.
-fn device_present(ns: Option<&str>, dev: &str) -> Result<bool, TcError> {
+fn device_present(ns: Option<&Netns>, dev: &str) -> Result<bool, TcError> {
     Ok(Kernel::at(ns, dev)?.is_some())
 }
 
 /// The member sets of faultline's classes on `dev` (none when the device or tree is absent).
-fn class_masks(ns: Option<&str>, dev: &str) -> Result<BTreeSet<u8>, TcError> {
+fn class_masks(ns: Option<&Netns>, dev: &str) -> Result<BTreeSet<u8>, TcError> {
     let Some(mut kernel) = Kernel::at(ns, dev)? else {
         return Ok(BTreeSet::new());
     };
@@ -632,7 +632,7 @@ fn class_masks(ns: Option<&str>, dev: &str) -> Result<BTreeSet<u8>, TcError> {
 }
 
 /// The priorities of the filters on `dev` under `parent`.
-fn filter_prios(ns: Option<&str>, dev: &str, parent: &str) -> Result<BTreeSet<u32>, TcError> {
+fn filter_prios(ns: Option<&Netns>, dev: &str, parent: &str) -> Result<BTreeSet<u32>, TcError> {
     let Some(mut kernel) = Kernel::at(ns, dev)? else {
         return Ok(BTreeSet::new());
     };
@@ -652,7 +652,7 @@ fn handle_id(handle: &str) -> u32 {
     u32::from_str_radix(major, 16).map_or(0, |major| major << 16)
 }
 
-fn ensure_root(ns: Option<&str>, dev: &str, direct_qlen: u64) -> Result<(), TcError> {
+fn ensure_root(ns: Option<&Netns>, dev: &str, direct_qlen: u64) -> Result<(), TcError> {
     if egress_tree_exists(ns, dev)? {
         return Ok(());
     }
@@ -675,7 +675,7 @@ fn ensure_root(ns: Option<&str>, dev: &str, direct_qlen: u64) -> Result<(), TcEr
     .map(drop)
 }
 
-fn ensure_ingress(ns: Option<&str>, member: &TcMember, ifb: &str) -> Result<(), TcError> {
+fn ensure_ingress(ns: Option<&Netns>, member: &TcMember, ifb: &str) -> Result<(), TcError> {
     if !link_exists(ns, ifb) {
         run(ns, "ip", &strings(&["link", "add", ifb, "type", "ifb"]))?;
         run(ns, "ip", &strings(&["link", "set", "dev", ifb, "up"]))?;
@@ -699,7 +699,7 @@ fn ensure_ingress(ns: Option<&str>, member: &TcMember, ifb: &str) -> Result<(), 
 }
 
 /// Put `member` on its tree next to `others` (the members already on it).
-fn add_member(ns: Option<&str>, member: &TcMember, others: &[TcMember]) -> Result<(), TcError> {
+fn add_member(ns: Option<&Netns>, member: &TcMember, others: &[TcMember]) -> Result<(), TcError> {
     let tree_dev = member.tree_dev();
     let run_filter = |dev: &str, parent: &str, filter: &U32Filter, prio: u32, then: &[&str]| {
         run(ns, "tc", &filter.argv(dev, parent, prio, then)).map(drop)
@@ -779,7 +779,7 @@ fn add_member(ns: Option<&str>, member: &TcMember, others: &[TcMember]) -> Resul
 
 /// The class of member set `set` and the chain of its members' qdiscs (netem first: packets
 /// wait their delay, then meet the rate cap).
-fn add_class(ns: Option<&str>, dev: &str, set: u8, chain: &[&TcMember]) -> Result<(), TcError> {
+fn add_class(ns: Option<&Netns>, dev: &str, set: u8, chain: &[&TcMember]) -> Result<(), TcError> {
     let id = class_id(set);
     // The class only steers: it passes whatever the filters send it at (practically) any
     // rate, and the chain does the shaping. htb itself would not segment GSO packets the
@@ -823,7 +823,7 @@ fn add_class(ns: Option<&str>, dev: &str, set: u8, chain: &[&TcMember]) -> Resul
 
 /// Take `member` out of its tree (its filters, then every class it is in), and the tree
 /// itself when no class is left. What could not be removed or restored, as text.
-fn remove_member(ns: Option<&str>, member: &TcMember) -> Vec<String> {
+fn remove_member(ns: Option<&Netns>, member: &TcMember) -> Vec<String> {
     match take_out(ns, member) {
         Ok(torn_down) => still_present(ns, member, torn_down),
         Err(e) => vec![e.to_string()],
@@ -832,7 +832,7 @@ fn remove_member(ns: Option<&str>, member: &TcMember) -> Vec<String> {
 
 /// `Ok(true)` when the tree went with the member. Stops at the first failure, listings
 /// included: a tree is never taken down on a guess that nothing else is on it.
-fn take_out(ns: Option<&str>, member: &TcMember) -> Result<bool, TcError> {
+fn take_out(ns: Option<&Netns>, member: &TcMember) -> Result<bool, TcError> {
     let tree_dev = member.tree_dev();
     let bit = member.bit();
     let ours = |prio: u32| {
@@ -953,7 +953,7 @@ fn take_out(ns: Option<&str>, member: &TcMember) -> Result<bool, TcError> {
 
 /// What remains of `member` that should not; when the tree went with it, also whether the
 /// interface's qdiscs are what they were before faultline's first tree.
-fn still_present(ns: Option<&str>, member: &TcMember, torn_down: bool) -> Vec<String> {
+fn still_present(ns: Option<&Netns>, member: &TcMember, torn_down: bool) -> Vec<String> {
     let mut problems = Vec::new();
     let tree_dev = member.tree_dev();
     let bit = member.bit();
@@ -1160,7 +1160,7 @@ mod kernel_tests {
         assert!(tree.contains("qdisc htb fa17: root"), "{tree}");
         assert!(tree.contains("qdisc tbf e010: parent fa17:1"), "{tree}");
         assert_eq!(
-            leftovers(Some(&net.a)).unwrap(),
+            leftovers(Some(&Netns::from(&net.a))).unwrap(),
             vec![format!(
                 "qdisc htb fa17: on {} (faultline's tree)",
                 net.veth_a
@@ -1174,7 +1174,7 @@ mod kernel_tests {
         // Idempotent, and works from the serialised value alone (a fresh process after a crash).
         install.remove().unwrap();
         revived(&install).remove().unwrap();
-        assert!(leftovers(Some(&net.a)).unwrap().is_empty());
+        assert!(leftovers(Some(&Netns::from(&net.a))).unwrap().is_empty());
     }
 
     #[test]
@@ -1196,7 +1196,7 @@ mod kernel_tests {
         let ifb = install.ifbs()[0].to_string();
         assert!(ifb.starts_with(IFB_PREFIX), "{ifb}");
         install.apply(&trees).unwrap();
-        let found = leftovers(Some(&net.b)).unwrap();
+        let found = leftovers(Some(&Netns::from(&net.b))).unwrap();
         assert!(found.contains(&format!("IFB device {ifb}")), "{found:?}");
         assert_shaped(&net.a, &shaped, RATE, "ingress via IFB");
         assert_unshaped(&net.a, &spared, "ingress, protected flow");
@@ -1205,8 +1205,8 @@ mod kernel_tests {
         revived.remove().unwrap();
         revived.remove().unwrap();
         assert_eq!(qdiscs(&net.b, &net.veth_b), before);
-        assert!(!link_exists(Some(&net.b), &ifb));
-        assert!(leftovers(Some(&net.b)).unwrap().is_empty());
+        assert!(!link_exists(Some(&Netns::from(&net.b)), &ifb));
+        assert!(leftovers(Some(&Netns::from(&net.b))).unwrap().is_empty());
         assert_unshaped(&net.a, &shaped, "ingress after remove");
     }
 
@@ -1274,7 +1274,7 @@ mod kernel_tests {
         revived(&tight).remove().unwrap();
         assert_eq!(qdiscs(a, dev), before);
         assert_eq!(show(a, &["class", "show", "dev", dev]), "");
-        assert!(leftovers(Some(a)).unwrap().is_empty());
+        assert!(leftovers(Some(&Netns::from(a))).unwrap().is_empty());
     }
 
     /// Two delays to different ports never meet in one class: their intersection is empty.
@@ -1341,7 +1341,7 @@ mod kernel_tests {
         let err = install.apply(&trees).unwrap_err();
         assert!(matches!(err, TcError::Command { .. }), "{err}");
         assert_eq!(qdiscs(a, dev), before);
-        assert!(leftovers(Some(a)).unwrap().is_empty());
+        assert!(leftovers(Some(&Netns::from(a))).unwrap().is_empty());
         // Its record may still be reverted (by position): a new fault gets another one.
         let again =
             TcInstall::bandwidth(&traffic(a, dev, Direction::Egress), RATE, None, &trees).unwrap();
@@ -1444,11 +1444,11 @@ mod kernel_tests {
         // Loopback is skipped; the veth gets both directions.
         assert_eq!(devs, vec![(dev, Side::Egress), (dev, Side::Ingress)]);
         install.apply(&trees).unwrap();
-        let found = leftovers(Some(a)).unwrap();
+        let found = leftovers(Some(&Netns::from(a))).unwrap();
         assert_eq!(found.len(), 4, "{found:?}");
         install.remove().unwrap();
         assert_eq!(qdiscs(a, dev), before);
-        assert!(leftovers(Some(a)).unwrap().is_empty());
+        assert!(leftovers(Some(&Netns::from(a))).unwrap().is_empty());
         // A burst below one full frame could never pass a frame.
         assert!(TcInstall::bandwidth(&t, RATE, Some(1000), &trees).is_err());
     }
