@@ -20,7 +20,13 @@ use crate::fault::{LiveHandle, Prepared, RevertRecipe};
 use crate::plan::FaultSpec;
 use crate::report::event::{Event, RevertCause};
 use crate::state::FaultRecord;
+use crate::units::ms;
 use std::borrow::Cow;
+
+/// How long a kill without a `duration` watches the containers it ended for a restart.
+const RESTART_WATCH: std::time::Duration = std::time::Duration::from_secs(30);
+/// How often the watch asks the runtime.
+const RESTART_POLL: std::time::Duration = std::time::Duration::from_millis(100);
 
 /// One injection that may still need reverting.
 #[derive(Debug)]
@@ -192,12 +198,14 @@ impl FaultTask {
         let began = Instant::now();
         let end = spec.duration.map(|d| began + d);
         let mut injected_once = false;
+        let mut killed = Vec::new();
         loop {
             match self.inject_once().await {
                 Err(Injection::Abandoned) => return,
-                Ok(()) => {
+                Ok(applied) => {
                     if !injected_once {
                         injected_once = true;
+                        killed = crate::fault::process::killed_containers(&applied);
                         let _ = self.started.send(Some(Instant::now()));
                         let _ = self.events.send(FaultEvent::Injected {
                             fault_id: spec.id.clone(),
@@ -224,6 +232,10 @@ impl FaultTask {
             }
         }
 
+        if !killed.is_empty() {
+            let until = end.unwrap_or(began + RESTART_WATCH);
+            self.watch_restarts(killed, began, until).await;
+        }
         if let Some(end) = end {
             if !self.wait_until(end).await {
                 return;
@@ -234,14 +246,90 @@ impl FaultTask {
         }
     }
 
+    /// Watch containers a kill ended until each runs again under a new main process, the
+    /// watch ends (`until`) or the run stops; journal what became of each.
+    async fn watch_restarts(
+        &self,
+        killed: Vec<crate::fault::process::KilledContainer>,
+        began: Instant,
+        until: Instant,
+    ) {
+        let mut waiting: Vec<(crate::fault::process::KilledContainer, Option<String>)> =
+            killed.into_iter().map(|k| (k, None)).collect();
+        let mut note = None;
+        while !waiting.is_empty() {
+            let mut still = Vec::new();
+            for (killed, _) in waiting {
+                let checking = killed.clone();
+                let checked = tokio::task::spawn_blocking(move || checking.check_restart())
+                    .await
+                    .unwrap_or_else(|e| Err(format!("the check panicked: {e}")));
+                match checked {
+                    Ok(Some(restarted)) => {
+                        self.emit_restart(&killed, began, Some(restarted), None);
+                    }
+                    Ok(None) => still.push((killed, None)),
+                    // The runtime may be restarting too: keep asking, and say so if it never
+                    // answers again.
+                    Err(e) => still.push((killed, Some(e))),
+                }
+            }
+            waiting = still;
+            if waiting.is_empty() {
+                break;
+            }
+            let now = Instant::now();
+            if now >= until {
+                note = Some("the watch ended".to_string());
+                break;
+            }
+            if !self.wait_until((now + RESTART_POLL).min(until)).await {
+                note = Some("the run stopped first".to_string());
+                break;
+            }
+        }
+        for (killed, error) in waiting {
+            let note = match error {
+                Some(e) => Some(format!(
+                    "{}; last answer: {e}",
+                    note.clone().unwrap_or_default()
+                )),
+                None => note.clone(),
+            };
+            self.emit_restart(&killed, began, None, note);
+        }
+    }
+
+    fn emit_restart(
+        &self,
+        killed: &crate::fault::process::KilledContainer,
+        began: Instant,
+        restarted: Option<crate::fault::process::Restarted>,
+        note: Option<String>,
+    ) {
+        self.shared.emit(&Event::ContainerRestart {
+            t_ms: self.shared.t_ms(),
+            fault: self.spec().id.as_str().into(),
+            container: killed.label().into(),
+            id: killed.container.id.as_str().into(),
+            restart_policy: killed.container.restart_policy.as_str().into(),
+            old_pid: killed.container.pid,
+            restarted: restarted.is_some(),
+            new_pid: restarted.as_ref().map(|r| r.new_pid),
+            restart_ms: restarted.and_then(|r| r.restart_ms),
+            watched_ms: ms(began.elapsed()),
+            note,
+        });
+    }
+
     /// prepare → durable record → apply. On success the injection is live in the registry
-    /// (or already forgotten when there is nothing to revert).
+    /// (or already forgotten when there is nothing to revert); its details are returned.
     ///
     /// A stop (breach, interrupt, deadline) does not wait for a prepare in flight: resolving a
     /// target can hang (a pidfile on a dead NFS mount), and the reverts of what is live must
     /// not wait for it. The prepare touched nothing, so it is left to finish on its own
     /// thread and its result dropped. An apply is never abandoned: it changes the host.
-    async fn inject_once(&self) -> Result<(), Injection> {
+    async fn inject_once(&self) -> Result<serde_json::Value, Injection> {
         let shared = &self.shared;
         let spec = self.spec();
         let fault = shared.backend.fault(spec, &shared.plan);
@@ -331,7 +419,7 @@ impl FaultTask {
                         let _ = tokio::task::spawn_blocking(move || state.remove(&id)).await;
                     }
                 }
-                Ok(())
+                Ok(applied.details)
             }
             // The record stays in the registry: the abort that follows reverts the
             // partial injection.

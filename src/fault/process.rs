@@ -14,6 +14,7 @@ use crate::experiment::diagnostic::nearest;
 use crate::experiment::model::{FaultDef, FaultKind, SignalSpec};
 use crate::experiment::params::ParamChecks;
 use crate::experiment::{Diagnostic, Sp};
+use crate::sys::container::Container;
 use crate::sys::pidfd::{self, SignalError};
 use crate::sys::proc::{self, CompiledSelector, ProcInfo, Selection, WaitOutcome};
 
@@ -195,6 +196,67 @@ fn parse_signal(spec: &SignalSpec) -> Result<Signal, (String, String)> {
         ));
     }
     Ok(signal)
+}
+
+/// A container whose main process a kill ended: watched for its runtime's restart, which
+/// is what an experiment killing a container measures.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct KilledContainer {
+    pub container: Container,
+    /// When the signal was sent (RFC 3339).
+    pub killed_at: String,
+}
+
+impl KilledContainer {
+    /// `docker container web (3f2a9c1b0d4e)`.
+    pub fn label(&self) -> String {
+        format!(
+            "{} container {} ({})",
+            self.container.runtime.as_str(),
+            self.container.name,
+            self.container.short_id()
+        )
+    }
+
+    /// Ask the runtime once whether the container runs again under a new main process.
+    pub fn check_restart(&self) -> Result<Option<Restarted>, String> {
+        let now = crate::sys::container::inspect(&self.container.id, self.container.runtime)
+            .map_err(|e| e.to_string())?;
+        if !now.running
+            || now.pid == 0
+            || (now.pid == self.container.pid && now.started_at == self.container.started_at)
+        {
+            return Ok(None);
+        }
+        let parse = |text: &str| text.parse::<jiff::Timestamp>().ok();
+        let restart_ms = match (parse(&self.killed_at), parse(&now.started_at)) {
+            (Some(killed), Some(started)) => {
+                Some((started.as_nanosecond() - killed.as_nanosecond()) as f64 / 1e6)
+            }
+            _ => None,
+        };
+        Ok(Some(Restarted {
+            new_pid: now.pid,
+            started_at: now.started_at,
+            restart_ms,
+        }))
+    }
+}
+
+/// A killed container running again.
+#[derive(Clone, Debug)]
+pub struct Restarted {
+    pub new_pid: u32,
+    pub started_at: String,
+    /// From the kill to the runtime's start of the new main process, by the runtime's clock
+    /// (the host's); `None` when either time cannot be read.
+    pub restart_ms: Option<f64>,
+}
+
+/// The containers whose main process the kill that `applied` (its details) describes
+/// ended, for the engine to watch.
+pub fn killed_containers(applied: &serde_json::Value) -> Vec<KilledContainer> {
+    serde_json::from_value(applied["killed_containers"].clone()).unwrap_or_default()
 }
 
 /// One picked process as written into `Prepared::details`, which `apply` reads back.
@@ -380,6 +442,11 @@ impl Fault for ProcessFault {
                 "picked": picked,
                 "matched": selection.matched,
                 "refused": refused,
+                "containers": selection
+                    .containers
+                    .iter()
+                    .filter(|c| c.running && picked.iter().any(|p| p.pid == c.pid))
+                    .collect::<Vec<_>>(),
             }),
         })
     }
@@ -391,6 +458,7 @@ impl Fault for ProcessFault {
             })?;
         let (signal, signal_name) = self.signal();
         let mut permission = Vec::new();
+        let signalled_at = jiff::Timestamp::now().to_string();
         // Signal everyone first so the processes stop (or die) together, then confirm.
         let sent: Vec<Result<String, String>> = picked
             .iter()
@@ -427,7 +495,25 @@ impl Fault for ProcessFault {
                 missed.push(line)
             }
         }
-        let details = serde_json::json!({"signal_name": signal_name, "processes": report});
+        // A container whose main process this ended is watched for a restart; a signal that
+        // does not end a process (SIGSTOP, SIGHUP to a daemon that reloads) restarts nothing
+        // the engine could wait for, so only the kill signals count.
+        let ends = [libc::SIGKILL, libc::SIGTERM, libc::SIGINT, libc::SIGQUIT].contains(&signal);
+        let containers: Vec<Container> =
+            serde_json::from_value(prepared.details["containers"].clone()).unwrap_or_default();
+        let killed: Vec<KilledContainer> = containers
+            .into_iter()
+            .filter(|c| ends && report.iter().any(|r| r["pid"] == c.pid && r["ok"] == true))
+            .map(|container| KilledContainer {
+                container,
+                killed_at: signalled_at.clone(),
+            })
+            .collect();
+        let details = serde_json::json!({
+            "signal_name": signal_name,
+            "processes": report,
+            "killed_containers": killed,
+        });
         if hit.is_empty() {
             let reason = format!("{signal_name} reached no process: {}", missed.join(", "));
             return Err(if permission.len() == picked.len() {

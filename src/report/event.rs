@@ -123,6 +123,28 @@ pub enum Event<'a> {
         #[serde(default, skip_serializing_if = "serde_json::Value::is_null")]
         achieved: Cow<'a, serde_json::Value>,
     },
+    /// What became of a container whose main process a kill ended: restarted by its
+    /// runtime (its restart policy), and how long that took, or not within the watch.
+    ContainerRestart {
+        t_ms: f64,
+        fault: Text<'a>,
+        /// `docker container web (3f2a9c1b0d4e)`.
+        container: Text<'a>,
+        id: Text<'a>,
+        restart_policy: Text<'a>,
+        old_pid: u32,
+        restarted: bool,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        new_pid: Option<u32>,
+        /// From the kill to the runtime's start of the new main process.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        restart_ms: Option<f64>,
+        /// How long faultline watched, from the fault's start.
+        watched_ms: f64,
+        /// Why the watch ended without a restart, or what could not be read.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        note: Option<String>,
+    },
     FaultRevertFailed {
         t_ms: f64,
         fault: Text<'a>,
@@ -177,6 +199,39 @@ impl Event<'_> {
             }
             Event::FaultAbandoned { fault, reason, .. } => format!("skip    {fault}: {reason}"),
             Event::FaultReverted { fault, summary, .. } => format!("revert  {fault}: {summary}"),
+            Event::ContainerRestart {
+                fault,
+                container,
+                old_pid,
+                restarted: true,
+                new_pid,
+                restart_ms,
+                ..
+            } => format!(
+                "restart {fault}: {container} restarted {} after the kill (pid {old_pid} -> {})",
+                restart_ms.map_or("(time unknown)".to_string(), |ms| format!(
+                    "{:.2} s",
+                    ms / 1000.0
+                )),
+                new_pid.unwrap_or(0)
+            ),
+            Event::ContainerRestart {
+                fault,
+                container,
+                restart_policy,
+                watched_ms,
+                note,
+                ..
+            } => format!(
+                "restart {fault}: {container} NOT restarted within {:.1} s of the kill (restart policy {}){}",
+                watched_ms / 1000.0,
+                if restart_policy.is_empty() {
+                    "none"
+                } else {
+                    restart_policy
+                },
+                note.as_ref().map(|n| format!(": {n}")).unwrap_or_default()
+            ),
             Event::FaultRevertFailed {
                 fault,
                 error,

@@ -503,6 +503,7 @@ fn fault_title(fault: &FaultView) -> String {
         let cause = fault.revert_cause.map_or("-", |c| c.as_str());
         lines.push(format!("reverted at {} ({cause})", seconds(t)));
     }
+    lines.extend(fault.restarts.iter().cloned());
     if let Some(error) = &fault.injection_error {
         lines.push(format!("injection failed: {error}"));
     }

@@ -125,6 +125,7 @@ fn fault_case(fault: &FaultView) -> TestCase {
     if !fault.achieved.is_null() {
         out.push(format!("achieved: {}", fault.achieved));
     }
+    out.extend(fault.restarts.iter().cloned());
     case.set_system_out(out.join("\n"));
     case
 }

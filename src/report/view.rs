@@ -113,6 +113,8 @@ pub struct FaultView {
     pub injection_error: Option<String>,
     pub revert_error: Option<String>,
     pub revert_remedy: Option<String>,
+    /// What became of each container the fault killed (`... restarted 0.53 s after the kill`).
+    pub restarts: Vec<String>,
 }
 
 #[derive(Clone, Debug, Default, PartialEq)]
@@ -337,6 +339,16 @@ impl RunView {
                 }),
             },
             Event::FaultAbandoned { .. } => {}
+            Event::ContainerRestart { ref fault, .. } => {
+                let line = event.terminal_line().unwrap_or_default();
+                let said = line
+                    .split_once(": ")
+                    .map_or(line.as_str(), |(_, rest)| rest)
+                    .to_string();
+                if let Some(f) = self.faults.iter_mut().rev().find(|f| f.fault == *fault) {
+                    f.restarts.push(said);
+                }
+            }
             Event::FaultReverted {
                 t_ms,
                 record,

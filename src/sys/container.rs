@@ -139,6 +139,10 @@ pub struct Container {
     pub running: bool,
     /// `no`, `always`, `on-failure`, `unless-stopped` (empty when the runtime says none).
     pub restart_policy: String,
+    /// When its main process last started (RFC 3339, as the runtime says it); a restart
+    /// changes it.
+    #[serde(default)]
+    pub started_at: String,
 }
 
 /// Where a running container's main process lives, read from the host's /proc.
@@ -298,6 +302,8 @@ struct InspectedState {
     running: bool,
     #[serde(rename = "Pid", default)]
     pid: i64,
+    #[serde(rename = "StartedAt", default)]
+    started_at: String,
 }
 
 #[derive(Deserialize)]
@@ -356,6 +362,7 @@ impl Api {
             name: inspected.name.trim_start_matches('/').to_string(),
             pid: u32::try_from(inspected.state.pid).unwrap_or(0),
             running: inspected.state.running,
+            started_at: inspected.state.started_at,
             restart_policy: inspected
                 .host_config
                 .and_then(|h| h.restart_policy)

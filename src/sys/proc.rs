@@ -193,6 +193,8 @@ pub struct Selection {
     /// Matches left out because they are protected (PID 1, faultline, its ancestors) and
     /// `force` is off, with the reason for each.
     pub refused: Vec<(u32, String)>,
+    /// The containers the selector's `container` meant, as their runtime described them.
+    pub containers: Vec<super::container::Container>,
 }
 
 /// The fields faultline uses from one `/proc/PID/stat` line.
@@ -525,6 +527,8 @@ pub struct Matches {
     pub eligible: Vec<ProcInfo>,
     /// Protected matches (PID 1, faultline, its ancestors) with the reason each is protected.
     pub protected: Vec<(ProcInfo, String)>,
+    /// The containers the selector's `container` meant, as their runtime described them.
+    pub containers: Vec<super::container::Container>,
 }
 
 fn compile(what: &str, pattern: &str) -> Result<Regex, SelectError> {
@@ -600,16 +604,26 @@ impl CompiledSelector {
             Some(pid) => vec![pid],
             None => list_pids().map_err(|e| SelectError::Io(format!("cannot list /proc: {e}")))?,
         };
+        let found = match &sel.container {
+            Some(_) => self.containers()?,
+            None => Vec::new(),
+        };
         let containers = match &sel.container {
-            Some(_) => Some(container_cgroups(&self.containers()?)?),
+            Some(_) => Some(container_cgroups(&found)?),
             None => None,
         };
         if containers.as_ref().is_some_and(Vec::is_empty) {
             // No container of the reference runs now: nothing of it to act on.
-            return Ok(Matches::default());
+            return Ok(Matches {
+                containers: found,
+                ..Matches::default()
+            });
         }
         let protection = Protection::now();
-        let mut matches = Matches::default();
+        let mut matches = Matches {
+            containers: found,
+            ..Matches::default()
+        };
         for pid in pids {
             let info = match self.check(pid, wanted_pid.is_some(), containers.as_deref()) {
                 Ok(Some(info)) => info,
@@ -702,6 +716,7 @@ impl CompiledSelector {
         let Matches {
             mut eligible,
             protected,
+            containers,
         } = self.matches()?;
         let mut refused = Vec::new();
         for (info, reason) in protected {
@@ -731,6 +746,7 @@ impl CompiledSelector {
             picked: eligible,
             matched,
             refused,
+            containers,
         })
     }
 }

@@ -107,7 +107,21 @@ impl Container {
         // host process with the very same command line.
         static SECONDS: AtomicUsize = AtomicUsize::new(0);
         let sleep = (6000 + SECONDS.fetch_add(1, Ordering::Relaxed)).to_string();
-        Container::run(image, labels, "none", &["sleep", &sleep], sleep.clone())
+        let mut options = vec!["--network", "none"];
+        for label in labels {
+            options.extend(["--label", label]);
+        }
+        Container::run(image, &options, &["sleep", &sleep], sleep.clone())
+    }
+
+    /// A sleeping container that Docker restarts whenever its main process ends.
+    fn restarting(image: &Image, policy: &str) -> Container {
+        Container::run(
+            image,
+            &["--network", "none", "--restart", policy],
+            &["sleep", "6999"],
+            "6999".into(),
+        )
     }
 
     /// A container on Docker's default bridge whose main process is a TCP echo server on
@@ -115,8 +129,7 @@ impl Container {
     fn echo(image: &Image) -> Container {
         let container = Container::run(
             image,
-            &[],
-            "bridge",
+            &["--network", "bridge"],
             &["nc", "-ll", "-p", "8080", "-e", BUSYBOX, "cat"],
             String::new(),
         );
@@ -146,29 +159,21 @@ impl Container {
     fn busy(image: &Image) -> Container {
         Container::run(
             image,
-            &[],
-            "none",
+            &["--network", "none"],
             &["sh", "-c", "while :; do :; done"],
             String::new(),
         )
     }
 
-    fn run(
-        image: &Image,
-        labels: &[&str],
-        network: &str,
-        applet: &[&str],
-        sleep: String,
-    ) -> Container {
+    /// `docker run -d OPTIONS IMAGE busybox APPLET...`.
+    fn run(image: &Image, options: &[&str], applet: &[&str], sleep: String) -> Container {
         // The guard first: a container created but not started is still removed.
         let container = Container {
             name: unique("box"),
             sleep,
         };
-        let mut args = vec!["run", "-d", "--name", &container.name, "--network", network];
-        for label in labels {
-            args.extend(["--label", label]);
-        }
+        let mut args = vec!["run", "-d", "--name", &container.name];
+        args.extend(options);
         args.extend([image.0.as_str(), BUSYBOX]);
         args.extend(applet);
         docker_ok(&args);
@@ -679,5 +684,82 @@ fn a_container_recreated_while_its_traffic_is_cut_is_left_alone_by_the_revert() 
     assert!(
         summary.contains("is gone") && summary.contains(&web.name),
         "{summary}"
+    );
+}
+
+#[test]
+fn a_killed_container_is_reported_restarted_by_its_policy_with_the_time_it_took() {
+    let _serial = util::serial();
+    let ws = Workspace::new();
+    let image = Image::busybox();
+    let always = Container::restarting(&image, "always");
+    let never = Container::restarting(&image, "no");
+    let (always_pid, never_pid) = (always.main_pid(), never.main_pid());
+    let file = ws.write(
+        "kill.yaml",
+        &format!(
+            "apiVersion: faultline/v1\nmetadata: {{name: container-restart}}\nmax_duration: 1m\n\
+             targets: {{always: {{process: {{container: {}}}}}, never: {{process: {{container: {}}}}}}}\n\
+             faults: [{{id: kill-always, kind: process-kill, target: always, duration: 8s}}, \
+                      {{id: kill-never, kind: process-kill, target: never, duration: 3s}}]\n",
+            always.name, never.name
+        ),
+    );
+    let output = faultline(&ws)
+        .arg("run")
+        .arg(&file)
+        .arg("--report-dir")
+        .arg(ws.report_dir())
+        .output()
+        .expect("run");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert_eq!(output.status.code(), Some(0), "{stdout}\n{stderr}");
+    let events = ws.journal();
+    let restarts = events_of(&events, "container_restart");
+    assert_eq!(restarts.len(), 2, "{restarts:?}");
+    let of = |fault: &str| {
+        *restarts
+            .iter()
+            .find(|e| e["fault"] == fault)
+            .unwrap_or_else(|| panic!("no restart event for {fault}: {restarts:?}"))
+    };
+    let restarted = of("kill-always");
+    assert_eq!(restarted["restarted"], true, "{restarted}");
+    assert_eq!(restarted["old_pid"], always_pid);
+    let new_pid = restarted["new_pid"].as_u64().unwrap() as u32;
+    assert_ne!(new_pid, always_pid);
+    assert_eq!(
+        always.main_pid(),
+        new_pid,
+        "the new main process is the one reported"
+    );
+    let took = restarted["restart_ms"].as_f64().unwrap();
+    println!("docker restarted the killed container {took:.1} ms after the kill");
+    assert!((0.0..10_000.0).contains(&took), "{restarted}");
+    assert!(
+        restarted["watched_ms"].as_f64().unwrap() < 7_000.0,
+        "the watch went on after the restart: {restarted}"
+    );
+    let line = format!(
+        "restarted {:.2} s after the kill (pid {always_pid} -> {new_pid})",
+        took / 1000.0
+    );
+    assert!(
+        stdout.contains(&line) || stderr.contains(&line),
+        "{stdout}\n{stderr}"
+    );
+
+    let stayed = of("kill-never");
+    assert_eq!(stayed["restarted"], false, "{stayed}");
+    assert_eq!(stayed["old_pid"], never_pid);
+    assert!(!never.running());
+    let junit = std::fs::read_to_string(&ws.reports("xml")[0]).expect("junit");
+    assert!(
+        junit.contains(&format!(
+            "restarted {:.2} s after the kill (pid {always_pid} -&gt; {new_pid})",
+            took / 1000.0
+        )) && junit.contains("NOT restarted within 3.0 s of the kill (restart policy no)"),
+        "{junit}"
     );
 }
