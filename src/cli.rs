@@ -273,4 +273,12 @@ pub struct DemoArgs {
     /// Run as the worker child (internal).
     #[arg(long, hide = true)]
     pub worker: bool,
+    /// The service's dependency runs elsewhere, at HOST:PORT (another container's
+    /// `--dependency-only`): /health asks it, and no worker child is started.
+    #[arg(long, value_name = "HOST:PORT", conflicts_with = "worker_port")]
+    pub dependency: Option<String>,
+    /// Serve only the dependency (answer pings) on --listen, for a service started with
+    /// --dependency elsewhere.
+    #[arg(long, conflicts_with_all = ["dependency", "pidfile", "worker"])]
+    pub dependency_only: bool,
 }

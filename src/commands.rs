@@ -650,12 +650,15 @@ fn print_game_day(reports: &[(RunReport, PathBuf)]) {
 async fn demo(args: DemoArgs) -> u8 {
     let result = if args.worker {
         crate::demo::worker(args.worker_port).await
+    } else if args.dependency_only {
+        crate::demo::dependency(args.listen).await
     } else {
         crate::demo::serve(crate::demo::DemoOptions {
             listen: args.listen,
             pidfile: args.pidfile,
             restart_delay: args.restart_delay,
             worker_port: args.worker_port,
+            dependency: args.dependency,
         })
         .await
     };

@@ -74,15 +74,25 @@ pub struct DemoOptions {
     /// The worker's loopback port (0: any free port). A fixed port lets a network fault
     /// target the service's dependency.
     pub worker_port: u16,
+    /// A dependency that runs elsewhere (`HOST:PORT`, another container's `--dependency-only`
+    /// instance): `/health` asks it, and no worker child is started.
+    pub dependency: Option<String>,
 }
 
 /// Run the service until SIGTERM/SIGINT.
 pub async fn serve(options: DemoOptions) -> std::io::Result<()> {
     let listener = TcpListener::bind(options.listen).await?;
-    let worker_port: Arc<RwLock<Option<u16>>> = Arc::new(RwLock::new(None));
+    let dependency: Arc<RwLock<Option<String>>> = Arc::new(RwLock::new(options.dependency.clone()));
     eprintln!("demo-target listening on http://{}", listener.local_addr()?);
 
-    let supervisor = tokio::spawn(supervise(options.clone(), worker_port.clone()));
+    let supervisor = tokio::spawn({
+        let (options, dependency) = (options.clone(), dependency.clone());
+        async move {
+            if options.dependency.is_none() {
+                supervise(options, dependency).await;
+            }
+        }
+    });
     let counts = Arc::new(RequestCounts::new());
     let server = async {
         loop {
@@ -90,10 +100,10 @@ pub async fn serve(options: DemoOptions) -> std::io::Result<()> {
                 Ok(conn) => conn,
                 Err(_) => continue,
             };
-            let worker_port = worker_port.clone();
+            let dependency = dependency.clone();
             let counts = counts.clone();
             tokio::spawn(async move {
-                let _ = handle(stream, worker_port, &counts).await;
+                let _ = handle(stream, dependency, &counts).await;
             });
         }
     };
@@ -114,7 +124,7 @@ pub async fn serve(options: DemoOptions) -> std::io::Result<()> {
 }
 
 /// Keep one worker running; restart it `restart_delay` after it dies.
-async fn supervise(options: DemoOptions, worker_port: Arc<RwLock<Option<u16>>>) {
+async fn supervise(options: DemoOptions, dependency: Arc<RwLock<Option<String>>>) {
     loop {
         let mut child = match spawn_worker(options.listen, options.worker_port) {
             Ok(child) => child,
@@ -129,9 +139,9 @@ async fn supervise(options: DemoOptions, worker_port: Arc<RwLock<Option<u16>>>) 
         if let (Some(pidfile), Some(pid)) = (&options.pidfile, child.id()) {
             let _ = std::fs::write(pidfile, format!("{pid}\n"));
         }
-        *worker_port.write().await = port;
+        *dependency.write().await = port.map(|port| format!("127.0.0.1:{port}"));
         let _ = child.wait().await;
-        *worker_port.write().await = None;
+        *dependency.write().await = None;
         tokio::time::sleep(options.restart_delay).await;
     }
 }
@@ -168,7 +178,7 @@ async fn read_port(child: &mut Child) -> Option<u16> {
 
 async fn handle(
     mut stream: TcpStream,
-    worker_port: Arc<RwLock<Option<u16>>>,
+    dependency: Arc<RwLock<Option<String>>>,
     counts: &RequestCounts,
 ) -> std::io::Result<()> {
     let mut buf = vec![0u8; 4096];
@@ -190,7 +200,7 @@ async fn handle(
     let (route, status, content_type, body): (&'static str, u16, &str, String) = match path.as_str()
     {
         "/health" => {
-            if worker_answers(&worker_port, HEALTH_PING_TIMEOUT).await {
+            if worker_answers(&dependency, HEALTH_PING_TIMEOUT).await {
                 (
                     "/health",
                     200,
@@ -208,7 +218,7 @@ async fn handle(
             ("/work", 200, json, r#"{"work":"done"}"#.into())
         }
         "/metrics" => {
-            let worker_up = worker_answers(&worker_port, METRICS_PING_TIMEOUT).await;
+            let worker_up = worker_answers(&dependency, METRICS_PING_TIMEOUT).await;
             let body = render_metrics(&counts.snapshot(), worker_up);
             ("/metrics", 200, METRICS_CONTENT_TYPE, body)
         }
@@ -284,19 +294,20 @@ fn burn_cpu(cpu: Duration) -> u64 {
 }
 
 /// False while no worker runs (it died and is not restarted yet).
-async fn worker_answers(worker_port: &RwLock<Option<u16>>, limit: Duration) -> bool {
-    let port = *worker_port.read().await;
-    match port {
-        Some(port) => ping_worker(port, limit).await,
+async fn worker_answers(dependency: &RwLock<Option<String>>, limit: Duration) -> bool {
+    let address = dependency.read().await.clone();
+    match address {
+        Some(address) => ping_worker(&address, limit).await,
         None => false,
     }
 }
 
 /// A frozen worker accepts the connection (the kernel does) but never answers, so the ping
-/// waits until `limit`.
-async fn ping_worker(port: u16, limit: Duration) -> bool {
+/// waits until `limit`. The address is looked up at each ping: a dependency in another
+/// container is found by its name, and a recreated one by its new address.
+async fn ping_worker(address: &str, limit: Duration) -> bool {
     let attempt = async {
-        let mut conn = TcpStream::connect(("127.0.0.1", port)).await.ok()?;
+        let mut conn = TcpStream::connect(address).await.ok()?;
         conn.write_all(b"ping\n").await.ok()?;
         let mut reply = [0u8; 5];
         conn.read_exact(&mut reply).await.ok()?;
@@ -316,6 +327,28 @@ pub async fn worker(port: u16) -> std::io::Result<()> {
     println!("{}", listener.local_addr()?.port());
     use std::io::Write;
     std::io::stdout().flush()?;
+    answer_pings(listener).await
+}
+
+/// The dependency alone (`--dependency-only`), for a service that runs elsewhere: answers
+/// pings on `listen` until SIGTERM/SIGINT.
+pub async fn dependency(listen: SocketAddr) -> std::io::Result<()> {
+    let listener = TcpListener::bind(listen).await?;
+    eprintln!(
+        "demo-target dependency listening on {}",
+        listener.local_addr()?
+    );
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = signal(SignalKind::terminate())?;
+    let mut int = signal(SignalKind::interrupt())?;
+    tokio::select! {
+        result = answer_pings(listener) => result,
+        _ = term.recv() => Ok(()),
+        _ = int.recv() => Ok(()),
+    }
+}
+
+async fn answer_pings(listener: TcpListener) -> std::io::Result<()> {
     loop {
         let (mut conn, _) = listener.accept().await?;
         tokio::spawn(async move {

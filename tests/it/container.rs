@@ -763,3 +763,67 @@ fn a_killed_container_is_reported_restarted_by_its_policy_with_the_time_it_took(
         "{junit}"
     );
 }
+
+/// What the shipped compose-style example creates, by the names it gives them: removed on
+/// drop, so a failing run leaves nothing behind either.
+struct ExampleLeftovers;
+
+impl Drop for ExampleLeftovers {
+    fn drop(&mut self) {
+        let _ = docker(&["rm", "-f", "faultline-example-web", "faultline-example-db"]);
+        let _ = docker(&["network", "rm", "faultline-example"]);
+        let _ = docker(&["rmi", "-f", "faultline-example-empty"]);
+        let _ = std::fs::remove_file("/tmp/faultline-example-empty.tar");
+    }
+}
+
+#[test]
+fn the_shipped_two_container_example_aborts_on_its_slow_dependency_and_cleans_up() {
+    let _serial = util::serial();
+    let ws = Workspace::new();
+    let _leftovers = ExampleLeftovers;
+    let host_before = network_state(None);
+    let file = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("experiments/container-dependency-latency-aborts.yaml");
+    let output = faultline(&ws)
+        .arg("run")
+        .arg(&file)
+        .arg("--var")
+        .arg(format!("faultline_binary={}", util::faultline_bin()))
+        .arg("--var")
+        .arg(format!("web_port={}", util::free_port()))
+        .arg("--report-dir")
+        .arg(ws.report_dir())
+        .output()
+        .expect("run");
+    let said = format!(
+        "{}\n{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert_eq!(output.status.code(), Some(2), "aborted: {said}");
+    let events = ws.journal();
+    let injected = events_of(&events, "fault_injected");
+    assert_eq!(injected.len(), 1, "{said}");
+    assert!(
+        injected[0]["summary"]
+            .as_str()
+            .is_some_and(|s| s.contains("delay 300ms")),
+        "{said}"
+    );
+    let abort = events_of(&events, "abort");
+    assert_eq!(abort.len(), 1, "{said}");
+    assert_eq!(abort[0]["trigger"], "probe_failure", "{said}");
+    let after = events_of(&events, "gate")
+        .into_iter()
+        .find(|g| g["phase"] == "after")
+        .unwrap_or_else(|| panic!("no after gate: {said}"));
+    assert_eq!(after["passed"], true, "the web service recovered: {said}");
+    let names = docker_ok(&["ps", "-a", "--format", "{{.Names}}"]);
+    assert!(!names.contains("faultline-example"), "cleanup left {names}");
+    assert_eq!(
+        network_state(None),
+        host_before,
+        "the host's network is not as it was"
+    );
+}
